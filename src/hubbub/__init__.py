@@ -1,0 +1,75 @@
+"""hubbub: a real-time WebSocket hub for Python ASGI applications.
+
+The modules follow the path a message takes, inside out:
+
+- ``messages``: msgspec Structs for every wire message and the two codecs;
+- ``protocol``: the per-client state machine, pure and synchronous;
+- ``namespaces``, ``limits``, ``auth``: the rules it applies;
+- ``_connection``: the only code awaiting a client's ASGI receive/send;
+- ``hub``: registry, fan-out, the server-side API, the lifecycle;
+- ``brokers``: how publications move between nodes (``Broker``, ``MemoryBroker``);
+- ``app`` and ``cli``: the ASGI shell (``HubApp``) and ``hubbub serve``.
+
+Inner modules never import the shells.
+"""
+
+from __future__ import annotations
+
+from ._errors import AlreadySubscribed as AlreadySubscribed
+from ._errors import AuthenticationFailed as AuthenticationFailed
+from ._errors import BrokerUnavailable as BrokerUnavailable
+from ._errors import HubbubError as HubbubError
+from ._errors import HubNotRunning as HubNotRunning
+from ._errors import InternalError as InternalError
+from ._errors import InvalidData as InvalidData
+from ._errors import InvalidMessage as InvalidMessage
+from ._errors import MessageTooLarge as MessageTooLarge
+from ._errors import NotFound as NotFound
+from ._errors import PermissionDenied as PermissionDenied
+from ._errors import RateLimited as RateLimited
+from ._errors import StreamGone as StreamGone
+from ._errors import Unavailable as Unavailable
+from ._errors import UnknownNamespace as UnknownNamespace
+from .app import HubApp as HubApp
+from .auth import Authenticator as Authenticator
+from .auth import Identity as Identity
+from .brokers import Broker as Broker
+from .brokers import MemoryBroker as MemoryBroker
+from .brokers import Publication as Publication
+from .hub import Hub as Hub
+from .hub import HubStats as HubStats
+from .limits import Limits as Limits
+from .messages import Position as Position
+from .namespaces import Namespace as Namespace
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlreadySubscribed",
+    "AuthenticationFailed",
+    "Authenticator",
+    "Broker",
+    "BrokerUnavailable",
+    "Hub",
+    "HubApp",
+    "HubNotRunning",
+    "HubStats",
+    "HubbubError",
+    "Identity",
+    "InternalError",
+    "InvalidData",
+    "InvalidMessage",
+    "Limits",
+    "MemoryBroker",
+    "MessageTooLarge",
+    "Namespace",
+    "NotFound",
+    "PermissionDenied",
+    "Position",
+    "Publication",
+    "RateLimited",
+    "StreamGone",
+    "Unavailable",
+    "UnknownNamespace",
+    "__version__",
+]

@@ -1,0 +1,408 @@
+"""Connection I/O: the only code that awaits ASGI ``receive``/``send`` for a client.
+
+Each accepted client gets one :class:`Connection` running three tasks in its
+own task group: a reader (frames in → :class:`~hubbub.protocol.ClientProtocol`
+→ hub), a writer draining a bounded send queue, and a heartbeat. The hub hands
+messages over with :meth:`Connection.enqueue`, which never awaits: a full queue
+applies the slow-consumer policy instead of slowing the publisher down.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
+
+import anyio
+import msgspec
+
+from ._errors import HubbubError, HubNotRunning, InvalidMessage
+from .auth import Identity
+from .messages import (
+    JSON,
+    ClientInfo,
+    Codec,
+    Disconnect,
+    Error,
+    ServerMessage,
+    codec_for_subprotocol,
+)
+from .protocol import (
+    INTERNAL_ERROR,
+    TRY_AGAIN_LATER,
+    ClientProtocol,
+    Close,
+    Event,
+    Execute,
+    Send,
+)
+
+if TYPE_CHECKING:
+    from .hub import Hub
+
+__all__ = ["Connection"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+SendCallable = Callable[[Message], Awaitable[None]]
+
+logger = logging.getLogger("hubbub.connection")
+
+# What a send raises once the peer has gone (ASGI spec 2.4: OSError; anyio streams
+# in some servers). A normal end of a connection, not an error to log.
+_GONE = (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError)
+
+
+class Connection:
+    """One client's connection: its protocol state, send queue and tasks."""
+
+    __slots__ = (
+        "_batch",
+        "_close",
+        "_gone",
+        "_max_bytes",
+        "_max_messages",
+        "_queue",
+        "_queued_bytes",
+        "_send_scope",
+        "_wakeup",
+        "close_code",
+        "codec",
+        "hub",
+        "id",
+        "identity",
+        "info",
+        "protocol",
+    )
+
+    def __init__(
+        self,
+        hub: Hub,
+        *,
+        client_id: str,
+        identity: Identity,
+        codec: Codec,
+        batch: bool,
+    ) -> None:
+        limits = hub.limits
+        self.hub = hub
+        self.id = client_id
+        self.identity = identity
+        self.codec = codec
+        self.info = ClientInfo(
+            user=identity.user,
+            client=client_id,
+            name=identity.name,
+            info=dict(identity.info) if identity.info is not None else None,
+        )
+        self.protocol = ClientProtocol(
+            identity=identity,
+            codec=codec,
+            namespaces=hub.namespaces,
+            limits=limits,
+            now=anyio.current_time(),
+        )
+        self.close_code: int | None = None
+        self._batch = batch
+        self._max_messages = limits.queue_messages
+        self._max_bytes = limits.queue_bytes
+        self._queue: deque[tuple[str | bytes, int, bool]] = deque()
+        self._queued_bytes = 0
+        self._wakeup: anyio.Event | None = None
+        self._close: Close | None = None
+        self._gone = False
+        self._send_scope: anyio.CancelScope | None = None
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.id} user={self.identity.user!r}>"
+
+    # -- hand-off (never awaits) ------------------------------------------------------------
+
+    def enqueue(self, frame: str | bytes, size: int, droppable: bool = False) -> None:
+        """Queue one encoded frame for the writer; apply the slow-consumer policy if full.
+
+        ``droppable`` marks a message of a ``drop_oldest`` channel: such messages
+        are evicted oldest first to make room, and one that cannot fit is dropped
+        instead of closing the connection.
+        """
+        if self._close is not None:
+            return
+        queue = self._queue
+        if len(queue) >= self._max_messages or self._queued_bytes + size > self._max_bytes:
+            if not self._make_room(size):
+                if droppable:
+                    return
+                self.close(Close(TRY_AGAIN_LATER, "send queue full (slow consumer)", flush=False))
+                return
+        queue.append((frame, size, droppable))
+        self._queued_bytes += size
+        wakeup = self._wakeup
+        if wakeup is not None:
+            self._wakeup = None
+            wakeup.set()
+
+    def _make_room(self, size: int) -> bool:
+        queue = self._queue
+        while len(queue) >= self._max_messages or self._queued_bytes + size > self._max_bytes:
+            for index, item in enumerate(queue):
+                if item[2]:
+                    del queue[index]
+                    self._queued_bytes -= item[1]
+                    self.hub.stats.dropped += 1
+                    break
+            else:
+                return False
+        return True
+
+    def send_message(self, message: ServerMessage) -> None:
+        """Encode and queue one server message (a reply, an event)."""
+        frame = self.codec.encode(message)
+        self.enqueue(frame, len(frame))
+
+    def close(self, event: Close) -> None:
+        """Ask for the connection to end with ``event``; safe to call from any task, any time."""
+        if self._close is not None:
+            return
+        self._close = event
+        self.protocol.closed = True
+        scope = self._send_scope
+        if not event.flush:
+            self._queue.clear()
+            self._queued_bytes = 0
+            if scope is not None:
+                scope.cancel()
+        elif scope is not None:
+            scope.deadline = min(
+                scope.deadline, anyio.current_time() + self.hub.limits.close_timeout
+            )
+        self._wake()
+
+    def _wake(self) -> None:
+        wakeup = self._wakeup
+        if wakeup is not None:
+            self._wakeup = None
+            wakeup.set()
+
+    @property
+    def queued(self) -> int:
+        """Messages waiting in the send queue."""
+        return len(self._queue)
+
+    # -- tasks ------------------------------------------------------------------------------
+
+    async def run(self, receive: Receive, send: SendCallable) -> None:
+        """Serve the accepted connection until it ends; never raises for client behaviour."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._reader, receive)
+            tg.start_soon(self._heartbeat)
+            await self._writer(send)
+            tg.cancel_scope.cancel()
+
+    async def _reader(self, receive: Receive) -> None:
+        protocol = self.protocol
+        while True:
+            message = await receive()
+            kind = message["type"]
+            if kind == "websocket.receive":
+                if self._close is not None:
+                    continue
+                text = message.get("text")
+                frame = text if text is not None else message.get("bytes")
+                try:
+                    for event in protocol.receive(frame, anyio.current_time()):
+                        await self._perform(event)
+                except Exception:
+                    logger.exception("internal error while handling a frame", extra=self._extra())
+                    self.close(Close(INTERNAL_ERROR, "internal error", flush=True))
+            elif kind == "websocket.disconnect":
+                self._gone = True
+                self.close_code = message.get("code", 1005)
+                if self._send_scope is not None:
+                    self._send_scope.cancel()
+                self._wake()
+                return
+
+    async def _perform(self, event: Event) -> None:
+        if isinstance(event, Send):
+            self.send_message(event.message)
+        elif isinstance(event, Execute):
+            await self.hub._execute(self, event)
+        else:
+            self.close(event)
+
+    async def _heartbeat(self) -> None:
+        protocol = self.protocol
+        while self._close is None:
+            for event in protocol.heartbeat(anyio.current_time()):
+                if isinstance(event, Send):
+                    self.send_message(event.message)
+                elif isinstance(event, Close):
+                    self.close(event)
+            await anyio.sleep(max(0.0, protocol.next_deadline() - anyio.current_time()))
+
+    async def _writer(self, send: SendCallable) -> None:
+        queue = self._queue
+        batch = self._batch
+        text = not self.codec.binary
+        batch_bytes = self.hub.limits.batch_bytes
+        with anyio.CancelScope() as scope:
+            self._send_scope = scope
+            try:
+                while True:
+                    if not queue:
+                        if self._close is not None or self._gone:
+                            break
+                        wakeup = self._wakeup = anyio.Event()
+                        await wakeup.wait()
+                        continue
+                    if self._gone or (self._close is not None and not self._close.flush):
+                        break
+                    if batch and len(queue) > 1:
+                        parts: list[str] = []
+                        total = 0
+                        while queue and (not parts or total + queue[0][1] <= batch_bytes):
+                            frame, size, _ = queue.popleft()
+                            total += size
+                            parts.append(frame)  # type: ignore[arg-type]
+                        self._queued_bytes -= total
+                        await send({"type": "websocket.send", "text": "\n".join(parts)})
+                    else:
+                        frame, size, _ = queue.popleft()
+                        self._queued_bytes -= size
+                        if text:
+                            await send({"type": "websocket.send", "text": frame})
+                        else:
+                            await send({"type": "websocket.send", "bytes": frame})
+            except _GONE:
+                self._gone = True
+        self._send_scope = None
+        close = self._close
+        if self._gone or close is None:
+            return
+        self.close_code = close.code
+        with anyio.move_on_after(self.hub.limits.close_timeout):
+            try:
+                goodbye = Disconnect(
+                    code=close.code, reason=close.reason, reconnect=close.reconnect
+                )
+                frame = self.codec.encode(goodbye)
+                if text:
+                    await send({"type": "websocket.send", "text": frame})
+                else:
+                    await send({"type": "websocket.send", "bytes": frame})
+                await send({"type": "websocket.close", "code": close.code, "reason": close.reason})
+            except _GONE:
+                self._gone = True
+
+    def _extra(self) -> dict[str, Any]:
+        return {"client": self.id, "user": self.identity.user}
+
+
+# -- the handshake ----------------------------------------------------------------------------
+
+
+async def serve_websocket(hub: Hub, scope: Scope, receive: Receive, send: SendCallable) -> None:
+    """Run one WebSocket from handshake to close: refuse it with an HTTP status, or serve it."""
+
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return
+    if not hub.running:
+        logger.error(
+            "refused a WebSocket (503): the hub is %s. Start it with `async with hub:`, "
+            "`lifespan=hub.lifespan` in the parent app, or serve HubApp(hub) as the top-level app",
+            hub.state,
+        )
+        await deny(scope, send, HubNotRunning(f"hub is {hub.state}"))
+        return
+    codec, chosen = _negotiate(list(scope.get("subprotocols") or ()))
+    if codec is None:
+        await deny(
+            scope,
+            send,
+            InvalidMessage(
+                "no supported subprotocol offered: use hubbub.v1.json or hubbub.v1.msgpack"
+            ),
+        )
+        return
+    try:
+        identity = await hub._authenticate(scope)
+    except HubbubError as exc:
+        logger.info(
+            "refused a WebSocket (%d): %s",
+            exc.http_status,
+            exc.reason,
+            extra={"reason": exc.reason},
+        )
+        await deny(scope, send, exc)
+        return
+    batch = codec is JSON and _query_flag(scope, "batch")
+    connection = hub._open(identity, codec, batch)
+    try:
+        await send({"type": "websocket.accept", "subprotocol": chosen})
+        logger.debug("client connected", extra=connection._extra())
+        try:
+            await hub._welcome(connection)
+        except HubbubError as exc:
+            connection.send_message(_error(exc))
+            connection.close(Close(exc.close_code, exc.reason))
+        await connection.run(receive, send)
+    except _GONE:
+        pass
+    finally:
+        hub._forget(connection)
+        logger.debug(
+            "client disconnected", extra={**connection._extra(), "code": connection.close_code}
+        )
+
+
+def _negotiate(subprotocols: list[str]) -> tuple[Codec | None, str | None]:
+    """The codec and the subprotocol to echo; ``(None, None)`` when nothing offered is usable.
+
+    ``bearer.<jwt>`` entries carry a token, never a codec, and are never echoed.
+    """
+    if not subprotocols:
+        return JSON, None
+    for name in subprotocols:
+        if not name.startswith("bearer."):
+            codec = codec_for_subprotocol(name)
+            if codec is not None:
+                return codec, name
+    return None, None
+
+
+def _error(exc: HubbubError) -> ServerMessage:
+    return Error(code=exc.code, reason=exc.reason)
+
+
+def _query_flag(scope: Scope, name: str) -> bool:
+    query = scope.get("query_string", b"").decode("latin-1")
+    values = parse_qs(query, max_num_fields=32).get(name)
+    return values is not None and values[-1].lower() in ("1", "true", "yes")
+
+
+async def deny(scope: Scope, send: SendCallable, exc: HubbubError) -> None:
+    """Refuse a WebSocket before accepting it, with ``exc``'s HTTP status where possible.
+
+    Uses the ASGI WebSocket denial-response extension where the server offers it
+    (uvicorn does); elsewhere the only answer is a bare close, which servers turn
+    into 403.
+    """
+    if "websocket.http.response" in (scope.get("extensions") or {}):
+        body = msgspec.json.encode({"code": exc.code, "reason": exc.reason})
+        await send(
+            {
+                "type": "websocket.http.response.start",
+                "status": exc.http_status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "websocket.http.response.body", "body": body})
+    else:
+        await send({"type": "websocket.close", "code": 1008, "reason": exc.reason[:120]})

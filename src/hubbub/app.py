@@ -1,0 +1,131 @@
+"""``HubApp``: the mountable ASGI application around a :class:`~hubbub.Hub`.
+
+Routes are matched on the app's own path (``path`` minus ``root_path``), so the
+same app works top-level, under Starlette's ``Mount``/``WebSocketRoute``,
+FastAPI, Litestar or a proxy's prefix. Scope types it does not own pass to a
+404. When it is the top-level app it starts and stops the hub from the ASGI
+lifespan itself.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import msgspec
+
+from ._connection import Receive, Scope, SendCallable, deny, serve_websocket
+from ._errors import NotFound
+from .hub import Hub
+
+__all__ = ["HubApp", "route_path"]
+
+
+def route_path(scope: Scope) -> str:
+    """The path relative to where the app is mounted.
+
+    ``scope["path"]`` includes ``root_path`` (Starlette >= 0.35, uvicorn >= 0.26);
+    the app's own path is what follows it.
+    """
+    path: str = scope.get("path") or "/"
+    root: str = scope.get("root_path") or ""
+    if root and path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/"):
+        path = path[len(root) :]
+    return path or "/"
+
+
+@cache
+def _static(name: str) -> bytes:
+    return (resources.files("hubbub") / "static" / name).read_bytes()
+
+
+class HubApp:
+    """Serves a hub over ASGI: the WebSocket endpoint ``/ws`` and ``/health``.
+
+    Args:
+        hub: the hub to serve.
+        demo: also serve the demo chat page at ``/``.
+    """
+
+    def __init__(self, hub: Hub, *, demo: bool = False) -> None:
+        if not isinstance(hub, Hub):
+            raise TypeError("HubApp needs a hubbub.Hub")
+        self.hub = hub
+        self.demo = demo
+
+    async def __call__(self, scope: Scope, receive: Receive, send: SendCallable) -> None:
+        kind = scope["type"]
+        if kind == "websocket":
+            if route_path(scope) == "/ws":
+                await serve_websocket(self.hub, scope, receive, send)
+            else:
+                await receive()
+                await deny(scope, send, NotFound("no WebSocket endpoint here; use <prefix>/ws"))
+        elif kind == "http":
+            await self._http(scope, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _http(self, scope: Scope, send: SendCallable) -> None:
+        path = route_path(scope)
+        method = scope.get("method", "GET")
+        if path == "/health" and method in ("GET", "HEAD"):
+            await _respond(send, 200, b'{"status":"ok"}', b"application/json")
+        elif path == "/" and self.demo and method in ("GET", "HEAD"):
+            await _respond(send, 200, _static("demo.html"), b"text/html; charset=utf-8")
+        elif path == "/ws":
+            await _respond(
+                send,
+                426,
+                msgspec.json.encode({"code": 426, "reason": "use a WebSocket to connect here"}),
+                b"application/json",
+                [(b"upgrade", b"websocket")],
+            )
+        else:
+            await _respond(
+                send,
+                404,
+                msgspec.json.encode({"code": 404, "reason": "not found"}),
+                b"application/json",
+            )
+
+    async def _lifespan(self, receive: Receive, send: SendCallable) -> None:
+        message = await receive()
+        if message["type"] != "lifespan.startup":
+            return
+        if self.hub.state != "stopped":
+            # Someone else runs the hub (``async with hub`` around the server): leave it be.
+            await send({"type": "lifespan.startup.complete"})
+            await receive()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        started = False
+        try:
+            async with self.hub:
+                started = True
+                await send({"type": "lifespan.startup.complete"})
+                await receive()
+        except Exception as exc:
+            phase = "shutdown" if started else "startup"
+            await send(
+                {"type": f"lifespan.{phase}.failed", "message": f"hub {phase} failed: {exc}"}
+            )
+            return
+        await send({"type": "lifespan.shutdown.complete"})
+
+
+async def _respond(
+    send: SendCallable,
+    status: int,
+    body: bytes,
+    content_type: bytes,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    all_headers: list[Any] = [
+        (b"content-type", content_type),
+        (b"content-length", str(len(body)).encode()),
+        *(headers or []),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": all_headers})
+    await send({"type": "http.response.body", "body": body})

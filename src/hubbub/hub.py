@@ -1,0 +1,621 @@
+"""The hub: channel registry, fan-out, the server-side Python API, and the lifecycle.
+
+Fan-out is the product, so its path is short: the broker hands a publication
+to :meth:`Hub._dispatch`, which encodes it once per codec in use and then, per
+local subscriber, only appends to that subscriber's bounded queue. Nothing on
+that path awaits, takes a lock or encodes per subscriber.
+
+The hub owns one task group for its background work; connections own theirs.
+It starts and stops in three equal ways: ``async with hub:``,
+``lifespan=hub.lifespan`` in a parent app, or automatically when
+:class:`hubbub.HubApp` is the top-level ASGI app.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+import weakref
+from collections.abc import AsyncIterator, Iterable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from itertools import count
+from types import TracebackType
+from typing import Any, Final, Literal
+from urllib.parse import parse_qs
+
+import anyio
+import msgspec
+from anyio.abc import TaskGroup
+from msgspec import Raw
+
+from ._connection import Connection
+from ._errors import (
+    AuthenticationFailed,
+    BrokerUnavailable,
+    HubbubError,
+    InternalError,
+    InvalidMessage,
+    PermissionDenied,
+)
+from .auth import Authenticator, Identity
+from .brokers import Broker, HistoryOptions, MemoryBroker, Publication
+from .limits import Limits
+from .messages import (
+    JSON,
+    MSGPACK,
+    Ack,
+    ClientInfo,
+    Codec,
+    Error,
+    GetHistory,
+    GetPresence,
+    History,
+    Message,
+    Position,
+    Presence,
+    Publish,
+    Refresh,
+    Subscribe,
+    Subscribed,
+    Unsubscribe,
+    Unsubscribed,
+    Welcome,
+)
+from .namespaces import Namespace, NamespaceRegistry, personal_channel, validate_channel
+from .protocol import GOING_AWAY, KICKED, Close, Execute
+
+__all__ = ["Hub", "HubStats"]
+
+logger = logging.getLogger("hubbub")
+
+_CODECS: Final[dict[str, Codec]] = {JSON.name: JSON, MSGPACK.name: MSGPACK}
+_RUNNING_HUBS: weakref.WeakSet[Hub] = weakref.WeakSet()
+
+State = Literal["stopped", "starting", "running", "draining", "stopping"]
+
+
+@dataclass(slots=True)
+class HubStats:
+    """Counters since the hub was built (read them, do not write them)."""
+
+    connections_total: int = 0
+    publications: int = 0
+    deliveries: int = 0
+    dropped: int = 0
+    slow_consumer_closes: int = 0
+
+
+class _Channel:
+    """Local subscribers of one channel and the node's broker subscription to it."""
+
+    __slots__ = ("lock", "namespace", "on_node", "pending", "subscribers")
+
+    def __init__(self, namespace: Namespace) -> None:
+        self.namespace = namespace
+        self.subscribers: dict[Connection, None] = {}
+        self.on_node = False
+        self.pending = 0
+        # Serialises this channel's node-level subscribe/unsubscribe calls to the
+        # broker. Only the control path takes it; fan-out never does.
+        self.lock = anyio.Lock()
+
+
+class Hub:
+    """A real-time hub: channels, fan-out and the server-side API.
+
+    Args:
+        broker: moves publications between nodes; a new :class:`MemoryBroker` by default.
+        namespaces: channel namespaces; by default only the default namespace
+            (channels without a colon), where any connected client may subscribe
+            and publish.
+        personal: options of personal channels ``#<user>``: only the server
+            publishes there and only that user subscribes.
+        authenticator: turns a connection's scope into an :class:`Identity`.
+        anonymous: admit clients without credentials (``user == ""``). Off by
+            default: with no authenticator, every connection is then refused 401.
+        limits: per-connection limits.
+        node: this node's id (random by default), shown in ``welcome.node``.
+        broker_timeout: seconds a broker call may take before the command is
+            answered ``error`` 503.
+        drain_timeout: seconds shutdown waits for clients to take their leave.
+    """
+
+    def __init__(
+        self,
+        *,
+        broker: Broker | None = None,
+        namespaces: Iterable[Namespace] | None = None,
+        personal: Namespace | None = None,
+        authenticator: Authenticator | None = None,
+        anonymous: bool = False,
+        limits: Limits | None = None,
+        node: str | None = None,
+        broker_timeout: float = 5.0,
+        drain_timeout: float = 10.0,
+    ) -> None:
+        if broker is not None and not isinstance(broker, Broker):
+            raise TypeError("broker must be a hubbub.brokers.Broker")
+        if authenticator is not None and not callable(authenticator):
+            raise TypeError("authenticator must be an async callable (see hubbub.Authenticator)")
+        if limits is not None and not isinstance(limits, Limits):
+            raise TypeError("limits must be a hubbub.Limits")
+        if broker_timeout <= 0 or drain_timeout <= 0:
+            raise ValueError("broker_timeout and drain_timeout must be positive")
+        self.broker: Broker = broker if broker is not None else MemoryBroker()
+        self.namespaces = NamespaceRegistry(
+            namespaces if namespaces is not None else [Namespace()],
+            personal if personal is not None else Namespace(name="personal"),
+        )
+        self.authenticator = authenticator
+        self.anonymous = anonymous
+        self.limits = limits if limits is not None else Limits()
+        self.node = node or secrets.token_hex(4)
+        self.broker_timeout = broker_timeout
+        self.drain_timeout = drain_timeout
+        self.stats = HubStats()
+        self._state: State = "stopped"
+        self._stack: AsyncExitStack | None = None
+        self._tg: TaskGroup | None = None
+        self._channels: dict[str, _Channel] = {}
+        self._connections: dict[Connection, None] = {}
+        self._users: dict[str, dict[Connection, None]] = {}
+        self._all_gone: anyio.Event | None = None
+        self._ids = count(1)
+
+    def __repr__(self) -> str:
+        return f"<Hub node={self.node} state={self._state}>"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        """``stopped``, ``starting``, ``running``, ``draining`` or ``stopping``."""
+        return self._state
+
+    @property
+    def running(self) -> bool:
+        """Whether the hub accepts connections and commands."""
+        return self._state == "running"
+
+    async def __aenter__(self) -> Hub:
+        if self._state != "stopped":
+            raise RuntimeError(f"the hub is {self._state}; a hub runs once at a time")
+        self._state = "starting"
+        stack = AsyncExitStack()
+        try:
+            self._tg = await stack.enter_async_context(anyio.create_task_group())
+            await self.broker.start(self._dispatch)
+        except BaseException:
+            self._state = "stopped"
+            self._tg = None
+            await stack.aclose()
+            raise
+        self._stack = stack
+        self._state = "running"
+        _RUNNING_HUBS.add(self)
+        logger.info("hub started", extra={"node": self.node})
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._stack is not None and self._tg is not None
+        try:
+            with anyio.CancelScope(shield=True):
+                await self.drain()
+                self._state = "stopping"
+                try:
+                    with anyio.fail_after(self.broker_timeout):
+                        await self.broker.stop()
+                except Exception:
+                    logger.exception("broker did not stop cleanly")
+            self._tg.cancel_scope.cancel()
+            await self._stack.__aexit__(exc_type, exc, tb)
+        finally:
+            _RUNNING_HUBS.discard(self)
+            self._stack = None
+            self._tg = None
+            self._channels.clear()
+            self._state = "stopped"
+            logger.info("hub stopped", extra={"node": self.node})
+
+    @asynccontextmanager
+    async def lifespan(self, app: object = None) -> AsyncIterator[None]:
+        """A lifespan context for a parent app: ``Starlette(lifespan=hub.lifespan)``.
+
+        Mounted ASGI apps never receive lifespan events, so a hub mounted inside
+        another app must be started through the parent's lifespan.
+        """
+        async with self:
+            yield
+
+    async def drain(self, code: int = GOING_AWAY, reason: str = "server shutting down") -> None:
+        """Refuse new connections and close every client with a reconnect-advising code.
+
+        Each client gets ``disconnect`` (``reconnect: true``) and a close frame,
+        after what was already queued for it. Waits at most ``drain_timeout``.
+        """
+        if self._state in ("stopped", "stopping"):
+            return
+        self._state = "draining"
+        if not self._connections:
+            return
+        self._all_gone = anyio.Event()
+        for connection in list(self._connections):
+            connection.close(Close(code, reason, flush=True))
+        with anyio.move_on_after(self.drain_timeout):
+            await self._all_gone.wait()
+        if self._connections:
+            logger.warning(
+                "%d connection(s) still open after the drain timeout",
+                len(self._connections),
+                extra={"node": self.node},
+            )
+
+    def _require_running(self) -> None:
+        if self._state not in ("running", "draining"):
+            raise RuntimeError(
+                "the hub is not running: use `async with hub:`, pass "
+                "`lifespan=hub.lifespan` to the parent app, or serve HubApp(hub) top-level"
+            )
+
+    # -- server-side API ---------------------------------------------------------------------
+
+    async def publish(
+        self, channel: str, data: Any, *, json: bytes | None = None
+    ) -> Position | None:
+        """Publish ``data`` into ``channel`` from the server, to every subscriber on every node.
+
+        Args:
+            channel: a valid channel name in a configured namespace.
+            data: any value msgspec can encode as JSON; ignored when ``json`` is given.
+            json: an already JSON-encoded payload, passed through untouched.
+
+        Returns:
+            the publication's position where the channel keeps history, else ``None``.
+
+        Raises:
+            InvalidMessage: the channel name is invalid or the data cannot be encoded.
+            UnknownNamespace: no namespace is configured for the channel.
+            BrokerUnavailable: the broker could not be reached.
+        """
+        self._require_running()
+        validate_channel(channel)
+        namespace = self.namespaces.resolve(channel)
+        if json is None:
+            try:
+                json = msgspec.json.encode(data)
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise InvalidMessage(f"data cannot be encoded as JSON: {exc}") from None
+        else:
+            try:
+                msgspec.json.decode(json)
+            except (msgspec.DecodeError, RecursionError):
+                raise InvalidMessage("json is not a valid JSON document") from None
+        JSON.check_data(Raw(json))
+        publication = Publication(channel=channel, data=json, codec="json", ts=_now_ms())
+        published = await self._publish(publication, namespace)
+        return _position(published)
+
+    async def disconnect(self, user: str, code: int = KICKED, reason: str = "disconnected") -> int:
+        """Close every connection of ``user`` on this node; returns how many were closed."""
+        connections = list(self._users.get(user, ()))
+        for connection in connections:
+            connection.close(Close(code, reason, flush=True))
+        return len(connections)
+
+    def channels(self) -> dict[str, int]:
+        """Channels with local subscribers on this node, and how many each has."""
+        return {
+            name: len(entry.subscribers)
+            for name, entry in self._channels.items()
+            if entry.subscribers
+        }
+
+    @property
+    def connection_count(self) -> int:
+        """Open connections on this node."""
+        return len(self._connections)
+
+    # -- connections -------------------------------------------------------------------------
+
+    async def _authenticate(self, scope: Any) -> Identity:
+        identity = await self.authenticator(scope) if self.authenticator is not None else None
+        if identity is None:
+            if not self.anonymous:
+                raise AuthenticationFailed("credentials required")
+            identity = Identity(name=_anonymous_name(scope))
+        return identity
+
+    def _open(self, identity: Identity, codec: Codec, batch: bool) -> Connection:
+        connection = Connection(
+            self,
+            client_id=f"{self.node}.{next(self._ids)}",
+            identity=identity,
+            codec=codec,
+            batch=batch,
+        )
+        self._connections[connection] = None
+        if identity.user:
+            self._users.setdefault(identity.user, {})[connection] = None
+        self.stats.connections_total += 1
+        return connection
+
+    def _forget(self, connection: Connection) -> None:
+        self._connections.pop(connection, None)
+        user = connection.identity.user
+        if user:
+            mine = self._users.get(user)
+            if mine is not None:
+                mine.pop(connection, None)
+                if not mine:
+                    del self._users[user]
+        for channel in list(connection.protocol.channels):
+            self._detach(connection, channel)
+        if not self._connections and self._all_gone is not None:
+            self._all_gone.set()
+
+    async def _welcome(self, connection: Connection) -> None:
+        """Make the server-side subscriptions, then queue ``welcome`` as the first message."""
+        identity = connection.identity
+        wanted: list[tuple[str, Namespace]] = []
+        if identity.user:
+            wanted.append((personal_channel(identity.user), self.namespaces.personal))
+        for channel in identity.channels:
+            try:
+                validate_channel(channel)
+                wanted.append((channel, self.namespaces.resolve(channel)))
+            except HubbubError as exc:
+                logger.warning(
+                    "skipping server-side subscription %r: %s",
+                    channel,
+                    exc.reason,
+                    extra={"client": connection.id},
+                )
+        entries = []
+        for channel, namespace in wanted:
+            entries.append(await self._ensure(channel, namespace))
+        subscribed = []
+        for (channel, namespace), entry in zip(wanted, entries, strict=True):
+            self._attach(connection, channel, namespace, entry, server_side=True)
+            subscribed.append(Subscribed(channel=channel, publications=[]))
+        connection.send_message(
+            Welcome(
+                client=connection.id,
+                user=identity.user,
+                node=self.node,
+                ping=self.limits.ping_interval,
+                pong_timeout=self.limits.pong_timeout,
+                expires=identity.expires,
+                subscribed=subscribed,
+            )
+        )
+
+    # -- commands ----------------------------------------------------------------------------
+
+    async def _execute(self, connection: Connection, event: Execute) -> None:
+        command = event.command
+        try:
+            if isinstance(command, Publish):
+                await self._client_publish(connection, command, event.namespace)
+            elif isinstance(command, Subscribe):
+                await self._client_subscribe(connection, command, event.namespace)
+            elif isinstance(command, Unsubscribe):
+                self._detach(connection, command.channel)
+                connection.send_message(Unsubscribed(channel=command.channel, id=command.id))
+            elif isinstance(command, GetHistory):
+                connection.send_message(
+                    History(channel=command.channel, publications=[], id=command.id)
+                )
+            elif isinstance(command, GetPresence):
+                connection.send_message(self._local_presence(command))
+            elif isinstance(command, Refresh):
+                raise PermissionDenied("token refresh is not enabled on this hub")
+        except HubbubError as exc:
+            connection.send_message(Error(code=exc.code, reason=exc.reason, id=command.id))
+
+    async def _client_publish(
+        self, connection: Connection, command: Publish, namespace: Namespace | None
+    ) -> None:
+        assert namespace is not None
+        echo = namespace.echo if command.echo is None else command.echo
+        publication = Publication(
+            channel=command.channel,
+            data=bytes(command.data),
+            codec=connection.codec.name,
+            ts=_now_ms(),
+            sender=connection.info,
+            exclude=None if echo else connection.id,
+        )
+        published = await self._publish(publication, namespace)
+        connection.send_message(Ack(id=command.id, offset=published.offset))
+
+    async def _client_subscribe(
+        self, connection: Connection, command: Subscribe, namespace: Namespace | None
+    ) -> None:
+        assert namespace is not None
+        channel = command.channel
+        if channel in connection.protocol.channels:
+            # A server-side subscription asked for recovery: live delivery goes on.
+            connection.send_message(
+                Subscribed(channel=channel, publications=[], id=command.id, recovered=False)
+            )
+            return
+        entry = await self._ensure(channel, namespace)
+        if connection.protocol.closed:
+            self._release_if_unused(channel, entry)
+            return
+        self._attach(connection, channel, namespace, entry)
+        recovered = False if command.recover is not None else None
+        connection.send_message(
+            Subscribed(channel=channel, publications=[], id=command.id, recovered=recovered)
+        )
+
+    def _local_presence(self, command: GetPresence) -> Presence:
+        entry = self._channels.get(command.channel)
+        clients: dict[str, ClientInfo] = {}
+        if entry is not None:
+            for connection in entry.subscribers:
+                info = connection.info
+                clients[connection.id] = info
+        users = {info.user or client for client, info in clients.items()}
+        return Presence(channel=command.channel, clients=clients, users=len(users), id=command.id)
+
+    # -- registry ----------------------------------------------------------------------------
+
+    async def _ensure(self, channel: str, namespace: Namespace) -> _Channel:
+        """The channel's entry, with this node subscribed to it at the broker."""
+        while True:
+            entry = self._channels.get(channel)
+            if entry is None:
+                entry = self._channels[channel] = _Channel(namespace)
+            entry.pending += 1
+            try:
+                async with entry.lock:
+                    if not entry.on_node:
+                        await self._broker_call(self.broker.subscribe(channel))
+                        entry.on_node = True
+            finally:
+                entry.pending -= 1
+                self._release_if_unused(channel, entry)
+            if self._channels.get(channel) is entry:
+                return entry
+
+    def _attach(
+        self,
+        connection: Connection,
+        channel: str,
+        namespace: Namespace,
+        entry: _Channel,
+        *,
+        server_side: bool = False,
+    ) -> None:
+        entry.subscribers[connection] = None
+        connection.protocol.add_channel(channel, namespace, server_side=server_side)
+
+    def _detach(self, connection: Connection, channel: str) -> None:
+        connection.protocol.remove_channel(channel)
+        entry = self._channels.get(channel)
+        if entry is None:
+            return
+        entry.subscribers.pop(connection, None)
+        self._release_if_unused(channel, entry)
+
+    def _release_if_unused(self, channel: str, entry: _Channel) -> None:
+        if entry.subscribers or entry.pending:
+            return
+        if not entry.on_node:
+            if self._channels.get(channel) is entry and not entry.lock.locked():
+                del self._channels[channel]
+            return
+        if self._tg is not None:
+            entry.pending += 1
+            self._tg.start_soon(self._node_unsubscribe, channel, entry)
+
+    async def _node_unsubscribe(self, channel: str, entry: _Channel) -> None:
+        try:
+            async with entry.lock:
+                entry.pending -= 1
+                if entry.subscribers or entry.pending or not entry.on_node:
+                    return
+                entry.on_node = False
+                try:
+                    await self._broker_call(self.broker.unsubscribe(channel))
+                except HubbubError as exc:
+                    logger.warning("broker unsubscribe of %r failed: %s", channel, exc.reason)
+        finally:
+            if not entry.subscribers and not entry.pending and not entry.on_node:
+                if self._channels.get(channel) is entry:
+                    del self._channels[channel]
+
+    # -- publishing and fan-out --------------------------------------------------------------
+
+    async def _publish(self, publication: Publication, namespace: Namespace) -> Publication:
+        history = (
+            HistoryOptions(namespace.history_size, namespace.history_ttl)
+            if namespace.history_size
+            else None
+        )
+        self.stats.publications += 1
+        published: Publication = await self._broker_call(self.broker.publish(publication, history))
+        return published
+
+    async def _broker_call(self, call: Any) -> Any:
+        try:
+            with anyio.fail_after(self.broker_timeout):
+                return await call
+        except TimeoutError:
+            raise BrokerUnavailable(
+                f"broker did not answer within {self.broker_timeout} s"
+            ) from None
+        except HubbubError:
+            raise
+        except Exception as exc:
+            logger.exception("broker call failed")
+            raise InternalError("broker error") from exc
+
+    def _dispatch(self, publication: Publication) -> None:
+        """Fan one publication out to this node's subscribers of its channel."""
+        entry = self._channels.get(publication.channel)
+        if entry is None or not entry.subscribers:
+            return
+        source = _CODECS[publication.codec]
+        droppable = entry.namespace.droppable
+        exclude = publication.exclude
+        frames: dict[Codec, tuple[str | bytes, int]] = {}
+        delivered = 0
+        for connection in entry.subscribers:
+            if exclude is not None and connection.id == exclude:
+                continue
+            codec = connection.codec
+            encoded = frames.get(codec)
+            if encoded is None:
+                encoded = frames[codec] = _encode(publication, source, codec)
+            connection.enqueue(encoded[0], encoded[1], droppable)
+            delivered += 1
+        self.stats.deliveries += delivered
+
+
+def _encode(publication: Publication, source: Codec, codec: Codec) -> tuple[str | bytes, int]:
+    data = publication.data if codec is source else source.convert(publication.data, codec)
+    raw = codec.encode_bytes(
+        Message(
+            channel=publication.channel,
+            data=Raw(data),
+            ts=publication.ts,
+            offset=publication.offset,
+            epoch=publication.epoch,
+            sender=publication.sender,
+        )
+    )
+    return (raw if codec.binary else raw.decode(), len(raw))
+
+
+def _position(publication: Publication) -> Position | None:
+    if publication.offset is None or publication.epoch is None:
+        return None
+    return Position(offset=publication.offset, epoch=publication.epoch)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _anonymous_name(scope: Any) -> str | None:
+    """The display name an anonymous client asked for with ``?name=``, cleaned up."""
+    query = scope.get("query_string", b"")
+    values = parse_qs(query.decode("latin-1"), max_num_fields=32).get("name")
+    if not values:
+        return None
+    name = "".join(ch for ch in values[0] if ch.isprintable()).strip()[:64]
+    return name or None
+
+
+def running_hubs() -> list[Hub]:
+    """Every hub currently running in this process (used by ``hubbub serve`` to drain)."""
+    return list(_RUNNING_HUBS)

@@ -1,0 +1,425 @@
+"""Wire messages of protocol version 1 and the two codecs that carry them.
+
+Every message is a msgspec ``Struct`` tagged on ``type``. Client commands form
+one tagged union (:data:`Command`) decoded by one typed decoder per codec;
+server messages are encoded by one encoder per codec. Publication payloads stay
+``msgspec.Raw`` end to end, so the hub never decodes and re-encodes user data
+(except once per publication when subscribers use the other codec).
+
+New fields always get defaults (forward compatibility); unknown fields are
+ignored on decode.
+"""
+
+from __future__ import annotations
+
+import re
+from itertools import accumulate
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+from msgspec import Meta, Raw, Struct
+
+from ._errors import InvalidMessage, MessageTooLarge
+
+__all__ = [
+    "JSON",
+    "MSGPACK",
+    "PROTOCOL_VERSION",
+    "Ack",
+    "ClientInfo",
+    "Codec",
+    "Command",
+    "Disconnect",
+    "Error",
+    "GetHistory",
+    "GetPresence",
+    "History",
+    "Join",
+    "Leave",
+    "Message",
+    "Ping",
+    "Pong",
+    "Position",
+    "Presence",
+    "Publish",
+    "Refresh",
+    "ServerMessage",
+    "Subscribe",
+    "Subscribed",
+    "Unsubscribe",
+    "Unsubscribed",
+    "Welcome",
+    "codec_for_subprotocol",
+]
+
+PROTOCOL_VERSION: Final = 1
+MAX_DEPTH: Final = 64
+"""Nesting deeper than this anywhere in a message is ``error`` 400."""
+
+CHANNEL_PATTERN: Final = r"^[A-Za-z0-9_\-:.@#=/]{1,255}$"
+
+CommandId = Annotated[int, Meta(gt=0)]
+ChannelName = Annotated[str, Meta(pattern=CHANNEL_PATTERN)]
+Offset = Annotated[int, Meta(ge=0)]
+
+
+class Position(Struct, frozen=True):
+    """A place in a channel's stream: the offset is meaningful only under its epoch."""
+
+    offset: Offset
+    epoch: str
+
+
+# --------------------------------------------------------------------------- client → server
+
+
+class _Command(Struct, tag_field="type", omit_defaults=True):
+    pass
+
+
+class Subscribe(_Command, tag="subscribe"):
+    channel: ChannelName
+    id: CommandId | None = None
+    recover: Position | None = None
+    history: Annotated[int, Meta(ge=0)] | None = None
+    token: str | None = None
+
+
+class Unsubscribe(_Command, tag="unsubscribe"):
+    channel: ChannelName
+    id: CommandId | None = None
+
+
+class Publish(_Command, tag="publish"):
+    channel: ChannelName
+    data: Raw
+    id: CommandId | None = None
+    echo: bool | None = None
+
+
+class GetHistory(_Command, tag="history"):
+    channel: ChannelName
+    id: CommandId | None = None
+    limit: Annotated[int, Meta(gt=0)] | None = None
+    since: Position | None = None
+    reverse: bool = False
+
+
+class GetPresence(_Command, tag="presence"):
+    channel: ChannelName
+    id: CommandId | None = None
+
+
+class Refresh(_Command, tag="refresh"):
+    token: str
+    id: CommandId | None = None
+
+
+class Pong(_Command, tag="pong"):
+    id: CommandId | None = None
+
+
+Command = Subscribe | Unsubscribe | Publish | GetHistory | GetPresence | Refresh | Pong
+"""Every command a client may send."""
+
+
+class _IdProbe(Struct):
+    """Reads only ``id`` so an error can name the command even when the rest is invalid."""
+
+    id: Any = None
+
+
+# --------------------------------------------------------------------------- server → client
+
+
+class _ServerMessage(Struct, tag_field="type", omit_defaults=True):
+    pass
+
+
+class ClientInfo(Struct, omit_defaults=True):
+    """Who sent a publication, or who is present: stamped by the server, never by the client."""
+
+    user: str
+    client: str
+    name: str | None = None
+    info: dict[str, Any] | None = None
+
+
+class Message(_ServerMessage, tag="message"):
+    channel: str
+    data: Raw
+    ts: int
+    offset: int | None = None
+    epoch: str | None = None
+    sender: ClientInfo | None = None
+
+
+class Subscribed(_ServerMessage, tag="subscribed"):
+    channel: str
+    publications: list[Message]
+    id: int | None = None
+    offset: int | None = None
+    epoch: str | None = None
+    recovered: bool | None = None
+
+
+class Welcome(_ServerMessage, tag="welcome", omit_defaults=False):
+    client: str
+    user: str
+    node: str
+    ping: float
+    pong_timeout: float
+    expires: int | None
+    subscribed: list[Subscribed]
+    version: int = PROTOCOL_VERSION
+
+
+class Unsubscribed(_ServerMessage, tag="unsubscribed"):
+    channel: str
+    id: int | None = None
+
+
+class Join(_ServerMessage, tag="join"):
+    channel: str
+    user: str
+    client: str
+    info: dict[str, Any] | None = None
+
+
+class Leave(_ServerMessage, tag="leave"):
+    channel: str
+    user: str
+    client: str
+    info: dict[str, Any] | None = None
+
+
+class Ack(_ServerMessage, tag="ack"):
+    id: int | None = None
+    offset: int | None = None
+    epoch: str | None = None
+    expires: int | None = None
+
+
+class History(_ServerMessage, tag="history"):
+    channel: str
+    publications: list[Message]
+    id: int | None = None
+    offset: int | None = None
+    epoch: str | None = None
+
+
+class Presence(_ServerMessage, tag="presence"):
+    channel: str
+    clients: dict[str, ClientInfo]
+    users: int
+    id: int | None = None
+
+
+class Error(_ServerMessage, tag="error"):
+    code: int
+    reason: str
+    id: int | None = None
+
+
+class Ping(_ServerMessage, tag="ping"):
+    pass
+
+
+class Disconnect(_ServerMessage, tag="disconnect"):
+    code: int
+    reason: str
+    reconnect: bool
+
+
+ServerMessage = (
+    Welcome
+    | Subscribed
+    | Unsubscribed
+    | Message
+    | Join
+    | Leave
+    | Ack
+    | History
+    | Presence
+    | Error
+    | Ping
+    | Disconnect
+)
+"""Every message the server may send."""
+
+
+# --------------------------------------------------------------------------- codecs
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_BRACKET_DELTA = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
+_LONG_DIGITS = re.compile(rb"\d{20,}")
+
+
+def _json_too_deep(buf: bytes) -> bool:
+    # Cheap bound first: depth can never exceed the number of opening brackets.
+    if buf.count(b"[") + buf.count(b"{") <= MAX_DEPTH:
+        return False
+    brackets = _JSON_STRING.sub(b"", buf).translate(None, _NOT_BRACKETS)
+    if len(brackets) <= 2 * MAX_DEPTH:
+        return False
+    return max(accumulate(_BRACKET_DELTA[b] for b in brackets)) > MAX_DEPTH
+
+
+def _object_too_deep(obj: object) -> bool:
+    stack: list[tuple[object, int]] = [(obj, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = list(item.keys()) + list(item.values())
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth > MAX_DEPTH:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+class Codec:
+    """One wire format: its subprotocol, frame kind, and the shared encoder/decoder.
+
+    Instances are module-level singletons (:data:`JSON`, :data:`MSGPACK`) so the
+    msgspec encoders and decoders are built once and reused by every connection.
+    """
+
+    __slots__ = ("_decoder", "_encoder", "_generic", "_probe", "binary", "name", "subprotocol")
+
+    def __init__(self, name: Literal["json", "msgpack"]) -> None:
+        self.name = name
+        self.subprotocol = f"hubbub.v1.{name}"
+        self.binary = name == "msgpack"
+        self._encoder: msgspec.json.Encoder | msgspec.msgpack.Encoder
+        self._decoder: msgspec.json.Decoder[Command] | msgspec.msgpack.Decoder[Command]
+        self._probe: msgspec.json.Decoder[_IdProbe] | msgspec.msgpack.Decoder[_IdProbe]
+        self._generic: msgspec.json.Decoder[Any] | msgspec.msgpack.Decoder[Any]
+        if name == "json":
+            self._encoder = msgspec.json.Encoder()
+            self._decoder = msgspec.json.Decoder(Command)
+            self._probe = msgspec.json.Decoder(_IdProbe)
+            self._generic = msgspec.json.Decoder()
+        else:
+            self._encoder = msgspec.msgpack.Encoder()
+            self._decoder = msgspec.msgpack.Decoder(Command)
+            self._probe = msgspec.msgpack.Decoder(_IdProbe)
+            self._generic = msgspec.msgpack.Decoder()
+
+    def __repr__(self) -> str:
+        return f"<Codec {self.name}>"
+
+    # -- frames ------------------------------------------------------------------------------
+
+    def encode(self, message: ServerMessage) -> str | bytes:
+        """Encode one server message into an ASGI-ready frame (``str`` for JSON)."""
+        raw = self._encoder.encode(message)
+        return raw if self.binary else raw.decode()
+
+    def encode_bytes(self, message: ServerMessage) -> bytes:
+        """Encode one server message into bytes in this codec."""
+        return self._encoder.encode(message)
+
+    def decode(self, frame: bytes) -> Command:
+        """Decode and validate one client frame.
+
+        Raises:
+            InvalidMessage: with the command's ``id`` attached as ``exc.command_id``
+                whenever it could be read.
+        """
+        try:
+            command = self._decoder.decode(frame)
+        except RecursionError:
+            raise _invalid("message nested too deeply", None) from None
+        except msgspec.ValidationError as exc:
+            raise _invalid(str(exc), self._read_id(frame)) from None
+        except msgspec.DecodeError as exc:
+            raise _invalid(f"malformed {self.name}: {exc}", None) from None
+        if self._too_deep(frame):
+            raise _invalid(f"message nested deeper than {MAX_DEPTH} levels", _command_id(command))
+        if isinstance(command, Publish):
+            self.check_data(command.data, _command_id(command))
+        return command
+
+    def _read_id(self, frame: bytes) -> int | None:
+        try:
+            value = self._probe.decode(frame).id
+        except (msgspec.MsgspecError, RecursionError):
+            return None
+        return value if type(value) is int and value > 0 else None
+
+    def _too_deep(self, frame: bytes) -> bool:
+        if not self.binary:
+            return _json_too_deep(frame)
+        if len(frame) <= MAX_DEPTH:
+            return False
+        try:
+            return _object_too_deep(self._generic.decode(frame))
+        except (msgspec.MsgspecError, RecursionError):
+            return True
+
+    def check_data(self, data: Raw, command_id: int | None = None) -> None:
+        """Refuse a payload that the other codec could not carry.
+
+        JSON integers beyond 64 bits cannot become MessagePack; MessagePack
+        extension types and non-string keys cannot become JSON. Checking once at
+        publish time means fan-out can never fail halfway.
+        """
+        buf = bytes(data)
+        if not self.binary:
+            if _LONG_DIGITS.search(buf) is None:
+                return
+        try:
+            self.convert(buf, MSGPACK if not self.binary else JSON)
+        except (msgspec.MsgspecError, OverflowError, TypeError, ValueError, RecursionError):
+            raise _invalid(
+                "data cannot be represented in both codecs (integers must fit in 64 bits; "
+                "MessagePack extension types and non-string keys are not allowed)",
+                command_id,
+            ) from None
+
+    def convert(self, data: bytes, target: Codec) -> bytes:
+        """Re-encode a payload held in this codec into ``target``'s codec."""
+        if target is self:
+            return data
+        value = self._generic.decode(data)
+        if target.binary:
+            return msgspec.msgpack.encode(value)
+        return msgspec.json.encode(value)
+
+    def decode_value(self, data: bytes) -> Any:
+        """Decode any value in this codec (used by tests and the HTTP layer)."""
+        return self._generic.decode(data)
+
+    def encode_value(self, value: Any) -> bytes:
+        """Encode any value in this codec."""
+        return self._encoder.encode(value)
+
+
+def _command_id(command: Command) -> int | None:
+    return command.id
+
+
+def _invalid(reason: str, command_id: int | None) -> InvalidMessage:
+    exc = InvalidMessage(reason)
+    exc.command_id = command_id  # type: ignore[attr-defined]
+    return exc
+
+
+def too_large(limit: int) -> MessageTooLarge:
+    """The error for a frame above ``limit`` bytes."""
+    return MessageTooLarge(f"frame larger than {limit} bytes")
+
+
+JSON: Final = Codec("json")
+MSGPACK: Final = Codec("msgpack")
+CODECS: Final = {JSON.subprotocol: JSON, MSGPACK.subprotocol: MSGPACK}
+
+
+def codec_for_subprotocol(name: str) -> Codec | None:
+    """The codec a ``Sec-WebSocket-Protocol`` entry names, or ``None`` if unknown."""
+    return CODECS.get(name)

@@ -1,0 +1,215 @@
+"""Namespaces: per-family channel options, and the rules for channel names.
+
+A channel ``ns:rest`` belongs to namespace ``ns``; a channel without a colon
+belongs to the default namespace (``name=""``); ``#<user>`` is the personal
+channel of ``<user>`` and belongs to the hub's personal namespace. Options are
+checked when a :class:`Namespace` is built, so a configuration mistake fails at
+start-up, not on the first message.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
+
+from ._errors import InvalidMessage, UnknownNamespace
+from .messages import CHANNEL_PATTERN
+
+if TYPE_CHECKING:
+    from .auth import Identity
+
+__all__ = [
+    "Access",
+    "Namespace",
+    "NamespaceRegistry",
+    "PublishCheck",
+    "SlowConsumerPolicy",
+    "SubscribeCheck",
+    "personal_channel",
+    "personal_owner",
+    "validate_channel",
+]
+
+Access = Literal["anyone", "authenticated", "nobody"]
+"""Who may do something in a namespace, before any hook is asked.
+
+``anyone``: every connected client (anonymous clients only exist where the hub
+allows them); ``authenticated``: clients with a user id; ``nobody``: only the
+server (Python API, HTTP API)."""
+
+SlowConsumerPolicy = Literal["disconnect", "drop_oldest"]
+"""What happens when a client's send queue is full: close it with 1013 so it
+recovers (``disconnect``), or drop the oldest queued message of a lossy
+channel (``drop_oldest``)."""
+
+_CHANNEL_RE: Final = re.compile(CHANNEL_PATTERN)
+_NAMESPACE_RE: Final = re.compile(r"^[A-Za-z0-9_\-.@=/]{1,64}$")
+PERSONAL_PREFIX: Final = "#"
+
+
+class SubscribeCheck(Protocol):
+    """Decides whether ``identity`` may subscribe to ``channel``.
+
+    Called after the namespace's ``subscribe`` access allowed the client. It must
+    not block for long: it runs on the client's command path. Returning False
+    answers ``error`` 403.
+    """
+
+    def __call__(self, identity: Identity, channel: str) -> bool: ...
+
+
+class PublishCheck(Protocol):
+    """Decides whether ``identity`` may publish ``data`` (the raw payload) into ``channel``."""
+
+    def __call__(self, identity: Identity, channel: str, data: bytes) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Namespace:
+    """Options shared by every channel of one namespace.
+
+    Args:
+        name: the part before the colon; ``""`` is the default namespace.
+        subscribe: who may subscribe (see :data:`Access`).
+        publish: who may publish from a client; the server may always publish.
+        can_subscribe: optional finer check, asked after ``subscribe`` allowed it.
+        can_publish: optional finer check, asked after ``publish`` allowed it.
+        echo: whether a publisher receives its own publication unless it says otherwise.
+        slow_consumer: the policy when a subscriber's send queue is full.
+        max_payload: the largest ``data`` accepted in one publication, in bytes
+            (``None``: only the frame limit applies).
+        history_size: publications kept per channel (0: no history; filled in by
+            the history support).
+        history_ttl: seconds a channel's history is kept after its last publication.
+        presence: whether the namespace tracks presence.
+        join_leave: whether ``join``/``leave`` events are sent to subscribers.
+    """
+
+    name: str = ""
+    subscribe: Access = "anyone"
+    publish: Access = "anyone"
+    can_subscribe: SubscribeCheck | None = field(default=None, compare=False)
+    can_publish: PublishCheck | None = field(default=None, compare=False)
+    echo: bool = True
+    slow_consumer: SlowConsumerPolicy = "disconnect"
+    max_payload: int | None = None
+    history_size: int = 0
+    history_ttl: float = 300.0
+    presence: bool = False
+    join_leave: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str):
+            raise TypeError("Namespace.name must be a string")
+        if self.name and not _NAMESPACE_RE.match(self.name):
+            raise ValueError(
+                f"invalid namespace name {self.name!r}: 1-64 characters from "
+                "[A-Za-z0-9_-.@=/], no colon and no leading '#'"
+            )
+        for option in ("subscribe", "publish"):
+            value = getattr(self, option)
+            if value not in ("anyone", "authenticated", "nobody"):
+                raise ValueError(
+                    f"Namespace.{option} must be 'anyone', 'authenticated' or 'nobody', "
+                    f"not {value!r}"
+                )
+        if self.slow_consumer not in ("disconnect", "drop_oldest"):
+            raise ValueError(
+                f"Namespace.slow_consumer must be 'disconnect' or 'drop_oldest', "
+                f"not {self.slow_consumer!r}"
+            )
+        if self.max_payload is not None and self.max_payload <= 0:
+            raise ValueError("Namespace.max_payload must be positive or None")
+        if self.history_size < 0:
+            raise ValueError("Namespace.history_size must not be negative")
+        if self.history_ttl <= 0:
+            raise ValueError("Namespace.history_ttl must be positive")
+        if self.join_leave and not self.presence:
+            raise ValueError("Namespace.join_leave needs presence=True")
+        for hook in ("can_subscribe", "can_publish"):
+            value = getattr(self, hook)
+            if value is not None and not callable(value):
+                raise TypeError(f"Namespace.{hook} must be callable")
+
+    @property
+    def droppable(self) -> bool:
+        """Whether messages of this namespace may be dropped for a slow consumer."""
+        return self.slow_consumer == "drop_oldest"
+
+    def may_subscribe(self, identity: Identity, channel: str) -> bool:
+        """Whether ``identity`` may subscribe to ``channel`` under these options."""
+        if not _allowed(self.subscribe, identity):
+            return False
+        return self.can_subscribe is None or bool(self.can_subscribe(identity, channel))
+
+    def may_publish(self, identity: Identity, channel: str, data: bytes) -> bool:
+        """Whether ``identity`` may publish ``data`` into ``channel`` from a client."""
+        if not _allowed(self.publish, identity):
+            return False
+        return self.can_publish is None or bool(self.can_publish(identity, channel, data))
+
+
+def _allowed(access: Access, identity: Identity) -> bool:
+    if access == "anyone":
+        return True
+    if access == "authenticated":
+        return bool(identity.user)
+    return False
+
+
+def validate_channel(channel: object) -> str:
+    """Return ``channel`` if it is a valid channel name, else raise ``InvalidMessage``."""
+    if not isinstance(channel, str) or not _CHANNEL_RE.match(channel):
+        raise InvalidMessage("invalid channel name: 1-255 characters from [A-Za-z0-9_-:.@#=/]")
+    return channel
+
+
+class NamespaceRegistry:
+    """Maps channels to their namespace; built once per hub."""
+
+    __slots__ = ("_by_name", "personal")
+
+    def __init__(self, namespaces: Iterable[Namespace], personal: Namespace) -> None:
+        by_name: dict[str, Namespace] = {}
+        for namespace in namespaces:
+            if not isinstance(namespace, Namespace):
+                raise TypeError(f"expected a Namespace, got {type(namespace).__name__}")
+            if namespace.name in by_name:
+                raise ValueError(f"namespace {namespace.name!r} is configured twice")
+            by_name[namespace.name] = namespace
+        self._by_name: Mapping[str, Namespace] = by_name
+        self.personal = personal
+
+    def __iter__(self) -> Any:
+        return iter(self._by_name.values())
+
+    def get(self, name: str) -> Namespace | None:
+        """The namespace called ``name``, if configured."""
+        return self._by_name.get(name)
+
+    def resolve(self, channel: str) -> Namespace:
+        """The namespace of an already valid channel name.
+
+        Raises:
+            UnknownNamespace: no namespace is configured for the channel.
+        """
+        if channel.startswith(PERSONAL_PREFIX):
+            return self.personal
+        name, colon, _ = channel.partition(":")
+        namespace = self._by_name.get(name if colon else "")
+        if namespace is None:
+            shown = repr(name) if colon else "the default namespace"
+            raise UnknownNamespace(f"unknown namespace {shown}")
+        return namespace
+
+
+def personal_channel(user: str) -> str:
+    """The personal channel of ``user``."""
+    return PERSONAL_PREFIX + user
+
+
+def personal_owner(channel: str) -> str | None:
+    """The user whose personal channel ``channel`` is, or ``None``."""
+    return channel[1:] if channel.startswith(PERSONAL_PREFIX) else None

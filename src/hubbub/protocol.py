@@ -1,0 +1,270 @@
+"""The per-client protocol state machine, free of I/O.
+
+:class:`ClientProtocol` takes frames and clock readings in and returns events
+out: a message to send, a validated command to execute, or a close. It never
+awaits, so every rule of the protocol (sizes, validation, permissions that need
+no broker, invalid-message counting, liveness) is tested with plain calls, the
+sans-I/O idea of the ``websockets`` library. The connection layer performs the
+events; the hub executes the commands.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from ._errors import (
+    AlreadySubscribed,
+    HubbubError,
+    InvalidMessage,
+    MessageTooLarge,
+    NotFound,
+    PermissionDenied,
+    RateLimited,
+)
+from .auth import Identity
+from .limits import Limits
+from .messages import (
+    Codec,
+    Command,
+    Error,
+    GetHistory,
+    GetPresence,
+    Ping,
+    Pong,
+    Publish,
+    Refresh,
+    ServerMessage,
+    Subscribe,
+    Unsubscribe,
+)
+from .namespaces import Namespace, NamespaceRegistry, personal_owner
+
+__all__ = ["ClientProtocol", "Close", "Execute", "Send"]
+
+# Close codes of the protocol (docs/protocol.md §7).
+NORMAL: Final = 1000
+GOING_AWAY: Final = 1001
+POLICY_VIOLATION: Final = 1008
+TOO_BIG: Final = 1009
+INTERNAL_ERROR: Final = 1011
+SERVICE_RESTART: Final = 1012
+TRY_AGAIN_LATER: Final = 1013
+TOKEN_EXPIRED: Final = 4401
+KICKED: Final = 4403
+HEARTBEAT_TIMEOUT: Final = 4408
+FLOODING: Final = 4429
+
+RECONNECT: Final = frozenset(
+    {GOING_AWAY, INTERNAL_ERROR, SERVICE_RESTART, TRY_AGAIN_LATER, HEARTBEAT_TIMEOUT, FLOODING}
+)
+"""Close codes after which a client should reconnect (docs/protocol.md §7)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send this message to the client."""
+
+    message: ServerMessage
+
+
+@dataclass(frozen=True, slots=True)
+class Execute:
+    """Run this validated command; ``namespace`` is the channel's, where it has one."""
+
+    command: Command
+    namespace: Namespace | None
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Close the connection: send ``disconnect``, then a close frame with ``code``.
+
+    ``flush`` asks for the messages already queued (such as the ``error`` that
+    caused the close) to be sent first.
+    """
+
+    code: int
+    reason: str
+    flush: bool = True
+
+    @property
+    def reconnect(self) -> bool:
+        """Whether the client is advised to reconnect."""
+        return self.code in RECONNECT
+
+
+Event = Send | Execute | Close
+
+
+class ClientProtocol:
+    """Protocol rules for one client, driven by frames and clock readings.
+
+    Args:
+        identity: who the client is.
+        codec: the negotiated codec; frames of the other kind are invalid.
+        namespaces: the hub's namespaces.
+        limits: the connection limits.
+        now: the clock reading at accept time (seconds, any monotonic origin).
+    """
+
+    def __init__(
+        self,
+        *,
+        identity: Identity,
+        codec: Codec,
+        namespaces: NamespaceRegistry,
+        limits: Limits,
+        now: float,
+    ) -> None:
+        self.identity = identity
+        self.codec = codec
+        self.namespaces = namespaces
+        self.limits = limits
+        self.channels: dict[str, Namespace] = {}
+        """Channels the client holds, with their namespace."""
+        self.server_side: set[str] = set()
+        """Channels held because the server subscribed the client (not counted by the limit)."""
+        self.invalid_in_a_row = 0
+        self.last_activity = now
+        self.next_ping = now + limits.ping_interval
+        self.closed = False
+
+    # -- input ---------------------------------------------------------------------------
+
+    def receive(self, frame: str | bytes | None, now: float) -> list[Event]:
+        """Handle one client frame received at ``now``."""
+        if self.closed:
+            return []
+        self.last_activity = now
+        limit = self.limits.max_message_size
+        if frame is None:
+            return self._invalid(InvalidMessage("empty frame"), None)
+        if isinstance(frame, str):
+            # A str of n characters holds at most 4n UTF-8 bytes: encode only near the limit.
+            if len(frame) > limit or (len(frame) * 4 > limit and len(frame.encode()) > limit):
+                return self._close(TOO_BIG, str(MessageTooLarge(f"frame over {limit} bytes")))
+            if self.codec.binary:
+                return self._invalid(
+                    InvalidMessage("text frame on hubbub.v1.msgpack: send binary frames"), None
+                )
+            data = frame.encode()
+        else:
+            if len(frame) > limit:
+                return self._close(TOO_BIG, str(MessageTooLarge(f"frame over {limit} bytes")))
+            if not self.codec.binary:
+                return self._invalid(
+                    InvalidMessage("binary frame on hubbub.v1.json: send text frames"), None
+                )
+            data = frame
+        try:
+            command = self.codec.decode(data)
+        except InvalidMessage as exc:
+            return self._invalid(exc, getattr(exc, "command_id", None))
+        try:
+            event = self._check(command)
+        except HubbubError as exc:
+            if isinstance(exc, InvalidMessage):
+                return self._invalid(exc, command.id)
+            self.invalid_in_a_row = 0
+            return [Send(Error(code=exc.code, reason=exc.reason, id=command.id))]
+        self.invalid_in_a_row = 0
+        return [] if event is None else [event]
+
+    def _check(self, command: Command) -> Event | None:
+        """Validate a decoded command against rules that need no broker."""
+        if isinstance(command, Pong):
+            return None
+        if isinstance(command, Refresh):
+            return Execute(command, None)
+        channel = command.channel
+        namespace = self.namespaces.resolve(channel)
+        owner = personal_owner(channel)
+        if isinstance(command, Subscribe):
+            if channel in self.channels:
+                if command.recover is None or channel not in self.server_side:
+                    raise AlreadySubscribed(f"already subscribed to {channel!r}")
+            elif owner is not None:
+                if not owner or owner != self.identity.user:
+                    raise PermissionDenied("a personal channel is only for its own user")
+            elif not namespace.may_subscribe(self.identity, channel):
+                raise PermissionDenied(f"not allowed to subscribe to {channel!r}")
+            elif self._counted() >= self.limits.max_channels:
+                raise RateLimited(f"at most {self.limits.max_channels} channels per connection")
+        elif isinstance(command, Unsubscribe):
+            if channel not in self.channels:
+                raise NotFound(f"not subscribed to {channel!r}")
+        elif isinstance(command, Publish):
+            data = bytes(command.data)
+            if namespace.max_payload is not None and len(data) > namespace.max_payload:
+                raise MessageTooLarge(f"data over {namespace.max_payload} bytes")
+            if owner is not None:
+                raise PermissionDenied("only the server publishes into personal channels")
+            if not namespace.may_publish(self.identity, channel, data):
+                raise PermissionDenied(f"not allowed to publish into {channel!r}")
+        elif isinstance(command, GetPresence):
+            if not namespace.presence:
+                raise PermissionDenied("presence is not enabled for this namespace")
+            self._check_read(namespace, owner, channel)
+        elif isinstance(command, GetHistory):
+            self._check_read(namespace, owner, channel)
+        return Execute(command, namespace)
+
+    def _check_read(self, namespace: Namespace, owner: str | None, channel: str) -> None:
+        if channel in self.channels:
+            return
+        if owner is not None:
+            if owner != self.identity.user or not owner:
+                raise PermissionDenied("a personal channel is only for its own user")
+        elif not namespace.may_subscribe(self.identity, channel):
+            raise PermissionDenied(f"not allowed to read {channel!r}")
+
+    def _counted(self) -> int:
+        count = len(self.channels)
+        own = "#" + self.identity.user if self.identity.user else None
+        if own is not None and own in self.channels:
+            count -= 1
+        return count
+
+    def _invalid(self, exc: InvalidMessage, command_id: int | None) -> list[Event]:
+        self.invalid_in_a_row += 1
+        events: list[Event] = [Send(Error(code=exc.code, reason=exc.reason, id=command_id))]
+        if self.invalid_in_a_row >= self.limits.max_invalid:
+            events.extend(self._close(POLICY_VIOLATION, "too many invalid messages"))
+        return events
+
+    def _close(self, code: int, reason: str, *, flush: bool = True) -> list[Event]:
+        self.closed = True
+        return [Close(code, reason, flush)]
+
+    # -- state updates from the hub -------------------------------------------------------
+
+    def add_channel(self, channel: str, namespace: Namespace, *, server_side: bool = False) -> None:
+        """Record a subscription the hub has made."""
+        self.channels[channel] = namespace
+        if server_side:
+            self.server_side.add(channel)
+
+    def remove_channel(self, channel: str) -> None:
+        """Forget a subscription the hub has removed."""
+        self.channels.pop(channel, None)
+        self.server_side.discard(channel)
+
+    # -- time ------------------------------------------------------------------------------
+
+    def heartbeat(self, now: float) -> list[Event]:
+        """What liveness requires at ``now``: a ``ping``, a 4408 close, or nothing."""
+        if self.closed:
+            return []
+        if now - self.last_activity >= self.limits.idle_timeout:
+            return self._close(
+                HEARTBEAT_TIMEOUT, "no message within the idle deadline", flush=False
+            )
+        if now >= self.next_ping:
+            self.next_ping = now + self.limits.ping_interval
+            return [Send(Ping())]
+        return []
+
+    def next_deadline(self) -> float:
+        """The clock reading at which :meth:`heartbeat` next has something to do."""
+        return min(self.next_ping, self.last_activity + self.limits.idle_timeout)
