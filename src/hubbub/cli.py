@@ -47,6 +47,19 @@ def build_demo_hub(**options: Any) -> Hub:
     )
 
 
+class _SpuriousHandshakeError(logging.Filter):
+    """Drops uvicorn's false "returned without completing handshake" error after a denial.
+
+    uvicorn's websockets-sansio implementation logs it at ERROR for every
+    WebSocket refused through the denial-response extension (Kludex/uvicorn#3138),
+    which would page operators on every rejected token. HubApp always completes
+    or denies the handshake, so under ``hubbub serve`` the line is never real.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "ASGI callable returned without completing handshake."
+
+
 class _DrainingServer(uvicorn.Server):
     """A uvicorn server that lets hubs say goodbye before uvicorn closes the sockets."""
 
@@ -164,7 +177,9 @@ def _serve(args: argparse.Namespace) -> None:
         log_level=args.log_level.lower(),
         lifespan="auto",
     )
-    _DrainingServer(config).run()
+    server = _DrainingServer(config)
+    logging.getLogger("uvicorn.error").addFilter(_SpuriousHandshakeError())
+    server.run()
 
 
 def _schema() -> None:

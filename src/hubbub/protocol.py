@@ -164,8 +164,9 @@ class ClientProtocol:
         try:
             event = self._check(command)
         except HubbubError as exc:
-            if isinstance(exc, InvalidMessage):
+            if exc.code == InvalidMessage.code:
                 return self._invalid(exc, command.id)
+            # A refusal (403/404/409/413/429) answers a well-formed command: it resets the count.
             self.invalid_in_a_row = 0
             return [Send(Error(code=exc.code, reason=exc.reason, id=command.id))]
         self.invalid_in_a_row = 0
@@ -226,7 +227,7 @@ class ClientProtocol:
             count -= 1
         return count
 
-    def _invalid(self, exc: InvalidMessage, command_id: int | None) -> list[Event]:
+    def _invalid(self, exc: HubbubError, command_id: int | None) -> list[Event]:
         self.invalid_in_a_row += 1
         events: list[Event] = [Send(Error(code=exc.code, reason=exc.reason, id=command_id))]
         if self.invalid_in_a_row >= self.limits.max_invalid:

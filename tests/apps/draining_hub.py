@@ -1,0 +1,15 @@
+"""A hub whose clients take a while to drain, served by ``python -m hubbub serve``.
+
+A client that stopped reading holds the drain for up to about two close
+timeouts, which leaves a window to try a new connection while draining.
+"""
+
+from __future__ import annotations
+
+from hubbub import Hub, Limits
+
+hub = Hub(
+    anonymous=True,
+    limits=Limits(max_message_size=64 * 1024, close_timeout=2.0),
+    drain_timeout=8.0,
+)
