@@ -9,6 +9,7 @@ applies the slow-consumer policy instead of slowing the publisher down.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -51,6 +52,61 @@ SendCallable = Callable[[Message], Awaitable[None]]
 
 logger = logging.getLogger("hubbub.connection")
 
+
+class _Signal:
+    """Wakes one waiting task; reusable. The portable version, built on anyio.Event."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event: anyio.Event | None = None
+
+    def set(self) -> None:
+        event = self._event
+        if event is not None:
+            self._event = None
+            event.set()
+
+    async def wait(self) -> None:
+        event = self._event = anyio.Event()
+        await event.wait()
+
+
+class _AsyncioSignal(_Signal):
+    """The same on asyncio with a bare future: the writer's wake-up is on the fan-out path.
+
+    ``anyio.Event()`` costs a backend lookup per creation, and the writer needs a
+    fresh one for every wait — measurably the largest cost per delivery on asyncio.
+    Awaiting a plain future keeps anyio's cancellation semantics (a cancelled
+    task's awaited future is cancelled).
+    """
+
+    __slots__ = ("_future", "_loop")
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._future: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        future = self._future
+        if future is not None:
+            self._future = None
+            if not future.done():
+                future.set_result(None)
+
+    async def wait(self) -> None:
+        future = self._future = self._loop.create_future()
+        await future
+
+
+def _signal() -> _Signal:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # not on asyncio (trio)
+        return _Signal()
+    return _AsyncioSignal()
+
+
 # What a send raises once the peer has gone (ASGI spec 2.4: OSError; anyio streams
 # in some servers). A normal end of a connection, not an error to log.
 _GONE = (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError)
@@ -68,6 +124,7 @@ class Connection:
         "_queue",
         "_queued_bytes",
         "_send_scope",
+        "_waiting",
         "_wakeup",
         "close_code",
         "codec",
@@ -111,7 +168,8 @@ class Connection:
         self._max_bytes = limits.queue_bytes
         self._queue: deque[tuple[str | bytes, int, bool]] = deque()
         self._queued_bytes = 0
-        self._wakeup: anyio.Event | None = None
+        self._wakeup = _signal()
+        self._waiting = False
         self._close: Close | None = None
         self._gone = False
         self._send_scope: anyio.CancelScope | None = None
@@ -139,10 +197,9 @@ class Connection:
                 return
         queue.append((frame, size, droppable))
         self._queued_bytes += size
-        wakeup = self._wakeup
-        if wakeup is not None:
-            self._wakeup = None
-            wakeup.set()
+        if self._waiting:
+            self._waiting = False
+            self._wakeup.set()
 
     def _make_room(self, size: int) -> bool:
         queue = self._queue
@@ -181,10 +238,9 @@ class Connection:
         self._wake()
 
     def _wake(self) -> None:
-        wakeup = self._wakeup
-        if wakeup is not None:
-            self._wakeup = None
-            wakeup.set()
+        if self._waiting:
+            self._waiting = False
+            self._wakeup.set()
 
     @property
     def queued(self) -> int:
@@ -255,8 +311,8 @@ class Connection:
                     if not queue:
                         if self._close is not None or self._gone:
                             break
-                        wakeup = self._wakeup = anyio.Event()
-                        await wakeup.wait()
+                        self._waiting = True
+                        await self._wakeup.wait()
                         continue
                     if self._gone or (self._close is not None and not self._close.flush):
                         break

@@ -267,7 +267,7 @@ class Hub:
     # -- server-side API ---------------------------------------------------------------------
 
     async def publish(
-        self, channel: str, data: Any, *, json: bytes | None = None
+        self, channel: str, data: Any = None, *, json: bytes | None = None
     ) -> Position | None:
         """Publish ``data`` into ``channel`` from the server, to every subscriber on every node.
 
