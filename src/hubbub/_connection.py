@@ -193,6 +193,7 @@ class Connection:
             if not self._make_room(size):
                 if droppable:
                     return
+                self.hub.stats.slow_consumer_closes += 1
                 self.close(Close(TRY_AGAIN_LATER, "send queue full (slow consumer)", flush=False))
                 return
         queue.append((frame, size, droppable))
@@ -225,6 +226,9 @@ class Connection:
             return
         self._close = event
         self.protocol.closed = True
+        # Nothing more will be queued for it: leave every channel now, so a frozen
+        # client does not linger in the registry for the close timeout.
+        self.hub._detach_all(self)
         scope = self._send_scope
         if not event.flush:
             self._queue.clear()

@@ -32,6 +32,9 @@ def route_path(scope: Scope) -> str:
     root: str = scope.get("root_path") or ""
     if root and path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/"):
         path = path[len(root) :]
+    if len(path) > 1 and path.endswith("/"):
+        # Litestar's mounts hand the app "/ws/" for "<prefix>/ws".
+        path = path[:-1]
     return path or "/"
 
 

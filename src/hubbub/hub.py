@@ -215,7 +215,13 @@ class Hub:
                 except Exception:
                     logger.exception("broker did not stop cleanly")
             self._tg.cancel_scope.cancel()
-            await self._stack.__aexit__(exc_type, exc, tb)
+            try:
+                await self._stack.__aexit__(exc_type, exc, tb)
+            except BaseExceptionGroup as group:
+                # The task group wraps an exception raised in the ``async with hub:``
+                # body; let the caller's own exception propagate unwrapped.
+                if exc is None or list(group.exceptions) != [exc]:
+                    raise
         finally:
             _RUNNING_HUBS.discard(self)
             self._stack = None
@@ -290,7 +296,7 @@ class Hub:
         if json is None:
             try:
                 json = msgspec.json.encode(data)
-            except (TypeError, ValueError, OverflowError) as exc:
+            except (TypeError, ValueError, OverflowError, RecursionError) as exc:
                 raise InvalidMessage(f"data cannot be encoded as JSON: {exc}") from None
         else:
             try:
@@ -355,8 +361,7 @@ class Hub:
                 mine.pop(connection, None)
                 if not mine:
                     del self._users[user]
-        for channel in list(connection.protocol.channels):
-            self._detach(connection, channel)
+        self._detach_all(connection)
         if not self._connections and self._all_gone is not None:
             self._all_gone.set()
 
@@ -498,6 +503,10 @@ class Hub:
         entry.subscribers[connection] = None
         connection.protocol.add_channel(channel, namespace, server_side=server_side)
 
+    def _detach_all(self, connection: Connection) -> None:
+        for channel in list(connection.protocol.channels):
+            self._detach(connection, channel)
+
     def _detach(self, connection: Connection, channel: str) -> None:
         connection.protocol.remove_channel(channel)
         entry = self._channels.get(channel)
@@ -569,7 +578,8 @@ class Hub:
         exclude = publication.exclude
         frames: dict[Codec, tuple[str | bytes, int]] = {}
         delivered = 0
-        for connection in entry.subscribers:
+        # A copy: a full queue closes its connection, which detaches it from this dict.
+        for connection in tuple(entry.subscribers):
             if exclude is not None and connection.id == exclude:
                 continue
             codec = connection.codec

@@ -1,0 +1,662 @@
+"""The hub's Python API and lifecycle, on asyncio and on trio.
+
+Connections are driven in memory: ``HubApp`` is called as a plain ASGI app with
+anyio memory object streams as ``receive``/``send``, so every test here runs on
+both event loops without a server or a socket.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping, MutableMapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import pytest
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from hubbub import (
+    Hub,
+    HubApp,
+    Identity,
+    InvalidMessage,
+    Limits,
+    MemoryBroker,
+    Namespace,
+    UnknownNamespace,
+)
+
+pytestmark = pytest.mark.anyio
+
+TIMEOUT = 5.0
+Event = MutableMapping[str, Any]
+
+
+class MemoryWebSocket:
+    """One in-memory WebSocket client of an ASGI app (the test's side of the streams)."""
+
+    def __init__(
+        self, to_app: MemoryObjectSendStream[Event], from_app: MemoryObjectReceiveStream[Event]
+    ) -> None:
+        self.to_app = to_app
+        self.from_app = from_app
+
+    async def receive(self) -> Event:
+        """The next ASGI event the app sent, within the test deadline."""
+        with anyio.fail_after(TIMEOUT):
+            return await self.from_app.receive()
+
+    async def receive_json(self) -> dict[str, Any]:
+        """The next ``websocket.send`` text frame, decoded."""
+        event = await self.receive()
+        assert event["type"] == "websocket.send", event
+        message: dict[str, Any] = json.loads(event["text"])
+        return message
+
+    async def send_json(self, message: Mapping[str, Any]) -> None:
+        """Send one text frame to the app."""
+        await self.to_app.send({"type": "websocket.receive", "text": json.dumps(message)})
+
+    async def command(self, message: Mapping[str, Any]) -> dict[str, Any]:
+        """Send a command and return the next frame (its reply, in these quiet tests)."""
+        await self.send_json(message)
+        return await self.receive_json()
+
+    async def subscribe(self, channel: str, id: int = 1) -> None:
+        """Subscribe to ``channel`` and check the reply."""
+        reply = await self.command({"type": "subscribe", "channel": channel, "id": id})
+        assert reply["type"] == "subscribed" and reply["channel"] == channel, reply
+
+    async def receive_close(self) -> tuple[dict[str, Any], int]:
+        """The ``disconnect`` message and the close code that follows it."""
+        goodbye = await self.receive_json()
+        assert goodbye["type"] == "disconnect", goodbye
+        close = await self.receive()
+        assert close["type"] == "websocket.close", close
+        return goodbye, int(close["code"])
+
+    async def read_until_closed(self) -> list[Event]:
+        """Every event until the app returns (the app-side stream ends)."""
+        with anyio.fail_after(TIMEOUT):
+            return [event async for event in self.from_app]
+
+    def leave(self) -> None:
+        """The client goes away: the app gets ``websocket.disconnect`` and sends fail."""
+        try:
+            self.to_app.send_nowait({"type": "websocket.disconnect", "code": 1000})
+        except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass
+        self.to_app.close()
+        self.from_app.close()
+
+
+class Clients:
+    """Opens in-memory WebSocket clients of one ``HubApp`` inside a task group."""
+
+    def __init__(self, tg: TaskGroup, app: HubApp) -> None:
+        self.tg = tg
+        self.app = app
+        self.opened: list[MemoryWebSocket] = []
+
+    async def open(self, *, query: bytes = b"") -> MemoryWebSocket:
+        """Connect a client and return it after reading nothing (``welcome`` is next)."""
+        to_app, app_receive = anyio.create_memory_object_stream[Event](16)
+        # No buffer on the app's side: a client that stops reading blocks the
+        # app's send, exactly as a frozen TCP peer eventually does.
+        app_send, from_app = anyio.create_memory_object_stream[Event](0)
+        scope = {
+            "type": "websocket",
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "scheme": "ws",
+            "path": "/ws",
+            "raw_path": b"/ws",
+            "root_path": "",
+            "query_string": query,
+            "headers": [(b"host", b"testserver")],
+            "subprotocols": [],
+            "client": ("127.0.0.1", 50000 + len(self.opened)),
+            "server": ("127.0.0.1", 8000),
+            "extensions": {"websocket.http.response": {}},
+        }
+
+        async def run() -> None:
+            async with app_send, app_receive:
+                await self.app(scope, app_receive.receive, app_send.send)
+
+        self.tg.start_soon(run)
+        await to_app.send({"type": "websocket.connect"})
+        ws = MemoryWebSocket(to_app, from_app)
+        self.opened.append(ws)
+        return ws
+
+    async def connect(self, *, query: bytes = b"") -> tuple[MemoryWebSocket, dict[str, Any]]:
+        """Connect a client, check the ``accept`` and return it with its ``welcome``."""
+        ws = await self.open(query=query)
+        accept = await ws.receive()
+        assert accept["type"] == "websocket.accept", accept
+        welcome = await ws.receive_json()
+        assert welcome["type"] == "welcome", welcome
+        return ws, welcome
+
+
+@asynccontextmanager
+async def serving(hub: Hub) -> AsyncIterator[Clients]:
+    """Run ``hub`` and yield a client factory; every client leaves before the hub stops."""
+    async with hub, anyio.create_task_group() as tg:
+        clients = Clients(tg, HubApp(hub))
+        try:
+            yield clients
+        finally:
+            for ws in clients.opened:
+                ws.leave()
+
+
+async def wait_until(predicate: Any) -> None:
+    """Poll ``predicate`` (state the hub changes in its own tasks) until it holds, or fail."""
+    with anyio.fail_after(TIMEOUT):
+        for _ in range(int(TIMEOUT / 0.005)):
+            if predicate():
+                return
+            await anyio.sleep(0.005)
+    raise AssertionError("condition not reached in time")
+
+
+async def as_u1(scope: Mapping[str, Any]) -> Identity:
+    """An authenticator that says every connection is user ``u1``."""
+    return Identity(user="u1", name="User One")
+
+
+# -- lifecycle ---------------------------------------------------------------------------------
+
+
+async def test_async_with_starts_and_stops(anyio_backend: str) -> None:
+    """``async with hub`` runs the hub inside the block and stops it after."""
+    hub = Hub(anonymous=True)
+    assert hub.state == "stopped" and not hub.running
+    async with hub as entered:
+        assert entered is hub
+        assert hub.running and hub.state == "running"
+    assert hub.state == "stopped" and not hub.running
+
+
+async def test_starting_twice_raises(anyio_backend: str) -> None:
+    """Entering a running hub again raises RuntimeError and leaves it running."""
+    hub = Hub(anonymous=True)
+    async with hub:
+        with pytest.raises(RuntimeError, match="runs once at a time"):
+            await hub.__aenter__()
+        assert hub.running
+    assert hub.state == "stopped"
+
+
+async def test_hub_can_run_again_after_stopping(anyio_backend: str) -> None:
+    """A stopped hub can be started again and serves publications."""
+    hub = Hub(anonymous=True)
+    async with hub:
+        pass
+    async with hub:
+        assert await hub.publish("news", 1) is None
+
+
+async def test_error_in_body_propagates_unwrapped(anyio_backend: str) -> None:
+    """An exception raised inside ``async with hub`` reaches the caller as itself."""
+    hub = Hub(anonymous=True)
+    with pytest.raises(KeyError, match="boom"):
+        async with hub:
+            raise KeyError("boom")
+    assert hub.state == "stopped"
+
+
+async def test_cancelled_body_stops_the_hub(anyio_backend: str) -> None:
+    """Cancelling the code inside ``async with hub`` stops the hub cleanly."""
+    hub = Hub(anonymous=True)
+    with anyio.fail_after(TIMEOUT):
+        with anyio.move_on_after(0.01) as scope:
+            async with hub:
+                await anyio.sleep_forever()
+    assert scope.cancelled_caught
+    assert hub.state == "stopped"
+
+
+async def test_lifespan_is_an_async_context_manager(anyio_backend: str) -> None:
+    """``hub.lifespan(app)`` starts the hub on entry and stops it on exit."""
+    hub = Hub(anonymous=True)
+    async with hub.lifespan(object()):
+        assert hub.running
+    assert hub.state == "stopped"
+    async with hub.lifespan():
+        assert hub.running
+    assert hub.state == "stopped"
+
+
+async def test_failing_broker_start_leaves_hub_stopped(anyio_backend: str) -> None:
+    """A broker that fails to start propagates its error and the hub stays stopped."""
+    broker = MemoryBroker()
+    first = Hub(broker=broker, anonymous=True)
+    second = Hub(broker=broker, anonymous=True)
+    async with first:
+        with pytest.raises(RuntimeError, match="already started"):
+            await second.__aenter__()
+        assert second.state == "stopped"
+    assert first.state == "stopped"
+
+
+async def test_publish_before_start_is_actionable(anyio_backend: str) -> None:
+    """Publishing into a stopped hub raises RuntimeError that says how to start it."""
+    hub = Hub(anonymous=True)
+    with pytest.raises(RuntimeError) as info:
+        await hub.publish("news", {"a": 1})
+    message = str(info.value)
+    assert "not running" in message
+    assert "async with hub" in message and "lifespan=hub.lifespan" in message
+
+
+async def test_publish_after_stop_raises(anyio_backend: str) -> None:
+    """Publishing after the hub stopped raises RuntimeError again."""
+    hub = Hub(anonymous=True)
+    async with hub:
+        pass
+    with pytest.raises(RuntimeError, match="not running"):
+        await hub.publish("news", 1)
+
+
+# -- publish: argument checking ----------------------------------------------------------------
+
+
+async def test_publish_unknown_namespace(anyio_backend: str) -> None:
+    """Publishing into a namespace that is not configured raises UnknownNamespace (404)."""
+    hub = Hub(anonymous=True)
+    async with hub:
+        with pytest.raises(UnknownNamespace) as info:
+            await hub.publish("nope:room", 1)
+    assert info.value.code == 404
+    assert "nope" in info.value.reason
+
+
+async def test_publish_default_namespace_missing(anyio_backend: str) -> None:
+    """Without a default namespace, a channel without a colon is an unknown namespace."""
+    hub = Hub(anonymous=True, namespaces=[Namespace(name="chat")])
+    async with hub:
+        assert await hub.publish("chat:lobby", 1) is None
+        with pytest.raises(UnknownNamespace):
+            await hub.publish("lobby", 1)
+
+
+@pytest.mark.parametrize("channel", ["", "has space", "x" * 256, "é", "a\nb"])
+async def test_publish_invalid_channel(anyio_backend: str, channel: str) -> None:
+    """An invalid channel name raises InvalidMessage (400)."""
+    hub = Hub(anonymous=True)
+    async with hub:
+        with pytest.raises(InvalidMessage) as info:
+            await hub.publish(channel, 1)
+    assert info.value.code == 400
+
+
+async def test_publish_non_string_channel(anyio_backend: str) -> None:
+    """A channel that is not a string raises InvalidMessage."""
+    hub = Hub(anonymous=True)
+    async with hub:
+        with pytest.raises(InvalidMessage):
+            await hub.publish(42, 1)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("data", [object(), complex(1, 2), {(1, 2): 3}])
+async def test_publish_unencodable_data(anyio_backend: str, data: Any) -> None:
+    """Data that cannot be encoded as JSON raises InvalidMessage."""
+    hub = Hub(anonymous=True)
+    async with hub:
+        with pytest.raises(InvalidMessage):
+            await hub.publish("news", data)
+
+
+async def test_publish_deeply_nested_data(anyio_backend: str) -> None:
+    """Data too deeply nested to encode raises InvalidMessage, never RecursionError."""
+    hub = Hub(anonymous=True)
+    data: Any = 1
+    for _ in range(5000):
+        data = [data]
+    async with hub:
+        with pytest.raises(InvalidMessage):
+            await hub.publish("news", data)
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"", b'{"a":1} trailing'])
+async def test_publish_invalid_json_passthrough(anyio_backend: str, raw: bytes) -> None:
+    """``json=`` that is not one valid JSON document raises InvalidMessage."""
+    hub = Hub(anonymous=True)
+    async with hub:
+        with pytest.raises(InvalidMessage):
+            await hub.publish("news", None, json=raw)
+
+
+# -- construction ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"broker": object()}, TypeError),
+        ({"authenticator": "not callable"}, TypeError),
+        ({"limits": {"queue_messages": 5}}, TypeError),
+        ({"namespaces": ["chat"]}, TypeError),
+        ({"namespaces": [Namespace(), Namespace()]}, ValueError),
+        ({"broker_timeout": 0}, ValueError),
+        ({"drain_timeout": -1}, ValueError),
+    ],
+)
+def test_bad_hub_arguments_fail_at_construction(kwargs: dict[str, Any], error: type) -> None:
+    """Configuration mistakes raise TypeError/ValueError when the Hub is built."""
+    with pytest.raises(error):
+        Hub(**kwargs)
+
+
+def test_bad_limits_and_namespaces_fail_at_construction() -> None:
+    """Bad Limits and Namespace options raise ValueError when built, not later."""
+    with pytest.raises(ValueError, match="queue_messages"):
+        Limits(queue_messages=0)
+    with pytest.raises(ValueError, match="ping_interval"):
+        Limits(ping_interval=0)
+    with pytest.raises(ValueError, match="invalid namespace name"):
+        Namespace(name="a:b")
+    with pytest.raises(ValueError, match="slow_consumer"):
+        Namespace(slow_consumer="block")  # type: ignore[arg-type]
+
+
+def test_hub_app_needs_a_hub() -> None:
+    """HubApp refuses anything but a Hub with TypeError."""
+    with pytest.raises(TypeError):
+        HubApp(object())  # type: ignore[arg-type]
+
+
+# -- fan-out through in-memory connections -----------------------------------------------------
+
+
+async def test_fan_out_in_order_once_per_subscriber(anyio_backend: str) -> None:
+    """Every publication reaches every subscriber exactly once, in publication order."""
+    hub = Hub(anonymous=True)
+    async with serving(hub) as clients:
+        sockets = [(await clients.connect())[0] for _ in range(4)]
+        for ws in sockets:
+            await ws.subscribe("news")
+        assert hub.channels() == {"news": 4}
+        publisher = sockets[0]
+        for n in range(5):
+            await publisher.send_json({"type": "publish", "channel": "news", "data": n, "id": 10})
+        received: list[list[Any]] = []
+        for ws in sockets:
+            got: list[Any] = []
+            while len(got) < 5:
+                frame = await ws.receive_json()
+                if frame["type"] == "ack":
+                    continue
+                assert frame["type"] == "message" and frame["channel"] == "news", frame
+                got.append(frame["data"])
+            received.append(got)
+        assert received == [[0, 1, 2, 3, 4]] * 4
+        assert hub.stats.deliveries == 20
+        # No duplicate is left behind: the next message each one sees is a new one.
+        await hub.publish("news", "end")
+        for ws in sockets:
+            frame = await ws.receive_json()
+            while frame["type"] == "ack":
+                frame = await ws.receive_json()
+            assert frame["type"] == "message" and frame["data"] == "end", frame
+
+
+async def test_hub_publish_reaches_subscribers(anyio_backend: str) -> None:
+    """``hub.publish`` delivers a server-side message (no sender) to every subscriber."""
+    hub = Hub(anonymous=True)
+    async with serving(hub) as clients:
+        a, _ = await clients.connect()
+        b, _ = await clients.connect()
+        bystander, _ = await clients.connect()
+        await a.subscribe("news")
+        await b.subscribe("news")
+        await bystander.subscribe("other")
+        assert await hub.publish("news", {"headline": "hi"}) is None
+        assert await hub.publish("news", None, json=b'{"raw": [1, 2.5, "x"]}') is None
+        for ws in (a, b):
+            first = await ws.receive_json()
+            second = await ws.receive_json()
+            assert first["type"] == "message" and first["data"] == {"headline": "hi"}
+            assert "sender" not in first and isinstance(first["ts"], int)
+            assert second["data"] == {"raw": [1, 2.5, "x"]}
+        await hub.publish("other", "ping")
+        assert (await bystander.receive_json())["data"] == "ping"
+
+
+async def test_publish_json_passthrough_is_untouched(anyio_backend: str) -> None:
+    """``publish(json=...)`` forwards the payload bytes as they were given."""
+    hub = Hub(anonymous=True)
+    payload = b'{"b": 1,   "a": [true, null]}'
+    async with serving(hub) as clients:
+        ws, _ = await clients.connect()
+        await ws.subscribe("news")
+        await hub.publish("news", "ignored", json=payload)
+        event = await ws.receive()
+        assert payload.decode() in event["text"]
+
+
+async def test_publish_without_subscribers_is_fine(anyio_backend: str) -> None:
+    """Publishing into a channel nobody listens to succeeds and delivers nothing."""
+    hub = Hub(anonymous=True)
+    async with hub:
+        assert await hub.publish("empty", [1, 2, 3]) is None
+    assert hub.stats.publications == 1 and hub.stats.deliveries == 0
+
+
+async def test_empty_channels_are_removed(anyio_backend: str) -> None:
+    """A channel disappears from ``hub.channels()`` once its last subscriber leaves."""
+    hub = Hub(anonymous=True)
+    async with serving(hub) as clients:
+        a, _ = await clients.connect()
+        b, _ = await clients.connect()
+        await a.subscribe("news")
+        await b.subscribe("news")
+        await b.subscribe("sport", id=2)
+        assert hub.channels() == {"news": 2, "sport": 1}
+        reply = await a.command({"type": "unsubscribe", "channel": "news", "id": 3})
+        assert reply == {"type": "unsubscribed", "channel": "news", "id": 3}
+        await wait_until(lambda: hub.channels() == {"news": 1, "sport": 1})
+        b.leave()
+        await wait_until(lambda: hub.channels() == {} and hub.connection_count == 1)
+        # The node's broker subscription went too: a new subscriber starts afresh.
+        await b_is_replaced(clients, hub)
+
+
+async def b_is_replaced(clients: Clients, hub: Hub) -> None:
+    """A new client can subscribe again to a channel that was emptied."""
+    c, _ = await clients.connect()
+    await c.subscribe("news")
+    assert hub.channels() == {"news": 1}
+    await hub.publish("news", "again")
+    assert (await c.receive_json())["data"] == "again"
+
+
+async def test_connection_count_follows_clients(anyio_backend: str) -> None:
+    """``hub.connection_count`` counts open connections and drops when they leave."""
+    hub = Hub(anonymous=True)
+    async with serving(hub) as clients:
+        assert hub.connection_count == 0
+        a, _ = await clients.connect()
+        b, _ = await clients.connect()
+        assert hub.connection_count == 2
+        assert hub.stats.connections_total == 2
+        a.leave()
+        await wait_until(lambda: hub.connection_count == 1)
+        b.leave()
+        await wait_until(lambda: hub.connection_count == 0)
+
+
+# -- users: personal channel, kick -------------------------------------------------------------
+
+
+async def test_personal_channel_in_welcome(anyio_backend: str) -> None:
+    """An authenticated user is subscribed server-side to ``#<user>``, listed in welcome."""
+    hub = Hub(authenticator=as_u1)
+    async with serving(hub) as clients:
+        ws, welcome = await clients.connect()
+        assert welcome["user"] == "u1"
+        assert [entry["channel"] for entry in welcome["subscribed"]] == ["#u1"]
+        assert welcome["version"] == 1 and welcome["node"] == hub.node
+        assert hub.channels() == {"#u1": 1}
+        await hub.publish("#u1", {"title": "hello"})
+        message = await ws.receive_json()
+        assert message["channel"] == "#u1" and message["data"] == {"title": "hello"}
+
+
+async def test_anonymous_welcome_has_no_personal_channel(anyio_backend: str) -> None:
+    """An anonymous client gets ``user == ""`` and no server-side subscription."""
+    hub = Hub(anonymous=True)
+    async with serving(hub) as clients:
+        _, welcome = await clients.connect(query=b"name=Ann")
+        assert welcome["user"] == "" and welcome["subscribed"] == []
+        assert hub.channels() == {}
+
+
+async def test_disconnect_user_kicks_with_4403(anyio_backend: str) -> None:
+    """``hub.disconnect(user)`` sends ``disconnect`` 4403 (no reconnect) and closes 4403."""
+    hub = Hub(authenticator=as_u1)
+    async with serving(hub) as clients:
+        first, _ = await clients.connect()
+        second, _ = await clients.connect()
+        assert await hub.disconnect("nobody") == 0
+        assert await hub.disconnect("u1", reason="banned") == 2
+        for ws in (first, second):
+            goodbye, code = await ws.receive_close()
+            assert goodbye == {
+                "type": "disconnect",
+                "code": 4403,
+                "reason": "banned",
+                "reconnect": False,
+            }
+            assert code == 4403
+            assert await ws.read_until_closed() == []
+        await wait_until(lambda: hub.connection_count == 0 and hub.channels() == {})
+
+
+# -- shutdown ----------------------------------------------------------------------------------
+
+
+async def test_drain_sends_going_away(anyio_backend: str) -> None:
+    """``hub.drain()`` closes clients with ``disconnect`` 1001, reconnect true."""
+    hub = Hub(anonymous=True)
+    async with serving(hub) as clients:
+        ws, _ = await clients.connect()
+        await ws.subscribe("news")
+        await hub.publish("news", "last words")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hub.drain)
+            # What was queued before the drain is delivered first.
+            assert (await ws.receive_json())["data"] == "last words"
+            goodbye, code = await ws.receive_close()
+        assert goodbye["code"] == 1001 and goodbye["reconnect"] is True
+        assert code == 1001
+        assert hub.state == "draining" and hub.connection_count == 0
+
+
+async def test_connection_refused_while_draining(anyio_backend: str) -> None:
+    """A WebSocket arriving while the hub drains is refused with HTTP 503."""
+    hub = Hub(anonymous=True)
+    async with serving(hub) as clients:
+        await hub.drain()
+        ws = await clients.open()
+        start = await ws.receive()
+        assert start["type"] == "websocket.http.response.start" and start["status"] == 503
+        body = await ws.receive()
+        assert json.loads(body["body"])["code"] == 503
+
+
+async def _connect_then_stop(hub: Hub, seen: list[list[Event]]) -> None:
+    """Connect two clients that read until closed, then leave ``async with hub``."""
+    async with anyio.create_task_group() as tg:
+        async with hub:
+            clients = Clients(tg, HubApp(hub))
+            for _ in range(2):
+                ws, _ = await clients.connect()
+
+                async def collect(ws: MemoryWebSocket = ws) -> None:
+                    seen.append(await ws.read_until_closed())
+                    ws.leave()
+
+                tg.start_soon(collect)
+
+
+async def test_stopping_the_hub_says_goodbye(anyio_backend: str) -> None:
+    """Leaving ``async with hub`` sends every client ``disconnect`` 1001 with reconnect."""
+    hub = Hub(anonymous=True)
+    seen: list[list[Event]] = []
+    with anyio.fail_after(TIMEOUT):
+        await _connect_then_stop(hub, seen)
+    assert hub.state == "stopped" and hub.connection_count == 0
+    assert len(seen) == 2
+    for events in seen:
+        assert [event["type"] for event in events] == ["websocket.send", "websocket.close"]
+        assert json.loads(events[0]["text"]) == {
+            "type": "disconnect",
+            "code": 1001,
+            "reason": "server shutting down",
+            "reconnect": True,
+        }
+        assert events[1]["code"] == 1001
+
+
+# -- slow consumers ----------------------------------------------------------------------------
+
+
+async def test_frozen_client_closed_1013_others_unaffected(anyio_backend: str) -> None:
+    """A client that stops reading is closed 1013 (reconnect); the others get everything."""
+    hub = Hub(anonymous=True, limits=Limits(queue_messages=4))
+    async with serving(hub) as clients:
+        frozen, _ = await clients.connect()
+        healthy = [(await clients.connect())[0] for _ in range(2)]
+        for ws in (frozen, *healthy):
+            await ws.subscribe("ticks")
+        total = 12
+        for n in range(total):
+            await hub.publish("ticks", n)
+            for ws in healthy:
+                message = await ws.receive_json()
+                assert message["data"] == n
+        # The frozen client's queue overflowed: once it reads again it finds the
+        # goodbye, never a gap; then it is gone from the channel.
+        events = await frozen.read_until_closed()
+        frames = [json.loads(e["text"]) for e in events if e["type"] == "websocket.send"]
+        data = [f["data"] for f in frames if f["type"] == "message"]
+        assert data == list(range(len(data))) and len(data) < total
+        assert frames[-1] == {
+            "type": "disconnect",
+            "code": 1013,
+            "reason": frames[-1]["reason"],
+            "reconnect": True,
+        }
+        assert events[-1]["type"] == "websocket.close" and events[-1]["code"] == 1013
+        await wait_until(lambda: hub.channels() == {"ticks": 2})
+        assert hub.stats.slow_consumer_closes == 1
+        # The healthy clients still receive.
+        await hub.publish("ticks", "after")
+        for ws in healthy:
+            assert (await ws.receive_json())["data"] == "after"
+
+
+async def test_drop_oldest_namespace_keeps_frozen_client(anyio_backend: str) -> None:
+    """In a ``drop_oldest`` namespace a full queue drops old messages instead of closing."""
+    hub = Hub(
+        anonymous=True,
+        namespaces=[Namespace(), Namespace(name="cursor", slow_consumer="drop_oldest")],
+        limits=Limits(queue_messages=3),
+    )
+    async with serving(hub) as clients:
+        ws, _ = await clients.connect()
+        await ws.subscribe("cursor:1")
+        for n in range(10):
+            await hub.publish("cursor:1", n)
+        assert hub.stats.dropped > 0
+        assert hub.channels() == {"cursor:1": 1}
+        data = []
+        with anyio.move_on_after(0.3):
+            while True:
+                data.append((await ws.receive_json())["data"])
+        assert data[-1] == 9 and data == sorted(data) and len(data) < 10
