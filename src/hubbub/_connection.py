@@ -123,6 +123,8 @@ class Connection:
         "_max_messages",
         "_queue",
         "_queued_bytes",
+        "_reader_waiting",
+        "_room",
         "_send_scope",
         "_waiting",
         "_wakeup",
@@ -170,6 +172,8 @@ class Connection:
         self._queued_bytes = 0
         self._wakeup = _signal()
         self._waiting = False
+        self._room = _signal()
+        self._reader_waiting = False
         self._close: Close | None = None
         self._gone = False
         self._send_scope: anyio.CancelScope | None = None
@@ -277,6 +281,15 @@ class Connection:
                 except Exception:
                     logger.exception("internal error while handling a frame", extra=self._extra())
                     self.close(Close(INTERNAL_ERROR, "internal error", flush=True))
+                # Back-pressure on the client's own commands: a pipelined burst must not
+                # fill its queue with replies faster than the writer sends them (receive()
+                # returns buffered frames without yielding). Wait for room instead.
+                if (
+                    len(self._queue) * 2 >= self._max_messages
+                    or self._queued_bytes * 2 >= self._max_bytes
+                ):
+                    self._reader_waiting = True
+                    await self._room.wait()
             elif kind == "websocket.disconnect":
                 self._gone = True
                 self.close_code = message.get("code", 1005)
@@ -315,11 +328,20 @@ class Connection:
                     if not queue:
                         if self._close is not None or self._gone:
                             break
+                        if self._reader_waiting:
+                            self._reader_waiting = False
+                            self._room.set()
                         self._waiting = True
                         await self._wakeup.wait()
                         continue
                     if self._gone or (self._close is not None and not self._close.flush):
                         break
+                    if self._reader_waiting and (
+                        len(queue) * 4 <= self._max_messages
+                        and self._queued_bytes * 4 <= self._max_bytes
+                    ):
+                        self._reader_waiting = False
+                        self._room.set()
                     if batch and len(queue) > 1:
                         parts: list[str] = []
                         total = 0
@@ -371,11 +393,15 @@ async def serve_websocket(hub: Hub, scope: Scope, receive: Receive, send: SendCa
     if message["type"] != "websocket.connect":
         return
     if not hub.running:
-        logger.error(
-            "refused a WebSocket (503): the hub is %s. Start it with `async with hub:`, "
-            "`lifespan=hub.lifespan` in the parent app, or serve HubApp(hub) as the top-level app",
-            hub.state,
-        )
+        if hub.state in ("draining", "stopping"):
+            logger.info("refused a WebSocket (503): the hub is %s", hub.state)
+        else:
+            logger.error(
+                "refused a WebSocket (503): the hub is %s. Start it with `async with hub:`, "
+                "`lifespan=hub.lifespan` in the parent app, or serve HubApp(hub) as the "
+                "top-level app",
+                hub.state,
+            )
         await deny(scope, send, HubNotRunning(f"hub is {hub.state}"))
         return
     codec, chosen = _negotiate(list(scope.get("subprotocols") or ()))

@@ -121,6 +121,13 @@ def _parser() -> argparse.ArgumentParser:
         default=int(_env("MAX_MESSAGE_SIZE", str(64 * 1024))),
         help="largest client frame in bytes",
     )
+    serve.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=float(_env("SHUTDOWN_TIMEOUT", "5")),
+        help="seconds uvicorn waits for connections after the hubs drained; a client "
+        "that stopped reading cannot hold the process past it",
+    )
     serve.add_argument("--ssl-certfile", default=_env("SSL_CERTFILE"))
     serve.add_argument("--ssl-keyfile", default=_env("SSL_KEYFILE"))
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
@@ -176,6 +183,7 @@ def _serve(args: argparse.Namespace) -> None:
         ssl_keyfile=args.ssl_keyfile,
         log_level=args.log_level.lower(),
         lifespan="auto",
+        timeout_graceful_shutdown=args.shutdown_timeout,
     )
     server = _DrainingServer(config)
     logging.getLogger("uvicorn.error").addFilter(_SpuriousHandshakeError())

@@ -56,11 +56,15 @@ PROTOCOL_VERSION: Final = 1
 MAX_DEPTH: Final = 64
 """Nesting deeper than this anywhere in a message is ``error`` 400."""
 
-CHANNEL_PATTERN: Final = r"^[A-Za-z0-9_\-:.@#=/]{1,255}$"
+# ``(?!\n)`` because ``$`` also matches before a final newline; ``\Z`` would say it
+# better but is not valid in the JSON Schema (ECMA-262) that ``hubbub schema`` exports.
+CHANNEL_PATTERN: Final = r"^[A-Za-z0-9_\-:.@#=/]{1,255}(?!\n)$"
 
-CommandId = Annotated[int, Meta(gt=0)]
+_INT64_MAX: Final = 2**63 - 1
+CommandId = Annotated[int, Meta(gt=0, le=_INT64_MAX)]
 ChannelName = Annotated[str, Meta(pattern=CHANNEL_PATTERN)]
-Offset = Annotated[int, Meta(ge=0)]
+Offset = Annotated[int, Meta(ge=0, le=_INT64_MAX)]
+Count = Annotated[int, Meta(ge=0, le=_INT64_MAX)]
 
 
 class Position(Struct, frozen=True):
@@ -81,7 +85,7 @@ class Subscribe(_Command, tag="subscribe"):
     channel: ChannelName
     id: CommandId | None = None
     recover: Position | None = None
-    history: Annotated[int, Meta(ge=0)] | None = None
+    history: Count | None = None
     token: str | None = None
 
 
@@ -100,7 +104,7 @@ class Publish(_Command, tag="publish"):
 class GetHistory(_Command, tag="history"):
     channel: ChannelName
     id: CommandId | None = None
-    limit: Annotated[int, Meta(gt=0)] | None = None
+    limit: Annotated[int, Meta(gt=0, le=_INT64_MAX)] | None = None
     since: Position | None = None
     reverse: bool = False
 
@@ -253,7 +257,11 @@ ServerMessage = (
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _BRACKET_DELTA = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
-_LONG_DIGITS = re.compile(rb"\d{20,}")
+# Numbers that may not survive conversion to MessagePack: integers of 19+ digits
+# (beyond 64 bits is possible) and exponents of 3+ digits (beyond a double is possible).
+# A hit only means "convert to check"; ordinary payloads skip the conversion.
+_RISKY_NUMBER = re.compile(rb"\d{19,}|\d[eE][+-]?\d{3,}")
+_DECODE_ERRORS = (msgspec.MsgspecError, ValueError, RecursionError)  # ValueError: bad UTF-8
 
 
 def _json_too_deep(buf: bytes) -> bool:
@@ -280,6 +288,27 @@ def _object_too_deep(obj: object) -> bool:
             return True
         stack.extend((child, depth + 1) for child in children)
     return False
+
+
+def _json_compatible(obj: object) -> bool:
+    """Whether a decoded MessagePack value has a JSON equivalent that decodes back the same.
+
+    Refuses what JSON would silently change: non-string map keys, extension
+    types and timestamps (which msgspec would turn into strings).
+    """
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, value in item.items():
+                if type(key) is not str:
+                    return False
+                stack.append(value)
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+        elif not isinstance(item, str | int | float | bool | bytes | None):
+            return False
+    return True
 
 
 class Codec:
@@ -324,43 +353,52 @@ class Codec:
         """Encode one server message into bytes in this codec."""
         return self._encoder.encode(message)
 
-    def decode(self, frame: bytes) -> Command:
+    def decode(self, frame: str | bytes) -> Command:
         """Decode and validate one client frame.
+
+        Text must be valid Unicode and bytes valid UTF-8 everywhere, ignored
+        fields included.
 
         Raises:
             InvalidMessage: with the command's ``id`` attached as ``exc.command_id``
                 whenever it could be read.
         """
         try:
-            command = self._decoder.decode(frame)
+            # JSON: one C-speed pass proves the whole frame is valid UTF-8, which
+            # msgspec does not check inside skipped fields or raw payloads.
+            buf = frame.encode() if isinstance(frame, str) else frame
+            if not self.binary and isinstance(frame, bytes):
+                frame.decode()
+        except UnicodeError:
+            raise _invalid(f"{self.name} frame is not valid UTF-8", None) from None
+        try:
+            command = self._decoder.decode(buf)
         except RecursionError:
             raise _invalid("message nested too deeply", None) from None
         except msgspec.ValidationError as exc:
-            raise _invalid(str(exc), self._read_id(frame)) from None
-        except msgspec.DecodeError as exc:
-            raise _invalid(f"malformed {self.name}: {exc}", None) from None
-        if self._too_deep(frame):
-            raise _invalid(f"message nested deeper than {MAX_DEPTH} levels", _command_id(command))
+            raise _invalid(str(exc), self._read_id(buf)) from None
+        except (msgspec.DecodeError, ValueError) as exc:
+            raise _invalid(f"malformed {self.name}: {exc}", self._read_id(buf)) from None
+        if self.binary:
+            # The generic decode validates every string (UTF-8) and gives the depth.
+            try:
+                too_deep = _object_too_deep(self._generic.decode(buf))
+            except _DECODE_ERRORS:
+                raise _invalid("malformed msgpack", command.id) from None
+        else:
+            too_deep = _json_too_deep(buf)
+        if too_deep:
+            raise _invalid(f"message nested deeper than {MAX_DEPTH} levels", command.id)
         if isinstance(command, Publish):
-            self.check_data(command.data, _command_id(command))
+            self.check_data(command.data, command.id)
         return command
 
     def _read_id(self, frame: bytes) -> int | None:
         try:
             value = self._probe.decode(frame).id
-        except (msgspec.MsgspecError, RecursionError):
+        except _DECODE_ERRORS:
             return None
-        return value if type(value) is int and value > 0 else None
-
-    def _too_deep(self, frame: bytes) -> bool:
-        if not self.binary:
-            return _json_too_deep(frame)
-        if len(frame) <= MAX_DEPTH:
-            return False
-        try:
-            return _object_too_deep(self._generic.decode(frame))
-        except (msgspec.MsgspecError, RecursionError):
-            return True
+        return value if type(value) is int and 0 < value <= _INT64_MAX else None
 
     def check_data(self, data: Raw, command_id: int | None = None) -> None:
         """Refuse a payload that the other codec could not carry.
@@ -370,17 +408,22 @@ class Codec:
         publish time means fan-out can never fail halfway.
         """
         buf = bytes(data)
-        if not self.binary:
-            if _LONG_DIGITS.search(buf) is None:
-                return
         try:
-            self.convert(buf, MSGPACK if not self.binary else JSON)
-        except (msgspec.MsgspecError, OverflowError, TypeError, ValueError, RecursionError):
-            raise _invalid(
-                "data cannot be represented in both codecs (integers must fit in 64 bits; "
-                "MessagePack extension types and non-string keys are not allowed)",
-                command_id,
-            ) from None
+            if self.binary:
+                if _json_compatible(self._generic.decode(buf)):
+                    return
+            elif _RISKY_NUMBER.search(buf) is None:
+                return
+            else:
+                self.convert(buf, MSGPACK)
+                return
+        except (*_DECODE_ERRORS, OverflowError, TypeError):
+            pass
+        raise _invalid(
+            "data cannot be represented in both codecs (integers must fit in 64 bits; "
+            "MessagePack extension types and non-string keys are not allowed)",
+            command_id,
+        )
 
     def convert(self, data: bytes, target: Codec) -> bytes:
         """Re-encode a payload held in this codec into ``target``'s codec."""
@@ -398,10 +441,6 @@ class Codec:
     def encode_value(self, value: Any) -> bytes:
         """Encode any value in this codec."""
         return self._encoder.encode(value)
-
-
-def _command_id(command: Command) -> int | None:
-    return command.id
 
 
 def _invalid(reason: str, command_id: int | None) -> InvalidMessage:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 from ._errors import InvalidMessage, UnknownNamespace
+from .limits import check_positive_int, check_positive_number
 from .messages import CHANNEL_PATTERN
 
 if TYPE_CHECKING:
@@ -120,12 +121,13 @@ class Namespace:
                 f"Namespace.slow_consumer must be 'disconnect' or 'drop_oldest', "
                 f"not {self.slow_consumer!r}"
             )
-        if self.max_payload is not None and self.max_payload <= 0:
-            raise ValueError("Namespace.max_payload must be positive or None")
-        if self.history_size < 0:
-            raise ValueError("Namespace.history_size must not be negative")
-        if self.history_ttl <= 0:
-            raise ValueError("Namespace.history_ttl must be positive")
+        for flag in ("echo", "presence", "join_leave"):
+            if not isinstance(getattr(self, flag), bool):
+                raise TypeError(f"Namespace.{flag} must be True or False")
+        if self.max_payload is not None:
+            check_positive_int("Namespace.max_payload", self.max_payload)
+        check_positive_int("Namespace.history_size", self.history_size, zero=True)
+        check_positive_number("Namespace.history_ttl", self.history_ttl)
         if self.join_leave and not self.presence:
             raise ValueError("Namespace.join_leave needs presence=True")
         for hook in ("can_subscribe", "can_publish"):
@@ -179,6 +181,8 @@ class NamespaceRegistry:
             if namespace.name in by_name:
                 raise ValueError(f"namespace {namespace.name!r} is configured twice")
             by_name[namespace.name] = namespace
+        if not isinstance(personal, Namespace):
+            raise TypeError(f"expected a Namespace for personal channels, got {personal!r}")
         self._by_name: Mapping[str, Namespace] = by_name
         self.personal = personal
 

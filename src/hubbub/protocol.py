@@ -10,6 +10,7 @@ events; the hub executes the commands.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Final
 
@@ -23,7 +24,7 @@ from ._errors import (
     RateLimited,
 )
 from .auth import Identity
-from .limits import Limits
+from .limits import Limits, TokenBucket
 from .messages import (
     Codec,
     Command,
@@ -126,6 +127,8 @@ class ClientProtocol:
         self.server_side: set[str] = set()
         """Channels held because the server subscribed the client (not counted by the limit)."""
         self.invalid_in_a_row = 0
+        self.bucket = TokenBucket(limits.command_rate, limits.command_burst, now)
+        self._refusals: deque[float] = deque()
         self.last_activity = now
         self.next_ping = now + limits.ping_interval
         self.closed = False
@@ -142,13 +145,15 @@ class ClientProtocol:
             return self._invalid(InvalidMessage("empty frame"), None)
         if isinstance(frame, str):
             # A str of n characters holds at most 4n UTF-8 bytes: encode only near the limit.
-            if len(frame) > limit or (len(frame) * 4 > limit and len(frame.encode()) > limit):
+            if len(frame) > limit or (
+                len(frame) * 4 > limit and len(frame.encode(errors="surrogatepass")) > limit
+            ):
                 return self._close(TOO_BIG, str(MessageTooLarge(f"frame over {limit} bytes")))
             if self.codec.binary:
                 return self._invalid(
                     InvalidMessage("text frame on hubbub.v1.msgpack: send binary frames"), None
                 )
-            data = frame.encode()
+            data: str | bytes = frame
         else:
             if len(frame) > limit:
                 return self._close(TOO_BIG, str(MessageTooLarge(f"frame over {limit} bytes")))
@@ -162,6 +167,8 @@ class ClientProtocol:
         except InvalidMessage as exc:
             return self._invalid(exc, getattr(exc, "command_id", None))
         try:
+            if not isinstance(command, Pong) and not self.bucket.take(now):
+                return self._rate_limited(command.id, now)
             event = self._check(command)
         except HubbubError as exc:
             if exc.code == InvalidMessage.code:
@@ -219,6 +226,25 @@ class ClientProtocol:
                 raise PermissionDenied("a personal channel is only for its own user")
         elif not namespace.may_subscribe(self.identity, channel):
             raise PermissionDenied(f"not allowed to read {channel!r}")
+
+    def _rate_limited(self, command_id: int | None, now: float) -> list[Event]:
+        refusals = self._refusals
+        refusals.append(now)
+        window = self.limits.flood_window
+        while refusals and refusals[0] <= now - window:
+            refusals.popleft()
+        events: list[Event] = [
+            Send(
+                Error(
+                    code=RateLimited.code,
+                    reason="rate limited: command not executed",
+                    id=command_id,
+                )
+            )
+        ]
+        if len(refusals) >= self.limits.flood_refusals:
+            events.extend(self._close(FLOODING, "kept sending after rate-limit errors"))
+        return events
 
     def _counted(self) -> int:
         count = len(self.channels)
