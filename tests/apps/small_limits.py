@@ -32,6 +32,9 @@ queue_hub = Hub(
         queue_messages=20,
         queue_bytes=256 * 1024,
         close_timeout=1.0,
+        # The publisher here floods on purpose; the command rate is tested on ``hub``.
+        command_rate=100_000.0,
+        command_burst=100_000,
     ),
     namespaces=[Namespace(), Namespace(name="lossy", slow_consumer="drop_oldest")],
 )
