@@ -1,0 +1,18 @@
+"""The hub the benchmark serves: ``hubbub serve``'s demo hub with the command rate limit lifted.
+
+Why: the closed-loop phase has one publisher send hundreds of publications a
+second (at N = 100), far above the default per-client command rate (50/s,
+burst 100), which would answer most of them ``error`` 429 and then close the
+publisher 4429. The benchmark measures fan-out, not the rate limiter, so this
+module raises that limit and changes nothing else (other limits keep their
+defaults; the tutorial hub has no limit at all). Served by run.py as::
+
+    python -m hubbub serve hubbub_app:hub   # with benchmarks/ as the working directory
+"""
+
+from __future__ import annotations
+
+from hubbub import Limits
+from hubbub.cli import build_demo_hub
+
+hub = build_demo_hub(limits=Limits(command_rate=1e9, command_burst=1_000_000))
