@@ -1,8 +1,10 @@
 """Connection I/O: the only code that awaits ASGI ``receive``/``send`` for a client.
 
-Each accepted client gets one :class:`Connection` running three tasks in its
-own task group: a reader (frames in → :class:`~hubbub.protocol.ClientProtocol`
-→ hub), a writer draining a bounded send queue, and a heartbeat. The hub hands
+Each accepted client gets one :class:`Connection`: a reader task (frames in →
+:class:`~hubbub.protocol.ClientProtocol` → hub) in the connection's task group,
+and a writer draining a bounded send queue in the ASGI call's own task. Pings
+and idle deadlines are driven for all connections by one hub task, so an idle
+connection costs no task of its own for liveness. The hub hands
 messages over with :meth:`Connection.enqueue`, which never awaits: a full queue
 applies the slow-consumer policy instead of slowing the publisher down.
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, Generator, MutableMapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
@@ -99,6 +101,53 @@ class _AsyncioSignal(_Signal):
         await future
 
 
+class _Resume:
+    """Finishes, in the awaiting task, a send coroutine that was started elsewhere.
+
+    The inline fast path (see :meth:`Connection.enqueue`) starts a send in the
+    publisher's task; if it suspends (the socket's buffer is full), the writer
+    task takes over here: the same protocol as ``yield from``, entered midway.
+    """
+
+    __slots__ = ("_coro", "_yielded")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], yielded: Any) -> None:
+        self._coro = coro
+        self._yielded = yielded
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coro, yielded = self._coro, self._yielded
+        while True:
+            try:
+                value = yield yielded
+            except BaseException as exc:  # cancellation thrown into the waiting task
+                try:
+                    yielded = coro.throw(exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    yielded = coro.send(value)
+                except StopIteration:
+                    return
+
+
+# ASGI servers whose WebSocket ``send`` may be started in one task and finished in
+# another: it only awaits an asyncio.Event for write flow control, then writes to
+# the transport synchronously, and uses nothing bound to the calling task.
+_INLINE_SENDERS = frozenset(
+    {
+        "uvicorn.protocols.websockets.websockets_sansio_impl",
+        "uvicorn.protocols.websockets.wsproto_impl",
+    }
+)
+
+
+def _can_send_inline(send: SendCallable, signal: _Signal) -> bool:
+    owner = getattr(send, "__self__", None)
+    return isinstance(signal, _AsyncioSignal) and type(owner).__module__ in _INLINE_SENDERS
+
+
 def _signal() -> _Signal:
     try:
         asyncio.get_running_loop()
@@ -116,11 +165,14 @@ class Connection:
     """One client's connection: its protocol state, send queue and tasks."""
 
     __slots__ = (
+        "_asgi_send",
         "_batch",
         "_close",
         "_gone",
+        "_inline",
         "_max_bytes",
         "_max_messages",
+        "_pending",
         "_queue",
         "_queued_bytes",
         "_reader_waiting",
@@ -172,6 +224,9 @@ class Connection:
         self._queued_bytes = 0
         self._wakeup = _signal()
         self._waiting = False
+        self._asgi_send: SendCallable | None = None
+        self._inline = False
+        self._pending: _Resume | None = None
         self._room = _signal()
         self._reader_waiting = False
         self._close: Close | None = None
@@ -193,6 +248,9 @@ class Connection:
         if self._close is not None:
             return
         queue = self._queue
+        if self._inline and self._waiting and not queue:
+            self._send_inline(frame)
+            return
         if len(queue) >= self._max_messages or self._queued_bytes + size > self._max_bytes:
             if not self._make_room(size):
                 if droppable:
@@ -205,6 +263,37 @@ class Connection:
         if self._waiting:
             self._waiting = False
             self._wakeup.set()
+
+    def _send_inline(self, frame: str | bytes) -> None:
+        """Send while the writer is idle, without waking it: the fan-out fast path.
+
+        Waking a writer task per delivery costs a task switch each; when the
+        writer is idle and the server's ``send`` completes without suspending
+        (its socket buffer has room), the publisher's task does the write
+        directly, as a hand-written fan-out loop would. If ``send`` suspends,
+        the writer finishes it (:class:`_Resume`) before anything queued later,
+        so order is kept and the publisher never waits.
+        """
+        assert self._asgi_send is not None
+        if self.codec.binary:
+            coro = self._asgi_send({"type": "websocket.send", "bytes": frame})
+        else:
+            coro = self._asgi_send({"type": "websocket.send", "text": frame})
+        try:
+            yielded = coro.send(None)  # type: ignore[attr-defined]
+        except StopIteration:
+            return
+        except _GONE:
+            self._gone = True
+            self._wake()
+            return
+        except Exception:
+            logger.exception("ASGI send failed", extra=self._extra())
+            self._gone = True
+            self._wake()
+            return
+        self._pending = _Resume(coro, yielded)  # type: ignore[arg-type]
+        self._wake()
 
     def _make_room(self, size: int) -> bool:
         queue = self._queue
@@ -261,7 +350,6 @@ class Connection:
         """Serve the accepted connection until it ends; never raises for client behaviour."""
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._reader, receive)
-            tg.start_soon(self._heartbeat)
             await self._writer(send)
             tg.cancel_scope.cancel()
 
@@ -306,17 +394,19 @@ class Connection:
         else:
             self.close(event)
 
-    async def _heartbeat(self) -> None:
-        protocol = self.protocol
-        while self._close is None:
-            for event in protocol.heartbeat(anyio.current_time()):
-                if isinstance(event, Send):
-                    self.send_message(event.message)
-                elif isinstance(event, Close):
-                    self.close(event)
-            await anyio.sleep(max(0.0, protocol.next_deadline() - anyio.current_time()))
+    def heartbeat(self, now: float) -> None:
+        """Send a due ``ping`` or close an idle client (called by the hub's heartbeat task)."""
+        for event in self.protocol.heartbeat(now):
+            if isinstance(event, Send):
+                self.send_message(event.message)
+            elif isinstance(event, Close):
+                self.close(event)
 
     async def _writer(self, send: SendCallable) -> None:
+        self._asgi_send = send
+        # Batching clients keep the queue: messages that pile up between the writer's
+        # wake-ups leave in one frame, which is the point of asking for batching.
+        self._inline = not self._batch and _can_send_inline(send, self._wakeup)
         queue = self._queue
         batch = self._batch
         text = not self.codec.binary
@@ -325,6 +415,11 @@ class Connection:
             self._send_scope = scope
             try:
                 while True:
+                    pending = self._pending
+                    if pending is not None:
+                        self._pending = None
+                        await pending
+                        continue
                     if not queue:
                         if self._close is not None or self._gone:
                             break

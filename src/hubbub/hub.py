@@ -187,6 +187,7 @@ class Hub:
         try:
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             await self.broker.start(self._dispatch)
+            self._tg.start_soon(self._heartbeats)
         except BaseException:
             self._state = "stopped"
             self._tg = None
@@ -262,6 +263,22 @@ class Hub:
                 len(self._connections),
                 extra={"node": self.node},
             )
+
+    async def _heartbeats(self) -> None:
+        """Drive pings and idle deadlines for every connection from one task.
+
+        One task for all connections instead of one per connection: idle clients
+        are the common case, and a task per client costs memory. The tick is a
+        quarter of the shorter of ``ping_interval`` and ``pong_timeout``
+        (between 50 ms and 1 s), so deadlines are kept to within that.
+        """
+        limits = self.limits
+        tick = min(max(min(limits.ping_interval, limits.pong_timeout) / 4, 0.05), 1.0)
+        while True:
+            await anyio.sleep(tick)
+            now = anyio.current_time()
+            for connection in tuple(self._connections):
+                connection.heartbeat(now)
 
     def _require_running(self) -> None:
         if self._state not in ("running", "draining"):
