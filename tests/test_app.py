@@ -391,3 +391,19 @@ def test_root_path_of_the_server(hub: Hub) -> None:
         welcome_of(client, "/hub/ws")
         assert client.get("/hub/health").status_code == 200
         assert denial(client, "/hubx/ws").status_code == 404
+
+
+def test_query_strings_never_break_the_handshake() -> None:
+    """Many, repeated, blank or odd query parameters are tolerated; the last ``name`` wins."""
+    from hubbub._connection import query_param
+
+    many = "&".join(f"k{i}=v" for i in range(500)).encode()
+    scope = {"query_string": many + b"&name=a&name=%C5%81ovelace&batch&=x&%zz=1"}
+    assert query_param(scope, "name") == "Łovelace"
+    assert query_param(scope, "batch") == ""
+    assert query_param(scope, "missing") is None
+    assert query_param({}, "name") is None
+    hub = Hub(anonymous=True)
+    with TestClient(HubApp(hub)) as client:
+        with client.websocket_connect("/ws?" + many.decode() + "&name=ada&batch=1") as ws:
+            assert ws.receive_json()["type"] == "welcome"

@@ -16,7 +16,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator, MutableMapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qsl
 
 import anyio
 import msgspec
@@ -559,10 +559,22 @@ def _error(exc: HubbubError) -> ServerMessage:
     return Error(code=exc.code, reason=exc.reason)
 
 
-def _query_flag(scope: Scope, name: str) -> bool:
+def query_param(scope: Scope, name: str) -> str | None:
+    """The last value of query parameter ``name`` in the handshake, or ``None``.
+
+    Never raises, whatever the query string holds.
+    """
     query = scope.get("query_string", b"").decode("latin-1")
-    values = parse_qs(query, max_num_fields=32).get(name)
-    return values is not None and values[-1].lower() in ("1", "true", "yes")
+    found = None
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key == name:
+            found = value
+    return found
+
+
+def _query_flag(scope: Scope, name: str) -> bool:
+    value = query_param(scope, name)
+    return value is not None and value.lower() in ("1", "true", "yes")
 
 
 async def deny(scope: Scope, send: SendCallable, exc: HubbubError) -> None:

@@ -23,14 +23,13 @@ from dataclasses import dataclass
 from itertools import count
 from types import TracebackType
 from typing import Any, Final, Literal
-from urllib.parse import parse_qs
 
 import anyio
 import msgspec
 from anyio.abc import TaskGroup
 from msgspec import Raw
 
-from ._connection import Connection
+from ._connection import Connection, query_param
 from ._errors import (
     AuthenticationFailed,
     BrokerUnavailable,
@@ -635,11 +634,10 @@ def _now_ms() -> int:
 
 def _anonymous_name(scope: Any) -> str | None:
     """The display name an anonymous client asked for with ``?name=``, cleaned up."""
-    query = scope.get("query_string", b"")
-    values = parse_qs(query.decode("latin-1"), max_num_fields=32).get("name")
-    if not values:
+    value = query_param(scope, "name")
+    if value is None:
         return None
-    name = "".join(ch for ch in values[0] if ch.isprintable()).strip()[:64]
+    name = "".join(ch for ch in value if ch.isprintable()).strip()[:64]
     return name or None
 
 
