@@ -58,15 +58,32 @@ def test_full_configuration_is_accepted() -> None:
         can_subscribe=lambda identity, channel: True,
         can_publish=lambda identity, channel, data: True,
         echo=False,
-        slow_consumer="drop_oldest",
         max_payload=1,
         history_size=100,
         history_ttl=0.5,
         presence=True,
+        presence_ttl=5.0,
         join_leave=True,
+        join_leave_per_user=True,
+        schema=dict[str, int],
+        idempotency_window=1.5,
     )
-    assert ns.droppable
+    assert not ns.droppable
     assert ns.history_size == 100
+    lossy = Namespace(name="cursor", slow_consumer="drop_oldest")
+    assert lossy.droppable
+
+
+def test_drop_oldest_with_history_is_refused() -> None:
+    """A lossy policy on a channel with history would leave gaps: refused when built."""
+    with pytest.raises(ValueError, match="drop_oldest"):
+        Namespace(slow_consumer="drop_oldest", history_size=10)
+
+
+def test_schema_must_be_a_msgspec_type() -> None:
+    """A schema msgspec cannot decode into is a TypeError when the namespace is built."""
+    with pytest.raises(TypeError, match="Namespace.schema"):
+        Namespace(schema=object())
 
 
 @pytest.mark.parametrize("name", ["a", "chat", "A-Z_0.9@x=y/z", "x" * 64])

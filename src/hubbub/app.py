@@ -48,7 +48,8 @@ class HubApp:
 
     Args:
         hub: the hub to serve.
-        demo: also serve the demo chat page at ``/``.
+        demo: also serve the demo chat page at ``/`` and its ``POST /demo/notify``
+            (anyone may notify anyone: for the demo only).
     """
 
     def __init__(self, hub: Hub, *, demo: bool = False) -> None:
@@ -66,17 +67,21 @@ class HubApp:
                 await receive()
                 await deny(scope, send, NotFound("no WebSocket endpoint here; use <prefix>/ws"))
         elif kind == "http":
-            await self._http(scope, send)
+            await self._http(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 
-    async def _http(self, scope: Scope, send: SendCallable) -> None:
+    async def _http(self, scope: Scope, receive: Receive, send: SendCallable) -> None:
         path = route_path(scope)
         method = scope.get("method", "GET")
         if path == "/health" and method in ("GET", "HEAD"):
             await _respond(send, 200, b'{"status":"ok"}', b"application/json")
         elif path == "/" and self.demo and method in ("GET", "HEAD"):
             await _respond(send, 200, _static("demo.html"), b"text/html; charset=utf-8")
+        elif path == "/demo/notify" and self.demo and method == "POST":
+            from ._demo import handle_notify
+
+            await handle_notify(self.hub, receive, send)
         elif path == "/ws":
             await _respond(
                 send,

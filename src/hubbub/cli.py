@@ -36,13 +36,18 @@ logger = logging.getLogger("hubbub")
 def build_demo_hub(**options: Any) -> Hub:
     """The hub ``hubbub serve`` runs without an argument.
 
-    The memory broker; anonymous clients (named by the page with ``?name=``);
-    the default namespace where anyone may subscribe and publish; and a ``chat``
-    namespace for the demo page's rooms.
+    The memory broker; visitors identified by the name the page sends with
+    ``?name=`` (trusted: a demo only), anonymous clients otherwise; the default
+    namespace where anyone may subscribe and publish; and a ``chat`` namespace
+    (chat schema, the last 100 messages replayed on join, presence, join/leave
+    events) for the demo page's rooms.
     """
+    from ._demo import DemoAuthenticator
+
     return Hub(
         anonymous=True,
-        namespaces=[Namespace(), Namespace(name="chat", presence=True)],
+        authenticator=DemoAuthenticator(),
+        namespaces=[Namespace(), Namespace.chat("chat")],
         **options,
     )
 

@@ -17,7 +17,7 @@ import logging
 import secrets
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from itertools import count
@@ -37,9 +37,20 @@ from ._errors import (
     InternalError,
     InvalidMessage,
     PermissionDenied,
+    StreamGone,
 )
+from ._recovery import Joined, join_stream
 from .auth import Authenticator, Identity
-from .brokers import Broker, HistoryOptions, MemoryBroker, Publication
+from .brokers import (
+    Broker,
+    HistoryOptions,
+    HistoryPage,
+    Idempotency,
+    MemoryBroker,
+    Publication,
+    PublicationKind,
+)
+from .chat import Notification
 from .limits import Limits
 from .messages import (
     JSON,
@@ -51,6 +62,8 @@ from .messages import (
     GetHistory,
     GetPresence,
     History,
+    Join,
+    Leave,
     Message,
     Position,
     Presence,
@@ -63,7 +76,7 @@ from .messages import (
     Welcome,
 )
 from .namespaces import Namespace, NamespaceRegistry, personal_channel, validate_channel
-from .protocol import GOING_AWAY, KICKED, Close, Execute
+from .protocol import GOING_AWAY, KICKED, TRY_AGAIN_LATER, Close, Execute
 
 __all__ = ["Hub", "HubStats"]
 
@@ -89,11 +102,14 @@ class HubStats:
 class _Channel:
     """Local subscribers of one channel and the node's broker subscription to it."""
 
-    __slots__ = ("lock", "namespace", "on_node", "pending", "subscribers")
+    __slots__ = ("lock", "namespace", "on_node", "pending", "recovering", "subscribers")
 
     def __init__(self, namespace: Namespace) -> None:
         self.namespace = namespace
         self.subscribers: dict[Connection, None] = {}
+        # Connections joining the stream: live publications are buffered for them
+        # while their history is read, then merged (``_recovery.join_stream``).
+        self.recovering: dict[Connection, list[Publication]] = {}
         self.on_node = False
         self.pending = 0
         # Serialises this channel's node-level subscribe/unsubscribe calls to the
@@ -110,7 +126,9 @@ class Hub:
             (channels without a colon), where any connected client may subscribe
             and publish.
         personal: options of personal channels ``#<user>``: only the server
-            publishes there and only that user subscribes.
+            publishes there (``notify``) and only that user subscribes; by default
+            they keep the last 100 notifications for a week, so a user who was
+            offline recovers them.
         authenticator: turns a connection's scope into an :class:`Identity`.
         anonymous: admit clients without credentials (``user == ""``). Off by
             default: with no authenticator, every connection is then refused 401.
@@ -145,7 +163,9 @@ class Hub:
         self.broker: Broker = broker if broker is not None else MemoryBroker()
         self.namespaces = NamespaceRegistry(
             namespaces if namespaces is not None else [Namespace()],
-            personal if personal is not None else Namespace(name="personal"),
+            personal
+            if personal is not None
+            else Namespace(name="personal", history_size=100, history_ttl=7 * 24 * 3600.0),
         )
         self.authenticator = authenticator
         self.anonymous = anonymous
@@ -185,8 +205,9 @@ class Hub:
         stack = AsyncExitStack()
         try:
             self._tg = await stack.enter_async_context(anyio.create_task_group())
-            await self.broker.start(self._dispatch)
+            await self.broker.start(self._dispatch, self._lost)
             self._tg.start_soon(self._heartbeats)
+            self._tg.start_soon(self._presence_leases)
         except BaseException:
             self._state = "stopped"
             self._tg = None
@@ -286,23 +307,58 @@ class Hub:
                 "`lifespan=hub.lifespan` to the parent app, or serve HubApp(hub) top-level"
             )
 
+    async def _presence_leases(self) -> None:
+        """Refresh the presence leases of this node's clients before they expire.
+
+        Leases expire on their own, so a node that dies takes its clients out of
+        presence within one TTL without anyone calling remove; a live node
+        renews every third of the shortest TTL in use.
+        """
+        ttls = [ns.presence_ttl for ns in self.namespaces if ns.presence]
+        if self.namespaces.personal.presence:
+            ttls.append(self.namespaces.personal.presence_ttl)
+        if not ttls:
+            return
+        period = min(ttls) / 3
+        while True:
+            await anyio.sleep(period)
+            for connection in tuple(self._connections):
+                for channel, namespace in tuple(connection.protocol.channels.items()):
+                    if namespace.presence:
+                        with anyio.move_on_after(self.broker_timeout):
+                            try:
+                                await self.broker.presence_set(
+                                    channel, connection.id, connection.info, namespace.presence_ttl
+                                )
+                            except HubbubError as exc:
+                                logger.warning("presence refresh failed: %s", exc.reason)
+
     # -- server-side API ---------------------------------------------------------------------
 
     async def publish(
-        self, channel: str, data: Any = None, *, json: bytes | None = None
+        self,
+        channel: str,
+        data: Any = None,
+        *,
+        json: bytes | None = None,
+        idempotency_key: str | None = None,
     ) -> Position | None:
         """Publish ``data`` into ``channel`` from the server, to every subscriber on every node.
 
         Args:
-            channel: a valid channel name in a configured namespace.
+            channel: a valid channel name in a configured namespace (personal
+                channels ``#<user>`` included).
             data: any value msgspec can encode as JSON; ignored when ``json`` is given.
             json: an already JSON-encoded payload, passed through untouched.
+            idempotency_key: a retried publish with the same key within the
+                namespace's ``idempotency_window`` is not delivered again.
 
         Returns:
             the publication's position where the channel keeps history, else ``None``.
 
         Raises:
             InvalidMessage: the channel name is invalid or the data cannot be encoded.
+            InvalidData: the data does not match the namespace's schema.
             UnknownNamespace: no namespace is configured for the channel.
             BrokerUnavailable: the broker could not be reached.
         """
@@ -320,9 +376,58 @@ class Hub:
             except (msgspec.DecodeError, RecursionError):
                 raise InvalidMessage("json is not a valid JSON document") from None
         JSON.check_data(Raw(json))
+        namespace.validate(json, JSON.name)
         publication = Publication(channel=channel, data=json, codec="json", ts=_now_ms())
-        published = await self._publish(publication, namespace)
+        published = await self._publish(publication, namespace, idempotency_key)
         return _position(published)
+
+    async def notify(self, user: str, notification: Notification) -> Position | None:
+        """Push ``notification`` to every connection of ``user``, on every node.
+
+        It travels as a ``message`` on the user's personal channel ``#<user>``,
+        which keeps history: a user who is offline gets it on reconnect by
+        recovering that channel.
+        """
+        if not isinstance(notification, Notification):
+            raise TypeError("notification must be a hubbub.Notification")
+        if not user:
+            raise InvalidMessage("notify needs a user id")
+        return await self.publish(personal_channel(user), json=msgspec.json.encode(notification))
+
+    async def history(
+        self,
+        channel: str,
+        *,
+        limit: int | None = 100,
+        since: Position | None = None,
+        reverse: bool = False,
+    ) -> HistoryPage:
+        """Read a channel's kept publications (``data`` is JSON or MessagePack per ``codec``).
+
+        Without ``since``: the newest ``limit``; with it: the first ``limit``
+        after it. Oldest first unless ``reverse``.
+
+        Raises:
+            StreamGone: ``since`` names an epoch that is not the stream's.
+        """
+        self._require_running()
+        validate_channel(channel)
+        namespace = self.namespaces.resolve(channel)
+        if not namespace.history_size:
+            return HistoryPage([], Position(offset=0, epoch=""))
+        page: HistoryPage = await self._broker_call(
+            self.broker.history(channel, since=since, limit=limit, reverse=reverse)
+        )
+        return page
+
+    async def presence(self, channel: str) -> dict[str, ClientInfo]:
+        """The clients present in ``channel`` on every node (client id → who)."""
+        self._require_running()
+        validate_channel(channel)
+        if not self.namespaces.resolve(channel).presence:
+            raise PermissionDenied("presence is not enabled for this namespace")
+        clients: Mapping[str, ClientInfo] = await self._broker_call(self.broker.presence(channel))
+        return dict(clients)
 
     async def disconnect(self, user: str, code: int = KICKED, reason: str = "disconnected") -> int:
         """Close every connection of ``user`` on this node; returns how many were closed."""
@@ -398,13 +503,32 @@ class Hub:
                     exc.reason,
                     extra={"client": connection.id},
                 )
-        entries = []
-        for channel, namespace in wanted:
-            entries.append(await self._ensure(channel, namespace))
+        entries = [await self._ensure(channel, namespace) for channel, namespace in wanted]
+        # Buffer every channel's live publications until all positions are read, then
+        # attach them all at once, so nothing slips between two reads.
+        for entry in entries:
+            entry.recovering[connection] = []
+        try:
+            tops = [
+                await self._top(channel) if namespace.history_size else None
+                for channel, namespace in wanted
+            ]
+        finally:
+            buffers = [entry.recovering.pop(connection, []) for entry in entries]
         subscribed = []
-        for (channel, namespace), entry in zip(wanted, entries, strict=True):
+        follow: list[tuple[Namespace, list[Publication]]] = []
+        for (channel, namespace), entry, top, buffered in zip(
+            wanted, entries, tops, buffers, strict=True
+        ):
             self._attach(connection, channel, namespace, entry, server_side=True)
-            subscribed.append(Subscribed(channel=channel, publications=[]))
+            if top is None:
+                subscribed.append(Subscribed(channel=channel, publications=[]))
+                continue
+            joined = join_stream(None, top, buffered, recover=None, last=None)
+            subscribed.append(
+                Subscribed(channel=channel, publications=[], offset=top.offset, epoch=top.epoch)
+            )
+            follow.append((namespace, joined.live))
         connection.send_message(
             Welcome(
                 client=connection.id,
@@ -416,6 +540,11 @@ class Hub:
                 subscribed=subscribed,
             )
         )
+        for namespace, live in follow:
+            self._deliver_to(connection, live, namespace)
+        for channel, namespace in wanted:
+            if namespace.presence:
+                await self._arrive(connection, channel, namespace)
 
     # -- commands ----------------------------------------------------------------------------
 
@@ -430,11 +559,9 @@ class Hub:
                 self._detach(connection, command.channel)
                 connection.send_message(Unsubscribed(channel=command.channel, id=command.id))
             elif isinstance(command, GetHistory):
-                connection.send_message(
-                    History(channel=command.channel, publications=[], id=command.id)
-                )
+                await self._client_history(connection, command, event.namespace)
             elif isinstance(command, GetPresence):
-                connection.send_message(self._local_presence(command))
+                await self._client_presence(connection, command)
             elif isinstance(command, Refresh):
                 raise PermissionDenied("token refresh is not enabled on this hub")
         except HubbubError as exc:
@@ -453,7 +580,7 @@ class Hub:
             sender=connection.info,
             exclude=None if echo else connection.id,
         )
-        published = await self._publish(publication, namespace)
+        published = await self._publish(publication, namespace, command.idempotency_key)
         connection.send_message(Ack(id=command.id, offset=published.offset))
 
     async def _client_subscribe(
@@ -461,31 +588,160 @@ class Hub:
     ) -> None:
         assert namespace is not None
         channel = command.channel
+        codec = connection.codec
         if channel in connection.protocol.channels:
-            # A server-side subscription asked for recovery: live delivery goes on.
-            connection.send_message(
-                Subscribed(channel=channel, publications=[], id=command.id, recovered=False)
-            )
+            # A server-side subscription asked for recovery: answer while live delivery
+            # goes on; the client drops any message whose offset it already has.
+            assert command.recover is not None
+            page, top = await self._read_for_recovery(channel, command.recover)
+            joined = join_stream(page, top, [], recover=command.recover, last=None)
+            connection.send_message(self._subscribed(command, joined, codec))
             return
         entry = await self._ensure(channel, namespace)
         if connection.protocol.closed:
             self._release_if_unused(channel, entry)
             return
-        self._attach(connection, channel, namespace, entry)
-        recovered = False if command.recover is not None else None
-        connection.send_message(
-            Subscribed(channel=channel, publications=[], id=command.id, recovered=recovered)
+        if not namespace.history_size:
+            self._attach(connection, channel, namespace, entry)
+            recovered = False if command.recover is not None else None
+            connection.send_message(
+                Subscribed(channel=channel, publications=[], id=command.id, recovered=recovered)
+            )
+        else:
+            entry.recovering[connection] = []
+            last = command.history if command.history is not None else namespace.replay
+            try:
+                if command.recover is not None:
+                    page, top = await self._read_for_recovery(channel, command.recover)
+                else:
+                    page = await self._broker_call(
+                        self.broker.history(channel, limit=min(last, namespace.history_size))
+                    )
+                    top = page.position
+            finally:
+                buffered = entry.recovering.pop(connection, [])
+            if connection.protocol.closed:
+                self._release_if_unused(channel, entry)
+                return
+            joined = join_stream(page, top, buffered, recover=command.recover, last=last)
+            # From here to the end of the delivery nothing awaits: no publication can
+            # fall between the merge and the attach.
+            self._attach(connection, channel, namespace, entry)
+            connection.send_message(self._subscribed(command, joined, codec))
+            self._deliver_to(connection, joined.live, namespace)
+            if joined.gap:
+                connection.close(Close(TRY_AGAIN_LATER, "publications were lost; recover"))
+                return
+        if namespace.presence:
+            await self._arrive(connection, channel, namespace)
+
+    async def _read_for_recovery(
+        self, channel: str, recover: Position
+    ) -> tuple[HistoryPage | None, Position]:
+        try:
+            page: HistoryPage = await self._broker_call(self.broker.history(channel, since=recover))
+        except StreamGone:
+            return None, await self._top(channel)
+        return page, page.position
+
+    async def _top(self, channel: str) -> Position:
+        page: HistoryPage = await self._broker_call(self.broker.history(channel, limit=0))
+        return page.position
+
+    def _subscribed(self, command: Subscribe, joined: Joined, codec: Codec) -> Subscribed:
+        return Subscribed(
+            channel=command.channel,
+            publications=[_message(p, codec) for p in joined.publications],
+            id=command.id,
+            offset=joined.position.offset,
+            epoch=joined.position.epoch,
+            recovered=joined.recovered,
         )
 
-    def _local_presence(self, command: GetPresence) -> Presence:
-        entry = self._channels.get(command.channel)
-        clients: dict[str, ClientInfo] = {}
-        if entry is not None:
-            for connection in entry.subscribers:
-                info = connection.info
-                clients[connection.id] = info
+    def _deliver_to(
+        self, connection: Connection, publications: list[Publication], namespace: Namespace
+    ) -> None:
+        codec = connection.codec
+        for publication in publications:
+            if publication.exclude != connection.id:
+                frame, size = _encode(publication, _CODECS[publication.codec], codec)
+                connection.enqueue(frame, size, namespace.droppable)
+
+    async def _client_history(
+        self, connection: Connection, command: GetHistory, namespace: Namespace | None
+    ) -> None:
+        assert namespace is not None
+        if not namespace.history_size:
+            reply = History(channel=command.channel, publications=[], id=command.id)
+        else:
+            limit = min(command.limit or MAX_HISTORY_LIMIT, MAX_HISTORY_LIMIT)
+            page: HistoryPage = await self._broker_call(
+                self.broker.history(
+                    command.channel, since=command.since, limit=limit, reverse=command.reverse
+                )
+            )
+            codec = connection.codec
+            reply = History(
+                channel=command.channel,
+                publications=[_message(p, codec) for p in page.publications],
+                id=command.id,
+                offset=page.position.offset,
+                epoch=page.position.epoch,
+            )
+        connection.send_message(reply)
+
+    async def _client_presence(self, connection: Connection, command: GetPresence) -> None:
+        clients: Mapping[str, ClientInfo] = await self._broker_call(
+            self.broker.presence(command.channel)
+        )
         users = {info.user or client for client, info in clients.items()}
-        return Presence(channel=command.channel, clients=clients, users=len(users), id=command.id)
+        connection.send_message(
+            Presence(
+                channel=command.channel, clients=dict(clients), users=len(users), id=command.id
+            )
+        )
+
+    # -- presence ----------------------------------------------------------------------------
+
+    async def _arrive(self, connection: Connection, channel: str, namespace: Namespace) -> None:
+        """Take a presence lease for a new subscriber and announce it where enabled."""
+        info = connection.info
+        await self._broker_call(
+            self.broker.presence_set(channel, connection.id, info, namespace.presence_ttl)
+        )
+        if not namespace.join_leave:
+            return
+        if namespace.join_leave_per_user and info.user:
+            present = await self._broker_call(self.broker.presence(channel))
+            if any(c != connection.id and i.user == info.user for c, i in present.items()):
+                return
+        await self._announce("join", channel, info)
+
+    async def _depart(self, channel: str, namespace: Namespace, info: ClientInfo) -> None:
+        """Drop a leaving subscriber's presence lease and announce it where enabled."""
+        try:
+            await self._broker_call(self.broker.presence_remove(channel, info.client))
+            if not namespace.join_leave:
+                return
+            if namespace.join_leave_per_user and info.user:
+                present = await self._broker_call(self.broker.presence(channel))
+                if any(i.user == info.user for i in present.values()):
+                    return
+            await self._announce("leave", channel, info)
+        except HubbubError as exc:
+            logger.warning("presence removal for %r failed: %s", channel, exc.reason)
+
+    async def _announce(self, kind: PublicationKind, channel: str, info: ClientInfo) -> None:
+        event = Publication(
+            channel=channel,
+            data=b"",
+            codec=JSON.name,
+            ts=_now_ms(),
+            sender=info,
+            exclude=info.client,  # a client does not receive its own join
+            kind=kind,
+        )
+        await self._broker_call(self.broker.publish(event, None))
 
     # -- registry ----------------------------------------------------------------------------
 
@@ -524,7 +780,10 @@ class Hub:
             self._detach(connection, channel)
 
     def _detach(self, connection: Connection, channel: str) -> None:
+        namespace = connection.protocol.channels.get(channel)
         connection.protocol.remove_channel(channel)
+        if namespace is not None and namespace.presence and self._tg is not None:
+            self._tg.start_soon(self._depart, channel, namespace, connection.info)
         entry = self._channels.get(channel)
         if entry is None:
             return
@@ -532,7 +791,7 @@ class Hub:
         self._release_if_unused(channel, entry)
 
     def _release_if_unused(self, channel: str, entry: _Channel) -> None:
-        if entry.subscribers or entry.pending:
+        if entry.subscribers or entry.pending or entry.recovering:
             return
         if not entry.on_node:
             if self._channels.get(channel) is entry and not entry.lock.locked():
@@ -546,7 +805,7 @@ class Hub:
         try:
             async with entry.lock:
                 entry.pending -= 1
-                if entry.subscribers or entry.pending or not entry.on_node:
+                if entry.subscribers or entry.pending or entry.recovering or not entry.on_node:
                     return
                 entry.on_node = False
                 try:
@@ -554,20 +813,29 @@ class Hub:
                 except HubbubError as exc:
                     logger.warning("broker unsubscribe of %r failed: %s", channel, exc.reason)
         finally:
-            if not entry.subscribers and not entry.pending and not entry.on_node:
+            if not (entry.subscribers or entry.pending or entry.recovering or entry.on_node):
                 if self._channels.get(channel) is entry:
                     del self._channels[channel]
 
     # -- publishing and fan-out --------------------------------------------------------------
 
-    async def _publish(self, publication: Publication, namespace: Namespace) -> Publication:
+    async def _publish(
+        self, publication: Publication, namespace: Namespace, idempotency_key: str | None = None
+    ) -> Publication:
         history = (
             HistoryOptions(namespace.history_size, namespace.history_ttl)
             if namespace.history_size
             else None
         )
+        idempotency = (
+            Idempotency(idempotency_key, namespace.idempotency_window)
+            if idempotency_key is not None
+            else None
+        )
         self.stats.publications += 1
-        published: Publication = await self._broker_call(self.broker.publish(publication, history))
+        published: Publication = await self._broker_call(
+            self.broker.publish(publication, history, idempotency)
+        )
         return published
 
     async def _broker_call(self, call: Any) -> Any:
@@ -575,9 +843,8 @@ class Hub:
             with anyio.fail_after(self.broker_timeout):
                 return await call
         except TimeoutError:
-            raise BrokerUnavailable(
-                f"broker did not answer within {self.broker_timeout} s"
-            ) from None
+            reason = f"broker did not answer within {self.broker_timeout} s"
+            raise BrokerUnavailable(reason) from None
         except HubbubError:
             raise
         except Exception as exc:
@@ -587,7 +854,12 @@ class Hub:
     def _dispatch(self, publication: Publication) -> None:
         """Fan one publication out to this node's subscribers of its channel."""
         entry = self._channels.get(publication.channel)
-        if entry is None or not entry.subscribers:
+        if entry is None:
+            return
+        if entry.recovering and publication.kind == "message":
+            for buffered in entry.recovering.values():
+                buffered.append(publication)
+        if not entry.subscribers:
             return
         source = _CODECS[publication.codec]
         droppable = entry.namespace.droppable
@@ -606,11 +878,43 @@ class Hub:
             delivered += 1
         self.stats.deliveries += delivered
 
+    def _lost(self, channels: Collection[str] | None) -> None:
+        """The broker may have lost publications: close the clients that cannot stay whole.
+
+        Clients of channels with history reconnect and recover (1013); channels
+        without history are at-most-once anyway.
+        """
+        names = self._channels.keys() if channels is None else channels
+        for name in list(names):
+            entry = self._channels.get(name)
+            if entry is None or not entry.namespace.history_size:
+                continue
+            for connection in tuple(entry.subscribers):
+                connection.close(Close(TRY_AGAIN_LATER, "broker link lost; recover"))
+
+
+MAX_HISTORY_LIMIT: Final = 100
+"""The default and largest ``limit`` of the ``history`` command."""
+
+
+def _message(publication: Publication, codec: Codec) -> Message:
+    source = _CODECS[publication.codec]
+    data = publication.data if codec is source else source.convert(publication.data, codec)
+    return Message(
+        channel=publication.channel,
+        data=Raw(data),
+        ts=publication.ts,
+        offset=publication.offset,
+        epoch=publication.epoch,
+        sender=publication.sender,
+    )
+
 
 def _encode(publication: Publication, source: Codec, codec: Codec) -> tuple[str | bytes, int]:
-    data = publication.data if codec is source else source.convert(publication.data, codec)
-    raw = codec.encode_bytes(
-        Message(
+    kind = publication.kind
+    if kind == "message":
+        data = publication.data if codec is source else source.convert(publication.data, codec)
+        message: Message | Join | Leave = Message(
             channel=publication.channel,
             data=Raw(data),
             ts=publication.ts,
@@ -618,7 +922,14 @@ def _encode(publication: Publication, source: Codec, codec: Codec) -> tuple[str 
             epoch=publication.epoch,
             sender=publication.sender,
         )
-    )
+    else:
+        who = publication.sender
+        assert who is not None
+        event = Join if kind == "join" else Leave
+        message = event(
+            channel=publication.channel, user=who.user, client=who.client, info=who.info
+        )
+    raw = codec.encode_bytes(message)
     return (raw if codec.binary else raw.decode(), len(raw))
 
 

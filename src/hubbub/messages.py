@@ -99,6 +99,7 @@ class Publish(_Command, tag="publish"):
     data: Raw
     id: CommandId | None = None
     echo: bool | None = None
+    idempotency_key: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
 
 
 class GetHistory(_Command, tag="history"):

@@ -12,9 +12,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
-from ._errors import InvalidMessage, UnknownNamespace
+import msgspec
+
+from ._errors import InvalidData, InvalidMessage, UnknownNamespace
 from .limits import check_positive_int, check_positive_number
 from .messages import CHANNEL_PATTERN
 
@@ -81,11 +84,23 @@ class Namespace:
         slow_consumer: the policy when a subscriber's send queue is full.
         max_payload: the largest ``data`` accepted in one publication, in bytes
             (``None``: only the frame limit applies).
-        history_size: publications kept per channel (0: no history; filled in by
-            the history support).
+        history_size: publications kept per channel (0: no history: channels are
+            then at-most-once, with no offsets and no recovery).
         history_ttl: seconds a channel's history is kept after its last publication.
-        presence: whether the namespace tracks presence.
+        presence: whether the namespace tracks presence (``presence`` command).
+        presence_ttl: seconds a presence lease lives unless refreshed (the hub
+            refreshes its clients' leases every third of it), so a crashed
+            node's clients disappear on their own.
         join_leave: whether ``join``/``leave`` events are sent to subscribers.
+        join_leave_per_user: announce a user's first connection joining and last
+            one leaving, instead of every connection.
+        schema: a msgspec type that client ``data`` must decode into (``error``
+            422 otherwise), e.g. :data:`hubbub.chat.ChatMessage`.
+        idempotency_window: seconds a publish's ``idempotency_key`` is remembered,
+            so a retried publish is not delivered twice.
+        replay: publications replayed in ``subscribed`` when a client subscribes
+            without ``recover`` and without ``history: n`` (a chat room shows its
+            recent messages on join).
     """
 
     name: str = ""
@@ -99,7 +114,37 @@ class Namespace:
     history_size: int = 0
     history_ttl: float = 300.0
     presence: bool = False
+    presence_ttl: float = 60.0
     join_leave: bool = False
+    join_leave_per_user: bool = False
+    schema: Any = field(default=None, compare=False)
+    idempotency_window: float = 120.0
+    replay: int = 0
+
+    @classmethod
+    def chat(
+        cls,
+        name: str,
+        *,
+        max_length: int = 2000,
+        history_size: int = 100,
+        history_ttl: float = 24 * 3600.0,
+        **options: Any,
+    ) -> Namespace:
+        """A chat namespace: :class:`~hubbub.chat.ChatMessage` schema, history replayed
+        on join (the last 100 by default), presence with join/leave events."""
+        from .chat import chat_message_type
+
+        options.setdefault("presence", True)
+        options.setdefault("join_leave", True)
+        options.setdefault("replay", history_size)
+        return cls(
+            name=name,
+            schema=chat_message_type(max_length),
+            history_size=history_size,
+            history_ttl=history_ttl,
+            **options,
+        )
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str):
@@ -121,13 +166,30 @@ class Namespace:
                 f"Namespace.slow_consumer must be 'disconnect' or 'drop_oldest', "
                 f"not {self.slow_consumer!r}"
             )
-        for flag in ("echo", "presence", "join_leave"):
+        for flag in ("echo", "presence", "join_leave", "join_leave_per_user"):
             if not isinstance(getattr(self, flag), bool):
                 raise TypeError(f"Namespace.{flag} must be True or False")
         if self.max_payload is not None:
             check_positive_int("Namespace.max_payload", self.max_payload)
         check_positive_int("Namespace.history_size", self.history_size, zero=True)
+        check_positive_int("Namespace.replay", self.replay, zero=True)
+        if self.replay > self.history_size:
+            raise ValueError("Namespace.replay cannot exceed history_size")
         check_positive_number("Namespace.history_ttl", self.history_ttl)
+        check_positive_number("Namespace.presence_ttl", self.presence_ttl)
+        check_positive_number("Namespace.idempotency_window", self.idempotency_window)
+        if self.history_size and self.slow_consumer == "drop_oldest":
+            raise ValueError(
+                "Namespace.slow_consumer='drop_oldest' drops messages, which would leave "
+                "gaps in a stream with history: use it only with history_size=0"
+            )
+        if self.schema is not None:
+            try:
+                msgspec.json.Decoder(self.schema)
+            except TypeError as exc:
+                raise TypeError(
+                    f"Namespace.schema must be a msgspec-compatible type: {exc}"
+                ) from None
         if self.join_leave and not self.presence:
             raise ValueError("Namespace.join_leave needs presence=True")
         for hook in ("can_subscribe", "can_publish"):
@@ -146,11 +208,35 @@ class Namespace:
             return False
         return self.can_subscribe is None or bool(self.can_subscribe(identity, channel))
 
+    def validate(self, data: bytes, codec: str) -> None:
+        """Check ``data`` (encoded with ``codec``) against :attr:`schema`.
+
+        Raises:
+            InvalidData: the data does not fit; the reason names the field.
+        """
+        if self.schema is None:
+            return
+        try:
+            _schema_decoder(self.schema, codec).decode(data)
+        except msgspec.ValidationError as exc:
+            raise InvalidData(f"data does not match the channel schema: {exc}") from None
+        except (msgspec.DecodeError, ValueError, RecursionError):
+            raise InvalidData("data does not match the channel schema") from None
+
     def may_publish(self, identity: Identity, channel: str, data: bytes) -> bool:
         """Whether ``identity`` may publish ``data`` into ``channel`` from a client."""
         if not _allowed(self.publish, identity):
             return False
         return self.can_publish is None or bool(self.can_publish(identity, channel, data))
+
+
+@cache
+def _schema_decoder(
+    schema: Any, codec: str
+) -> msgspec.json.Decoder[Any] | msgspec.msgpack.Decoder[Any]:
+    if codec == "msgpack":
+        return msgspec.msgpack.Decoder(schema)
+    return msgspec.json.Decoder(schema)
 
 
 def _allowed(access: Access, identity: Identity) -> bool:

@@ -211,6 +211,7 @@ class ClientProtocol:
                 raise PermissionDenied("only the server publishes into personal channels")
             if not namespace.may_publish(self.identity, channel, data):
                 raise PermissionDenied(f"not allowed to publish into {channel!r}")
+            namespace.validate(data, self.codec.name)
         elif isinstance(command, GetPresence):
             if not namespace.presence:
                 raise PermissionDenied("presence is not enabled for this namespace")

@@ -9,8 +9,22 @@ from __future__ import annotations
 
 from ._base import Broker as Broker
 from ._base import HistoryOptions as HistoryOptions
+from ._base import HistoryPage as HistoryPage
+from ._base import Idempotency as Idempotency
+from ._base import LossHandler as LossHandler
 from ._base import Publication as Publication
 from ._base import PublicationHandler as PublicationHandler
+from ._base import PublicationKind as PublicationKind
 from .memory import MemoryBroker as MemoryBroker
 
-__all__ = ["Broker", "HistoryOptions", "MemoryBroker", "Publication", "PublicationHandler"]
+__all__ = [
+    "Broker",
+    "HistoryOptions",
+    "HistoryPage",
+    "Idempotency",
+    "LossHandler",
+    "MemoryBroker",
+    "Publication",
+    "PublicationHandler",
+    "PublicationKind",
+]

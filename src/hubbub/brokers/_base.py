@@ -1,21 +1,35 @@
 """The broker extension point: what moves publications between hub nodes.
 
 A hub node talks to exactly one broker. The broker assigns each publication its
-place in the channel's stream and hands it to every node that subscribed to the
-channel, this one included; the hub then fans it out to its local clients.
+place in the channel's stream (offset and epoch, where the channel keeps
+history), keeps that bounded history, keeps presence leases, and hands every
+publication to every node that subscribed to the channel, this one included;
+the hub then fans it out to its local clients.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 from msgspec import Struct
 
-from ..messages import ClientInfo
+from ..messages import ClientInfo, Position
 
-__all__ = ["Broker", "HistoryOptions", "Publication", "PublicationHandler"]
+__all__ = [
+    "Broker",
+    "HistoryOptions",
+    "HistoryPage",
+    "Idempotency",
+    "LossHandler",
+    "Publication",
+    "PublicationHandler",
+    "PublicationKind",
+]
+
+PublicationKind = Literal["message", "join", "leave"]
 
 
 class Publication(Struct, frozen=True, omit_defaults=True):
@@ -30,6 +44,8 @@ class Publication(Struct, frozen=True, omit_defaults=True):
         exclude: a client id that must not receive it (its publisher asked for no echo).
         offset: its offset in the channel's stream, where the channel keeps history.
         epoch: the stream's epoch, where the channel keeps history.
+        kind: ``message`` (a publication), or a presence event (``join``,
+            ``leave``: ``sender`` is the client that came or went; never stored).
     """
 
     channel: str
@@ -40,25 +56,53 @@ class Publication(Struct, frozen=True, omit_defaults=True):
     exclude: str | None = None
     offset: int | None = None
     epoch: str | None = None
+    kind: PublicationKind = "message"
 
 
 @dataclass(frozen=True, slots=True)
 class HistoryOptions:
-    """How a channel's stream is kept: ``size`` publications for ``ttl`` seconds."""
+    """How a channel's stream is kept: the last ``size`` publications, ``ttl`` seconds
+    after the last publish (after that the stream, and its epoch, are gone)."""
 
     size: int
     ttl: float
 
 
+@dataclass(frozen=True, slots=True)
+class Idempotency:
+    """A publish that must happen at most once per ``key`` within ``window`` seconds."""
+
+    key: str
+    window: float
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """Publications read from a stream, oldest first unless asked in reverse.
+
+    ``position`` is the stream's newest position when it was read (offset 0:
+    nothing published yet under this epoch).
+    """
+
+    publications: list[Publication]
+    position: Position
+
+
 PublicationHandler = Callable[[Publication], None]
 """Receives every publication of a channel the node subscribed to.
 
-Called synchronously by the broker; it never blocks and never raises.
+Called synchronously by the broker, in offset order per channel; it never
+blocks and never raises.
 """
+
+LossHandler = Callable[[Collection[str] | None], None]
+"""Told that publications of these channels (``None``: of any channel) may have
+been lost on their way to this node, e.g. after the broker's link dropped.
+The hub closes the affected clients with 1013 so they recover from history."""
 
 
 class Broker(ABC):
-    """Moves publications between hub nodes.
+    """Moves publications between hub nodes and keeps streams and presence.
 
     Lifecycle: the hub calls :meth:`start` once when it starts and :meth:`stop`
     once when it stops. Between them it calls :meth:`subscribe` once per
@@ -67,14 +111,22 @@ class Broker(ABC):
     overlap (a subscribe issued while an unsubscribe is still awaiting); a
     broker must apply them in the order they were issued.
 
+    Guarantees a broker gives: publications of one channel get consecutive
+    offsets from 1 under one epoch, and reach every subscribed node in that
+    order; a stream that is lost or expires comes back under a new epoch,
+    never reusing one; presence entries are leases that vanish when not
+    refreshed within their TTL.
+
     Errors: a broker raises :class:`hubbub.BrokerUnavailable` when it cannot
-    reach its backend, never hangs without bound, and reports to the hub
-    through ``handler`` only publications, in offset order per channel.
+    reach its backend and never hangs without bound; it raises
+    :class:`hubbub.StreamGone` when asked to read after a position whose epoch
+    is not the stream's. The shared contract tests (``tests/broker_contract.py``)
+    check all of this against any broker.
     """
 
     @abstractmethod
-    async def start(self, handler: PublicationHandler) -> None:
-        """Connect, and deliver publications of subscribed channels to ``handler``."""
+    async def start(self, handler: PublicationHandler, lost: LossHandler) -> None:
+        """Connect; deliver publications of subscribed channels to ``handler``."""
 
     @abstractmethod
     async def stop(self) -> None:
@@ -82,12 +134,17 @@ class Broker(ABC):
 
     @abstractmethod
     async def publish(
-        self, publication: Publication, history: HistoryOptions | None
+        self,
+        publication: Publication,
+        history: HistoryOptions | None,
+        idempotency: Idempotency | None = None,
     ) -> Publication:
         """Publish to every node subscribed to the channel, this one included.
 
         Returns the publication with its ``offset`` and ``epoch`` set where the
-        channel keeps history (``history`` is not ``None``).
+        channel keeps history (``history`` is not ``None``). With
+        ``idempotency``, a key seen within its window publishes nothing and
+        returns the publication first published under that key.
         """
 
     @abstractmethod
@@ -97,6 +154,39 @@ class Broker(ABC):
     @abstractmethod
     async def unsubscribe(self, channel: str) -> None:
         """Stop receiving the channel's publications on this node."""
+
+    @abstractmethod
+    async def history(
+        self,
+        channel: str,
+        *,
+        since: Position | None = None,
+        limit: int | None = None,
+        reverse: bool = False,
+    ) -> HistoryPage:
+        """Read the channel's stream.
+
+        Without ``since``: the newest ``limit`` publications (all when ``None``).
+        With ``since``: the first ``limit`` publications after it (what is still
+        kept; the caller checks offsets for gaps). Oldest first unless
+        ``reverse``. A channel without a stream gets an empty page at offset 0
+        under a new epoch.
+
+        Raises:
+            StreamGone: ``since`` names another epoch than the stream's.
+        """
+
+    @abstractmethod
+    async def presence_set(self, channel: str, client: str, info: ClientInfo, ttl: float) -> None:
+        """Add or refresh ``client``'s presence lease in ``channel`` for ``ttl`` seconds."""
+
+    @abstractmethod
+    async def presence_remove(self, channel: str, client: str) -> None:
+        """Remove ``client``'s presence lease in ``channel`` (no error if absent)."""
+
+    @abstractmethod
+    async def presence(self, channel: str) -> Mapping[str, ClientInfo]:
+        """The clients whose presence lease in ``channel`` has not expired."""
 
     async def ready(self) -> bool:
         """Whether the backend is reachable now (``/ready``). Defaults to True."""

@@ -2,24 +2,65 @@
 
 from __future__ import annotations
 
-from ._base import Broker, HistoryOptions, Publication, PublicationHandler
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from itertools import islice
+
+import msgspec
+
+from .._errors import StreamGone
+from ..messages import ClientInfo, Position
+from ._base import (
+    Broker,
+    HistoryOptions,
+    HistoryPage,
+    Idempotency,
+    LossHandler,
+    Publication,
+    PublicationHandler,
+)
 
 __all__ = ["MemoryBroker"]
 
+# A stream first created by a read (a subscribe before any publish) keeps its
+# epoch this long without publications, so early subscribers can still recover.
+_EMPTY_STREAM_TTL = 300.0
+
+
+class _Stream:
+    __slots__ = ("epoch", "expires", "items", "offset")
+
+    def __init__(self, size: int, expires: float) -> None:
+        self.epoch = secrets.token_hex(4)
+        self.offset = 0
+        self.items: deque[Publication] = deque(maxlen=max(size, 1))
+        self.expires = expires
+
 
 class MemoryBroker(Broker):
-    """Delivers publications within one process.
+    """Delivers publications within one process and keeps streams and presence in memory.
 
     Publishing calls the hub's handler directly, so a publication reaches local
     subscribers before :meth:`publish` returns and order per channel is the
-    order of the calls.
+    order of the calls. Streams live as long as the process (a restart starts
+    new epochs) and expire ``ttl`` seconds after their last publication.
+
+    Args:
+        clock: seconds on a monotonic clock; injectable for tests.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self._handler: PublicationHandler | None = None
         self._channels: set[str] = set()
+        self._streams: dict[str, _Stream] = {}
+        self._idempotency: dict[tuple[str, str], tuple[float, Publication]] = {}
+        self._presence: dict[str, dict[str, tuple[float, ClientInfo]]] = {}
+        self._next_sweep = 0.0
 
-    async def start(self, handler: PublicationHandler) -> None:
+    async def start(self, handler: PublicationHandler, lost: LossHandler) -> None:
         if self._handler is not None:
             raise RuntimeError("MemoryBroker is already started (one hub per broker)")
         self._handler = handler
@@ -29,12 +70,34 @@ class MemoryBroker(Broker):
         self._channels.clear()
 
     async def publish(
-        self, publication: Publication, history: HistoryOptions | None
+        self,
+        publication: Publication,
+        history: HistoryOptions | None,
+        idempotency: Idempotency | None = None,
     ) -> Publication:
         handler = self._handler
         if handler is None:
             raise RuntimeError("MemoryBroker is not started")
-        if publication.channel in self._channels:
+        now = self._clock()
+        self._sweep(now)
+        channel = publication.channel
+        if idempotency is not None:
+            seen = self._idempotency.get((channel, idempotency.key))
+            if seen is not None and seen[0] > now:
+                return seen[1]
+        if history is not None:
+            stream = self._stream(channel, now)
+            if stream is None or stream.items.maxlen != history.size:
+                stream = self._resize(channel, stream, history.size, now)
+            stream.offset += 1
+            publication = msgspec.structs.replace(
+                publication, offset=stream.offset, epoch=stream.epoch
+            )
+            stream.items.append(publication)
+            stream.expires = now + history.ttl
+        if idempotency is not None:
+            self._idempotency[(channel, idempotency.key)] = (now + idempotency.window, publication)
+        if channel in self._channels:
             handler(publication)
         return publication
 
@@ -43,3 +106,79 @@ class MemoryBroker(Broker):
 
     async def unsubscribe(self, channel: str) -> None:
         self._channels.discard(channel)
+
+    async def history(
+        self,
+        channel: str,
+        *,
+        since: Position | None = None,
+        limit: int | None = None,
+        reverse: bool = False,
+    ) -> HistoryPage:
+        now = self._clock()
+        stream = self._stream(channel, now)
+        if stream is None:
+            # An empty stream under a new epoch: a later publish continues it.
+            stream = self._streams[channel] = _Stream(1, now + _EMPTY_STREAM_TTL)
+        if since is not None and since.epoch != stream.epoch:
+            raise StreamGone(f"epoch {since.epoch!r} is not the stream's current epoch")
+        items = stream.items
+        if since is not None:
+            first = stream.offset - len(items) + 1  # offset of items[0]
+            start = max(since.offset + 1 - first, 0)
+            selected = list(islice(items, start, None if limit is None else start + limit))
+        elif limit is None:
+            selected = list(items)
+        else:
+            selected = list(islice(items, max(len(items) - limit, 0), None))
+        if reverse:
+            selected.reverse()
+        return HistoryPage(selected, Position(offset=stream.offset, epoch=stream.epoch))
+
+    async def presence_set(self, channel: str, client: str, info: ClientInfo, ttl: float) -> None:
+        self._presence.setdefault(channel, {})[client] = (self._clock() + ttl, info)
+
+    async def presence_remove(self, channel: str, client: str) -> None:
+        entries = self._presence.get(channel)
+        if entries is not None:
+            entries.pop(client, None)
+            if not entries:
+                del self._presence[channel]
+
+    async def presence(self, channel: str) -> Mapping[str, ClientInfo]:
+        now = self._clock()
+        entries = self._presence.get(channel, {})
+        return {client: info for client, (expires, info) in entries.items() if expires > now}
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _stream(self, channel: str, now: float) -> _Stream | None:
+        stream = self._streams.get(channel)
+        if stream is not None and stream.expires <= now:
+            del self._streams[channel]
+            return None
+        return stream
+
+    def _resize(self, channel: str, stream: _Stream | None, size: int, now: float) -> _Stream:
+        """A stream kept at ``size`` publications; an existing one keeps epoch and offset."""
+        fresh = _Stream(size, now)
+        if stream is not None:
+            fresh.epoch, fresh.offset = stream.epoch, stream.offset
+            fresh.items.extend(stream.items)
+        self._streams[channel] = fresh
+        return fresh
+
+    def _sweep(self, now: float) -> None:
+        """Drop expired streams, idempotency keys and leases; at most once a second."""
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + 1.0
+        for channel in [c for c, s in self._streams.items() if s.expires <= now]:
+            del self._streams[channel]
+        for key in [k for k, (expires, _) in self._idempotency.items() if expires <= now]:
+            del self._idempotency[key]
+        for channel, entries in list(self._presence.items()):
+            for client in [c for c, (expires, _) in entries.items() if expires <= now]:
+                del entries[client]
+            if not entries:
+                del self._presence[channel]
