@@ -4,9 +4,11 @@ The modules follow the path a message takes, inside out:
 
 - ``messages``: msgspec Structs for every wire message and the two codecs;
 - ``protocol``: the per-client state machine, pure and synchronous;
-- ``namespaces``, ``limits``, ``auth``: the rules it applies;
+- ``namespaces``, ``limits``, ``auth``, ``chat``: the rules it applies and the
+  typed payloads it ships (chat messages, notifications);
 - ``_connection``: the only code awaiting a client's ASGI receive/send;
-- ``hub``: registry, fan-out, the server-side API, the lifecycle;
+- ``hub``: registry, fan-out, the server-side API, the lifecycle; ``_recovery``:
+  joining a stream without gap or duplicate;
 - ``brokers``: how publications move between nodes (``Broker``, ``MemoryBroker``);
 - ``app`` and ``cli``: the ASGI shell (``HubApp``) and ``hubbub serve``.
 
@@ -34,8 +36,11 @@ from .app import HubApp as HubApp
 from .auth import Authenticator as Authenticator
 from .auth import Identity as Identity
 from .brokers import Broker as Broker
+from .brokers import HistoryPage as HistoryPage
 from .brokers import MemoryBroker as MemoryBroker
 from .brokers import Publication as Publication
+from .chat import ChatMessage as ChatMessage
+from .chat import Notification as Notification
 from .hub import Hub as Hub
 from .hub import HubStats as HubStats
 from .limits import Limits as Limits
@@ -50,6 +55,8 @@ __all__ = [
     "Authenticator",
     "Broker",
     "BrokerUnavailable",
+    "ChatMessage",
+    "HistoryPage",
     "Hub",
     "HubApp",
     "HubNotRunning",
@@ -64,6 +71,7 @@ __all__ = [
     "MessageTooLarge",
     "Namespace",
     "NotFound",
+    "Notification",
     "PermissionDenied",
     "Position",
     "Publication",
