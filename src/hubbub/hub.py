@@ -325,13 +325,14 @@ class Hub:
             for connection in tuple(self._connections):
                 for channel, namespace in tuple(connection.protocol.channels.items()):
                     if namespace.presence:
-                        with anyio.move_on_after(self.broker_timeout):
-                            try:
-                                await self.broker.presence_set(
+                        try:
+                            await self._broker_call(
+                                self.broker.presence_set(
                                     channel, connection.id, connection.info, namespace.presence_ttl
                                 )
-                            except HubbubError as exc:
-                                logger.warning("presence refresh failed: %s", exc.reason)
+                            )
+                        except HubbubError as exc:
+                            logger.warning("presence refresh failed: %s", exc.reason)
 
     # -- server-side API ---------------------------------------------------------------------
 
@@ -503,18 +504,25 @@ class Hub:
                     exc.reason,
                     extra={"client": connection.id},
                 )
-        entries = [await self._ensure(channel, namespace) for channel, namespace in wanted]
-        # Buffer every channel's live publications until all positions are read, then
-        # attach them all at once, so nothing slips between two reads.
-        for entry in entries:
-            entry.recovering[connection] = []
+        entries: list[_Channel] = []
         try:
-            tops = [
-                await self._top(channel) if namespace.history_size else None
-                for channel, namespace in wanted
-            ]
-        finally:
-            buffers = [entry.recovering.pop(connection, []) for entry in entries]
+            for channel, namespace in wanted:
+                entries.append(await self._ensure(channel, namespace))
+            # Buffer every channel's live publications until all positions are read,
+            # then attach them all at once, so nothing slips between two reads.
+            for entry in entries:
+                entry.recovering[connection] = []
+            try:
+                tops = [
+                    await self._top(channel) if namespace.history_size else None
+                    for channel, namespace in wanted
+                ]
+            finally:
+                buffers = [entry.recovering.pop(connection, []) for entry in entries]
+        except BaseException:
+            for (channel, _), entry in zip(wanted, entries, strict=False):
+                self._release_if_unused(channel, entry)
+            raise
         subscribed = []
         follow: list[tuple[Namespace, list[Publication]]] = []
         for (channel, namespace), entry, top, buffered in zip(
@@ -704,18 +712,25 @@ class Hub:
     # -- presence ----------------------------------------------------------------------------
 
     async def _arrive(self, connection: Connection, channel: str, namespace: Namespace) -> None:
-        """Take a presence lease for a new subscriber and announce it where enabled."""
+        """Take a presence lease for a new subscriber and announce it where enabled.
+
+        A failure here is logged, not answered: the subscription itself holds,
+        and the lease task retries the lease within a third of its TTL.
+        """
         info = connection.info
-        await self._broker_call(
-            self.broker.presence_set(channel, connection.id, info, namespace.presence_ttl)
-        )
-        if not namespace.join_leave:
-            return
-        if namespace.join_leave_per_user and info.user:
-            present = await self._broker_call(self.broker.presence(channel))
-            if any(c != connection.id and i.user == info.user for c, i in present.items()):
+        try:
+            await self._broker_call(
+                self.broker.presence_set(channel, connection.id, info, namespace.presence_ttl)
+            )
+            if not namespace.join_leave:
                 return
-        await self._announce("join", channel, info)
+            if namespace.join_leave_per_user and info.user:
+                present = await self._broker_call(self.broker.presence(channel))
+                if any(c != connection.id and i.user == info.user for c, i in present.items()):
+                    return
+            await self._announce("join", channel, info)
+        except HubbubError as exc:
+            logger.warning("presence for %r failed: %s", channel, exc.reason)
 
     async def _depart(self, channel: str, namespace: Namespace, info: ClientInfo) -> None:
         """Drop a leaving subscriber's presence lease and announce it where enabled."""
