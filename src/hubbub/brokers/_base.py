@@ -32,7 +32,7 @@ __all__ = [
 PublicationKind = Literal["message", "join", "leave"]
 
 
-class Publication(Struct, frozen=True, omit_defaults=True):
+class Publication(Struct, frozen=True, omit_defaults=True, gc=False):
     """One publication as brokers carry it.
 
     Attributes:
