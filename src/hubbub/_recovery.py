@@ -63,7 +63,8 @@ def join_stream(
     recovered: bool | None = None
     if recover is not None:
         recovered = False
-        if page is not None and recover.epoch == top.epoch:
+        # An offset beyond the top cannot have been seen under this epoch.
+        if page is not None and recover.epoch == top.epoch and recover.offset <= top.offset:
             candidates = [p for p in page.publications if (p.offset or 0) > recover.offset]
             expected = list(range(recover.offset + 1, top.offset + 1))
             if [p.offset for p in candidates] == expected:

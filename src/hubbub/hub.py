@@ -102,7 +102,15 @@ class HubStats:
 class _Channel:
     """Local subscribers of one channel and the node's broker subscription to it."""
 
-    __slots__ = ("lock", "namespace", "on_node", "pending", "recovering", "subscribers")
+    __slots__ = (
+        "floors",
+        "lock",
+        "namespace",
+        "on_node",
+        "pending",
+        "recovering",
+        "subscribers",
+    )
 
     def __init__(self, namespace: Namespace) -> None:
         self.namespace = namespace
@@ -110,6 +118,10 @@ class _Channel:
         # Connections joining the stream: live publications are buffered for them
         # while their history is read, then merged (``_recovery.join_stream``).
         self.recovering: dict[Connection, list[Publication]] = {}
+        # A joined connection's newest position already sent: a broker that delivers
+        # after ``publish`` returns (pub/sub) may still hand over older publications,
+        # which must not reach it twice. Cleared at the first newer one.
+        self.floors: dict[Connection, Position] = {}
         self.on_node = False
         self.pending = 0
         # Serialises this channel's node-level subscribe/unsubscribe calls to the
@@ -536,6 +548,7 @@ class Hub:
             subscribed.append(
                 Subscribed(channel=channel, publications=[], offset=top.offset, epoch=top.epoch)
             )
+            _set_floor(entry, connection, joined)
             follow.append((namespace, joined.live))
         connection.send_message(
             Welcome(
@@ -635,6 +648,7 @@ class Hub:
             # From here to the end of the delivery nothing awaits: no publication can
             # fall between the merge and the attach.
             self._attach(connection, channel, namespace, entry)
+            _set_floor(entry, connection, joined)
             connection.send_message(self._subscribed(command, joined, codec))
             self._deliver_to(connection, joined.live, namespace)
             if joined.gap:
@@ -803,6 +817,7 @@ class Hub:
         if entry is None:
             return
         entry.subscribers.pop(connection, None)
+        entry.floors.pop(connection, None)
         self._release_if_unused(channel, entry)
 
     def _release_if_unused(self, channel: str, entry: _Channel) -> None:
@@ -881,9 +896,12 @@ class Hub:
         exclude = publication.exclude
         frames: dict[Codec, tuple[str | bytes, int]] = {}
         delivered = 0
+        skip = _below_floor(entry.floors, publication) if entry.floors else None
         # A copy: a full queue closes its connection, which detaches it from this dict.
         for connection in tuple(entry.subscribers):
             if exclude is not None and connection.id == exclude:
+                continue
+            if skip and connection in skip:
                 continue
             codec = connection.codec
             encoded = frames.get(codec)
@@ -906,6 +924,25 @@ class Hub:
                 continue
             for connection in tuple(entry.subscribers):
                 connection.close(Close(TRY_AGAIN_LATER, "broker link lost; recover"))
+
+
+def _set_floor(entry: _Channel, connection: Connection, joined: Joined) -> None:
+    epoch = joined.position.epoch
+    offsets = [p.offset for p in joined.live if p.epoch == epoch and p.offset is not None]
+    entry.floors[connection] = Position(offset=max([joined.position.offset, *offsets]), epoch=epoch)
+
+
+def _below_floor(floors: dict[Connection, Position], publication: Publication) -> set[Connection]:
+    """Connections that already have ``publication``; floors it passes are cleared."""
+    if publication.kind != "message":
+        return set()
+    skip = set()
+    for connection, floor in list(floors.items()):
+        if publication.epoch == floor.epoch and (publication.offset or 0) <= floor.offset:
+            skip.add(connection)
+        else:
+            del floors[connection]
+    return skip
 
 
 MAX_HISTORY_LIMIT: Final = 100

@@ -116,6 +116,7 @@ class MemoryBroker(Broker):
         reverse: bool = False,
     ) -> HistoryPage:
         now = self._clock()
+        self._sweep(now)
         stream = self._stream(channel, now)
         if stream is None:
             # An empty stream under a new epoch: a later publish continues it.
