@@ -602,7 +602,7 @@ class Hub:
             exclude=None if echo else connection.id,
         )
         published = await self._publish(publication, namespace, command.idempotency_key)
-        connection.send_message(Ack(id=command.id, offset=published.offset))
+        connection.send_message(Ack(id=command.id, offset=published.offset, epoch=published.epoch))
 
     async def _client_subscribe(
         self, connection: Connection, command: Subscribe, namespace: Namespace | None
@@ -979,7 +979,11 @@ def _encode(publication: Publication, source: Codec, codec: Codec) -> tuple[str 
         assert who is not None
         event = Join if kind == "join" else Leave
         message = event(
-            channel=publication.channel, user=who.user, client=who.client, info=who.info
+            channel=publication.channel,
+            user=who.user,
+            client=who.client,
+            name=who.name,
+            info=who.info,
         )
     raw = codec.encode_bytes(message)
     return (raw if codec.binary else raw.decode(), len(raw))

@@ -189,6 +189,7 @@ class Join(_ServerMessage, tag="join"):
     user: str
     client: str
     info: dict[str, Any] | None = None
+    name: str | None = None
 
 
 class Leave(_ServerMessage, tag="leave"):
@@ -196,6 +197,7 @@ class Leave(_ServerMessage, tag="leave"):
     user: str
     client: str
     info: dict[str, Any] | None = None
+    name: str | None = None
 
 
 class Ack(_ServerMessage, tag="ack"):
