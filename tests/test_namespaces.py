@@ -82,7 +82,7 @@ def test_drop_oldest_with_history_is_refused() -> None:
 
 def test_schema_must_be_a_msgspec_type() -> None:
     """A schema msgspec cannot decode into is a TypeError when the namespace is built."""
-    with pytest.raises(TypeError, match="Namespace.schema"):
+    with pytest.raises(TypeError, match=r"Namespace\.schema"):
         Namespace(schema=object())
 
 
