@@ -442,8 +442,14 @@ class Hub:
         clients: Mapping[str, ClientInfo] = await self._broker_call(self.broker.presence(channel))
         return dict(clients)
 
-    async def disconnect(self, user: str, code: int = KICKED, reason: str = "disconnected") -> int:
-        """Close every connection of ``user`` on this node; returns how many were closed."""
+    async def disconnect(
+        self, user: str, reason: str = "disconnected by the server", *, code: int = KICKED
+    ) -> int:
+        """Close every connection of ``user`` on this node; returns how many were closed.
+
+        Each gets ``disconnect`` (``reconnect: false`` for the default 4403) and
+        the close code. With several nodes, call it on each (the HTTP API will).
+        """
         connections = list(self._users.get(user, ()))
         for connection in connections:
             connection.close(Close(code, reason, flush=True))
