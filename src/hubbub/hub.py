@@ -104,6 +104,9 @@ class _Channel:
 
     __slots__ = (
         "floors",
+        "held",
+        "last_epoch",
+        "last_offset",
         "lock",
         "namespace",
         "on_node",
@@ -122,6 +125,12 @@ class _Channel:
         # after ``publish`` returns (pub/sub) may still hand over older publications,
         # which must not reach it twice. Cleared at the first newer one.
         self.floors: dict[Connection, Position] = {}
+        # The newest position this node delivered, to notice gaps (a publication
+        # that skips offsets) and duplicates; while a gap is being repaired from
+        # history, live publications are held here in arrival order.
+        self.last_offset = 0
+        self.last_epoch: str | None = None
+        self.held: list[Publication] | None = None
         self.on_node = False
         self.pending = 0
         # Serialises this channel's node-level subscribe/unsubscribe calls to the
@@ -888,10 +897,30 @@ class Hub:
             raise InternalError("broker error") from exc
 
     def _dispatch(self, publication: Publication) -> None:
-        """Fan one publication out to this node's subscribers of its channel."""
+        """Take one publication from the broker: check its offset, then fan it out.
+
+        Publications of a stream must arrive in offset order without holes. A
+        duplicate is dropped; a hole (the broker's link lost some) is repaired
+        from history before anything newer is delivered (``_repair``).
+        """
         entry = self._channels.get(publication.channel)
         if entry is None:
             return
+        offset = publication.offset
+        if offset is not None and publication.kind == "message":
+            if entry.held is not None:
+                entry.held.append(publication)
+                return
+            if publication.epoch == entry.last_epoch and offset != entry.last_offset + 1:
+                if offset <= entry.last_offset:
+                    return
+                self._start_repair(publication.channel, entry, [publication])
+                return
+            entry.last_offset, entry.last_epoch = offset, publication.epoch
+        self._fan_out(entry, publication)
+
+    def _fan_out(self, entry: _Channel, publication: Publication) -> None:
+        """Hand one publication to every local subscriber of its channel."""
         if entry.recovering and publication.kind == "message":
             for buffered in entry.recovering.values():
                 buffered.append(publication)
@@ -918,18 +947,73 @@ class Hub:
         self.stats.deliveries += delivered
 
     def _lost(self, channels: Collection[str] | None) -> None:
-        """The broker may have lost publications: close the clients that cannot stay whole.
+        """The broker may have lost publications (its link dropped): repair from history.
 
-        Clients of channels with history reconnect and recover (1013); channels
-        without history are at-most-once anyway.
+        For every channel with history this node compares the stream with the
+        last offset it delivered and delivers what it missed itself, in order;
+        clients it cannot keep whole are closed with 1013 so they recover.
+        Channels without history are at-most-once: nothing to do.
         """
         names = self._channels.keys() if channels is None else channels
         for name in list(names):
             entry = self._channels.get(name)
-            if entry is None or not entry.namespace.history_size:
+            if entry is None or not entry.namespace.history_size or entry.held is not None:
                 continue
-            for connection in tuple(entry.subscribers):
-                connection.close(Close(TRY_AGAIN_LATER, "broker link lost; recover"))
+            if entry.last_epoch is None:
+                continue  # nothing delivered yet: joiners read their own positions
+            self._start_repair(name, entry, [])
+
+    def _start_repair(self, channel: str, entry: _Channel, held: list[Publication]) -> None:
+        entry.held = held
+        if self._tg is None:
+            return
+        self._tg.start_soon(self._repair, channel, entry)
+
+    async def _repair(self, channel: str, entry: _Channel) -> None:
+        """Fill this node's hole in a stream from history, then release what was held."""
+        for _ in range(3):
+            since = Position(offset=entry.last_offset, epoch=entry.last_epoch or "")
+            try:
+                page: HistoryPage = await self._broker_call(
+                    self.broker.history(channel, since=since)
+                )
+            except HubbubError as exc:
+                self._give_up(channel, entry, f"stream unreadable ({exc.reason})")
+                return
+            expected = since.offset + 1
+            for publication in page.publications:
+                if publication.offset != expected:
+                    self._give_up(channel, entry, "history no longer covers the gap")
+                    return
+                entry.last_offset = expected
+                self._fan_out(entry, publication)
+                expected += 1
+            held, entry.held = entry.held or [], []
+            for publication in sorted(held, key=lambda p: p.offset or 0):
+                if publication.epoch != entry.last_epoch:
+                    entry.last_offset, entry.last_epoch = publication.offset or 0, publication.epoch
+                    self._fan_out(entry, publication)
+                elif (publication.offset or 0) == entry.last_offset + 1:
+                    entry.last_offset += 1
+                    self._fan_out(entry, publication)
+                elif (publication.offset or 0) > entry.last_offset:
+                    entry.held.append(publication)  # still a hole before it: read again
+            if not entry.held:
+                entry.held = None
+                logger.info("repaired a gap in %r from history", channel)
+                return
+        self._give_up(channel, entry, "the gap did not close")
+
+    def _give_up(self, channel: str, entry: _Channel, why: str) -> None:
+        """Close the channel's local subscribers with 1013 so they recover by themselves."""
+        logger.warning("closing subscribers of %r: %s", channel, why)
+        for connection in tuple(entry.subscribers):
+            connection.close(Close(TRY_AGAIN_LATER, "publications were lost; recover"))
+        held = entry.held or []
+        entry.held = None
+        if held:
+            newest = max(held, key=lambda p: p.offset or 0)
+            entry.last_offset, entry.last_epoch = newest.offset or 0, newest.epoch
 
 
 def _set_floor(entry: _Channel, connection: Connection, joined: Joined) -> None:
