@@ -10,6 +10,18 @@ search, counts, and records the latency. Each worker publishes its running
 total of received messages in a shared array, which the publisher (in the
 parent process) reads to run closed-loop without any extra messages.
 
+Each server speaks its own protocol, so each has a small adapter here: how to
+join the bench channel, how to frame a publication, where the timestamp sits
+in what comes back, and what to answer to the server's keepalives. For
+python-socketio the adapter speaks Engine.IO 4 / Socket.IO 5 framing directly
+over the same ``websockets`` client (``/socket.io/?EIO=4&transport=websocket``,
+``40`` to connect, ``42[...]`` events, ``421[...]``/``431[...]`` for the join
+acknowledgement, ``3`` in answer to the server's ``2`` ping) instead of
+python-socketio's ``AsyncClient``: that client runs on aiohttp, decodes every
+packet into Python objects and dispatches each event to a handler, several
+times the CPU per message of this reader, which on 2 shared cores would make
+the load generator, not the server, set the pace.
+
 Every wait here has a deadline and every loop a bound; a worker that is not
 told to finish exits on its own deadline.
 """
@@ -19,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import time
 from array import array
 from collections.abc import Sequence
@@ -32,20 +45,51 @@ LATENCY_CAP = 400_000
 """Latency samples kept per phase per worker (a bound on memory and on the pipe)."""
 CONNECT_CONCURRENCY = 48
 """Handshakes in flight per worker: keeps the server's listen backlog from overflowing."""
-PHASES = 3
-"""Phase tags carried in payloads: 0 warm-up, 1 latency at a fixed rate, 2 closed loop."""
+PHASES = 4
+"""Phase tags carried in payloads: 0 warm-up, 1 fixed rate, 2 closed loop, 3 round trip."""
+FROZEN_RCVBUF = 4096
+"""SO_RCVBUF of a frozen subscriber's socket: small, so its buffers fill within a few frames."""
 
 _PHASE_OF = {str(i): i for i in range(PHASES)}
 
 
-def make_payload(phase: int, seq: int) -> str:
+def make_payload(phase: int, seq: int, size: int = PAYLOAD_BYTES) -> str:
     """A ~100-byte JSON object carrying the send time (ns, CLOCK_REALTIME), phase and sequence.
 
     The field order is fixed (``t`` first, then ``p``) because subscribers parse
     it by position instead of decoding JSON.
     """
     head = f'{{"t":{time.time_ns()},"p":{phase},"s":{seq},"x":"'
-    return head + "x" * max(1, PAYLOAD_BYTES - len(head) - 2) + '"}'
+    return head + "x" * max(1, size - len(head) - 2) + '"}'
+
+
+def extract_text(m: str) -> tuple[int, int] | None:
+    """(send time ns, phase) from a text message, or None for anything that is not a payload.
+
+    Tolerates the spaces ``json.dumps`` puts after ``:`` (python-socketio
+    re-encodes the payload with the standard library).
+    """
+    i = m.find('"t":')
+    if i < 0:
+        return None
+    j = m.find(",", i)
+    k = m.find('"p":', j)
+    c = m[k + 4]
+    if c == " ":
+        c = m[k + 5]
+    return int(m[i + 4 : j]), _PHASE_OF[c]
+
+
+_T_KEY = b"\xa1t\xcf"  # MessagePack: fixstr "t", then uint64 (a time in ns is > 2**32)
+_P_KEY = b"\xa1p"
+
+
+def extract_msgpack(m: bytes) -> tuple[int, int] | None:
+    """The same from a MessagePack frame, by byte position (no decoding)."""
+    i = m.find(_T_KEY)
+    if i < 0 or m[i + 11 : i + 13] != _P_KEY:
+        return None
+    return int.from_bytes(m[i + 3 : i + 11], "big"), m[i + 13]
 
 
 # -- protocol adapters ----------------------------------------------------------------------
@@ -55,7 +99,10 @@ class Adapter:
     """How one server's protocol joins the channel, publishes and keeps a client alive."""
 
     name = "base"
+    payload_bytes = PAYLOAD_BYTES
     batch = False
+    binary = False
+    subprotocols: tuple[str, ...] | None = None
 
     def url(self, base: str) -> str:
         raise NotImplementedError
@@ -63,17 +110,23 @@ class Adapter:
     async def join(self, ws: Any) -> None:
         """After the handshake: whatever makes this client a subscriber of the bench channel."""
 
-    def publish_frame(self, payload: str, seq: int) -> str:
+    def publish_frame(self, phase: int, seq: int) -> str | bytes:
         raise NotImplementedError
 
-    def control(self, message: str) -> str | None:
+    def split(self, frame: Any) -> Sequence[Any]:
+        """The messages in one frame."""
+        return (frame,)
+
+    extract = staticmethod(extract_text)
+
+    def control(self, message: Any) -> str | bytes | None:
         """The answer to a non-publication message (e.g. a ``pong``), if any."""
         return None
 
-    def is_error(self, message: str) -> bool:
+    def is_error(self, message: Any) -> bool:
         return False
 
-    def is_ack(self, message: str) -> bool:
+    def is_ack(self, message: Any) -> bool:
         return False
 
 
@@ -88,6 +141,9 @@ class HubbubAdapter(Adapter):
     def url(self, base: str) -> str:
         return f"{base}/ws?batch=1" if self.batch else f"{base}/ws"
 
+    def split(self, frame: Any) -> Sequence[Any]:
+        return frame.split("\n") if self.batch else (frame,)
+
     async def join(self, ws: Any) -> None:
         welcome = await asyncio.wait_for(ws.recv(), 30)
         if '"welcome"' not in welcome:
@@ -101,29 +157,127 @@ class HubbubAdapter(Adapter):
                 raise RuntimeError(f"subscribe refused: {reply[:200]!r}")
         raise RuntimeError("no subscribed reply")
 
-    def publish_frame(self, payload: str, seq: int) -> str:
+    def publish_frame(self, phase: int, seq: int) -> str | bytes:
+        payload = make_payload(phase, seq, self.payload_bytes)
         return f'{{"type":"publish","channel":"{CHANNEL}","data":{payload},"id":{seq + 2}}}'
 
-    def control(self, message: str) -> str | None:
+    def control(self, message: Any) -> str | bytes | None:
         return '{"type":"pong"}' if '"type":"ping"' in message else None
 
-    def is_error(self, message: str) -> bool:
+    def is_error(self, message: Any) -> bool:
         return '"type":"error"' in message or '"type":"disconnect"' in message
 
-    def is_ack(self, message: str) -> bool:
+    def is_ack(self, message: Any) -> bool:
         return '"type":"ack"' in message
 
 
-class TutorialAdapter(Adapter):
-    """The tutorial hub: connected means joined; any text is relayed verbatim to everyone."""
+class HubbubMsgpackAdapter(Adapter):
+    """hubbub protocol v1 on the ``hubbub.v1.msgpack`` subprotocol: binary frames."""
 
-    name = "tutorial"
+    name = "hubbub-msgpack"
+    binary = True
+    subprotocols = ("hubbub.v1.msgpack",)
+    extract = staticmethod(extract_msgpack)
+
+    def __init__(self) -> None:
+        import msgspec
+
+        self._encode = msgspec.msgpack.encode
+        self._decode = msgspec.msgpack.decode
+        # Pad the payload to ~payload_bytes of MessagePack, like the JSON one.
+        self._overhead = len(self._encode({"t": time.time_ns(), "p": 0, "s": 0, "x": ""})) + 2
 
     def url(self, base: str) -> str:
         return f"{base}/ws"
 
-    def publish_frame(self, payload: str, seq: int) -> str:
-        return payload
+    def _type(self, message: Any) -> str:
+        try:
+            decoded = self._decode(message)
+        except Exception:
+            return "?"
+        return str(decoded.get("type")) if isinstance(decoded, dict) else "?"
+
+    async def join(self, ws: Any) -> None:
+        welcome = await asyncio.wait_for(ws.recv(), 30)
+        if self._type(welcome) != "welcome":
+            raise RuntimeError(f"expected welcome, got {welcome[:200]!r}")
+        await ws.send(self._encode({"type": "subscribe", "channel": CHANNEL, "id": 1}))
+        for _ in range(10):
+            kind = self._type(await asyncio.wait_for(ws.recv(), 30))
+            if kind == "subscribed":
+                return
+            if kind == "error":
+                raise RuntimeError("subscribe refused")
+        raise RuntimeError("no subscribed reply")
+
+    def publish_frame(self, phase: int, seq: int) -> str | bytes:
+        pad = "x" * max(1, self.payload_bytes - self._overhead)
+        data = {"t": time.time_ns(), "p": phase, "s": seq, "x": pad}
+        return self._encode({"type": "publish", "channel": CHANNEL, "data": data, "id": seq + 2})
+
+    def control(self, message: Any) -> str | bytes | None:
+        return self._encode({"type": "pong"}) if self._type(message) == "ping" else None
+
+    def is_error(self, message: Any) -> bool:
+        return self._type(message) in ("error", "disconnect")
+
+    def is_ack(self, message: Any) -> bool:
+        return self._type(message) == "ack"
+
+
+class RelayAdapter(Adapter):
+    """Servers that relay any text verbatim to everyone connected: connected means joined.
+
+    The tutorial hub, broadcaster's chat pattern and the bare ``websockets.broadcast()``
+    server all work this way (the sender gets its own message back).
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def url(self, base: str) -> str:
+        return f"{base}/ws"
+
+    def publish_frame(self, phase: int, seq: int) -> str | bytes:
+        return make_payload(phase, seq, self.payload_bytes)
+
+
+class SocketIOAdapter(Adapter):
+    """Socket.IO 5 over Engine.IO 4, spoken directly on a WebSocket (see the module docstring)."""
+
+    name = "socketio"
+
+    def url(self, base: str) -> str:
+        return f"{base}/socket.io/?EIO=4&transport=websocket"
+
+    async def join(self, ws: Any) -> None:
+        opened = await asyncio.wait_for(ws.recv(), 30)
+        if not opened.startswith("0{"):
+            raise RuntimeError(f"expected an Engine.IO open packet, got {opened[:200]!r}")
+        await ws.send("40")  # Socket.IO CONNECT to the default namespace
+        await self._expect(ws, "40")
+        await ws.send(f'421["join","{CHANNEL}"]')  # event with ack id 1
+        await self._expect(ws, "431")
+
+    async def _expect(self, ws: Any, prefix: str) -> None:
+        for _ in range(10):
+            reply = await asyncio.wait_for(ws.recv(), 30)
+            if reply.startswith(prefix):
+                return
+            if reply == "2":
+                await ws.send("3")
+            elif reply.startswith(("44", "41", "1")):
+                raise RuntimeError(f"refused: {reply[:200]!r}")
+        raise RuntimeError(f"no {prefix!r} reply")
+
+    def publish_frame(self, phase: int, seq: int) -> str | bytes:
+        return f'42["msg",{make_payload(phase, seq, self.payload_bytes)}]'
+
+    def control(self, message: Any) -> str | bytes | None:
+        return "3" if message == "2" else None
+
+    def is_error(self, message: Any) -> bool:
+        return message.startswith(("44", "41", "1"))
 
 
 def adapter_for(name: str) -> Adapter:
@@ -131,12 +285,16 @@ def adapter_for(name: str) -> Adapter:
         return HubbubAdapter()
     if name == "hubbub-batch":
         return HubbubAdapter(batch=True)
-    if name.startswith("tutorial"):
-        return TutorialAdapter()
+    if name == "hubbub-msgpack":
+        return HubbubMsgpackAdapter()
+    if name == "socketio":
+        return SocketIOAdapter()
+    if name.startswith(("tutorial", "broadcaster", "websockets")):
+        return RelayAdapter(name)
     raise ValueError(f"no adapter for server {name!r}")
 
 
-async def open_client(url: str) -> Any:
+async def open_client(url: str, adapter: Adapter, sock: socket.socket | None = None) -> Any:
     """A ``websockets`` client as lean as it gets: no compression, no keepalive pings."""
     from websockets.asyncio.client import connect
 
@@ -147,7 +305,43 @@ async def open_client(url: str) -> Any:
         open_timeout=30,
         close_timeout=2,
         max_size=2**22,
+        subprotocols=list(adapter.subprotocols) if adapter.subprotocols else None,
+        sock=sock,
     )
+
+
+async def open_frozen(server: str, base_url: str) -> Any:
+    """A subscriber that joins the channel and then never reads again.
+
+    Its socket has a 4 KiB receive buffer (set before connecting), and once it
+    has joined, its transport stops reading: the kernel buffers fill after a
+    few frames and the server sees a client that has stopped, like a frozen
+    browser tab or a phone that went into a tunnel. It answers no keepalive.
+    """
+    adapter = adapter_for(server)
+    host, port = base_url.removeprefix("ws://").rsplit(":", 1)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, FROZEN_RCVBUF)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+    ws = await open_client(adapter.url(base_url), adapter, sock=sock)
+    await adapter.join(ws)
+    ws.transport.pause_reading()
+    return ws
+
+
+async def thaw(ws: Any, budget_s: float = 4.0) -> int | str:
+    """Let a frozen client read again; its close code if the server had closed it, else "open".
+
+    The server's close frame sits behind everything buffered before it, so the
+    buffered frames are read and thrown away first (bounded by ``budget_s``).
+    """
+    ws.transport.resume_reading()
+    end = time.perf_counter() + budget_s
+    with contextlib.suppress(Exception):
+        while time.perf_counter() < end:
+            await asyncio.wait_for(ws.recv(), max(0.01, end - time.perf_counter()))
+    return ws.close_code if ws.close_code is not None else "open"
 
 
 # -- counting frames ------------------------------------------------------------------------
@@ -171,24 +365,26 @@ async def read_frames(
     progress: Any = None,
     slot: int = 0,
     on_other: Any = None,
+    notify: Any = None,
 ) -> int | None:
     """Read ``ws`` as fast as possible until it closes; returns the close code.
 
     Per frame: one clock read, a split on ``\\n`` only where batching was asked
-    for, and per message two ``find`` calls and one ``int``.
+    for, and per message the adapter's ``extract`` (a few ``find`` calls and one
+    ``int``: no decoding).
     """
-    batch = adapter.batch
+    split = adapter.split
+    extract = adapter.extract
     counts = tally.counts
     lats = tally.latencies
-    phase_of = _PHASE_OF
     cap = LATENCY_CAP
     try:
         async for frame in ws:
             now = time.time_ns()
             got = 0
-            for m in frame.split("\n") if batch else (frame,):
-                i = m.find('"t":')
-                if i < 0:
+            for m in split(frame):
+                found = extract(m)
+                if found is None:
                     tally.control += 1
                     if on_other is not None:
                         on_other(m)
@@ -196,17 +392,18 @@ async def read_frames(
                     if reply is not None:
                         await ws.send(reply)
                     continue
-                j = m.find(",", i)
-                phase = phase_of[m[j + 5]]
+                sent_ns, phase = found
                 counts[phase] += 1
                 lat = lats[phase]
                 if len(lat) < cap:
-                    lat.append(now - int(m[i + 4 : j]))
+                    lat.append(now - sent_ns)
                 got += 1
             if got:
                 tally.total += got
                 if progress is not None:
                     progress[slot] = tally.total
+                if notify is not None:
+                    notify()
     except Exception as exc:  # ConnectionClosedError and friends: recorded, not raised
         tally.closes[type(exc).__name__] = tally.closes.get(type(exc).__name__, 0) + 1
     return ws.close_code
@@ -258,7 +455,7 @@ async def _worker(
     async def one() -> None:
         async with gate:
             try:
-                ws = await open_client(url)
+                ws = await open_client(url, adapter)
                 await adapter.join(ws)
             except Exception as exc:
                 key = f"{type(exc).__name__}: {str(exc)[:80]}"
@@ -319,9 +516,10 @@ def unpack_latencies(blobs: Sequence[bytes]) -> list[array]:
 class Publisher:
     """One client that publishes and, like every subscriber, also receives each publication.
 
-    The tutorial hub echoes to the sender because the sender is in the room;
-    the hubbub publisher subscribes too (echo is on by default), so both
-    servers make N + 1 deliveries per publication.
+    Every peer echoes to the sender because the sender is in the room (or the
+    broadcast set, or subscribed to the broadcaster channel); the hubbub
+    publisher subscribes too (echo is on by default), so every server makes
+    N + 1 deliveries per publication.
     """
 
     def __init__(self, server: str, base_url: str) -> None:
@@ -332,22 +530,50 @@ class Publisher:
         self.errors: list[str] = []
         self.ws: Any = None
         self._reader: asyncio.Task[int | None] | None = None
+        self._arrived = asyncio.Event()
 
     async def open(self) -> None:
-        self.ws = await open_client(self.url)
+        self.ws = await open_client(self.url, self.adapter)
         await self.adapter.join(self.ws)
         self._reader = asyncio.create_task(
-            read_frames(self.ws, self.adapter, self.tally, on_other=self._other)
+            read_frames(
+                self.ws, self.adapter, self.tally, on_other=self._other, notify=self._arrived.set
+            )
         )
 
-    def _other(self, message: str) -> None:
+    def _other(self, message: Any) -> None:
         if self.adapter.is_ack(message):
             self.acks += 1
         elif self.adapter.is_error(message) and len(self.errors) < 20:
-            self.errors.append(message[:200])
+            self.errors.append(repr(message[:200]))
 
     async def send(self, phase: int, seq: int) -> None:
-        await self.ws.send(self.adapter.publish_frame(make_payload(phase, seq), seq))
+        await self.ws.send(self.adapter.publish_frame(phase, seq))
+
+    async def round_trips(self, phase: int, count: int, budget_s: float) -> int:
+        """Publish, wait for the own echo, repeat: ``count`` times or until ``budget_s``.
+
+        The latency of each is recorded by the reader (send timestamp in the
+        payload to arrival). Returns the number of round trips completed.
+        """
+        end = time.perf_counter() + budget_s
+        done = 0
+        for seq in range(count):
+            if time.perf_counter() > end or self.closed:
+                break
+            before = self.tally.counts[phase]
+            self._arrived.clear()
+            await self.send(phase, seq)
+            for _ in range(100):  # bounded: each wait is at most 0.1 s
+                if self.tally.counts[phase] > before:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._arrived.wait(), 0.1)
+                self._arrived.clear()
+            else:
+                break
+            done += 1
+        return done
 
     @property
     def closed(self) -> bool:

@@ -1,24 +1,27 @@
-"""hubbub's benchmark: fan-out and idle memory against the tutorial Starlette hub, in one run.
+"""hubbub's benchmark: hubbub against what a user would pick instead, in one command and one run.
 
-Why: QUALITY.md holds hubbub to "no more server CPU per delivery than the
-tutorial hub on the same uvicorn" and "<= 30 KiB per idle subscribed client".
-The machine is 2 shared cores, so wall-clock throughput is noise; what this
-script compares is **server CPU per delivery** (utime + stime of the server
-process and its descendants, from /proc/<pid>/stat) and ratios between servers
-measured **interleaved in the same run**, each on a **fresh server process**.
+Why: QUALITY.md holds hubbub to bars set against its Python peers (the
+tutorial Starlette hub, python-socketio, encode/broadcaster and the practical
+limit, a bare ``websockets.broadcast()`` server). The machine is 2 shared
+cores, so wall-clock throughput is noise; what this script compares is
+**server CPU per delivery** (utime + stime of the server process and its
+descendants, from /proc/<pid>/stat) and ratios between servers measured
+**interleaved in the same run**, each on a **fresh server process**.
 
 Usage::
 
     .venv/bin/python benchmarks/run.py --quick
     .venv/bin/python benchmarks/run.py --n 1000,5000 --runs 3
 
-Per measurement: start the server as its own subprocess on a free 127.0.0.1
-port; connect the publisher (warm-up); read the server's RSS; connect N
-subscribers from worker processes; read RSS again (idle KiB per connection);
-then, for ``fanout``, phase 1 publishes at a fixed rate (latency) and phase 2
-publishes closed-loop with a window of in-flight publications (CPU per
-delivery, deliveries/s). Then stop everything this script started, by PID.
-Installs nothing; every loop is bounded in count and in time.
+Scenarios: ``fanout`` (N subscribers of one channel: latency at a fixed rate,
+then closed-loop CPU per delivery), ``idle`` (KiB per subscribed connection),
+``rtt`` (one client's publish -> own echo), ``frozen`` (fan-out with and
+without one subscriber that stops reading). Per measurement: start the server
+as its own subprocess on a free 127.0.0.1 port, connect the publisher and the
+subscribers (worker processes), measure, stop everything this script started,
+by PID. Writes JSON, Markdown and a PNG under benchmarks/results/. Installs
+nothing (the peers come from the project's optional ``bench`` extra); every
+loop is bounded in count and in time.
 """
 
 from __future__ import annotations
@@ -49,7 +52,19 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 TICK = os.sysconf("SC_CLK_TCK")
 BASELINE = "tutorial"
-SERVERS = ("hubbub", "hubbub-batch", "tutorial")
+HUBBUB = "hubbub"
+HUBBUB_VARIANTS = ("hubbub", "hubbub-batch", "hubbub-msgpack")
+PEERS = ("tutorial", "socketio", "broadcaster", "websockets")
+SERVERS = (*HUBBUB_VARIANTS, *PEERS)
+SCENARIOS = ("fanout", "idle", "rtt", "frozen")
+REDIS_MISSING = "needs the Redis broker (issue 5)"
+"""The answer to ``--scenarios redis`` / ``--servers hubbub-redis``: a placeholder, no figures."""
+PEER_MODULES = {
+    "tutorial": "tutorial_hub",
+    "socketio": "socketio_hub",
+    "broadcaster": "broadcaster_hub",
+}
+PHASE_FIXED, PHASE_CLOSED, PHASE_RTT = 1, 2, 3
 
 # -- /proc readings -------------------------------------------------------------------------
 
@@ -134,12 +149,16 @@ class Server:
             # The demo hub with the command rate limit lifted (see hubbub_app.py).
             argv = [py, "-m", "hubbub", "serve", "hubbub_app:hub", *common]
             argv += ["--log-level", "warning"]
+        elif name == "websockets":
+            # Not ASGI: its own process on uvloop (see peers/websockets_broadcast.py).
+            argv = [py, str(HERE / "peers" / "websockets_broadcast.py")]
+            argv += ["--host", "127.0.0.1", "--port", str(self.port)]
         else:
             argv = [
                 py,
                 "-m",
                 "uvicorn",
-                "tutorial_hub:app",
+                f"{PEER_MODULES[name]}:app",
                 "--app-dir",
                 str(HERE / "peers"),
                 *common,
@@ -234,28 +253,55 @@ async def run_phase(
     rate: float | None,
     window: int | None,
     budget_s: float,
+    stall_s: float,
 ) -> dict[str, Any]:
-    """Publish ``count`` times (at ``rate``/s, or closed-loop with ``window`` in flight)."""
+    """Publish ``count`` times (at ``rate``/s, or closed-loop with ``window`` in flight).
+
+    A closed loop that sees no delivery for ``stall_s`` stops and is marked
+    ``stalled`` (a server blocked behind a frozen client); so does the wait
+    for the last deliveries.
+    """
     base = sum(progress)
     before = Snapshot(server, client_pids)
     t0 = before.wall
     end = t0 + budget_s
     sent = 0
-    while sent < count and time.perf_counter() < end and not pub.closed:
+    stalled = False
+    seen, seen_at = base, t0
+    while sent < count and time.perf_counter() < end and not pub.closed and not stalled:
         if rate:
             delay = t0 + sent / rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
         if window:
             for _ in range(int(budget_s / 0.0005) + 1):
-                if sent - (sum(progress) - base) // n_subs < window or time.perf_counter() > end:
+                now_total, now = sum(progress), time.perf_counter()
+                if now_total != seen:
+                    seen, seen_at = now_total, now
+                elif now - seen_at > stall_s:
+                    stalled = True
+                    break
+                if sent - (now_total - base) // n_subs < window or now > end:
                     break
                 await asyncio.sleep(0.0005)
-        await pub.send(phase, sent)
+            if stalled:
+                break
+        try:
+            await asyncio.wait_for(pub.send(phase, sent), stall_s)
+        except TimeoutError:
+            stalled = True
+            break
         sent += 1
     grace_end = time.perf_counter() + 10.0
+    seen, seen_at = sum(progress), time.perf_counter()
     while time.perf_counter() < grace_end:
-        if sum(progress) - base >= sent * n_subs and pub.tally.counts[phase] >= sent:
+        now_total, now = sum(progress), time.perf_counter()
+        if now_total - base >= sent * n_subs and pub.tally.counts[phase] >= sent:
+            break
+        if now_total != seen:
+            seen, seen_at = now_total, now
+        elif now - seen_at > stall_s:
+            stalled = True
             break
         await asyncio.sleep(0.001)
     after = Snapshot(server, client_pids)
@@ -268,6 +314,7 @@ async def run_phase(
         "rate": rate,
         "window": window,
         "wall_s": wall,
+        "stalled": stalled,
         "server_cpu_s": after.server - before.server,
         "client_cpu_s": after.clients - before.clients,
         "host_busy_cores": host_busy / wall if wall > 0 else None,
@@ -275,16 +322,54 @@ async def run_phase(
     }
 
 
+async def rtt_phase(pub: loadgen.Publisher, server: Server, cfg: argparse.Namespace) -> dict:
+    """One client alone on the hub: publish, wait for the own echo, repeat."""
+    before = Snapshot(server, [os.getpid()])
+    done = await pub.round_trips(PHASE_RTT, cfg.rtt_count, cfg.rtt_budget_s)
+    after = Snapshot(server, [os.getpid()])
+    return {
+        "phase": PHASE_RTT,
+        "sent": done,
+        "rate": None,
+        "window": 1,
+        "wall_s": after.wall - before.wall,
+        "stalled": done < cfg.rtt_count,
+        "server_cpu_s": after.server - before.server,
+        "client_cpu_s": after.clients - before.clients,
+        "host_busy_cores": None,
+        "progress_deliveries": 0,
+    }
+
+
+def finish_phase(ph: dict[str, Any], received: int, echoes: int, n_subs: int, lats: list[int]):
+    """Derived figures of one phase: deliveries, losses, CPU per delivery, percentiles."""
+    deliveries = received + echoes
+    expected = ph["sent"] * (n_subs + 1)
+    lats.sort()
+    ph["deliveries"] = deliveries
+    ph["lost"] = expected - deliveries
+    ph["us_per_delivery"] = ph["server_cpu_s"] / deliveries * 1e6 if deliveries else None
+    ph["client_us_per_delivery"] = ph["client_cpu_s"] / deliveries * 1e6 if deliveries else None
+    ph["deliveries_per_s"] = deliveries / ph["wall_s"] if ph["wall_s"] else None
+    ph["server_util"] = ph["server_cpu_s"] / ph["wall_s"] if ph["wall_s"] else None
+    ph["latency_samples"] = len(lats)
+    ph["p50_ms"] = percentile(lats, 0.50) / 1e6 if lats else None
+    ph["p99_ms"] = percentile(lats, 0.99) / 1e6 if lats else None
+    ph["max_ms"] = (lats[-1] / 1e6) if lats else None
+
+
 async def measure(
-    name: str, n: int, cfg: argparse.Namespace, log_dir: Path, with_phases: bool
+    name: str, n: int, cfg: argparse.Namespace, log_dir: Path, scenario: str
 ) -> dict[str, Any]:
-    """Fresh server, publisher, N subscribers; RSS; then the phases if ``with_phases``."""
+    """Fresh server, publisher, N subscribers; RSS; then the scenario's phases."""
     server = Server(name, cfg.ws, log_dir)
     ctx = mp.get_context("spawn")
     workers: list[Any] = []
     pipes: list[Any] = []
     result: dict[str, Any] = {"server": name, "n": n, "argv": server.argv}
     pub: loadgen.Publisher | None = None
+    frozen: Any = None
+    with_phases = scenario == "fanout" or scenario.startswith("frozen")
     try:
         server.wait_ready()
         result["uvloop"] = uses_uvloop(server.proc.pid)
@@ -300,12 +385,22 @@ async def measure(
                 break
             await asyncio.sleep(0.01)
         await asyncio.sleep(0.5)
+        if scenario == "rtt":
+            ph = await rtt_phase(pub, server, cfg)
+            finish_phase(ph, 0, pub.tally.counts[PHASE_RTT], 0, list(pub.tally.latencies[3]))
+            ph["lost"] = cfg.rtt_count - ph["deliveries"]
+            ph["us_per_round_trip"] = ph["server_cpu_s"] / ph["sent"] * 1e6 if ph["sent"] else None
+            result["phases"] = [ph]
+            result["closes"] = 0
+            result["connected"] = 0
+            result["publish_errors"] = pub.errors
+            return result
         rss0 = server.rss()
         cpu0 = server.cpu()
         share = [n // cfg.workers + (1 if i < n % cfg.workers else 0) for i in range(cfg.workers)]
         share = [s for s in share if s]
         progress = ctx.RawArray("q", len(share))
-        phase_budget = (cfg.latency_s * 3 + cfg.closed_loop_s + 40) if with_phases else 0
+        phase_budget = (cfg.latency_s * 3 + cfg.closed_loop_s + 60) if with_phases else 0
         connect_budget = 30 + n / 50
         for slot, count in enumerate(share):
             parent, child = ctx.Pipe()
@@ -350,39 +445,53 @@ async def measure(
         result["kib_per_conn"] = (rss1 - rss0) / connected if connected else None
         result["setup_us_per_conn"] = (cpu1 - cpu0) / connected * 1e6 if connected else None
         client_pids = [r["pid"] for r in ready if r.get("pid")] + [os.getpid()]
+        if scenario == "frozen-on":
+            frozen = await loadgen.open_frozen(name, server.base_url)
+            result["frozen"] = 1
+        if scenario.startswith("frozen"):
+            # Larger payloads, so that the frozen client's kernel buffers (the server's
+            # send buffer autotunes up to net.ipv4.tcp_wmem's 4 MiB) fill within seconds.
+            pub.adapter.payload_bytes = cfg.frozen_payload
         phases: list[dict[str, Any]] = []
         if with_phases and connected:
             rate = min(cfg.rate, cfg.max_latency_deliveries / connected)
             lat_count = max(10, round(rate * cfg.latency_s))
-            phases.append(
-                await run_phase(
-                    pub,
-                    server,
-                    client_pids,
-                    progress,
-                    connected,
-                    phase=1,
-                    count=lat_count,
-                    rate=rate,
-                    window=None,
-                    budget_s=lat_count / rate * 2 + 10,
+            fixed = {
+                "phase": PHASE_FIXED,
+                "count": lat_count,
+                "rate": rate,
+                "window": None,
+                "budget_s": lat_count / rate * 2 + 10,
+            }
+            if scenario == "fanout":
+                cl_count = max(20, min(5000, cfg.deliveries // connected))
+            else:  # enough publications to fill a frozen client's buffers and queue
+                cl_count = cfg.frozen_publications
+            closed = {
+                "phase": PHASE_CLOSED,
+                "count": cl_count,
+                "rate": None,
+                "window": cfg.window,
+                "budget_s": cfg.closed_loop_s,
+            }
+            # The frozen scenarios run the closed loop first: it fills the frozen
+            # client's buffers, so the fixed-rate phase sees a hub with a stuck client.
+            order = [fixed, closed] if scenario == "fanout" else [closed, fixed]
+            for spec in order:
+                phases.append(  # noqa: PERF401 - awaited one after the other
+                    await run_phase(
+                        pub,
+                        server,
+                        client_pids,
+                        progress,
+                        connected,
+                        stall_s=cfg.stall_s,
+                        **spec,
+                    )
                 )
-            )
-            cl_count = max(20, min(5000, cfg.deliveries // connected))
-            phases.append(
-                await run_phase(
-                    pub,
-                    server,
-                    client_pids,
-                    progress,
-                    connected,
-                    phase=2,
-                    count=cl_count,
-                    rate=None,
-                    window=cfg.window,
-                    budget_s=cfg.closed_loop_s,
-                )
-            )
+        if frozen is not None:
+            result["rss_frozen_end_kib"] = server.rss()
+            result["frozen_close_code"] = await loadgen.thaw(frozen)
         # Collect what every worker received.
         reports: list[dict[str, Any]] = []
         for pipe in pipes:
@@ -406,28 +515,15 @@ async def measure(
         for ph in phases:
             p = ph["phase"]
             received = sum(rep["counts"][p] for rep in reports)
-            echoes = pub.tally.counts[p]
-            deliveries = received + echoes
-            expected = ph["sent"] * (connected + 1)
             lats: list[int] = list(pub.tally.latencies[p])
             for rep in reports:
                 lats.extend(loadgen.unpack_latencies(rep["latencies"])[p])
-            lats.sort()
-            ph["deliveries"] = deliveries
-            ph["lost"] = expected - deliveries
-            ph["us_per_delivery"] = ph["server_cpu_s"] / deliveries * 1e6 if deliveries else None
-            ph["client_us_per_delivery"] = (
-                ph["client_cpu_s"] / deliveries * 1e6 if deliveries else None
-            )
-            ph["deliveries_per_s"] = deliveries / ph["wall_s"] if ph["wall_s"] else None
-            ph["server_util"] = ph["server_cpu_s"] / ph["wall_s"] if ph["wall_s"] else None
-            ph["latency_samples"] = len(lats)
-            ph["p50_ms"] = percentile(lats, 0.50) / 1e6
-            ph["p99_ms"] = percentile(lats, 0.99) / 1e6
-            ph["max_ms"] = (lats[-1] / 1e6) if lats else None
+            finish_phase(ph, received, pub.tally.counts[p], connected, lats)
         result["phases"] = phases
         result["rss_end_kib"] = server.rss()
     finally:
+        if frozen is not None:
+            frozen.transport.abort()
         if pub is not None:
             await pub.close()
         for proc in workers:
@@ -459,6 +555,10 @@ def machine_note(cfg: argparse.Namespace) -> dict[str, Any]:
         "msgspec",
         "anyio",
         "wsproto",
+        "python-socketio",
+        "python-engineio",
+        "broadcaster",
+        "matplotlib",
     ):
         try:
             versions[pkg] = importlib.metadata.version(pkg)
@@ -489,77 +589,132 @@ def machine_note(cfg: argparse.Namespace) -> dict[str, Any]:
         "uvicorn_ws": cfg.ws,
         "uvicorn_loop": "uvloop",
         "git_commit": commit,
-        "note": "2 cores shared with other work: absolute figures are noisy; compare "
-        "same-run ratios and CPU per delivery.",
+        "note": f"{os.cpu_count()} cores shared with other work, the load generator on the "
+        "same cores: absolute figures are noisy; compare same-run ratios and CPU per delivery.",
     }
 
 
-def _spread(values: list[float]) -> dict[str, float | int | None]:
-    values = [v for v in values if v is not None]
-    if not values:
+def _spread(values: list[float | None]) -> dict[str, float | int | None]:
+    kept = [v for v in values if v is not None and v == v]  # drop None and NaN
+    if not kept:
         return {"median": None, "min": None, "max": None, "runs": 0}
     return {
-        "median": statistics.median(values),
-        "min": min(values),
-        "max": max(values),
-        "runs": len(values),
+        "median": statistics.median(kept),
+        "min": min(kept),
+        "max": max(kept),
+        "runs": len(kept),
     }
+
+
+PHASE_KEYS = (
+    "us_per_delivery",
+    "client_us_per_delivery",
+    "deliveries_per_s",
+    "server_util",
+    "host_busy_cores",
+    "p50_ms",
+    "p99_ms",
+    "max_ms",
+    "rate",
+    "us_per_round_trip",
+)
+
+
+def _phase(res: dict[str, Any] | None, phase: int) -> dict[str, Any] | None:
+    if res is None:
+        return None
+    return next((p for p in res.get("phases", []) if p["phase"] == phase), None)
+
+
+def _ratio(mine: dict[str, Any] | None, theirs: dict[str, Any] | None, key: str) -> float | None:
+    if not mine or not theirs or not mine.get(key) or not theirs.get(key):
+        return None
+    return mine[key] / theirs[key]
 
 
 def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Medians and spread per (scenario, N, server), and same-run ratios to the baseline."""
+    """Medians and spread per (scenario, N, server), and same-run ratios between servers.
+
+    ``ratio[phase][other]`` is this server's µs CPU per delivery divided by
+    ``other``'s, at the same scenario and N **in the same run**, then the
+    median over runs (``p99_ratio`` the same for p99 latency). For the
+    ``frozen-on`` rows, ``effect`` divides by the same server's ``frozen-off``
+    measurement of the same run.
+    """
     summary: dict[str, Any] = {}
     by_key: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
+    index: dict[tuple[str, int, str, int], dict[str, Any]] = {}
+    # A measurement that did not get all N subscribers connected is not an
+    # N-subscriber measurement: it is listed, and kept out of medians and ratios.
+    excluded = [r for r in results if r.get("connected", 0) < r["n"]]
+    if excluded:
+        summary["excluded"] = [
+            {
+                "run": r["run"],
+                "scenario": r["scenario"],
+                "n": r["n"],
+                "server": r["server"],
+                "connected": r.get("connected"),
+                "connect_failures": r.get("connect_failures"),
+            }
+            for r in excluded
+        ]
+    results = [r for r in results if r.get("connected", 0) >= r["n"]]
     for res in results:
         by_key.setdefault((res["scenario"], res["n"], res["server"]), []).append(res)
-    for (scenario, n, server), group in sorted(by_key.items()):
+        index[res["scenario"], res["n"], res["server"], res["run"]] = res
+    servers = sorted({res["server"] for res in results})
+    order = {name: i for i, name in enumerate(SERVERS)}
+    for (scenario, n, server), group in sorted(
+        by_key.items(), key=lambda kv: (kv[0][0], kv[0][1], order.get(kv[0][2], 99))
+    ):
         row: dict[str, Any] = {
             "kib_per_conn": _spread([g.get("kib_per_conn") for g in group]),
             "setup_us_per_conn": _spread([g.get("setup_us_per_conn") for g in group]),
             "closes": sum(g.get("closes", 0) for g in group),
             "connect_failures": sum(sum(g.get("connect_failures", {}).values()) for g in group),
         }
-        for phase in (1, 2):
+        if scenario == "frozen-on":
+            row["frozen_close_codes"] = [g.get("frozen_close_code") for g in group]
+            row["rss_growth_kib"] = _spread(
+                [
+                    g["rss_frozen_end_kib"] - g["rss_idle_kib"]
+                    for g in group
+                    if "rss_frozen_end_kib" in g and "rss_idle_kib" in g
+                ]
+            )
+        for phase in (PHASE_FIXED, PHASE_CLOSED, PHASE_RTT):
             phs = [p for g in group for p in g.get("phases", []) if p["phase"] == phase]
             if not phs:
                 continue
-            row[f"phase{phase}"] = {
-                key: _spread([p.get(key) for p in phs])
-                for key in (
-                    "us_per_delivery",
-                    "client_us_per_delivery",
-                    "deliveries_per_s",
-                    "server_util",
-                    "host_busy_cores",
-                    "p50_ms",
-                    "p99_ms",
-                    "rate",
-                )
-            }
-            row[f"phase{phase}"]["lost"] = sum(p["lost"] for p in phs)
-            row[f"phase{phase}"]["deliveries"] = sum(p["deliveries"] for p in phs)
-        # Ratio to the baseline measured in the same run at the same N, per phase.
-        for phase, key in ((2, "cpu_ratio_to_tutorial"), (1, "phase1_cpu_ratio_to_tutorial")):
-            ratios = []
-            for g in group:
-                base = next(
+            entry: dict[str, Any] = {key: _spread([p.get(key) for p in phs]) for key in PHASE_KEYS}
+            entry["lost"] = sum(p["lost"] for p in phs)
+            entry["deliveries"] = sum(p["deliveries"] for p in phs)
+            entry["stalled"] = sum(bool(p.get("stalled")) for p in phs)
+            row[f"phase{phase}"] = entry
+            ratios: dict[str, Any] = {}
+            p99s: dict[str, Any] = {}
+            for other in servers:
+                pairs = [
+                    (_phase(g, phase), _phase(index.get((scenario, n, other, g["run"])), phase))
+                    for g in group
+                ]
+                ratios[other] = _spread([_ratio(a, b, "us_per_delivery") for a, b in pairs])
+                p99s[other] = _spread([_ratio(a, b, "p99_ms") for a, b in pairs])
+            row.setdefault("ratio", {})[str(phase)] = ratios
+            row.setdefault("p99_ratio", {})[str(phase)] = p99s
+            if scenario == "frozen-on":
+                pairs = [
                     (
-                        r
-                        for r in results
-                        if r["scenario"] == scenario
-                        and r["n"] == n
-                        and r["server"] == BASELINE
-                        and r["run"] == g["run"]
-                    ),
-                    None,
-                )
-                if base is None:
-                    continue
-                mine = next((p for p in g.get("phases", []) if p["phase"] == phase), None)
-                theirs = next((p for p in base.get("phases", []) if p["phase"] == phase), None)
-                if mine and theirs and mine["us_per_delivery"] and theirs["us_per_delivery"]:
-                    ratios.append(mine["us_per_delivery"] / theirs["us_per_delivery"])
-            row[key] = _spread(ratios)
+                        _phase(g, phase),
+                        _phase(index.get(("frozen-off", n, server, g["run"])), phase),
+                    )
+                    for g in group
+                ]
+                row.setdefault("effect", {})[str(phase)] = {
+                    key: _spread([_ratio(a, b, key) for a, b in pairs])
+                    for key in ("us_per_delivery", "p99_ms", "deliveries_per_s")
+                }
         summary.setdefault(scenario, {}).setdefault(str(n), {})[server] = row
     return summary
 
@@ -574,6 +729,23 @@ def _fmt(spread: dict[str, Any] | None, digits: int = 1, scale: float = 1.0) -> 
     return f"{med:.{digits}f}"
 
 
+def _ratio_cell(row: dict[str, Any] | None, phase: int, other: str, key: str = "ratio") -> str:
+    if not row:
+        return "-"
+    return _fmt(row.get(key, {}).get(str(phase), {}).get(other), 2)
+
+
+def idle_rows(summary: dict[str, Any], cfg: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    """The idle-memory rows: the idle scenario's, or the fan-out's at N = idle N (same steps)."""
+    if summary.get("idle"):
+        return summary["idle"], "idle scenario"
+    fan = summary.get("fanout", {})
+    key = str(cfg.idle_n)
+    if key in fan:
+        return {key: fan[key]}, "fan-out measurement at the same N, before any publication"
+    return {}, ""
+
+
 def markdown(note: dict[str, Any], cfg: argparse.Namespace, summary: dict[str, Any]) -> str:
     v = note["versions"]
     lines = [
@@ -581,10 +753,13 @@ def markdown(note: dict[str, Any], cfg: argparse.Namespace, summary: dict[str, A
         "",
         f"Machine: {note['cpus']} CPUs ({note['cpus_usable']} usable), shared with other work "
         f"(load average at start {note['loadavg_at_start'][0]:.2f}); Python {note['python']}; "
-        f"{note['platform']}.",
+        f"{note['platform']}. {note.get('note', '')}",
         f"Versions: hubbub {v['hubbub']}, uvicorn {v['uvicorn']} (`--ws {note['uvicorn_ws']}`, "
         f"uvloop {v['uvloop']}, httptools {v['httptools']}), websockets {v['websockets']}, "
-        f"starlette {v['starlette']}, msgspec {v['msgspec']}; git {note['git_commit']}.",
+        f"starlette {v['starlette']}, msgspec {v['msgspec']}, "
+        f"python-socketio {v.get('python-socketio')} (python-engineio "
+        f"{v.get('python-engineio')}), broadcaster {v.get('broadcaster')}; "
+        f"git {note['git_commit']}.",
         f"Command: `{' '.join(cfg.argv)}` — runs={cfg.runs}, workers={cfg.workers}, "
         f"window={cfg.window}, latency rate ≤ {cfg.rate}/s (≤ {cfg.max_latency_deliveries} "
         f"deliveries/s), closed-loop target {cfg.deliveries} deliveries.",
@@ -592,22 +767,45 @@ def markdown(note: dict[str, Any], cfg: argparse.Namespace, summary: dict[str, A
         "",
     ]
     fan = summary.get("fanout", {})
+    ns = sorted(fan, key=int)
+    if fan and HUBBUB in {s for n in ns for s in fan[n]}:
+        others = [s for s in PEERS if any(s in fan[n] for n in ns)]
+        head = [f"closed loop N={int(n):,}" for n in ns] + [f"fixed rate N={int(n):,}" for n in ns]
+        head += [f"p99 at fixed rate N={int(n):,}" for n in ns]
+        lines += [
+            "## hubbub (JSON, no batching) against each peer",
+            "",
+            "hubbub's server CPU per delivery divided by the other server's, same N, same "
+            "run (below 1: hubbub spends less); the last columns divide p99 latency at the "
+            "fixed rate the same way. hubbub's own options are compared further down.",
+            "",
+            "| hubbub ÷ | " + " | ".join(head) + " |",
+            "| --- |" + " --- |" * len(head),
+        ]
+        for other in others:
+            cells = [_ratio_cell(fan[n].get(HUBBUB), PHASE_CLOSED, other) for n in ns]
+            cells += [_ratio_cell(fan[n].get(HUBBUB), PHASE_FIXED, other) for n in ns]
+            cells += [_ratio_cell(fan[n].get(HUBBUB), PHASE_FIXED, other, "p99_ratio") for n in ns]
+            lines.append(f"| {other} | " + " | ".join(cells) + " |")
+        lines.append("")
     if fan:
         lines += [
             "## Fan-out, closed loop (server CPU per delivery)",
             "",
-            "| N | server | µs CPU / delivery | ratio to tutorial | deliveries/s | server util "
-            "| client µs / delivery | p50 / p99 ms (loaded) | lost | closes |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| N | server | µs CPU / delivery | ratio to tutorial | hubbub ÷ this | deliveries/s "
+            "| server util | client µs / delivery | p50 / p99 ms (loaded) | lost | closes |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
-        for n in sorted(fan, key=int):
+        for n in ns:
             for server, row in fan[n].items():
-                ph = row.get("phase2")
+                ph = row.get(f"phase{PHASE_CLOSED}")
                 if not ph:
                     continue
+                hub = fan[n].get(HUBBUB)
                 lines.append(
                     f"| {int(n):,} | {server} | {_fmt(ph['us_per_delivery'], 2)} "
-                    f"| {_fmt(row['cpu_ratio_to_tutorial'], 2)} "
+                    f"| {_ratio_cell(row, PHASE_CLOSED, BASELINE)} "
+                    f"| {_ratio_cell(hub, PHASE_CLOSED, server)} "
                     f"| {_fmt(ph['deliveries_per_s'], 0)} | {_fmt(ph['server_util'], 2)} "
                     f"| {_fmt(ph['client_us_per_delivery'], 1)} "
                     f"| {_fmt(ph['p50_ms'], 1)} / {_fmt(ph['p99_ms'], 1)} "
@@ -621,30 +819,117 @@ def markdown(note: dict[str, Any], cfg: argparse.Namespace, summary: dict[str, A
             "coarse there, meaningful from N = 1,000.",
             "",
             "| N | server | publications/s | p50 ms | p99 ms | µs CPU / delivery "
-            "| ratio to tutorial | server util | lost |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| ratio to tutorial | hubbub ÷ this | server util | lost |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
-        for n in sorted(fan, key=int):
+        for n in ns:
             for server, row in fan[n].items():
-                ph = row.get("phase1")
+                ph = row.get(f"phase{PHASE_FIXED}")
                 if not ph:
                     continue
+                hub = fan[n].get(HUBBUB)
                 lines.append(
                     f"| {int(n):,} | {server} | {_fmt(ph['rate'], 1)} | {_fmt(ph['p50_ms'], 2)} "
                     f"| {_fmt(ph['p99_ms'], 2)} | {_fmt(ph['us_per_delivery'], 1)} "
-                    f"| {_fmt(row['phase1_cpu_ratio_to_tutorial'], 2)} "
+                    f"| {_ratio_cell(row, PHASE_FIXED, BASELINE)} "
+                    f"| {_ratio_cell(hub, PHASE_FIXED, server)} "
                     f"| {_fmt(ph['server_util'], 2)} | {ph['lost']} |"
                 )
-    sections = [("fanout", "Memory of the fan-out servers (N subscribed, before publishing)")]
-    sections.append(("idle", "Idle memory (fresh server, N connected + subscribed clients)"))
-    for scenario, title in sections:
-        rows = summary.get(scenario, {})
-        if not rows:
-            continue
+        variants = [s for s in HUBBUB_VARIANTS if s != HUBBUB and any(s in fan[n] for n in ns)]
+        if variants and any(HUBBUB in fan[n] for n in ns):
+            lines += [
+                "",
+                "## hubbub's options: MessagePack vs JSON, batching on vs off",
+                "",
+                "The variant's server CPU per delivery ÷ plain hubbub's (JSON, no batching), "
+                "same N, same run.",
+                "",
+                "| variant ÷ hubbub | "
+                + " | ".join(f"closed loop N={int(n):,}" for n in ns)
+                + " | "
+                + " | ".join(f"fixed rate N={int(n):,}" for n in ns)
+                + " |",
+                "| --- |" + " --- |" * (2 * len(ns)),
+            ]
+            for var in variants:
+                cells = [_ratio_cell(fan[n].get(var), PHASE_CLOSED, HUBBUB) for n in ns]
+                cells += [_ratio_cell(fan[n].get(var), PHASE_FIXED, HUBBUB) for n in ns]
+                label = "MessagePack" if var.endswith("msgpack") else "batching (`?batch=1`)"
+                lines.append(f"| {var} ({label}) | " + " | ".join(cells) + " |")
+    rtt = summary.get("rtt", {})
+    if rtt:
         lines += [
             "",
-            f"## {title}",
+            "## Round trip of one client through the hub (publish → own echo)",
             "",
+            f"One client alone on a fresh server, {cfg.rtt_count} sequential round trips.",
+            "",
+            "| server | p50 ms | p99 ms | server µs CPU / round trip | hubbub ÷ this (CPU) "
+            "| lost |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for rows in rtt.values():
+            hub = rows.get(HUBBUB)
+            for server, row in rows.items():
+                ph = row.get(f"phase{PHASE_RTT}")
+                if ph:
+                    lines.append(
+                        f"| {server} | {_fmt(ph['p50_ms'], 3)} | {_fmt(ph['p99_ms'], 3)} "
+                        f"| {_fmt(ph['us_per_round_trip'], 0)} "
+                        f"| {_ratio_cell(hub, PHASE_RTT, server)} | {ph['lost']} |"
+                    )
+    on, off = summary.get("frozen-on", {}), summary.get("frozen-off", {})
+    if on:
+        lines += [
+            "",
+            "## One frozen subscriber among the others",
+            "",
+            f"N subscribers read as fast as they can; in `frozen-on` one more joins the channel "
+            f"and stops reading (4 KiB receive buffer, transport paused, answers no keepalive). "
+            f"Closed loop first ({cfg.frozen_publications} publications of {cfg.frozen_payload} "
+            f"bytes, window {cfg.window}: "
+            f"this fills the frozen client's buffers), then the fixed rate. Figures are the "
+            f"others' (the frozen client's deliveries are not counted); `on ÷ off` is per run, "
+            f"same server. A phase that saw no delivery for {cfg.stall_s:g} s stops and counts "
+            f"as stalled.",
+            "",
+            "| N | server | µs CPU / delivery off → on | on ÷ off | deliveries/s off → on "
+            "| fixed-rate p99 ms off → on | on ÷ off | lost (others) off / on "
+            "| stalled phases on | frozen client closed with | server RSS growth KiB |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for n in sorted(on, key=int):
+            for server, row in on[n].items():
+                base = off.get(n, {}).get(server, {})
+                c_on, c_off = row.get("phase2", {}), base.get("phase2", {})
+                f_on, f_off = row.get("phase1", {}), base.get("phase1", {})
+                eff = row.get("effect", {})
+                codes = sorted({str(c) for c in row.get("frozen_close_codes", [])})
+                lost_off = c_off.get("lost", 0) + f_off.get("lost", 0)
+                lost_on = c_on.get("lost", 0) + f_on.get("lost", 0)
+                stalled = c_on.get("stalled", 0) + f_on.get("stalled", 0)
+                lines.append(
+                    f"| {int(n):,} | {server} "
+                    f"| {_fmt(c_off.get('us_per_delivery'), 2)} → "
+                    f"{_fmt(c_on.get('us_per_delivery'), 2)} "
+                    f"| {_fmt(eff.get('2', {}).get('us_per_delivery'), 2)} "
+                    f"| {_fmt(c_off.get('deliveries_per_s'), 0)} → "
+                    f"{_fmt(c_on.get('deliveries_per_s'), 0)} "
+                    f"| {_fmt(f_off.get('p99_ms'), 1)} → {_fmt(f_on.get('p99_ms'), 1)} "
+                    f"| {_fmt(eff.get('1', {}).get('p99_ms'), 2)} "
+                    f"| {lost_off} / {lost_on} | {stalled} | {', '.join(codes)} "
+                    f"| {_fmt(row.get('rss_growth_kib'), 0)} |"
+                )
+    sections = [("Memory of the fan-out servers (N subscribed, before publishing)", fan, "")]
+    idle, source = idle_rows(summary, cfg)
+    sections.append(("Idle memory (fresh server, N connected + subscribed clients)", idle, source))
+    for title, rows, source in sections:
+        if not rows:
+            continue
+        lines += ["", f"## {title}", ""]
+        if source and source != "idle scenario":
+            lines += [f"From the {source}.", ""]
+        lines += [
             "| N | server | KiB / connection | server µs CPU / connect+subscribe "
             "| connect failures | closes |",
             "| --- | --- | --- | --- | --- | --- |",
@@ -656,8 +941,112 @@ def markdown(note: dict[str, Any], cfg: argparse.Namespace, summary: dict[str, A
                     f"| {_fmt(row['setup_us_per_conn'], 0)} | {row['connect_failures']} "
                     f"| {row['closes']} |"
                 )
+    if summary.get("excluded"):
+        lines += [
+            "",
+            "## Measurements left out",
+            "",
+            "Not every subscriber connected, so these are kept out of every median and ratio:",
+            "",
+        ]
+        lines += [
+            f"- run {e['run']}, {e['scenario']}, N = {e['n']:,}, {e['server']}: "
+            f"{e['connected']} connected; {e['connect_failures']}"
+            for e in summary["excluded"]
+        ]
     lines.append("")
     return "\n".join(lines)
+
+
+def plot(summary: dict[str, Any], cfg: argparse.Namespace, note: dict[str, Any], path: Path):
+    """One PNG: CPU per delivery vs N, fixed-rate p99 vs N, KiB per connection, round trip."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+    (ax_cpu, ax_p99), (ax_mem, ax_rtt) = axes
+    fan = summary.get("fanout", {})
+    ns = sorted(fan, key=int)
+    present = [s for s in SERVERS if any(s in fan.get(n, {}) for n in ns)]
+    for server in present:
+        for ax, phase, key in (
+            (ax_cpu, PHASE_CLOSED, "us_per_delivery"),
+            (ax_p99, PHASE_FIXED, "p99_ms"),
+        ):
+            xs, ys, lo, hi = [], [], [], []
+            for n in ns:
+                cell = fan[n].get(server, {}).get(f"phase{phase}", {}).get(key)
+                if cell and cell.get("median") is not None:
+                    xs.append(int(n))
+                    ys.append(cell["median"])
+                    lo.append(cell["median"] - cell["min"])
+                    hi.append(cell["max"] - cell["median"])
+            if xs:
+                style = "-" if server.startswith("hubbub") else "--"
+                width = 2.5 if server == HUBBUB else 1.5
+                ax.errorbar(
+                    xs,
+                    ys,
+                    yerr=[lo, hi],
+                    marker="o",
+                    linestyle=style,
+                    lw=width,
+                    capsize=3,
+                    label=server,
+                )
+    ax_cpu.set(
+        xscale="log",
+        xlabel="subscribers N (log)",
+        ylabel="server µs CPU per delivery (log)",
+        title="Fan-out, closed loop: server CPU per delivery (lower is better)",
+    )
+    ax_cpu.set_yscale("log")
+    ax_p99.set(
+        xscale="log",
+        yscale="log",
+        xlabel="subscribers N (log)",
+        ylabel="p99 ms (log)",
+        title=f"Delivery latency p99 at ≤ {cfg.rate:g} publications/s",
+    )
+    for ax in (ax_cpu, ax_p99):
+        ax.grid(True, which="both", alpha=0.3)
+        if present:
+            ax.legend(fontsize=8)
+    idle, _ = idle_rows(summary, cfg)
+    if idle:
+        n = max(idle, key=int)
+        names = [s for s in SERVERS if s in idle[n]]
+        vals = [idle[n][s]["kib_per_conn"]["median"] or 0 for s in names]
+        bars = ax_mem.bar(
+            names, vals, color=["C0" if s.startswith("hubbub") else "C7" for s in names]
+        )
+        ax_mem.bar_label(bars, fmt="%.1f", fontsize=8)
+        ax_mem.axhline(30, color="C3", lw=1, ls=":", label="QUALITY.md bar: 30 KiB")
+        ax_mem.legend(fontsize=8)
+        ax_mem.set(ylabel="KiB", title=f"Idle memory per subscribed connection (N = {int(n):,})")
+        ax_mem.tick_params(axis="x", rotation=25)
+    rtt = summary.get("rtt", {})
+    if rtt:
+        rows = next(iter(rtt.values()))
+        names = [s for s in SERVERS if s in rows]
+        p50 = [rows[s]["phase3"]["p50_ms"]["median"] or 0 for s in names]
+        p99 = [rows[s]["phase3"]["p99_ms"]["median"] or 0 for s in names]
+        xs = range(len(names))
+        ax_rtt.bar([x - 0.2 for x in xs], p50, width=0.4, label="p50")
+        ax_rtt.bar([x + 0.2 for x in xs], p99, width=0.4, label="p99")
+        ax_rtt.set_xticks(list(xs), names, rotation=25)
+        ax_rtt.set(ylabel="ms", title="One client's round trip (publish → own echo)")
+        ax_rtt.legend(fontsize=8)
+    fig.suptitle(
+        f"hubbub benchmark {note['date']} — {note['cpus']} shared cores, git {note['git_commit']}; "
+        f"medians of {cfg.runs} run(s), bars = min-max",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 # -- main -----------------------------------------------------------------------------------
@@ -666,12 +1055,23 @@ def markdown(note: dict[str, Any], cfg: argparse.Namespace, summary: dict[str, A
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small run, about 2 minutes")
-    parser.add_argument("--scenarios", default="fanout,idle", help="fanout,idle")
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help=f"comma-separated, from {', '.join(SCENARIOS)} (redis: not yet, issue 5)",
+    )
     parser.add_argument("--n", default=None, help="fan-out subscriber counts (100,1000,5000)")
     parser.add_argument("--idle-n", type=int, default=None, help="clients for the idle scenario")
     parser.add_argument("--runs", type=int, default=None, help="interleaved runs (default 3)")
     parser.add_argument(
-        "--servers", default="hubbub,tutorial", help=f"comma-separated, from {', '.join(SERVERS)}"
+        "--servers",
+        default=",".join(SERVERS),
+        help=f"comma-separated, from {', '.join(SERVERS)} (hubbub-redis: not yet, issue 5)",
+    )
+    parser.add_argument(
+        "--redis",
+        action="store_true",
+        help="also publish through Redis (QUALITY.md's broker bar): placeholder, " + REDIS_MISSING,
     )
     parser.add_argument("--ws", default="websockets-sansio", help="uvicorn --ws for every server")
     parser.add_argument("--workers", type=int, default=3, help="subscriber worker processes")
@@ -684,25 +1084,46 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="cap on the latency phase's deliveries/s (lowers the rate at large N)",
     )
     parser.add_argument("--deliveries", type=int, default=None, help="closed-loop target")
+    parser.add_argument("--rtt-count", type=int, default=None, help="round trips per server")
+    parser.add_argument(
+        "--frozen-n", type=int, default=None, help="subscribers beside the frozen one"
+    )
+    parser.add_argument(
+        "--frozen-publications", type=int, default=None, help="frozen scenario: closed-loop count"
+    )
+    parser.add_argument(
+        "--frozen-payload", type=int, default=None, help="frozen scenario: payload bytes"
+    )
+    parser.add_argument(
+        "--stall-s", type=float, default=None, help="a phase with no delivery for this long stops"
+    )
     parser.add_argument("--max-minutes", type=float, default=None, help="overall time bound")
     parser.add_argument("--out", default=str(HERE / "results"), help="where results go")
     parser.add_argument(
-        "--report", default=None, help="re-render the Markdown of a results JSON; run nothing"
+        "--report", default=None, help="re-render the Markdown and PNG of a results JSON"
     )
     cfg = parser.parse_args(argv)
     quick = cfg.quick
-    cfg.n = [int(x) for x in (cfg.n or ("100,1000" if quick else "100,1000,5000")).split(",")]
-    cfg.idle_n = cfg.idle_n or (2000 if quick else 5000)
-    cfg.runs = cfg.runs or (2 if quick else 3)
+    cfg.n = [int(x) for x in (cfg.n or ("1000" if quick else "100,1000,5000")).split(",")]
+    cfg.idle_n = cfg.idle_n or (1000 if quick else 5000)
+    cfg.runs = cfg.runs or (1 if quick else 3)
     cfg.deliveries = cfg.deliveries or (40_000 if quick else 150_000)
+    cfg.rtt_count = cfg.rtt_count or (1000 if quick else 2000)
+    cfg.rtt_budget_s = 20.0
+    cfg.frozen_n = cfg.frozen_n or (50 if quick else 100)
+    cfg.frozen_publications = cfg.frozen_publications or (1200 if quick else 2500)
+    cfg.frozen_payload = cfg.frozen_payload or (4096 if quick else 2048)
     cfg.max_minutes = cfg.max_minutes or (4.0 if quick else 30.0)
     cfg.latency_s = 2.0 if quick else 4.0
     cfg.closed_loop_s = 20.0 if quick else 40.0
     cfg.settle_s = 1.0
+    cfg.stall_s = cfg.stall_s or (3.0 if quick else 5.0)
     cfg.scenarios = [s for s in cfg.scenarios.split(",") if s]
     cfg.servers = [s for s in cfg.servers.split(",") if s]
+    if cfg.redis or "redis" in cfg.scenarios or "hubbub-redis" in cfg.servers:
+        parser.error(f"the Redis scenario {REDIS_MISSING}; no figures are made up meanwhile")
     for scenario in cfg.scenarios:
-        if scenario not in ("fanout", "idle"):
+        if scenario not in SCENARIOS:
             parser.error(f"unknown scenario {scenario!r}")
     for server in cfg.servers:
         if server not in SERVERS:
@@ -719,60 +1140,111 @@ def raise_fd_limit(needed: int) -> tuple[int, int]:
     return resource.getrlimit(resource.RLIMIT_NOFILE)
 
 
+def _config(data: dict[str, Any]) -> argparse.Namespace:
+    """The config of an earlier run, with defaults for options it did not have yet."""
+    defaults = {
+        "rtt_count": 0,
+        "frozen_publications": 0,
+        "frozen_payload": 0,
+        "stall_s": 5.0,
+        "frozen_n": 0,
+    }
+    return argparse.Namespace(**{**defaults, **data["config"]})
+
+
 def rerender(path: Path) -> int:
-    """Print (and write beside it) the Markdown of an earlier run's JSON, without running."""
+    """Print (and write beside it) the Markdown and PNG of an earlier run's JSON; run nothing."""
     data = json.loads(path.read_text())
-    cfg = argparse.Namespace(**data["config"])
-    report = markdown(data["machine"], cfg, summarize(data["results"]))
+    cfg = _config(data)
+    summary = summarize(data["results"])
+    report = markdown(data["machine"], cfg, summary)
     path.with_suffix(".md").write_text(report)
+    plot(summary, cfg, data["machine"], path.with_suffix(".png"))
     print(report)
     return 0
+
+
+def make_plan(cfg: argparse.Namespace) -> list[tuple[int, str, int, str]]:
+    """(run, scenario, N, server), servers interleaved and their order rotated run to run."""
+    plan: list[tuple[int, str, int, str]] = []
+    for run in range(cfg.runs):
+        for scenario in cfg.scenarios:
+            if scenario == "idle" and "fanout" in cfg.scenarios and cfg.idle_n in cfg.n:
+                continue  # the fan-out measurement at that N takes the same steps first
+            sizes = {"fanout": cfg.n, "idle": [cfg.idle_n], "rtt": [0], "frozen": [cfg.frozen_n]}
+            for i, n in enumerate(sizes[scenario]):
+                k = (run + i) % len(cfg.servers)
+                for server in cfg.servers[k:] + cfg.servers[:k]:
+                    if scenario == "frozen" and cfg.quick and server in HUBBUB_VARIANTS[1:]:
+                        continue  # --quick: the codec variants share plain hubbub's policy
+                    if scenario == "frozen":
+                        # Without and with the frozen client, one after the other.
+                        plan.extend((run, f"frozen-{x}", n, server) for x in ("off", "on"))
+                    else:
+                        plan.append((run, scenario, n, server))
+    return plan
+
+
+def _runner() -> Any:
+    """uvloop for the publisher's process too, where installed (it is in the bench extra)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run
+    return uvloop.run
 
 
 def main(argv: list[str]) -> int:
     cfg = parse_args(argv)
     if cfg.report:
         return rerender(Path(cfg.report))
-    biggest = max([*cfg.n, cfg.idle_n])
+    biggest = max([*cfg.n, cfg.idle_n, cfg.frozen_n])
     # Servers and workers inherit the limit: each needs one descriptor per client.
     soft, _ = raise_fd_limit(biggest + 1024)
     if soft < biggest + 256:
         print(f"warning: open-file limit {soft} is too low for {biggest} clients", file=sys.stderr)
     note = machine_note(cfg)
     start = time.monotonic()
-    plan: list[tuple[int, str, int, str]] = []
-    for run in range(cfg.runs):
-        for scenario in cfg.scenarios:
-            sizes = cfg.n if scenario == "fanout" else [cfg.idle_n]
-            for i, n in enumerate(sizes):
-                # Interleave, and alternate which server goes first.
-                k = (run + i) % len(cfg.servers)
-                plan.extend((run, scenario, n, s) for s in cfg.servers[k:] + cfg.servers[:k])
+    plan = make_plan(cfg)
+    run_async = _runner()
     results: list[dict[str, Any]] = []
     skipped = 0
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    print(f"{len(plan)} measurements planned; bound {cfg.max_minutes:g} min", flush=True)
     with tempfile.TemporaryDirectory(prefix="hubbub-bench-") as tmp:
         for run, scenario, n, server in plan:
             if time.monotonic() - start > cfg.max_minutes * 60:
                 skipped += 1
                 continue
             t0 = time.monotonic()
-            res = asyncio.run(measure(server, n, cfg, Path(tmp), scenario == "fanout"))
+            res = run_async(measure(server, n, cfg, Path(tmp), scenario))
             res.update(run=run, scenario=scenario, seconds=time.monotonic() - t0)
             results.append(res)
             ph = {p["phase"]: p for p in res.get("phases", [])}
             line = (
-                f"run {run} {scenario:6} n={n:<5} {server:12} conn={res.get('connected')} "
+                f"run {run} {scenario:10} n={n:<5} {server:14} conn={res.get('connected')} "
                 f"KiB/conn={res.get('kib_per_conn') or 0:.1f}"
             )
-            if 2 in ph:
+            if PHASE_CLOSED in ph:
+                p2 = ph[PHASE_CLOSED]
                 line += (
-                    f" µs/deliv={ph[2]['us_per_delivery'] or 0:.2f} "
-                    f"deliv/s={ph[2]['deliveries_per_s'] or 0:.0f} lost={ph[2]['lost']}"
+                    f" µs/deliv={p2['us_per_delivery'] or 0:.2f} "
+                    f"deliv/s={p2['deliveries_per_s'] or 0:.0f} lost={p2['lost']}"
+                    + (" STALLED" if p2.get("stalled") else "")
                 )
-            if 1 in ph:
-                line += f" p99@rate={ph[1]['p99_ms']:.1f}ms lost1={ph[1]['lost']}"
+            if PHASE_FIXED in ph:
+                p1 = ph[PHASE_FIXED]
+                line += f" p99@rate={p1['p99_ms'] or 0:.1f}ms lost1={p1['lost']}"
+                line += " STALLED" if p1.get("stalled") else ""
+            if PHASE_RTT in ph:
+                p3 = ph[PHASE_RTT]
+                line += (
+                    f" rtt p50={p3['p50_ms'] or 0:.3f}ms p99={p3['p99_ms'] or 0:.3f}ms "
+                    f"µs/rt={p3['us_per_round_trip'] or 0:.0f} lost={p3['lost']}"
+                )
+            if "frozen_close_code" in res:
+                line += f" frozen-close={res['frozen_close_code']}"
             line += f" closes={res.get('closes')} errors={len(res.get('publish_errors', []))}"
             line += f" ({res['seconds']:.0f}s)"
             print(line, flush=True)
@@ -782,22 +1254,19 @@ def main(argv: list[str]) -> int:
         report += f"\n{skipped} measurement(s) skipped: --max-minutes {cfg.max_minutes} reached.\n"
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     tag = "quick" if cfg.quick else "full"
-    (out / f"{stamp}-{tag}.json").write_text(
+    base = out / f"{stamp}-{tag}"
+    base.with_suffix(".json").write_text(
         json.dumps(
-            {
-                "machine": note,
-                "config": vars(cfg),
-                "summary": summary,
-                "results": results,
-            },
+            {"machine": note, "config": vars(cfg), "summary": summary, "results": results},
             indent=1,
             default=str,
         )
     )
-    (out / f"{stamp}-{tag}.md").write_text(report)
+    base.with_suffix(".md").write_text(report)
+    plot(summary, cfg, note, base.with_suffix(".png"))
     print()
     print(report)
-    print(f"written: {out / f'{stamp}-{tag}.json'} and .md ({time.monotonic() - start:.0f} s)")
+    print(f"written: {base}.json, .md and .png ({time.monotonic() - start:.0f} s)")
     return 0
 
 
