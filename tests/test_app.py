@@ -407,3 +407,16 @@ def test_query_strings_never_break_the_handshake() -> None:
     with TestClient(HubApp(hub)) as client:
         with client.websocket_connect("/ws?" + many.decode() + "&name=ada&batch=1") as ws:
             assert ws.receive_json()["type"] == "welcome"
+
+
+def test_ready_follows_the_hub_and_its_broker() -> None:
+    """``/ready`` is 200 while the hub runs with a reachable broker, 503 otherwise."""
+    hub = Hub(anonymous=True)
+    app = HubApp(hub)
+    with TestClient(app) as client:
+        assert client.get("/ready").status_code == 200
+        assert client.get("/ready").json() == {"status": "ready"}
+    stopped = TestClient(HubApp(Hub(anonymous=True)))
+    response = stopped.get("/ready")
+    assert response.status_code == 503
+    assert response.json() == {"status": "unavailable"}

@@ -540,7 +540,7 @@ class DeferredDeliveryBroker(MemoryBroker):
         self._queue, self._incoming = anyio.create_memory_object_stream[Publication](100_000)
         self._deliver: Any = None
 
-    async def start(self, handler: Any, lost: Any) -> None:
+    async def start(self, handler: Any, lost: Any, task_group: Any = None) -> None:
         self._deliver = handler
         await super().start(self._queue.send_nowait, lost)
 

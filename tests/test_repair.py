@@ -33,7 +33,9 @@ class LossyBroker(MemoryBroker):
         self.drop: set[int] = set()
         self.lost: LossHandler | None = None
 
-    async def start(self, handler: PublicationHandler, lost: LossHandler) -> None:
+    async def start(
+        self, handler: PublicationHandler, lost: LossHandler, task_group: Any = None
+    ) -> None:
         self.lost = lost
 
         def maybe(publication: Publication) -> None:

@@ -5,12 +5,14 @@ The modules follow the path a message takes, inside out:
 - ``messages``: msgspec Structs for every wire message and the two codecs;
 - ``protocol``: the per-client state machine, pure and synchronous;
 - ``namespaces``, ``limits``, ``auth``, ``chat``: the rules it applies and the
-  typed payloads it ships (chat messages, notifications);
+  typed payloads it ships (chat messages, notifications); ``_jwt``: JWT
+  verification (``JWTAuthenticator``);
 - ``_connection``: the only code awaiting a client's ASGI receive/send;
 - ``hub``: registry, fan-out, the server-side API, the lifecycle; ``_recovery``:
   joining a stream without gap or duplicate;
 - ``brokers``: how publications move between nodes (``Broker``, ``MemoryBroker``);
-- ``app`` and ``cli``: the ASGI shell (``HubApp``) and ``hubbub serve``.
+- ``app``, ``middleware`` and ``cli``: the ASGI shells (``HubApp``,
+  ``AuthMiddleware``) and ``hubbub serve``.
 
 Inner modules never import the shells.
 """
@@ -32,9 +34,11 @@ from ._errors import RateLimited as RateLimited
 from ._errors import StreamGone as StreamGone
 from ._errors import Unavailable as Unavailable
 from ._errors import UnknownNamespace as UnknownNamespace
+from ._jwt import JWTAuthenticator as JWTAuthenticator
 from .app import HubApp as HubApp
 from .auth import Authenticator as Authenticator
 from .auth import Identity as Identity
+from .auth import find_token as find_token
 from .brokers import Broker as Broker
 from .brokers import HistoryPage as HistoryPage
 from .brokers import MemoryBroker as MemoryBroker
@@ -44,13 +48,20 @@ from .chat import Notification as Notification
 from .hub import Hub as Hub
 from .hub import HubStats as HubStats
 from .limits import Limits as Limits
+from .limits import LocalRateLimiter as LocalRateLimiter
+from .limits import RateLimiter as RateLimiter
 from .messages import Position as Position
+from .middleware import AuthMiddleware as AuthMiddleware
+from .middleware import HubbubUser as HubbubUser
+from .middleware import RedactTokens as RedactTokens
+from .middleware import install_log_redaction as install_log_redaction
 from .namespaces import Namespace as Namespace
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AlreadySubscribed",
+    "AuthMiddleware",
     "AuthenticationFailed",
     "Authenticator",
     "Broker",
@@ -62,11 +73,14 @@ __all__ = [
     "HubNotRunning",
     "HubStats",
     "HubbubError",
+    "HubbubUser",
     "Identity",
     "InternalError",
     "InvalidData",
     "InvalidMessage",
+    "JWTAuthenticator",
     "Limits",
+    "LocalRateLimiter",
     "MemoryBroker",
     "MessageTooLarge",
     "Namespace",
@@ -76,8 +90,12 @@ __all__ = [
     "Position",
     "Publication",
     "RateLimited",
+    "RateLimiter",
+    "RedactTokens",
     "StreamGone",
     "Unavailable",
     "UnknownNamespace",
     "__version__",
+    "find_token",
+    "install_log_redaction",
 ]

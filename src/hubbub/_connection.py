@@ -12,7 +12,9 @@ applies the slow-consumer policy instead of slowing the publisher down.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator, MutableMapping
 from typing import TYPE_CHECKING, Any
@@ -21,8 +23,9 @@ from urllib.parse import parse_qsl
 import anyio
 import msgspec
 
-from ._errors import HubbubError, HubNotRunning, InvalidMessage
+from ._errors import HubbubError, HubNotRunning, InvalidMessage, RateLimited
 from .auth import Identity
+from .limits import client_ip
 from .messages import (
     JSON,
     ClientInfo,
@@ -46,6 +49,9 @@ if TYPE_CHECKING:
     from .hub import Hub
 
 __all__ = ["Connection"]
+
+ADMITTED = "hubbub.admitted"
+"""Scope key set by AuthMiddleware once it has counted the handshake (its value: the IP)."""
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -216,6 +222,7 @@ class Connection:
             limits=limits,
             now=anyio.current_time(),
         )
+        self._set_expiry(identity.expires)
         self.close_code: int | None = None
         self._batch = batch
         self._max_messages = limits.queue_messages
@@ -235,6 +242,20 @@ class Connection:
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} user={self.identity.user!r}>"
+
+    def _set_expiry(self, expires: int | None) -> None:
+        """Close 4401 ``expiry_grace`` seconds after the unix time ``expires``, unless refreshed."""
+        if expires is None:
+            self.protocol.expiry = None
+        else:
+            left = expires - time.time() + self.hub.limits.expiry_grace
+            self.protocol.expiry = anyio.current_time() + left
+
+    def refresh(self, identity: Identity) -> None:
+        """Take the new expiry of a refreshed token (same user; name and info are kept)."""
+        self.identity = dataclasses.replace(self.identity, expires=identity.expires)
+        self.protocol.identity = self.identity
+        self._set_expiry(identity.expires)
 
     # -- hand-off (never awaits) ------------------------------------------------------------
 
@@ -509,19 +530,37 @@ async def serve_websocket(hub: Hub, scope: Scope, receive: Receive, send: SendCa
             ),
         )
         return
+    admission = hub.admission
+    refused = None
+    ip = scope.get(ADMITTED)
+    if not isinstance(ip, str) or admission is not scope.get(ADMITTED + ".by"):
+        peer = scope.get("client")
+        ip = client_ip(
+            peer[0] if peer else None, scope.get("headers") or (), hub.limits.trusted_proxies
+        )
+        refused = await admission.check_ip(ip)
+    if refused is not None:
+        logger.info("refused a WebSocket (429): %s", refused[0], extra={"ip": ip})
+        await deny(scope, send, RateLimited(refused[0]), retry_after=refused[1])
+        return
     try:
         identity = await hub._authenticate(scope)
+        if identity.user:
+            refused = admission.check_user(len(hub._users.get(identity.user, ())))
+            if refused is not None:
+                raise RateLimited(refused[0])
     except HubbubError as exc:
         logger.info(
             "refused a WebSocket (%d): %s",
             exc.http_status,
             exc.reason,
-            extra={"reason": exc.reason},
+            extra={"reason": exc.reason, "ip": ip},
         )
-        await deny(scope, send, exc)
+        await deny(scope, send, exc, retry_after=refused[1] if refused else None)
         return
     batch = codec is JSON and _query_flag(scope, "batch")
     connection = hub._open(identity, codec, batch)
+    admission.opened(ip)
     try:
         await send({"type": "websocket.accept", "subprotocol": chosen})
         logger.debug("client connected", extra=connection._extra())
@@ -534,6 +573,7 @@ async def serve_websocket(hub: Hub, scope: Scope, receive: Receive, send: SendCa
     except _GONE:
         pass
     finally:
+        admission.closed(ip)
         hub._forget(connection)
         logger.debug(
             "client disconnected", extra={**connection._extra(), "code": connection.close_code}
@@ -577,7 +617,9 @@ def _query_flag(scope: Scope, name: str) -> bool:
     return value is not None and value.lower() in ("1", "true", "yes")
 
 
-async def deny(scope: Scope, send: SendCallable, exc: HubbubError) -> None:
+async def deny(
+    scope: Scope, send: SendCallable, exc: HubbubError, *, retry_after: int | None = None
+) -> None:
     """Refuse a WebSocket before accepting it, with ``exc``'s HTTP status where possible.
 
     Uses the ASGI WebSocket denial-response extension where the server offers it
@@ -586,15 +628,14 @@ async def deny(scope: Scope, send: SendCallable, exc: HubbubError) -> None:
     """
     if "websocket.http.response" in (scope.get("extensions") or {}):
         body = msgspec.json.encode({"code": exc.code, "reason": exc.reason})
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        if retry_after is not None:
+            headers.append((b"retry-after", str(retry_after).encode()))
         await send(
-            {
-                "type": "websocket.http.response.start",
-                "status": exc.http_status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
+            {"type": "websocket.http.response.start", "status": exc.http_status, "headers": headers}
         )
         await send({"type": "websocket.http.response.body", "body": body})
     else:

@@ -76,6 +76,13 @@ class HubApp:
         method = scope.get("method", "GET")
         if path == "/health" and method in ("GET", "HEAD"):
             await _respond(send, 200, b'{"status":"ok"}', b"application/json")
+        elif path == "/ready" and method in ("GET", "HEAD"):
+            # Ready: the hub runs and its broker answers (Redis reachable).
+            ready = self.hub.running and await self.hub.broker.ready()
+            status, body = (
+                (200, b'{"status":"ready"}') if ready else (503, b'{"status":"unavailable"}')
+            )
+            await _respond(send, status, body, b"application/json")
         elif path == "/" and self.demo and method in ("GET", "HEAD"):
             await _respond(send, 200, _static("demo.html"), b"text/html; charset=utf-8")
         elif path == "/demo/notify" and self.demo and method == "POST":

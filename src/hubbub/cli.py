@@ -22,9 +22,12 @@ import anyio
 import msgspec
 import uvicorn
 
+from ._jwt import JWTAuthenticator
 from .app import HubApp
+from .brokers import broker_from_url
 from .hub import Hub, running_hubs
 from .limits import Limits
+from .middleware import AuthMiddleware, install_log_redaction
 from .namespaces import Namespace
 from .protocol import SERVICE_RESTART
 
@@ -44,12 +47,9 @@ def build_demo_hub(**options: Any) -> Hub:
     """
     from ._demo import DemoAuthenticator
 
-    return Hub(
-        anonymous=True,
-        authenticator=DemoAuthenticator(),
-        namespaces=[Namespace(), Namespace.chat("chat")],
-        **options,
-    )
+    options.setdefault("anonymous", True)
+    options.setdefault("authenticator", DemoAuthenticator())
+    return Hub(namespaces=[Namespace(), Namespace.chat("chat")], **options)
 
 
 class _SpuriousHandshakeError(logging.Filter):
@@ -109,7 +109,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=_env("HOST", "127.0.0.1"))
     serve.add_argument("--port", type=int, default=int(_env("PORT", "8000")))
     serve.add_argument(
-        "--broker", default=_env("BROKER", "memory://"), help="memory:// (the default)"
+        "--broker",
+        default=_env("BROKER", "memory://"),
+        help="memory:// (the default) or redis://host:port/db (needs hubbub[redis])",
     )
     serve.add_argument(
         "--ping", type=float, default=float(_env("PING", "25")), help="seconds between pings"
@@ -142,26 +144,119 @@ def _parser() -> argparse.ArgumentParser:
         help="uvicorn's WebSocket implementation (auto picks websockets-sansio)",
     )
 
+    auth = serve.add_argument_group(
+        "authentication",
+        "Any --jwt-* option turns anonymous WebSockets off unless --anonymous is given. "
+        "Prefer HUBBUB_JWT_SECRET to --jwt-secret: arguments are visible in `ps`.",
+    )
+    auth.add_argument("--jwt-secret", default=_env("JWT_SECRET"), help="HS256 secret (32+ bytes)")
+    auth.add_argument(
+        "--jwt-public-key",
+        metavar="FILE",
+        default=_env("JWT_PUBLIC_KEY"),
+        help="PEM public key file (RS256/ES256/EdDSA, from the key type)",
+    )
+    auth.add_argument("--jwt-audience", default=_env("JWT_AUDIENCE"), help="expected aud")
+    auth.add_argument("--jwt-issuer", default=_env("JWT_ISSUER"), help="expected iss (exact)")
+    auth.add_argument(
+        "--anonymous",
+        action="store_true",
+        default=_env("ANONYMOUS", "").lower() in ("1", "true", "yes"),
+        help="admit WebSockets without a token even when a JWT key is configured",
+    )
+    auth.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=[o for o in _env("ALLOWED_ORIGINS", "").split(",") if o.strip()],
+        metavar="ORIGIN",
+        help="scheme://host[:port] allowed to open WebSockets (repeatable; "
+        "HUBBUB_ALLOWED_ORIGINS is comma-separated); others get 403",
+    )
+    auth.add_argument(
+        "--require-origin",
+        action="store_true",
+        default=_env("REQUIRE_ORIGIN", "").lower() in ("1", "true", "yes"),
+        help="with --allowed-origin, refuse WebSockets without an Origin header",
+    )
+
     commands.add_parser("schema", help="print the JSON Schema of the wire protocol")
     return parser
 
 
 def _build_app(args: argparse.Namespace) -> Any:
-    if args.broker != "memory://":
-        raise SystemExit(
-            f"hubbub serve: unsupported --broker {args.broker!r} (this version ships memory://)"
-        )
+    try:
+        broker = broker_from_url(args.broker)
+    except ValueError as exc:
+        raise SystemExit(f"hubbub serve: --broker: {exc}") from None
     limits = Limits(
         ping_interval=args.ping,
         pong_timeout=args.pong_timeout,
         max_message_size=args.max_message_size,
     )
+    authenticator = _authenticator(args)
     if args.target is None:
-        return HubApp(build_demo_hub(limits=limits), demo=True)
+        options: dict[str, Any] = {"limits": limits, "broker": broker}
+        if authenticator is not None:
+            options.update(authenticator=authenticator, anonymous=args.anonymous)
+        demo = build_demo_hub(**options)
+        return _protect(HubApp(demo, demo=True), authenticator, args, demo)
+    if args.broker != "memory://":
+        raise SystemExit(
+            "hubbub serve: --broker configures the demo hub only; "
+            "give your own Hub(broker=...) instead"
+        )
     obj = _load_target(args.target)
-    if isinstance(obj, Hub):
-        return HubApp(obj)
-    return obj
+    if isinstance(obj, HubApp):
+        hub: Hub | None = obj.hub
+    elif isinstance(obj, Hub):
+        hub, obj = obj, HubApp(obj)
+    else:
+        hub = None
+    if hub is not None and authenticator is not None and hub.authenticator is None:
+        # The middleware authenticates the handshake; the hub needs the same keys
+        # for `refresh` and channel tokens.
+        hub.authenticator = authenticator
+    return _protect(obj, authenticator, args, hub)
+
+
+def _authenticator(args: argparse.Namespace) -> JWTAuthenticator | None:
+    if args.jwt_secret and args.jwt_public_key:
+        raise SystemExit("hubbub serve: give --jwt-secret or --jwt-public-key, not both")
+    if not (args.jwt_secret or args.jwt_public_key):
+        if args.jwt_audience or args.jwt_issuer:
+            raise SystemExit(
+                "hubbub serve: --jwt-audience/--jwt-issuer need --jwt-secret or --jwt-public-key"
+            )
+        return None
+    try:
+        if args.jwt_secret:
+            return JWTAuthenticator(
+                secret=args.jwt_secret, audience=args.jwt_audience, issuer=args.jwt_issuer
+            )
+        with open(args.jwt_public_key, "rb") as file:
+            pem = file.read()
+        return JWTAuthenticator(public_key=pem, audience=args.jwt_audience, issuer=args.jwt_issuer)
+    except (OSError, ValueError, TypeError) as exc:
+        raise SystemExit(f"hubbub serve: JWT configuration: {exc}") from None
+
+
+def _protect(
+    app: Any, authenticator: JWTAuthenticator | None, args: argparse.Namespace, hub: Hub | None
+) -> Any:
+    if authenticator is None and not args.allowed_origin:
+        return app
+    try:
+        return AuthMiddleware(
+            app,
+            authenticator=authenticator,
+            anonymous=args.anonymous or authenticator is None,
+            allowed_origins=args.allowed_origin or None,
+            require_origin=args.require_origin,
+            # Count handshakes per IP before any token is verified.
+            admission=hub.admission if hub is not None else None,
+        )
+    except ValueError as exc:
+        raise SystemExit(f"hubbub serve: --allowed-origin: {exc}") from None
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -191,6 +286,8 @@ def _serve(args: argparse.Namespace) -> None:
         timeout_graceful_shutdown=args.shutdown_timeout,
     )
     server = _DrainingServer(config)
+    # uvicorn logs every request's path with its query string: ?token= would leak.
+    install_log_redaction()
     logging.getLogger("uvicorn.error").addFilter(_SpuriousHandshakeError())
     server.run()
 

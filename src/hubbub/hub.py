@@ -51,7 +51,7 @@ from .brokers import (
     PublicationKind,
 )
 from .chat import Notification
-from .limits import Limits
+from .limits import Admission, Limits
 from .messages import (
     JSON,
     MSGPACK,
@@ -191,6 +191,8 @@ class Hub:
         self.authenticator = authenticator
         self.anonymous = anonymous
         self.limits = limits if limits is not None else Limits()
+        self.admission = Admission(self.limits)
+        """Handshake rate and connection caps per IP/user; its ``limiter`` may be replaced."""
         self.node = node or secrets.token_hex(4)
         self.broker_timeout = broker_timeout
         self.drain_timeout = drain_timeout
@@ -226,7 +228,7 @@ class Hub:
         stack = AsyncExitStack()
         try:
             self._tg = await stack.enter_async_context(anyio.create_task_group())
-            await self.broker.start(self._dispatch, self._lost)
+            await self.broker.start(self._dispatch, self._lost, self._tg)
             self._tg.start_soon(self._heartbeats)
             self._tg.start_soon(self._presence_leases)
         except BaseException:
@@ -480,6 +482,10 @@ class Hub:
     # -- connections -------------------------------------------------------------------------
 
     async def _authenticate(self, scope: Any) -> Identity:
+        # An AuthMiddleware in front already verified the request: use its identity.
+        found = getattr(scope.get("user"), "hubbub_identity", None)
+        if isinstance(found, Identity) and found.user:
+            return found
         identity = await self.authenticator(scope) if self.authenticator is not None else None
         if identity is None:
             if not self.anonymous:
@@ -590,6 +596,8 @@ class Hub:
             if isinstance(command, Publish):
                 await self._client_publish(connection, command, event.namespace)
             elif isinstance(command, Subscribe):
+                if event.channel_token:
+                    await self._check_channel_token(connection, command)
                 await self._client_subscribe(connection, command, event.namespace)
             elif isinstance(command, Unsubscribe):
                 self._detach(connection, command.channel)
@@ -599,9 +607,39 @@ class Hub:
             elif isinstance(command, GetPresence):
                 await self._client_presence(connection, command)
             elif isinstance(command, Refresh):
-                raise PermissionDenied("token refresh is not enabled on this hub")
+                await self._client_refresh(connection, command)
         except HubbubError as exc:
             connection.send_message(Error(code=exc.code, reason=exc.reason, id=command.id))
+
+    async def _client_refresh(self, connection: Connection, command: Refresh) -> None:
+        """Take a new connection token for the same user; answer ``ack`` with its ``expires``."""
+        if connection.identity.anonymous:
+            raise PermissionDenied("an anonymous connection has no token to refresh")
+        verify = getattr(self.authenticator, "verify", None)
+        if callable(verify):
+            identity = await verify(command.token)
+        elif self.authenticator is not None:
+            # Any authenticator reading the Authorization header can verify a bare token.
+            scope = {
+                "type": "websocket",
+                "headers": [(b"authorization", b"Bearer " + command.token.encode())],
+            }
+            identity = await self.authenticator(scope)
+        else:
+            identity = None
+        if not isinstance(identity, Identity) or not identity.user:
+            raise AuthenticationFailed("the new token is not valid")
+        if identity.user != connection.identity.user:
+            raise PermissionDenied("the new token is for another user")
+        connection.refresh(identity)
+        connection.send_message(Ack(id=command.id, expires=identity.expires))
+
+    async def _check_channel_token(self, connection: Connection, command: Subscribe) -> None:
+        """Verify a channel token granting a subscription the namespace forbids (§4)."""
+        verify = getattr(self.authenticator, "verify_channel_token", None)
+        if command.token is None or not callable(verify) or connection.identity.anonymous:
+            raise PermissionDenied(f"not allowed to subscribe to {command.channel!r}")
+        await verify(command.token, user=connection.identity.user, channel=command.channel)
 
     async def _client_publish(
         self, connection: Connection, command: Publish, namespace: Namespace | None

@@ -71,10 +71,15 @@ class Send:
 
 @dataclass(frozen=True, slots=True)
 class Execute:
-    """Run this validated command; ``namespace`` is the channel's, where it has one."""
+    """Run this validated command; ``namespace`` is the channel's, where it has one.
+
+    ``channel_token`` marks a ``subscribe`` the namespace forbids that carries a
+    channel token: the hub runs it only if the token verifies (protocol §4).
+    """
 
     command: Command
     namespace: Namespace | None
+    channel_token: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +133,16 @@ class ClientProtocol:
         """Channels held because the server subscribed the client (not counted by the limit)."""
         self.invalid_in_a_row = 0
         self.bucket = TokenBucket(limits.command_rate, limits.command_burst, now)
+        self.buckets: dict[str, TokenBucket] = {
+            kind: TokenBucket(rate, burst, now)
+            for kind, (rate, burst) in limits.command_limits.items()
+        }
+        """Separate budgets per command type (``Limits.command_limits``)."""
+        self.expiry: float | None = None
+        """Clock reading at which the connection is closed 4401 unless refreshed."""
+        self.first_deadline: float | None = (
+            now + limits.first_message_timeout if limits.first_message_timeout else None
+        )
         # Created on the first refusal: an empty deque costs 600 bytes per idle client.
         self._refusals: deque[float] | None = None
         self.last_activity = now
@@ -141,6 +156,7 @@ class ClientProtocol:
         if self.closed:
             return []
         self.last_activity = now
+        self.first_deadline = None
         limit = self.limits.max_message_size
         if frame is None:
             return self._invalid(InvalidMessage("empty frame"), None)
@@ -168,7 +184,7 @@ class ClientProtocol:
         except InvalidMessage as exc:
             return self._invalid(exc, getattr(exc, "command_id", None))
         try:
-            if not isinstance(command, Pong) and not self.bucket.take(now):
+            if not isinstance(command, Pong) and not self._take(command, now):
                 return self._rate_limited(command.id, now)
             event = self._check(command)
         except HubbubError as exc:
@@ -179,6 +195,16 @@ class ClientProtocol:
             return [Send(Error(code=exc.code, reason=exc.reason, id=command.id))]
         self.invalid_in_a_row = 0
         return [] if event is None else [event]
+
+    def _take(self, command: Command, now: float) -> bool:
+        """Take a token from the connection's bucket and from the command type's, if any."""
+        if not self.bucket.take(now):
+            return False
+        if self.buckets:
+            bucket = self.buckets.get(command.__struct_config__.tag)  # type: ignore[arg-type]
+            if bucket is not None and not bucket.take(now):
+                return False
+        return True
 
     def _check(self, command: Command) -> Event | None:
         """Validate a decoded command against rules that need no broker."""
@@ -196,10 +222,14 @@ class ClientProtocol:
             elif owner is not None:
                 if not owner or owner != self.identity.user:
                     raise PermissionDenied("a personal channel is only for its own user")
-            elif not namespace.may_subscribe(self.identity, channel):
-                raise PermissionDenied(f"not allowed to subscribe to {channel!r}")
-            elif self._counted() >= self.limits.max_channels:
-                raise RateLimited(f"at most {self.limits.max_channels} channels per connection")
+            else:
+                allowed = namespace.may_subscribe(self.identity, channel)
+                if not allowed and command.token is None:
+                    raise PermissionDenied(f"not allowed to subscribe to {channel!r}")
+                if self._counted() >= self.limits.max_channels:
+                    raise RateLimited(f"at most {self.limits.max_channels} channels per connection")
+                if not allowed:
+                    return Execute(command, namespace, channel_token=True)
         elif isinstance(command, Unsubscribe):
             if channel not in self.channels:
                 raise NotFound(f"not subscribed to {channel!r}")
@@ -287,6 +317,12 @@ class ClientProtocol:
         """What liveness requires at ``now``: a ``ping``, a 4408 close, or nothing."""
         if self.closed:
             return []
+        if self.expiry is not None and now >= self.expiry:
+            return self._close(TOKEN_EXPIRED, "token expired and not refreshed")
+        if self.first_deadline is not None and now >= self.first_deadline:
+            return self._close(
+                HEARTBEAT_TIMEOUT, "no first message within the deadline", flush=False
+            )
         if now - self.last_activity >= self.limits.idle_timeout:
             return self._close(
                 HEARTBEAT_TIMEOUT, "no message within the idle deadline", flush=False
@@ -298,4 +334,9 @@ class ClientProtocol:
 
     def next_deadline(self) -> float:
         """The clock reading at which :meth:`heartbeat` next has something to do."""
-        return min(self.next_ping, self.last_activity + self.limits.idle_timeout)
+        deadlines = [self.next_ping, self.last_activity + self.limits.idle_timeout]
+        if self.expiry is not None:
+            deadlines.append(self.expiry)
+        if self.first_deadline is not None:
+            deadlines.append(self.first_deadline)
+        return min(deadlines)

@@ -17,6 +17,29 @@ from ._base import PublicationHandler as PublicationHandler
 from ._base import PublicationKind as PublicationKind
 from .memory import MemoryBroker as MemoryBroker
 
+
+def broker_from_url(url: str) -> Broker:
+    """The broker a URL names: ``memory://``, or ``redis://…`` / ``rediss://…``.
+
+    Backends other than memory are imported only here, when asked for.
+
+    Raises:
+        ValueError: the scheme is not one hubbub ships.
+    """
+    scheme = url.partition("://")[0].lower()
+    if url.lower() in ("memory://", "memory"):
+        return MemoryBroker()
+    if scheme in ("redis", "rediss", "unix"):
+        try:
+            from .redis import RedisBroker
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ValueError(
+                f"the Redis broker needs the redis package: pip install 'hubbub[redis]' ({exc})"
+            ) from None
+        return RedisBroker.from_url(url)
+    raise ValueError(f"unknown broker URL {url!r}: use memory:// or redis://host:port/db")
+
+
 __all__ = [
     "Broker",
     "HistoryOptions",
@@ -27,4 +50,5 @@ __all__ = [
     "Publication",
     "PublicationHandler",
     "PublicationKind",
+    "broker_from_url",
 ]

@@ -14,6 +14,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from anyio.abc import TaskGroup
 from msgspec import Struct
 
 from ..messages import ClientInfo, Position
@@ -125,8 +126,18 @@ class Broker(ABC):
     """
 
     @abstractmethod
-    async def start(self, handler: PublicationHandler, lost: LossHandler) -> None:
-        """Connect; deliver publications of subscribed channels to ``handler``."""
+    async def start(
+        self,
+        handler: PublicationHandler,
+        lost: LossHandler,
+        task_group: TaskGroup | None = None,
+    ) -> None:
+        """Connect; deliver publications of subscribed channels to ``handler``.
+
+        ``task_group`` is the hub's: a broker that needs background tasks (a
+        pub/sub reader) starts them there, so they live and die with the hub.
+        Without one (a broker used on its own) it must manage its own.
+        """
 
     @abstractmethod
     async def stop(self) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from itertools import islice
 
 import msgspec
+from anyio.abc import TaskGroup
 
 from .._errors import StreamGone
 from ..messages import ClientInfo, Position
@@ -60,7 +61,12 @@ class MemoryBroker(Broker):
         self._presence: dict[str, dict[str, tuple[float, ClientInfo]]] = {}
         self._next_sweep = 0.0
 
-    async def start(self, handler: PublicationHandler, lost: LossHandler) -> None:
+    async def start(
+        self,
+        handler: PublicationHandler,
+        lost: LossHandler,
+        task_group: TaskGroup | None = None,
+    ) -> None:
         if self._handler is not None:
             raise RuntimeError("MemoryBroker is already started (one hub per broker)")
         self._handler = handler

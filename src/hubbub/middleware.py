@@ -1,0 +1,256 @@
+"""Pure ASGI middleware: authentication and Origin checks for HTTP and WebSocket alike.
+
+:class:`AuthMiddleware` sets ``scope["user"]`` and ``scope["auth"]`` the way
+Starlette's ``AuthenticationMiddleware`` does, so one middleware protects the
+application's own HTTP routes and the hub's WebSocket. It is a plain ASGI class
+(``BaseHTTPMiddleware`` skips WebSocket scopes, which would leave sockets open),
+and passes every other scope type (``lifespan``) through untouched.
+
+:class:`RedactTokens` is the logging filter that keeps tokens out of log lines:
+uvicorn logs the full query string of every request, ``?token=`` included.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import urlsplit
+
+import msgspec
+from starlette.authentication import AuthCredentials, BaseUser
+
+from ._connection import ADMITTED, Receive, Scope, SendCallable, deny
+from ._errors import AuthenticationFailed, HubbubError, PermissionDenied, RateLimited
+from .auth import Authenticator, Identity
+from .limits import Admission, client_ip
+
+__all__ = ["AuthMiddleware", "HubbubUser", "RedactTokens", "install_log_redaction"]
+
+
+class HubbubUser(BaseUser):
+    """``scope["user"]`` for a request: a Starlette user wrapping the :class:`Identity`."""
+
+    def __init__(self, identity: Identity) -> None:
+        self.hubbub_identity = identity
+        """The hub's :class:`Identity`; the hub reads it instead of authenticating again."""
+
+    @property
+    def is_authenticated(self) -> bool:
+        return not self.hubbub_identity.anonymous
+
+    @property
+    def display_name(self) -> str:
+        return self.hubbub_identity.name or self.hubbub_identity.user
+
+    @property
+    def identity(self) -> str:
+        return self.hubbub_identity.user
+
+    def __repr__(self) -> str:
+        return f"<HubbubUser {self.hubbub_identity.user!r}>"
+
+
+class AuthMiddleware:
+    """Authenticate every HTTP and WebSocket request; check ``Origin`` on WebSockets.
+
+    Args:
+        app: the ASGI app to protect.
+        authenticator: turns a scope into an :class:`Identity` (e.g. a
+            :class:`~hubbub.JWTAuthenticator`); ``None`` checks Origin only.
+        anonymous: let WebSockets without credentials through (as anonymous
+            users). HTTP requests without credentials always pass, with an
+            unauthenticated ``scope["user"]``: the routes decide, as with Starlette.
+        allowed_origins: exact origins (``scheme://host[:port]``) allowed to open
+            a WebSocket; a disallowed ``Origin`` is refused 403 before the upgrade
+            (cross-site WebSocket hijacking). ``None``: no Origin check.
+        require_origin: refuse WebSockets without an ``Origin`` header (browsers
+            always send one; other clients usually do not).
+        admission: the hub's :attr:`Hub.admission <hubbub.Hub.admission>`: pass it
+            so handshake floods and connection caps per IP are refused (429) before
+            any token is verified; the hub then does not count the handshake twice.
+
+    A bad token is refused 401 on both HTTP and WebSocket, before the upgrade.
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        *,
+        authenticator: Authenticator | None = None,
+        anonymous: bool = False,
+        allowed_origins: Iterable[str] | None = None,
+        require_origin: bool = False,
+        admission: Admission | None = None,
+    ) -> None:
+        if authenticator is not None and not callable(authenticator):
+            raise TypeError("authenticator must be an async callable (see hubbub.Authenticator)")
+        if isinstance(allowed_origins, str):
+            raise TypeError("allowed_origins must be a list of origins, not a str")
+        self.app = app
+        self.authenticator = authenticator
+        self.anonymous = anonymous
+        self.allowed_origins = (
+            frozenset(normalise_origin(o) for o in allowed_origins)
+            if allowed_origins is not None
+            else None
+        )
+        self.require_origin = require_origin
+        if admission is not None and not isinstance(admission, Admission):
+            raise TypeError("admission must be a Hub's admission (hubbub.limits.Admission)")
+        self.admission = admission
+
+    async def __call__(self, scope: Scope, receive: Receive, send: SendCallable) -> None:
+        kind = scope["type"]
+        if kind not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        retry_after = None
+        try:
+            if kind == "websocket":
+                if self.admission is not None:
+                    peer = scope.get("client")
+                    ip = client_ip(
+                        peer[0] if peer else None,
+                        scope.get("headers") or (),
+                        self.admission.limits.trusted_proxies,
+                    )
+                    refused = await self.admission.check_ip(ip)
+                    if refused is not None:
+                        retry_after = refused[1]
+                        raise RateLimited(refused[0])
+                    scope[ADMITTED] = ip
+                    scope[ADMITTED + ".by"] = self.admission
+                self.check_origin(scope)
+            identity = await self.authenticator(scope) if self.authenticator else None
+            if identity is None and kind == "websocket" and not self.anonymous:
+                if self.authenticator is not None:
+                    raise AuthenticationFailed("credentials required")
+        except HubbubError as exc:
+            logging.getLogger("hubbub.auth").info(
+                "refused a %s request (%d): %s", kind, exc.http_status, exc.reason
+            )
+            if kind == "websocket":
+                message = await receive()
+                if message["type"] == "websocket.connect":
+                    await deny(scope, send, exc, retry_after=retry_after)
+            else:
+                await _http_error(send, exc)
+            return
+        if identity is not None:
+            scope["user"] = HubbubUser(identity)
+            scope["auth"] = AuthCredentials(["authenticated"])
+        else:
+            scope["user"] = HubbubUser(Identity())
+            scope["auth"] = AuthCredentials()
+        await self.app(scope, receive, send)
+
+    def check_origin(self, scope: Scope) -> None:
+        """Raise PermissionDenied (403) unless the WebSocket's ``Origin`` is allowed."""
+        if self.allowed_origins is None:
+            return
+        origin = _header(scope, b"origin")
+        if origin is None:
+            if self.require_origin:
+                raise PermissionDenied("an Origin header is required")
+            return
+        if normalise_origin(origin, strict=False) not in self.allowed_origins:
+            raise PermissionDenied("origin not allowed")
+
+
+def normalise_origin(origin: str, *, strict: bool = True) -> str:
+    """``scheme://host:port`` with the default port made explicit, lower-cased.
+
+    With ``strict`` (configuration), anything but a bare origin raises ValueError;
+    otherwise (a request header) an unparsable value becomes ``""``, never allowed.
+    """
+    try:
+        parts = urlsplit(origin.strip())
+        port = parts.port
+    except ValueError:
+        if strict:
+            raise ValueError(f"not an origin: {origin!r}") from None
+        return ""
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        if strict:
+            raise ValueError(f"not an origin (scheme://host[:port]): {origin!r}")
+        return ""
+    if port is None:
+        port = 443 if parts.scheme == "https" else 80
+    return f"{parts.scheme}://{parts.hostname.lower()}:{port}"
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers") or ():
+        if key.lower() == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+async def _http_error(send: SendCallable, exc: HubbubError) -> None:
+    body = msgspec.json.encode({"code": exc.code, "reason": exc.reason})
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    if exc.http_status == 401:
+        headers.append((b"www-authenticate", b'Bearer error="invalid_token"'))
+    await send({"type": "http.response.start", "status": exc.http_status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+# -- logging ------------------------------------------------------------------------------
+
+_REDACTIONS = (
+    # ?token=... / &access_token=... in paths and URLs
+    (re.compile(r"([?&;](?:access_)?token=)[^&;\s\"']*", re.IGNORECASE), r"\1[redacted]"),
+    # Authorization: Bearer ...
+    (re.compile(r"(bearer[ :])[A-Za-z0-9\-_.~+/]+=*", re.IGNORECASE), r"\1[redacted]"),
+    # anything shaped like a JWS (three base64url parts, the first a JSON header)
+    (re.compile(r"eyJ[A-Za-z0-9_\-]*\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*"), "[redacted]"),
+)
+
+
+def redact(text: str) -> str:
+    """``text`` with every token it may hold replaced by ``[redacted]``."""
+    for pattern, replacement in _REDACTIONS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class RedactTokens(logging.Filter):
+    """A logging filter that removes tokens from log records (never drops a record).
+
+    uvicorn writes the full path of every request with its query string at INFO,
+    so ``?token=<jwt>`` would land in the access log; ``hubbub serve`` installs
+    this filter on every handler. With your own uvicorn, call
+    :func:`install_log_redaction` after logging is configured.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken record is not ours to fix
+            return True
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg = cleaned
+            record.args = None
+        return True
+
+
+def install_log_redaction(
+    loggers: Iterable[str] = ("", "uvicorn", "uvicorn.error", "uvicorn.access", "hubbub"),
+) -> RedactTokens:
+    """Add one :class:`RedactTokens` to every handler of ``loggers`` (and to the loggers).
+
+    Filters on a logger see only records logged on it directly, while handler
+    filters see everything the handler writes, propagated records included.
+    """
+    redactor = RedactTokens()
+    for name in loggers:
+        logger = logging.getLogger(name)
+        if redactor not in logger.filters:
+            logger.addFilter(redactor)
+        for handler in logger.handlers:
+            if redactor not in handler.filters:
+                handler.addFilter(redactor)
+    return redactor
