@@ -195,6 +195,25 @@ async def test_notify_reaches_the_users_connections_on_every_node(cluster: list[
                 await c.messages(1, within=0.3)
 
 
+async def test_disconnect_closes_the_users_connections_on_every_node(
+    cluster: list[Server],
+) -> None:
+    """``hub.disconnect(user)`` on one node closes the user's connections on both, 4403."""
+    user = unique("u-kick")
+    async with client(cluster[0], user) as here, client(cluster[1], user) as there:
+        status, answer = await asyncio.to_thread(
+            http, cluster[0], "/disconnect", {"user": user, "title": "banned"}
+        )
+        assert status == 200 and answer["closed_here"] == 1
+        for c in (here, there):
+            ending = await c.until_closed(5)
+            assert ending.disconnect is not None
+            assert ending.disconnect["code"] == 4403
+            assert ending.disconnect["reason"] == "banned"
+            assert ending.disconnect["reconnect"] is False
+            assert ending.code == 4403
+
+
 async def test_subscriptions_and_keys_return_to_baseline(
     redis: RedisServer, cluster: list[Server]
 ) -> None:
@@ -219,7 +238,8 @@ async def test_subscriptions_and_keys_return_to_baseline(
 
 
 async def _no_channels(redis: RedisServer) -> bool:
-    return bool(redis.command("PUBSUB", "CHANNELS", "hubbub:pub:*") == [])
+    # Only the nodes' control channel stays subscribed.
+    return bool(redis.command("PUBSUB", "CHANNELS", "hubbub:pub:*") == [b"hubbub:pub:$control"])
 
 
 async def test_demo_hub_takes_the_broker_flag(redis: RedisServer, tmp_path: Path) -> None:

@@ -231,6 +231,12 @@ class Hub:
             await self.broker.start(self._dispatch, self._lost, self._tg)
             self._tg.start_soon(self._heartbeats)
             self._tg.start_soon(self._presence_leases)
+            try:
+                await self._broker_call(self.broker.subscribe(CONTROL_CHANNEL))
+            except HubbubError as exc:
+                # The broker may come up later (Redis down at start); until then
+                # cross-node commands reach only this node.
+                logger.warning("control channel not subscribed yet: %s", exc.reason)
         except BaseException:
             self._state = "stopped"
             self._tg = None
@@ -456,15 +462,44 @@ class Hub:
     async def disconnect(
         self, user: str, reason: str = "disconnected by the server", *, code: int = KICKED
     ) -> int:
-        """Close every connection of ``user`` on this node; returns how many were closed.
+        """Close every connection of ``user`` on every node.
 
         Each gets ``disconnect`` (``reconnect: false`` for the default 4403) and
-        the close code. With several nodes, call it on each (the HTTP API will).
+        the close code. This node's connections close at once; other nodes'
+        receive the command through the broker's control channel.
+
+        Returns:
+            how many connections were closed on this node.
+
+        Raises:
+            BrokerUnavailable: the other nodes could not be told (this node's
+                connections are closed regardless).
         """
+        closed = self._disconnect_here(user, reason, code)
+        command = msgspec.json.encode(
+            {"op": "disconnect", "user": user, "reason": reason, "code": code, "node": self.node}
+        )
+        control = Publication(
+            channel=CONTROL_CHANNEL, data=command, codec=JSON.name, ts=_now_ms(), kind="control"
+        )
+        await self._broker_call(self.broker.publish(control, None))
+        return closed
+
+    def _disconnect_here(self, user: str, reason: str, code: int) -> int:
         connections = list(self._users.get(user, ()))
         for connection in connections:
             connection.close(Close(code, reason, flush=True))
         return len(connections)
+
+    def _control(self, publication: Publication) -> None:
+        """A command from another node (or junk, which is logged and dropped)."""
+        try:
+            command = msgspec.json.decode(publication.data, type=_ControlCommand)
+        except (msgspec.MsgspecError, ValueError):
+            logger.warning("dropped a malformed control command")
+            return
+        if command.node != self.node and command.op == "disconnect":
+            self._disconnect_here(command.user, command.reason, command.code)
 
     def channels(self) -> dict[str, int]:
         """Channels with local subscribers on this node, and how many each has."""
@@ -943,6 +978,8 @@ class Hub:
         """
         entry = self._channels.get(publication.channel)
         if entry is None:
+            if publication.kind == "control":
+                self._control(publication)
             return
         offset = publication.offset
         if offset is not None and publication.kind == "message":
@@ -1071,6 +1108,18 @@ def _below_floor(floors: dict[Connection, Position], publication: Publication) -
         else:
             del floors[connection]
     return skip
+
+
+CONTROL_CHANNEL: Final = "$control"
+"""The channel nodes use to command each other (never a valid client channel name)."""
+
+
+class _ControlCommand(msgspec.Struct):
+    op: str
+    node: str
+    user: str = ""
+    reason: str = ""
+    code: int = KICKED
 
 
 MAX_HISTORY_LIMIT: Final = 100

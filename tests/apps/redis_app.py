@@ -9,8 +9,9 @@ id is taken from ``?user=`` without any check. Namespaces:
 - the default namespace: no history.
 
 Besides the hub's own routes, ``app`` serves ``GET /ready`` (200 when the broker
-reports ready, else 503) and ``POST /notify {user, title}``, which calls
-``hub.notify``.
+reports ready, else 503), ``POST /notify {user, title}``, which calls
+``hub.notify``, and ``POST /disconnect {user, title}``, which calls
+``hub.disconnect`` with ``title`` as the reason.
 """
 
 from __future__ import annotations
@@ -97,5 +98,10 @@ async def app(scope: Any, receive: Any, send: Any) -> None:
             return
         assert position is not None
         await _json(send, 200, {"offset": position.offset, "epoch": position.epoch})
+        return
+    if scope["type"] == "http" and scope["path"] == "/disconnect" and scope["method"] == "POST":
+        request = msgspec.json.decode(await _body(receive), type=_NotifyRequest)
+        closed = await hub.disconnect(request.user, request.title or "kicked")
+        await _json(send, 200, {"closed_here": closed})
         return
     await _hub_app(scope, receive, send)

@@ -30,7 +30,7 @@ __all__ = [
     "PublicationKind",
 ]
 
-PublicationKind = Literal["message", "join", "leave"]
+PublicationKind = Literal["message", "join", "leave", "control"]
 
 
 class Publication(Struct, frozen=True, omit_defaults=True, gc=False):
@@ -45,8 +45,9 @@ class Publication(Struct, frozen=True, omit_defaults=True, gc=False):
         exclude: a client id that must not receive it (its publisher asked for no echo).
         offset: its offset in the channel's stream, where the channel keeps history.
         epoch: the stream's epoch, where the channel keeps history.
-        kind: ``message`` (a publication), or a presence event (``join``,
-            ``leave``: ``sender`` is the client that came or went; never stored).
+        kind: ``message`` (a publication), a presence event (``join``,
+            ``leave``: ``sender`` is the client that came or went), or ``control``
+            (a command between hub nodes); only messages are ever stored.
     """
 
     channel: str
