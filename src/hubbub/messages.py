@@ -184,7 +184,9 @@ class Unsubscribed(_ServerMessage, tag="unsubscribed"):
     id: int | None = None
 
 
-class Join(_ServerMessage, tag="join"):
+class _PresenceEvent(_ServerMessage):
+    """A client came (``join``) or went (``leave``)."""
+
     channel: str
     user: str
     client: str
@@ -192,12 +194,12 @@ class Join(_ServerMessage, tag="join"):
     name: str | None = None
 
 
-class Leave(_ServerMessage, tag="leave"):
-    channel: str
-    user: str
-    client: str
-    info: dict[str, Any] | None = None
-    name: str | None = None
+class Join(_PresenceEvent, tag="join"):
+    pass
+
+
+class Leave(_PresenceEvent, tag="leave"):
+    pass
 
 
 class Ack(_ServerMessage, tag="ack"):
