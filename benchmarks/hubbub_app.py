@@ -8,11 +8,24 @@ module raises that limit and changes nothing else (other limits keep their
 defaults; the tutorial hub has no limit at all). Served by run.py as::
 
     python -m hubbub serve hubbub_app:hub   # with benchmarks/ as the working directory
+
+The broker comes from the ``HUBBUB_BENCH_BROKER`` environment variable, a URL
+as ``hubbub serve --broker`` takes it (``memory://``, the default, or
+``redis://127.0.0.1:PORT/0``): run.py sets it for the ``hubbub-redis`` server,
+so that variant is this same hub publishing through Redis.
 """
 
 from __future__ import annotations
 
+import os
+
 from hubbub import Limits
+from hubbub.brokers import broker_from_url
 from hubbub.cli import build_demo_hub
 
-hub = build_demo_hub(limits=Limits(command_rate=1e9, command_burst=1_000_000))
+BROKER_URL = os.environ.get("HUBBUB_BENCH_BROKER", "memory://")
+
+hub = build_demo_hub(
+    limits=Limits(command_rate=1e9, command_burst=1_000_000),
+    broker=broker_from_url(BROKER_URL),
+)

@@ -281,7 +281,7 @@ class SocketIOAdapter(Adapter):
 
 
 def adapter_for(name: str) -> Adapter:
-    if name == "hubbub":
+    if name in ("hubbub", "hubbub-redis"):  # the same protocol; the broker is server-side
         return HubbubAdapter()
     if name == "hubbub-batch":
         return HubbubAdapter(batch=True)

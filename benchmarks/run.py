@@ -36,6 +36,7 @@ import multiprocessing as mp
 import os
 import platform
 import resource
+import shutil
 import signal
 import socket
 import statistics
@@ -53,12 +54,13 @@ ROOT = HERE.parent
 TICK = os.sysconf("SC_CLK_TCK")
 BASELINE = "tutorial"
 HUBBUB = "hubbub"
-HUBBUB_VARIANTS = ("hubbub", "hubbub-batch", "hubbub-msgpack")
+HUBBUB_REDIS = "hubbub-redis"
+HUBBUB_VARIANTS = ("hubbub", "hubbub-batch", "hubbub-msgpack", HUBBUB_REDIS)
 PEERS = ("tutorial", "socketio", "broadcaster", "websockets")
 SERVERS = (*HUBBUB_VARIANTS, *PEERS)
+DEFAULT_SERVERS = tuple(s for s in SERVERS if s != HUBBUB_REDIS)
+"""Without ``--redis`` no redis-server is needed: hubbub-redis runs only when asked for."""
 SCENARIOS = ("fanout", "idle", "rtt", "frozen")
-REDIS_MISSING = "needs the Redis broker (issue 5)"
-"""The answer to ``--scenarios redis`` / ``--servers hubbub-redis``: a placeholder, no figures."""
 PEER_MODULES = {
     "tutorial": "tutorial_hub",
     "socketio": "socketio_hub",
@@ -139,8 +141,16 @@ def free_port() -> int:
 class Server:
     """One server subprocess; stopped by its own PID only."""
 
-    def __init__(self, name: str, ws: str, log_dir: Path) -> None:
+    def __init__(self, name: str, ws: str, log_dir: Path, redis: RedisServer | None = None) -> None:
         self.name = name
+        # hubbub-redis: the same hub on the Redis broker; Redis's own CPU is read apart.
+        self.redis = redis if name == HUBBUB_REDIS else None
+        env = dict(os.environ)
+        env.pop("HUBBUB_BENCH_BROKER", None)
+        if name == HUBBUB_REDIS:
+            if redis is None:
+                raise RuntimeError("hubbub-redis needs the run's redis-server")
+            env["HUBBUB_BENCH_BROKER"] = redis.url
         self.port = free_port()
         self.log_path = log_dir / f"{name}-{self.port}.log"
         py = sys.executable
@@ -178,6 +188,7 @@ class Server:
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=self._log,
+            env=env,
         )
         self.pids = [self.proc.pid]
 
@@ -202,6 +213,10 @@ class Server:
     def cpu(self) -> float:
         return sum(cpu_seconds(pid) for pid in self.pids)
 
+    def redis_cpu(self) -> float:
+        """CPU of the run's redis-server (a separate process), 0 for servers without it."""
+        return cpu_seconds(self.redis.pid) if self.redis is not None else 0.0
+
     def rss(self) -> int:
         return sum(rss_kib(pid) for pid in self.pids)
 
@@ -223,6 +238,77 @@ class Server:
         self._log.close()
 
 
+class RedisServer:
+    """The run's own redis-server: a free 127.0.0.1 port, no persistence, stopped by its PID."""
+
+    def __init__(self, directory: Path) -> None:
+        binary = shutil.which("redis-server") or (
+            "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
+        )
+        if binary is None:
+            raise RuntimeError("hubbub-redis needs redis-server (apt-get install redis-server)")
+        self.port = free_port()
+        self.log_path = directory / f"redis-{self.port}.log"
+        self.argv = [
+            binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(directory),
+            "--protected-mode",
+            "no",
+        ]
+        self.version = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=5, check=False
+        ).stdout.strip()
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            self.argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def command(self, *args: str, timeout: float = 2.0) -> bytes:
+        """One inline command on a fresh connection; the first reply line."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
+            sock.sendall((" ".join(args) + "\r\n").encode())
+            return sock.makefile("rb").readline()
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited early: {self.log_path.read_text()}")
+            with contextlib.suppress(OSError):
+                if self.command("PING", timeout=0.5).startswith(b"+PONG"):
+                    return
+            time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not answer within {timeout} s")
+
+    def stop(self) -> None:
+        """SIGTERM by its own PID, SIGKILL after 10 s."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+
+
 # -- one measurement ------------------------------------------------------------------------
 
 
@@ -232,6 +318,7 @@ class Snapshot:
     def __init__(self, server: Server, client_pids: list[int]) -> None:
         self.wall = time.perf_counter()
         self.server = server.cpu()
+        self.redis = server.redis_cpu()
         self.clients = sum(cpu_seconds(pid) for pid in client_pids)
         self.host_busy, self.host_total = host_jiffies()
 
@@ -316,6 +403,7 @@ async def run_phase(
         "wall_s": wall,
         "stalled": stalled,
         "server_cpu_s": after.server - before.server,
+        "redis_cpu_s": after.redis - before.redis if server.redis is not None else None,
         "client_cpu_s": after.clients - before.clients,
         "host_busy_cores": host_busy / wall if wall > 0 else None,
         "progress_deliveries": sum(progress) - base,
@@ -349,6 +437,14 @@ def finish_phase(ph: dict[str, Any], received: int, echoes: int, n_subs: int, la
     ph["deliveries"] = deliveries
     ph["lost"] = expected - deliveries
     ph["us_per_delivery"] = ph["server_cpu_s"] / deliveries * 1e6 if deliveries else None
+    # Redis's own CPU (hubbub-redis only), and the server's plus Redis's.
+    redis_s = ph.get("redis_cpu_s")
+    ph["redis_us_per_delivery"] = (
+        redis_s / deliveries * 1e6 if deliveries and redis_s is not None else None
+    )
+    ph["us_per_delivery_total"] = (
+        (ph["server_cpu_s"] + (redis_s or 0.0)) / deliveries * 1e6 if deliveries else None
+    )
     ph["client_us_per_delivery"] = ph["client_cpu_s"] / deliveries * 1e6 if deliveries else None
     ph["deliveries_per_s"] = deliveries / ph["wall_s"] if ph["wall_s"] else None
     ph["server_util"] = ph["server_cpu_s"] / ph["wall_s"] if ph["wall_s"] else None
@@ -362,7 +458,7 @@ async def measure(
     name: str, n: int, cfg: argparse.Namespace, log_dir: Path, scenario: str
 ) -> dict[str, Any]:
     """Fresh server, publisher, N subscribers; RSS; then the scenario's phases."""
-    server = Server(name, cfg.ws, log_dir)
+    server = Server(name, cfg.ws, log_dir, getattr(cfg, "redis_server", None))
     ctx = mp.get_context("spawn")
     workers: list[Any] = []
     pipes: list[Any] = []
@@ -608,6 +704,8 @@ def _spread(values: list[float | None]) -> dict[str, float | int | None]:
 
 PHASE_KEYS = (
     "us_per_delivery",
+    "redis_us_per_delivery",
+    "us_per_delivery_total",
     "client_us_per_delivery",
     "deliveries_per_s",
     "server_util",
@@ -694,6 +792,7 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
             row[f"phase{phase}"] = entry
             ratios: dict[str, Any] = {}
             p99s: dict[str, Any] = {}
+            totals: dict[str, Any] = {}
             for other in servers:
                 pairs = [
                     (_phase(g, phase), _phase(index.get((scenario, n, other, g["run"])), phase))
@@ -701,7 +800,9 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
                 ]
                 ratios[other] = _spread([_ratio(a, b, "us_per_delivery") for a, b in pairs])
                 p99s[other] = _spread([_ratio(a, b, "p99_ms") for a, b in pairs])
+                totals[other] = _spread([_ratio(a, b, "us_per_delivery_total") for a, b in pairs])
             row.setdefault("ratio", {})[str(phase)] = ratios
+            row.setdefault("total_ratio", {})[str(phase)] = totals
             row.setdefault("p99_ratio", {})[str(phase)] = p99s
             if scenario == "frozen-on":
                 pairs = [
@@ -744,6 +845,52 @@ def idle_rows(summary: dict[str, Any], cfg: argparse.Namespace) -> tuple[dict[st
     if key in fan:
         return {key: fan[key]}, "fan-out measurement at the same N, before any publication"
     return {}, ""
+
+
+def redis_section(summary: dict[str, Any], note: dict[str, Any]) -> list[str]:
+    """hubbub on the Redis broker against hubbub on the memory broker, same N, same run.
+
+    QUALITY.md: the broker round trip adds at most 25% to the server's CPU per
+    delivery at N = 1,000. Redis runs as its own process, so its CPU is its own
+    column (read from redis-server's /proc/<pid>/stat over the same phase) and
+    is added to the server's only in the "with Redis" ratio.
+    """
+    fan = summary.get("fanout", {})
+    ns = [n for n in sorted(fan, key=int) if HUBBUB_REDIS in fan[n]]
+    if not ns:
+        return []
+    lines = [
+        "",
+        "## Publish through Redis (hubbub-redis against hubbub)",
+        "",
+        f"The same hub on the Redis broker (`{note.get('redis') or 'redis-server'}`, its "
+        "own process on a free 127.0.0.1 port, no persistence, one for the whole run). "
+        "Server µs: the hub process only. Redis µs: redis-server's own CPU over the same "
+        "phase ÷ the same deliveries. Ratios: hubbub-redis ÷ hubbub, same N, same run, "
+        "then median; QUALITY.md's bar is ≤ 1.25 (server CPU) at N = 1,000.",
+        "",
+        "| N | phase | server | server µs / delivery | Redis µs / delivery "
+        "| server + Redis µs | p50 / p99 ms | lost | ÷ hubbub (server) | ÷ hubbub (+ Redis) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for n in ns:
+        for phase, label in ((PHASE_CLOSED, "closed loop"), (PHASE_FIXED, "fixed rate")):
+            for server in (HUBBUB, HUBBUB_REDIS):
+                row = fan[n].get(server)
+                ph = row.get(f"phase{phase}") if row else None
+                if not ph:
+                    continue
+                redis = server == HUBBUB_REDIS
+                ratio = _ratio_cell(row, phase, HUBBUB) if redis else "1"
+                total = _ratio_cell(row, phase, HUBBUB, "total_ratio") if redis else "1"
+                lines.append(
+                    f"| {int(n):,} | {label} | {server} | {_fmt(ph['us_per_delivery'], 2)} "
+                    f"| {_fmt(ph.get('redis_us_per_delivery'), 2) if redis else '-'} "
+                    f"| {_fmt(ph.get('us_per_delivery_total'), 2)} "
+                    f"| {_fmt(ph['p50_ms'], 2)} / {_fmt(ph['p99_ms'], 2)} "
+                    f"| {ph['lost']} | {ratio} | {total} |"
+                )
+    return lines
 
 
 def markdown(note: dict[str, Any], cfg: argparse.Namespace, summary: dict[str, Any]) -> str:
@@ -854,8 +1001,13 @@ def markdown(note: dict[str, Any], cfg: argparse.Namespace, summary: dict[str, A
             for var in variants:
                 cells = [_ratio_cell(fan[n].get(var), PHASE_CLOSED, HUBBUB) for n in ns]
                 cells += [_ratio_cell(fan[n].get(var), PHASE_FIXED, HUBBUB) for n in ns]
-                label = "MessagePack" if var.endswith("msgpack") else "batching (`?batch=1`)"
+                label = {
+                    "hubbub-msgpack": "MessagePack",
+                    "hubbub-batch": "batching (`?batch=1`)",
+                    HUBBUB_REDIS: "Redis broker, server CPU only",
+                }[var]
                 lines.append(f"| {var} ({label}) | " + " | ".join(cells) + " |")
+    lines += redis_section(summary, note)
     rtt = summary.get("rtt", {})
     if rtt:
         lines += [
@@ -1058,20 +1210,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--scenarios",
         default=",".join(SCENARIOS),
-        help=f"comma-separated, from {', '.join(SCENARIOS)} (redis: not yet, issue 5)",
+        help=f"comma-separated, from {', '.join(SCENARIOS)}; redis: fanout with hubbub-redis",
     )
     parser.add_argument("--n", default=None, help="fan-out subscriber counts (100,1000,5000)")
     parser.add_argument("--idle-n", type=int, default=None, help="clients for the idle scenario")
     parser.add_argument("--runs", type=int, default=None, help="interleaved runs (default 3)")
     parser.add_argument(
         "--servers",
-        default=",".join(SERVERS),
-        help=f"comma-separated, from {', '.join(SERVERS)} (hubbub-redis: not yet, issue 5)",
+        default=",".join(DEFAULT_SERVERS),
+        help=f"comma-separated, from {', '.join(SERVERS)} (default: all but hubbub-redis)",
     )
     parser.add_argument(
         "--redis",
         action="store_true",
-        help="also publish through Redis (QUALITY.md's broker bar): placeholder, " + REDIS_MISSING,
+        help="also run hubbub-redis (the same hub on the Redis broker; starts a redis-server)",
     )
     parser.add_argument("--ws", default="websockets-sansio", help="uvicorn --ws for every server")
     parser.add_argument("--workers", type=int, default=3, help="subscriber worker processes")
@@ -1120,8 +1272,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     cfg.stall_s = cfg.stall_s or (3.0 if quick else 5.0)
     cfg.scenarios = [s for s in cfg.scenarios.split(",") if s]
     cfg.servers = [s for s in cfg.servers.split(",") if s]
-    if cfg.redis or "redis" in cfg.scenarios or "hubbub-redis" in cfg.servers:
-        parser.error(f"the Redis scenario {REDIS_MISSING}; no figures are made up meanwhile")
+    if "redis" in cfg.scenarios:  # the fan-out with hubbub-redis beside hubbub
+        cfg.scenarios = [s for s in cfg.scenarios if s != "redis"]
+        cfg.scenarios += [] if "fanout" in cfg.scenarios else ["fanout"]
+        cfg.redis = True
+    if cfg.redis:
+        cfg.servers += [s for s in (HUBBUB, HUBBUB_REDIS) if s not in cfg.servers]
     for scenario in cfg.scenarios:
         if scenario not in SCENARIOS:
             parser.error(f"unknown scenario {scenario!r}")
@@ -1194,6 +1350,56 @@ def _runner() -> Any:
     return uvloop.run
 
 
+def run_plan(
+    plan: list[tuple[int, str, int, str]],
+    cfg: argparse.Namespace,
+    tmp: Path,
+    start: float,
+    run_async: Any,
+) -> tuple[list[dict[str, Any]], int]:
+    """Every planned measurement, one after the other, within ``--max-minutes``."""
+    results: list[dict[str, Any]] = []
+    skipped = 0
+    for run, scenario, n, server in plan:
+        if time.monotonic() - start > cfg.max_minutes * 60:
+            skipped += 1
+            continue
+        t0 = time.monotonic()
+        res = run_async(measure(server, n, cfg, tmp, scenario))
+        res.update(run=run, scenario=scenario, seconds=time.monotonic() - t0)
+        results.append(res)
+        ph = {p["phase"]: p for p in res.get("phases", [])}
+        line = (
+            f"run {run} {scenario:10} n={n:<5} {server:14} conn={res.get('connected')} "
+            f"KiB/conn={res.get('kib_per_conn') or 0:.1f}"
+        )
+        if PHASE_CLOSED in ph:
+            p2 = ph[PHASE_CLOSED]
+            line += (
+                f" µs/deliv={p2['us_per_delivery'] or 0:.2f} "
+                f"deliv/s={p2['deliveries_per_s'] or 0:.0f} lost={p2['lost']}"
+                + (" STALLED" if p2.get("stalled") else "")
+            )
+        if PHASE_FIXED in ph:
+            p1 = ph[PHASE_FIXED]
+            line += f" p99@rate={p1['p99_ms'] or 0:.1f}ms lost1={p1['lost']}"
+            line += " STALLED" if p1.get("stalled") else ""
+        if PHASE_RTT in ph:
+            p3 = ph[PHASE_RTT]
+            line += (
+                f" rtt p50={p3['p50_ms'] or 0:.3f}ms p99={p3['p99_ms'] or 0:.3f}ms "
+                f"µs/rt={p3['us_per_round_trip'] or 0:.0f} lost={p3['lost']}"
+            )
+        if "frozen_close_code" in res:
+            line += f" frozen-close={res['frozen_close_code']}"
+        line += f" closes={res.get('closes')} errors={len(res.get('publish_errors', []))}"
+        line += f" ({res['seconds']:.0f}s)"
+        print(line, flush=True)
+        if PHASE_CLOSED in ph and ph[PHASE_CLOSED].get("redis_us_per_delivery") is not None:
+            print(f"    redis µs/deliv={ph[PHASE_CLOSED]['redis_us_per_delivery']:.2f}", flush=True)
+    return results, skipped
+
+
 def main(argv: list[str]) -> int:
     cfg = parse_args(argv)
     if cfg.report:
@@ -1207,47 +1413,25 @@ def main(argv: list[str]) -> int:
     start = time.monotonic()
     plan = make_plan(cfg)
     run_async = _runner()
-    results: list[dict[str, Any]] = []
-    skipped = 0
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"{len(plan)} measurements planned; bound {cfg.max_minutes:g} min", flush=True)
     with tempfile.TemporaryDirectory(prefix="hubbub-bench-") as tmp:
-        for run, scenario, n, server in plan:
-            if time.monotonic() - start > cfg.max_minutes * 60:
-                skipped += 1
-                continue
-            t0 = time.monotonic()
-            res = run_async(measure(server, n, cfg, Path(tmp), scenario))
-            res.update(run=run, scenario=scenario, seconds=time.monotonic() - t0)
-            results.append(res)
-            ph = {p["phase"]: p for p in res.get("phases", [])}
-            line = (
-                f"run {run} {scenario:10} n={n:<5} {server:14} conn={res.get('connected')} "
-                f"KiB/conn={res.get('kib_per_conn') or 0:.1f}"
-            )
-            if PHASE_CLOSED in ph:
-                p2 = ph[PHASE_CLOSED]
-                line += (
-                    f" µs/deliv={p2['us_per_delivery'] or 0:.2f} "
-                    f"deliv/s={p2['deliveries_per_s'] or 0:.0f} lost={p2['lost']}"
-                    + (" STALLED" if p2.get("stalled") else "")
-                )
-            if PHASE_FIXED in ph:
-                p1 = ph[PHASE_FIXED]
-                line += f" p99@rate={p1['p99_ms'] or 0:.1f}ms lost1={p1['lost']}"
-                line += " STALLED" if p1.get("stalled") else ""
-            if PHASE_RTT in ph:
-                p3 = ph[PHASE_RTT]
-                line += (
-                    f" rtt p50={p3['p50_ms'] or 0:.3f}ms p99={p3['p99_ms'] or 0:.3f}ms "
-                    f"µs/rt={p3['us_per_round_trip'] or 0:.0f} lost={p3['lost']}"
-                )
-            if "frozen_close_code" in res:
-                line += f" frozen-close={res['frozen_close_code']}"
-            line += f" closes={res.get('closes')} errors={len(res.get('publish_errors', []))}"
-            line += f" ({res['seconds']:.0f}s)"
-            print(line, flush=True)
+        redis: RedisServer | None = None
+        if HUBBUB_REDIS in cfg.servers:
+            # One redis-server for the whole run, stopped by its PID in the finally below.
+            redis = RedisServer(Path(tmp))
+            cfg.redis_server = redis
+            note["redis"] = redis.version
+            note["redis_argv"] = redis.argv
+        try:
+            if redis is not None:
+                redis.wait_ready()
+            results, skipped = run_plan(plan, cfg, Path(tmp), start, run_async)
+        finally:
+            if redis is not None:
+                redis.stop()
+                del cfg.redis_server
     summary = summarize(results)
     report = markdown(note, cfg, summary)
     if skipped:
