@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import anyio
 import pytest
 
 from .apps.wsclient import Client, open_client
@@ -207,9 +208,9 @@ async def test_recover_under_concurrent_publishing_has_no_gap_or_duplicate(
                 await asyncio.sleep(0)
 
         async with client(server) as c:
-            task = asyncio.create_task(keep_publishing())
-            subscribed = await c.subscribe(channel, recover={"offset": 5, "epoch": epoch})
-            await task
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(keep_publishing)
+                subscribed = await c.subscribe(channel, recover={"offset": 5, "epoch": epoch})
             assert subscribed["recovered"] is True
             got = subscribed["publications"]
             got += await c.messages(75 - subscribed["offset"])
