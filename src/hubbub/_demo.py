@@ -91,15 +91,6 @@ async def handle_notify(hub: Hub, receive: Receive, send: SendCallable) -> None:
 
 
 async def _reply(send: SendCallable, status: int, body: dict[str, Any]) -> None:
-    raw = msgspec.json.encode(body)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(raw)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": raw})
+    from .app import _respond
+
+    await _respond(send, status, msgspec.json.encode(body), b"application/json")
