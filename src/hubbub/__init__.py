@@ -11,8 +11,8 @@ The modules follow the path a message takes, inside out:
 - ``hub``: registry, fan-out, the server-side API, the lifecycle; ``_recovery``:
   joining a stream without gap or duplicate;
 - ``brokers``: how publications move between nodes (``Broker``, ``MemoryBroker``);
-- ``app``, ``middleware`` and ``cli``: the ASGI shells (``HubApp``,
-  ``AuthMiddleware``) and ``hubbub serve``.
+- ``app``, ``api``, ``middleware`` and ``cli``: the ASGI shells (``HubApp``,
+  the server HTTP API ``HubAPI``, ``AuthMiddleware``) and ``hubbub serve``.
 
 Inner modules never import the shells.
 """
@@ -35,6 +35,7 @@ from ._errors import StreamGone as StreamGone
 from ._errors import Unavailable as Unavailable
 from ._errors import UnknownNamespace as UnknownNamespace
 from ._jwt import JWTAuthenticator as JWTAuthenticator
+from .api import HubAPI as HubAPI
 from .app import HubApp as HubApp
 from .auth import Authenticator as Authenticator
 from .auth import Identity as Identity
@@ -69,6 +70,7 @@ __all__ = [
     "ChatMessage",
     "HistoryPage",
     "Hub",
+    "HubAPI",
     "HubApp",
     "HubNotRunning",
     "HubStats",

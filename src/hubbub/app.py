@@ -9,6 +9,7 @@ lifespan itself.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -17,6 +18,7 @@ import msgspec
 
 from ._connection import Receive, Scope, SendCallable, deny, serve_websocket
 from ._errors import NotFound
+from .api import DEFAULT_MAX_BODY, HubAPI
 from .hub import Hub
 
 __all__ = ["HubApp", "route_path"]
@@ -44,19 +46,30 @@ def _static(name: str) -> bytes:
 
 
 class HubApp:
-    """Serves a hub over ASGI: the WebSocket endpoint ``/ws`` and ``/health``.
+    """Serves a hub over ASGI: the WebSocket endpoint ``/ws``, ``/health``, ``/ready``, ``/api/``.
 
     Args:
         hub: the hub to serve.
         demo: also serve the demo chat page at ``/`` and its ``POST /demo/notify``
             (anyone may notify anyone: for the demo only).
+        api_keys: keys accepted by the server HTTP API under ``/api/`` (see
+            :class:`hubbub.HubAPI`); without any, the API answers 404.
+        api_max_body: the largest API request body in bytes.
     """
 
-    def __init__(self, hub: Hub, *, demo: bool = False) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        *,
+        demo: bool = False,
+        api_keys: Iterable[str] | None = None,
+        api_max_body: int = DEFAULT_MAX_BODY,
+    ) -> None:
         if not isinstance(hub, Hub):
             raise TypeError("HubApp needs a hubbub.Hub")
         self.hub = hub
         self.demo = demo
+        self.api = HubAPI(hub, keys=api_keys if api_keys is not None else (), max_body=api_max_body)
 
     async def __call__(self, scope: Scope, receive: Receive, send: SendCallable) -> None:
         kind = scope["type"]
@@ -89,6 +102,8 @@ class HubApp:
             from ._demo import handle_notify
 
             await handle_notify(self.hub, receive, send)
+        elif path.startswith("/api/"):
+            await self.api.handle(path[len("/api/") :], scope, receive, send)
         elif path == "/ws":
             await _respond(
                 send,

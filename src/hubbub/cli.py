@@ -23,6 +23,7 @@ import msgspec
 import uvicorn
 
 from ._jwt import JWTAuthenticator
+from .api import DEFAULT_MAX_BODY, HubAPI
 from .app import HubApp
 from .brokers import broker_from_url
 from .hub import Hub, running_hubs
@@ -179,6 +180,20 @@ def _parser() -> argparse.ArgumentParser:
         help="with --allowed-origin, refuse WebSockets without an Origin header",
     )
 
+    api = serve.add_argument_group(
+        "server HTTP API",
+        "The API under <prefix>/api/ is off (404) without a key. "
+        "Prefer HUBBUB_API_KEY to --api-key: arguments are visible in `ps`.",
+    )
+    api.add_argument(
+        "--api-key",
+        action="append",
+        default=[k.strip() for k in _env("API_KEY", "").split(",") if k.strip()],
+        metavar="KEY",
+        help="a key accepted in `Authorization: apikey <key>` (repeatable for rotation; "
+        "HUBBUB_API_KEY is comma-separated)",
+    )
+
     commands.add_parser("schema", help="print the JSON Schema of the wire protocol")
     return parser
 
@@ -199,7 +214,7 @@ def _build_app(args: argparse.Namespace) -> Any:
         if authenticator is not None:
             options.update(authenticator=authenticator, anonymous=args.anonymous)
         demo = build_demo_hub(**options)
-        return _protect(HubApp(demo, demo=True), authenticator, args, demo)
+        return _protect(_hub_app(demo, args, demo=True), authenticator, args, demo)
     if args.broker != "memory://":
         raise SystemExit(
             "hubbub serve: --broker configures the demo hub only; "
@@ -208,15 +223,33 @@ def _build_app(args: argparse.Namespace) -> Any:
     obj = _load_target(args.target)
     if isinstance(obj, HubApp):
         hub: Hub | None = obj.hub
+        if args.api_key:
+            obj.api = _hub_api(obj.hub, args, max_body=obj.api.max_body)
     elif isinstance(obj, Hub):
-        hub, obj = obj, HubApp(obj)
+        hub, obj = obj, _hub_app(obj, args)
     else:
         hub = None
+        if args.api_key:
+            raise SystemExit("hubbub serve: --api-key needs a target naming a Hub or a HubApp")
     if hub is not None and authenticator is not None and hub.authenticator is None:
         # The middleware authenticates the handshake; the hub needs the same keys
         # for `refresh` and channel tokens.
         hub.authenticator = authenticator
     return _protect(obj, authenticator, args, hub)
+
+
+def _hub_app(hub: Hub, args: argparse.Namespace, *, demo: bool = False) -> HubApp:
+    app = HubApp(hub, demo=demo)
+    if args.api_key:
+        app.api = _hub_api(hub, args)
+    return app
+
+
+def _hub_api(hub: Hub, args: argparse.Namespace, max_body: int = DEFAULT_MAX_BODY) -> HubAPI:
+    try:
+        return HubAPI(hub, keys=args.api_key, max_body=max_body)
+    except ValueError as exc:
+        raise SystemExit(f"hubbub serve: --api-key: {exc}") from None
 
 
 def _authenticator(args: argparse.Namespace) -> JWTAuthenticator | None:

@@ -491,6 +491,94 @@ class Hub:
             connection.close(Close(code, reason, flush=True))
         return len(connections)
 
+    async def subscribe_user(self, user: str, channel: str) -> None:
+        """Subscribe every connection of ``user``, on every node, to ``channel``.
+
+        A server-side subscription: no permission check. Each connection that
+        does not hold the channel yet gets ``subscribed`` without ``id``. This
+        node's connections are subscribed before returning; other nodes' receive
+        the command through the broker's control channel.
+
+        Raises:
+            InvalidMessage: ``user`` is empty or the channel name is invalid.
+            UnknownNamespace: no namespace is configured for the channel.
+            BrokerUnavailable: the broker could not be reached.
+        """
+        self._require_running()
+        if not user:
+            raise InvalidMessage("subscribe needs a user id")
+        validate_channel(channel)
+        namespace = self.namespaces.resolve(channel)
+        await self._subscribe_here(user, channel, namespace)
+        await self._send_control({"op": "subscribe", "user": user, "channel": channel})
+
+    async def unsubscribe_user(self, user: str, channel: str) -> None:
+        """Remove ``channel`` from every connection of ``user``, on every node.
+
+        Each connection that held it gets ``unsubscribed`` without ``id``.
+
+        Raises:
+            InvalidMessage: ``user`` is empty or the channel name is invalid.
+            BrokerUnavailable: the other nodes could not be told (this node's
+                connections are unsubscribed regardless).
+        """
+        self._require_running()
+        if not user:
+            raise InvalidMessage("unsubscribe needs a user id")
+        validate_channel(channel)
+        self._unsubscribe_here(user, channel)
+        await self._send_control({"op": "unsubscribe", "user": user, "channel": channel})
+
+    async def _send_control(self, fields: dict[str, Any]) -> None:
+        command = msgspec.json.encode({**fields, "node": self.node})
+        control = Publication(
+            channel=CONTROL_CHANNEL, data=command, codec=JSON.name, ts=_now_ms(), kind="control"
+        )
+        await self._broker_call(self.broker.publish(control, None))
+
+    async def _subscribe_here(self, user: str, channel: str, namespace: Namespace) -> None:
+        for connection in list(self._users.get(user, ())):
+            if connection.protocol.closed or channel in connection.protocol.channels:
+                continue
+            entry = await self._ensure(channel, namespace)
+            if namespace.history_size:
+                entry.recovering[connection] = []
+                try:
+                    top: Position | None = await self._top(channel)
+                finally:
+                    buffered = entry.recovering.pop(connection, [])
+            else:
+                top, buffered = None, []
+            if connection.protocol.closed or channel in connection.protocol.channels:
+                self._release_if_unused(channel, entry)
+                continue
+            # Nothing awaits from the merge to the delivery: no publication falls between.
+            self._attach(connection, channel, namespace, entry, server_side=True)
+            if top is None:
+                connection.send_message(Subscribed(channel=channel, publications=[]))
+            else:
+                joined = join_stream(None, top, buffered, recover=None, last=None)
+                _set_floor(entry, connection, joined)
+                connection.send_message(
+                    Subscribed(channel=channel, publications=[], offset=top.offset, epoch=top.epoch)
+                )
+                self._deliver_to(connection, joined.live, namespace)
+            if namespace.presence:
+                await self._arrive(connection, channel, namespace)
+
+    def _unsubscribe_here(self, user: str, channel: str) -> None:
+        for connection in list(self._users.get(user, ())):
+            if channel in connection.protocol.channels:
+                self._detach(connection, channel)
+                connection.send_message(Unsubscribed(channel=channel))
+
+    async def _control_subscribe(self, user: str, channel: str) -> None:
+        try:
+            validate_channel(channel)
+            await self._subscribe_here(user, channel, self.namespaces.resolve(channel))
+        except HubbubError as exc:
+            logger.warning("control subscribe to %r failed: %s", channel, exc.reason)
+
     def _control(self, publication: Publication) -> None:
         """A command from another node (or junk, which is logged and dropped)."""
         try:
@@ -498,8 +586,14 @@ class Hub:
         except (msgspec.MsgspecError, ValueError):
             logger.warning("dropped a malformed control command")
             return
-        if command.node != self.node and command.op == "disconnect":
+        if command.node == self.node:
+            return
+        if command.op == "disconnect":
             self._disconnect_here(command.user, command.reason, command.code)
+        elif command.op == "subscribe" and self._tg is not None:
+            self._tg.start_soon(self._control_subscribe, command.user, command.channel)
+        elif command.op == "unsubscribe":
+            self._unsubscribe_here(command.user, command.channel)
 
     def channels(self) -> dict[str, int]:
         """Channels with local subscribers on this node, and how many each has."""
@@ -1120,6 +1214,7 @@ class _ControlCommand(msgspec.Struct):
     user: str = ""
     reason: str = ""
     code: int = KICKED
+    channel: str = ""
 
 
 MAX_HISTORY_LIMIT: Final = 100

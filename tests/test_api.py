@@ -1,0 +1,609 @@
+"""The server HTTP API (``HubAPI`` under ``<prefix>/api/``): endpoints, errors, keys, limits.
+
+Driven through Starlette's ``TestClient`` on asyncio (WebSocket clients see
+what the API does to them), and through ``hubbub serve --api-key`` (uvicorn).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.applications import Starlette
+from starlette.routing import Mount
+from starlette.testclient import TestClient
+
+from hubbub import (
+    BrokerUnavailable,
+    Hub,
+    HubAPI,
+    HubApp,
+    Identity,
+    Namespace,
+    Publication,
+)
+from hubbub._connection import query_param
+from hubbub._demo import demo_user_id
+
+from .servers import Server, run_server
+
+KEY = "k-0123456789abcdef"
+OLD_KEY = "k-old-fedcba9876543210"
+AUTH = {"Authorization": f"apikey {KEY}"}
+
+
+async def _user_from_query(scope: Mapping[str, Any]) -> Identity | None:
+    user = query_param(scope, "user")  # type: ignore[arg-type]
+    return Identity(user=user) if user else None
+
+
+def _hub() -> Hub:
+    return Hub(
+        anonymous=True,
+        authenticator=_user_from_query,
+        namespaces=[
+            Namespace(),
+            Namespace(name="room", history_size=10, presence=True),
+            Namespace.chat("chat"),
+        ],
+    )
+
+
+@pytest.fixture
+def hub() -> Hub:
+    """A hub with a plain default namespace, ``room:`` (history, presence) and ``chat:``."""
+    return _hub()
+
+
+@pytest.fixture
+def client(hub: Hub) -> Iterator[TestClient]:
+    """A TestClient around ``HubApp`` with two API keys, its lifespan running."""
+    app = HubApp(hub, api_keys=[KEY, OLD_KEY], api_max_body=1024)
+    with TestClient(app, backend="asyncio") as test_client:
+        yield test_client
+
+
+def _post(client: TestClient, endpoint: str, body: Any, **kwargs: Any) -> Any:
+    return client.post(f"/api/{endpoint}", json=body, headers=AUTH, **kwargs)
+
+
+# -- configuration ----------------------------------------------------------------------------
+
+
+def test_api_is_off_without_keys(hub: Hub) -> None:
+    """Without any key every API path answers 404, even with an Authorization header."""
+    with TestClient(HubApp(hub), backend="asyncio") as client:
+        for path in ("/api/publish", "/api/stats", "/api/nope"):
+            response = client.post(path, json={"channel": "a", "data": 1}, headers=AUTH)
+            assert response.status_code == 404
+            assert response.json()["code"] == 404
+        assert client.get("/api/stats", headers=AUTH).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("keys", "error"),
+    [
+        ("one-key", TypeError),
+        ([b"bytes"], TypeError),
+        ([""], ValueError),
+        (["with space"], ValueError),
+        (["caf\u00e9"], ValueError),
+    ],
+)
+def test_bad_keys_raise_at_construction(hub: Hub, keys: Any, error: type[Exception]) -> None:
+    """Keys that are not non-empty printable ASCII strings are refused when the API is built."""
+    with pytest.raises(error):
+        HubAPI(hub, keys=keys)
+
+
+@pytest.mark.parametrize("max_body", [0, -1, True, 1.5])
+def test_bad_max_body_raises(hub: Hub, max_body: Any) -> None:
+    """``max_body`` must be a positive integer."""
+    with pytest.raises(ValueError, match="max_body"):
+        HubAPI(hub, keys=[KEY], max_body=max_body)
+
+
+def test_hubapi_needs_a_hub() -> None:
+    """``HubAPI`` refuses anything but a ``Hub``."""
+    with pytest.raises(TypeError):
+        HubAPI(object(), keys=[KEY])  # type: ignore[arg-type]
+
+
+def test_hubapp_rejects_bad_api_keys(hub: Hub) -> None:
+    """``HubApp(api_keys=...)`` validates the keys when it is built."""
+    with pytest.raises(ValueError):
+        HubApp(hub, api_keys=[""])
+
+
+# -- authentication ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "apikey"},
+        {"Authorization": "apikey wrong"},
+        {"Authorization": f"Bearer {KEY}"},
+        {"Authorization": f"apikey {KEY}x"},
+    ],
+)
+def test_missing_or_wrong_key_is_401(client: TestClient, headers: dict[str, str]) -> None:
+    """A request without a valid ``apikey`` is refused 401 with ``WWW-Authenticate``."""
+    response = client.get("/api/stats", headers=headers)
+    assert response.status_code == 401
+    assert response.json()["code"] == 401
+    assert response.headers["www-authenticate"] == "apikey"
+
+
+def test_every_configured_key_is_accepted(client: TestClient) -> None:
+    """Both the new and the old key work (rotation); the scheme is case-insensitive."""
+    for header in (f"apikey {KEY}", f"ApiKey {OLD_KEY}"):
+        assert client.get("/api/stats", headers={"Authorization": header}).status_code == 200
+
+
+def test_key_is_compared_in_constant_time_against_every_key(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check uses ``hmac.compare_digest`` and never stops at the first match."""
+    compared: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        compared.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    assert client.get("/api/stats", headers=AUTH).status_code == 200
+    assert compared == [(KEY.encode(), KEY.encode()), (KEY.encode(), OLD_KEY.encode())]
+
+
+# -- routing errors ---------------------------------------------------------------------------
+
+
+def test_unknown_endpoint_is_404(client: TestClient) -> None:
+    """An endpoint the API does not have answers 404."""
+    response = client.get("/api/nothing", headers=AUTH)
+    assert response.status_code == 404
+    assert response.json()["code"] == 404
+
+
+@pytest.mark.parametrize(
+    ("method", "endpoint", "allow"),
+    [("GET", "publish", "POST"), ("POST", "stats", "GET"), ("DELETE", "channels", "GET")],
+)
+def test_wrong_method_is_405(client: TestClient, method: str, endpoint: str, allow: str) -> None:
+    """The wrong method answers 405 with ``Allow``."""
+    response = client.request(method, f"/api/{endpoint}", headers=AUTH)
+    assert response.status_code == 405
+    assert response.json()["code"] == 405
+    assert response.headers["allow"] == allow
+
+
+# -- publish and broadcast --------------------------------------------------------------------
+
+
+def test_publish_with_history_returns_the_position(client: TestClient) -> None:
+    """``publish`` into a history channel answers ``{offset, epoch}``."""
+    first = _post(client, "publish", {"channel": "room:a", "data": {"n": 1}})
+    second = _post(client, "publish", {"channel": "room:a", "data": {"n": 2}})
+    assert first.status_code == second.status_code == 200
+    assert first.json()["offset"] == 1
+    assert second.json() == {"offset": 2, "epoch": first.json()["epoch"]}
+
+
+def test_publish_without_history_returns_empty_object(client: TestClient) -> None:
+    """Without history the position is absent."""
+    response = _post(client, "publish", {"channel": "plain", "data": "x"})
+    assert response.status_code == 200
+    assert response.json() == {}
+
+
+def test_publish_reaches_a_subscriber(client: TestClient) -> None:
+    """A WebSocket subscriber receives the API's publication with no ``sender``."""
+    with client.websocket_connect("/ws") as ws:
+        ws.receive_json()  # welcome
+        ws.send_json({"type": "subscribe", "id": 1, "channel": "room:live"})
+        assert ws.receive_json()["type"] == "subscribed"
+        _post(client, "publish", {"channel": "room:live", "data": {"hello": [1, 2]}})
+        message = ws.receive_json()
+    assert message["type"] == "message"
+    assert message["data"] == {"hello": [1, 2]}
+    assert "sender" not in message
+
+
+def test_publish_idempotency_key_is_accepted(client: TestClient) -> None:
+    """A retried publish with the same ``idempotency_key`` is not stored twice."""
+    body = {"channel": "room:idem", "data": 1, "idempotency_key": "abc"}
+    assert _post(client, "publish", body).status_code == 200
+    assert _post(client, "publish", body).status_code == 200
+    history = client.get("/api/history", params={"channel": "room:idem"}, headers=AUTH).json()
+    assert len(history["publications"]) == 1
+
+
+def test_broadcast_reports_each_channel(client: TestClient) -> None:
+    """``broadcast`` answers one result per channel, errors included, in order."""
+    response = _post(
+        client,
+        "broadcast",
+        {"channels": ["room:b", "plain", "nope:x", "bad channel"], "data": {"v": 1}},
+    )
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert results[0]["channel"] == "room:b" and results[0]["offset"] == 1
+    assert "epoch" in results[0]
+    assert results[1] == {"channel": "plain"}
+    assert results[2]["channel"] == "nope:x" and results[2]["error"]["code"] == 404
+    assert results[3]["channel"] == "bad channel" and results[3]["error"]["code"] == 400
+
+
+def test_broadcast_needs_channels(client: TestClient) -> None:
+    """An empty ``channels`` list is 400."""
+    assert _post(client, "broadcast", {"channels": [], "data": 1}).status_code == 400
+
+
+# -- notify, disconnect, server-side subscriptions --------------------------------------------
+
+
+def test_notify_reaches_the_user(client: TestClient) -> None:
+    """``notify`` answers the position and the user's connection gets the notification."""
+    with client.websocket_connect("/ws?user=alice") as ws:
+        ws.receive_json()  # welcome
+        response = _post(
+            client,
+            "notify",
+            {"user": "alice", "notification": {"type": "mention", "title": "Hi"}},
+        )
+        message = ws.receive_json()
+    assert response.status_code == 200
+    assert response.json()["offset"] == 1
+    assert message["channel"] == "#alice"
+    assert message["data"]["type"] == "mention" and message["data"]["title"] == "Hi"
+    assert message["data"]["read"] is False and message["data"]["id"]
+
+
+def test_notify_needs_a_user(client: TestClient) -> None:
+    """An empty user is 400."""
+    assert _post(client, "notify", {"user": "", "notification": {}}).status_code == 400
+
+
+def test_disconnect_closes_the_users_connections(client: TestClient) -> None:
+    """``disconnect`` answers how many connections closed here; the client gets 4403."""
+    with client.websocket_connect("/ws?user=bob") as ws:
+        ws.receive_json()  # welcome
+        response = _post(client, "disconnect", {"user": "bob", "reason": "banned"})
+        message = ws.receive_json()
+    assert response.json() == {"disconnected": 1}
+    assert message == {"type": "disconnect", "code": 4403, "reason": "banned", "reconnect": False}
+    assert _post(client, "disconnect", {"user": "nobody"}).json() == {"disconnected": 0}
+
+
+@pytest.mark.parametrize(
+    "body", [{"user": "bob", "code": 1006}, {"user": "bob", "reason": "x" * 121}, {"user": ""}]
+)
+def test_disconnect_refuses_bad_fields(client: TestClient, body: dict[str, Any]) -> None:
+    """A reserved close code, a reason too long for a close frame, or no user is 400."""
+    assert _post(client, "disconnect", body).status_code == 400
+
+
+def test_subscribe_and_unsubscribe_a_user(client: TestClient) -> None:
+    """The user's connection gets ``subscribed`` then ``unsubscribed``, both without ``id``."""
+    with (
+        client.websocket_connect("/ws?user=carol") as ws,
+        client.websocket_connect("/ws?user=carol") as other,
+    ):
+        ws.receive_json()  # welcome
+        other.receive_json()
+        _post(client, "publish", {"channel": "room:s", "data": 0})
+        assert _post(client, "subscribe", {"user": "carol", "channel": "room:s"}).json() == {}
+        for connection in (ws, other):
+            subscribed = connection.receive_json()
+            assert subscribed["type"] == "subscribed" and "id" not in subscribed
+            assert subscribed["channel"] == "room:s" and subscribed["offset"] == 1
+        _post(client, "publish", {"channel": "room:s", "data": 1})
+        assert ws.receive_json()["data"] == 1
+        assert other.receive_json()["data"] == 1
+        channels = client.get("/api/channels", headers=AUTH).json()["channels"]
+        assert {"channel": "room:s", "subscribers": 2} in channels
+        assert _post(client, "unsubscribe", {"user": "carol", "channel": "room:s"}).json() == {}
+        assert ws.receive_json() == {"type": "unsubscribed", "channel": "room:s"}
+        assert other.receive_json() == {"type": "unsubscribed", "channel": "room:s"}
+        _post(client, "publish", {"channel": "plain", "data": "ignored"})
+        ws.send_json({"type": "presence", "id": 5, "channel": "room:s"})
+        reply = ws.receive_json()
+    assert reply["id"] == 5 and reply["clients"] == {}
+
+
+def test_subscribe_and_unsubscribe_tell_the_other_nodes(
+    client: TestClient, hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both send a command on the control channel, naming this node."""
+    sent: list[Publication] = []
+    publish = hub.broker.publish
+
+    async def record(publication: Publication, *args: Any) -> Any:
+        sent.append(publication)
+        return await publish(publication, *args)
+
+    monkeypatch.setattr(hub.broker, "publish", record)
+    _post(client, "subscribe", {"user": "gil", "channel": "room:c"})
+    _post(client, "unsubscribe", {"user": "gil", "channel": "room:c"})
+    commands = [json.loads(p.data) for p in sent if p.kind == "control"]
+    assert [p.channel for p in sent] == ["$control", "$control"]
+    assert commands == [
+        {"op": op, "user": "gil", "channel": "room:c", "node": hub.node}
+        for op in ("subscribe", "unsubscribe")
+    ]
+
+
+def test_control_commands_from_another_node_act_here(client: TestClient, hub: Hub) -> None:
+    """A subscribe/unsubscribe command from another node reaches this node's connections."""
+
+    def command(op: str, node: str = "elsewhere") -> None:
+        data = json.dumps({"op": op, "user": "hal", "channel": "room:n", "node": node})
+        publication = Publication(
+            channel="$control", data=data.encode(), codec="json", ts=0, kind="control"
+        )
+        assert client.portal is not None
+        client.portal.call(hub._dispatch, publication)
+
+    with client.websocket_connect("/ws?user=hal") as ws:
+        ws.receive_json()  # welcome
+        command("subscribe", node=hub.node)  # its own command: already done, ignored
+        ws.send_json({"type": "presence", "id": 9, "channel": "room:n"})
+        assert ws.receive_json()["id"] == 9
+        command("subscribe")
+        subscribed = ws.receive_json()
+        assert subscribed["type"] == "subscribed" and subscribed["channel"] == "room:n"
+        assert "id" not in subscribed
+        command("unsubscribe")
+        assert ws.receive_json() == {"type": "unsubscribed", "channel": "room:n"}
+
+
+def test_subscribe_user_needs_a_known_namespace(client: TestClient) -> None:
+    """Subscribing a user to an unknown namespace is 404; an empty user 400."""
+    assert _post(client, "subscribe", {"user": "u", "channel": "nope:x"}).status_code == 404
+    assert _post(client, "subscribe", {"user": "", "channel": "room:x"}).status_code == 400
+    assert _post(client, "unsubscribe", {"user": "u", "channel": "bad name"}).status_code == 400
+
+
+# -- reads ------------------------------------------------------------------------------------
+
+
+def test_channels_lists_local_subscribers(client: TestClient) -> None:
+    """``channels`` lists this node's channels with their subscriber counts."""
+    assert client.get("/api/channels", headers=AUTH).json() == {"channels": []}
+    with client.websocket_connect("/ws?user=dan") as ws:
+        ws.receive_json()
+        body = client.get("/api/channels", headers=AUTH).json()
+    assert body == {"channels": [{"channel": "#dan", "subscribers": 1}]}
+
+
+def test_presence_is_the_websocket_reply_body(client: TestClient) -> None:
+    """``presence`` answers ``{channel, clients, users}``."""
+    with client.websocket_connect("/ws?user=erin") as ws:
+        welcome = ws.receive_json()
+        ws.send_json({"type": "subscribe", "id": 1, "channel": "room:p"})
+        ws.receive_json()
+        ws.send_json({"type": "presence", "id": 2, "channel": "room:p"})
+        expected = ws.receive_json()
+        response = client.get("/api/presence", params={"channel": "room:p"}, headers=AUTH)
+    del expected["type"], expected["id"]
+    assert response.status_code == 200
+    assert response.json() == expected
+    assert response.json()["clients"][welcome["client"]]["user"] == "erin"
+
+
+def test_presence_errors(client: TestClient) -> None:
+    """No channel is 400, a namespace without presence 403, an unknown one 404."""
+    assert client.get("/api/presence", headers=AUTH).status_code == 400
+    response = client.get("/api/presence", params={"channel": "plain"}, headers=AUTH)
+    assert response.status_code == 403
+    response = client.get("/api/presence", params={"channel": "nope:x"}, headers=AUTH)
+    assert response.status_code == 404
+
+
+def test_history_is_the_websocket_reply_body(client: TestClient) -> None:
+    """``history`` answers what the WebSocket ``history`` reply carries, ``limit`` applied."""
+    for n in range(3):
+        _post(client, "publish", {"channel": "room:h", "data": n})
+    with client.websocket_connect("/ws") as ws:
+        ws.receive_json()
+        ws.send_json({"type": "history", "id": 1, "channel": "room:h", "limit": 2})
+        expected = ws.receive_json()
+    response = client.get("/api/history", params={"channel": "room:h", "limit": 2}, headers=AUTH)
+    del expected["type"], expected["id"]
+    body = response.json()
+    assert [p["data"] for p in body["publications"]] == [1, 2]
+    for got, want in zip(body["publications"], expected["publications"], strict=True):
+        del got["ts"], want["ts"]
+    del expected["publications"], body["publications"]
+    assert body == expected
+
+
+def test_history_without_history_has_no_position(client: TestClient) -> None:
+    """A channel without history answers no publications and no position."""
+    response = client.get("/api/history", params={"channel": "plain"}, headers=AUTH)
+    assert response.json() == {"channel": "plain", "publications": []}
+
+
+@pytest.mark.parametrize(
+    "params", [{}, {"channel": "room:h", "limit": "x"}, {"channel": "room:h", "limit": "101"}]
+)
+def test_history_bad_parameters_are_400(client: TestClient, params: dict[str, str]) -> None:
+    """A missing channel or a limit outside 1..100 is 400."""
+    assert client.get("/api/history", params=params, headers=AUTH).status_code == 400
+
+
+def test_stats_counts(client: TestClient) -> None:
+    """``stats`` reports connections, channels, publications and deliveries."""
+    with client.websocket_connect("/ws?user=fay") as ws:
+        ws.receive_json()
+        _post(client, "notify", {"user": "fay", "notification": {}})
+        ws.receive_json()
+        stats = client.get("/api/stats", headers=AUTH).json()
+    assert stats["connections"] == 1 and stats["channels"] == 1
+    assert stats["connections_total"] == 1
+    assert stats["publications"] == 1 and stats["deliveries"] == 1
+    assert {"node", "dropped", "slow_consumer_closes"} <= stats.keys()
+
+
+# -- body errors ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"{not json", b"[]", b'{"channel": 1, "data": 2}', b'{"data": 1}', b'{"channel": "a"}'],
+)
+def test_bad_json_or_fields_is_400(client: TestClient, content: bytes) -> None:
+    """Invalid JSON, a wrong type or a missing field is 400 ``{code, reason}``."""
+    response = client.post("/api/publish", content=content, headers=AUTH)
+    assert response.status_code == 400
+    assert response.json()["code"] == 400 and response.json()["reason"]
+
+
+def test_unknown_namespace_is_404(client: TestClient) -> None:
+    """Publishing into an unconfigured namespace is 404."""
+    response = _post(client, "publish", {"channel": "nope:x", "data": 1})
+    assert response.status_code == 404
+
+
+def test_schema_failure_is_422(client: TestClient) -> None:
+    """Data that fails the namespace's schema is 422."""
+    response = _post(client, "publish", {"channel": "chat:r", "data": {"text": ""}})
+    assert response.status_code == 422
+    assert response.json()["code"] == 422
+
+
+def test_body_over_the_limit_is_413(client: TestClient) -> None:
+    """A body over ``max_body`` is 413, declared or streamed."""
+    big = {"channel": "plain", "data": "x" * 2000}
+    assert _post(client, "publish", big).status_code == 413
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"channel": "plain", "data": "'
+        for _ in range(20):
+            yield b"x" * 100
+        yield b'"}'
+
+    response = client.post("/api/publish", content=chunks(), headers=AUTH)
+    assert response.status_code == 413
+    assert response.json()["code"] == 413
+
+
+def test_broker_failure_is_503(
+    client: TestClient, hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broker that cannot be reached is 503."""
+
+    async def down(*args: Any, **kwargs: Any) -> Any:
+        raise BrokerUnavailable("broker down")
+
+    monkeypatch.setattr(hub.broker, "publish", down)
+    response = _post(client, "publish", {"channel": "plain", "data": 1})
+    assert response.status_code == 503
+    assert response.json() == {"code": 503, "reason": "broker down"}
+
+
+def test_stopped_hub_is_503(hub: Hub) -> None:
+    """A hub that is not running answers 503."""
+    app = Starlette(routes=[Mount("/api", app=HubAPI(hub, keys=[KEY]))])
+    with TestClient(app, backend="asyncio") as client:
+        response = client.get("/api/stats", headers=AUTH)
+    assert response.status_code == 503
+
+
+def test_mounted_hubapi_under_a_prefix(hub: Hub) -> None:
+    """``HubAPI`` works on its own under a mount, with the hub run by the parent lifespan."""
+    app = Starlette(routes=[Mount("/x/api", app=HubAPI(hub, keys=[KEY]))], lifespan=hub.lifespan)
+    with TestClient(app, backend="asyncio") as client:
+        response = client.post(
+            "/x/api/publish", json={"channel": "room:m", "data": 1}, headers=AUTH
+        )
+        assert response.status_code == 200 and response.json()["offset"] == 1
+        assert client.get("/x/api/nope", headers=AUTH).status_code == 404
+
+
+# -- through uvicorn --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """``hubbub serve --api-key`` (the demo hub), a second key from ``HUBBUB_API_KEY``."""
+    argv = ["-m", "hubbub", "serve", "--port", "{port}", "--api-key", KEY]
+    with run_server(argv, tmp_path_factory.mktemp("api"), env={"HUBBUB_API_KEY": OLD_KEY}) as s:
+        yield s
+
+
+def _call(server: Server, path: str, body: bytes | None = None, key: str = KEY) -> tuple[int, Any]:
+    request = urllib.request.Request(server.url + path, data=body)
+    request.add_header("Authorization", f"apikey {key}")
+    if body is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_uvicorn_publish_and_keys(server: Server) -> None:
+    """Through uvicorn: both keys (flag and environment) work, a wrong one is 401."""
+    status, body = _call(server, "/api/publish", b'{"channel": "chat:api", "data": {"text": "hi"}}')
+    assert status == 200 and body["offset"] >= 1
+    status, body = _call(server, "/api/stats", key=OLD_KEY)
+    assert status == 200 and body["publications"] >= 1
+    assert _call(server, "/api/stats", key="wrong")[0] == 401
+
+
+def test_uvicorn_body_over_the_limit_is_413(server: Server) -> None:
+    """Through uvicorn: a body over 64 KiB is refused 413."""
+    big = b'{"channel": "plain", "data": "' + b"x" * (70 * 1024) + b'"}'
+    status, body = _call(server, "/api/publish", big)
+    assert status == 413 and body["code"] == 413
+
+
+def test_uvicorn_notify_reaches_a_websocket(server: Server) -> None:
+    """Through uvicorn: ``notify`` lands on the personal channel's history."""
+    user = demo_user_id("Gus")
+    payload = {"user": user, "notification": {"title": "t"}}
+    status, body = _call(server, "/api/notify", json.dumps(payload).encode())
+    assert status == 200
+    status, page = _call(server, f"/api/history?channel=%23{user}")
+    assert status == 200 and page["offset"] == body["offset"]
+    assert page["publications"][-1]["data"]["title"] == "t"
+
+
+def test_serve_without_api_key_turns_the_api_off(tmp_path: Path) -> None:
+    """``hubbub serve`` without any key answers 404 under ``/api/``."""
+    with run_server(["-m", "hubbub", "serve", "--port", "{port}"], tmp_path) as plain:
+        assert _call(plain, "/api/stats")[0] == 404
+
+
+# -- hubbub serve flags -----------------------------------------------------------------------
+
+
+def test_serve_api_key_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--api-key`` is repeatable and adds to ``HUBBUB_API_KEY`` (comma-separated)."""
+    from hubbub.cli import _build_app, _parser
+
+    monkeypatch.setenv("HUBBUB_API_KEY", "env-1, env-2")
+    args = _parser().parse_args(["serve", "--api-key", "flag-1"])
+    assert args.api_key == ["env-1", "env-2", "flag-1"]
+    app = _build_app(args)
+    assert isinstance(app, HubApp) and app.api.enabled
+
+
+def test_serve_refuses_a_bad_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key with a space stops ``hubbub serve`` with a message naming the flag."""
+    from hubbub.cli import _build_app, _parser
+
+    monkeypatch.delenv("HUBBUB_API_KEY", raising=False)
+    with pytest.raises(SystemExit, match="--api-key"):
+        _build_app(_parser().parse_args(["serve", "--api-key", "bad key"]))
