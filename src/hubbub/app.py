@@ -9,6 +9,7 @@ lifespan itself.
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Iterable
 from functools import cache
 from importlib import resources
@@ -64,11 +65,15 @@ class HubApp:
         demo: bool = False,
         api_keys: Iterable[str] | None = None,
         api_max_body: int = DEFAULT_MAX_BODY,
+        metrics_key: str | None = None,
     ) -> None:
         if not isinstance(hub, Hub):
             raise TypeError("HubApp needs a hubbub.Hub")
+        if metrics_key is not None and (not isinstance(metrics_key, str) or not metrics_key):
+            raise ValueError("metrics_key must be a non-empty string or None")
         self.hub = hub
         self.demo = demo
+        self.metrics_key = metrics_key
         self.api = HubAPI(hub, keys=api_keys if api_keys is not None else (), max_body=api_max_body)
 
     async def __call__(self, scope: Scope, receive: Receive, send: SendCallable) -> None:
@@ -96,6 +101,8 @@ class HubApp:
                 (200, b'{"status":"ready"}') if ready else (503, b'{"status":"unavailable"}')
             )
             await _respond(send, status, body, b"application/json")
+        elif path == "/metrics" and method in ("GET", "HEAD"):
+            await self._metrics(scope, send)
         elif path == "/" and self.demo and method in ("GET", "HEAD"):
             await _respond(send, 200, _static("demo.html"), b"text/html; charset=utf-8")
         elif path == "/demo/notify" and self.demo and method == "POST":
@@ -119,6 +126,22 @@ class HubApp:
                 msgspec.json.encode({"code": 404, "reason": "not found"}),
                 b"application/json",
             )
+
+    async def _metrics(self, scope: Scope, send: SendCallable) -> None:
+        """Prometheus text; open unless ``metrics_key`` asks for ``Authorization: apikey``."""
+        if self.metrics_key is not None:
+            given = b""
+            for name, value in scope.get("headers") or ():
+                if name.lower() == b"authorization":
+                    given = value
+            expected = b"apikey " + self.metrics_key.encode()
+            if not hmac.compare_digest(given, expected):
+                body = msgspec.json.encode({"code": 401, "reason": "metrics need an API key"})
+                await _respond(send, 401, body, b"application/json")
+                return
+        from .metrics import render
+
+        await _respond(send, 200, render(self.hub), b"text/plain; version=0.0.4; charset=utf-8")
 
     async def _lifespan(self, receive: Receive, send: SendCallable) -> None:
         message = await receive()

@@ -97,6 +97,9 @@ class HubStats:
     deliveries: int = 0
     dropped: int = 0
     slow_consumer_closes: int = 0
+    recovered: int = 0
+    not_recovered: int = 0
+    gaps_repaired: int = 0
 
 
 class _Channel:
@@ -608,6 +611,10 @@ class Hub:
         """Open connections on this node."""
         return len(self._connections)
 
+    def queued_messages(self) -> int:
+        """Messages waiting in this node's send queues (a slow-consumer signal)."""
+        return sum(connection.queued for connection in self._connections)
+
     # -- connections -------------------------------------------------------------------------
 
     async def _authenticate(self, scope: Any) -> Identity:
@@ -827,6 +834,11 @@ class Hub:
                 self._release_if_unused(channel, entry)
                 return
             joined = join_stream(page, top, buffered, recover=command.recover, last=last)
+            if joined.recovered is not None:
+                if joined.recovered:
+                    self.stats.recovered += 1
+                else:
+                    self.stats.not_recovered += 1
             # From here to the end of the delivery nothing awaits: no publication can
             # fall between the merge and the attach.
             self._attach(connection, channel, namespace, entry)
@@ -1169,6 +1181,7 @@ class Hub:
                     entry.held.append(publication)  # still a hole before it: read again
             if not entry.held:
                 entry.held = None
+                self.stats.gaps_repaired += 1
                 logger.info("repaired a gap in %r from history", channel)
                 return
         self._give_up(channel, entry, "the gap did not close")
