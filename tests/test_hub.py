@@ -8,14 +8,11 @@ both event loops without a server or a socket.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping, MutableMapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 from typing import Any
 
 import anyio
 import pytest
-from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from hubbub import (
     Hub,
@@ -28,129 +25,9 @@ from hubbub import (
     UnknownNamespace,
 )
 
+from .asgi_driver import TIMEOUT, Clients, Event, MemoryWebSocket, serving
+
 pytestmark = pytest.mark.anyio
-
-TIMEOUT = 5.0
-Event = MutableMapping[str, Any]
-
-
-class MemoryWebSocket:
-    """One in-memory WebSocket client of an ASGI app (the test's side of the streams)."""
-
-    def __init__(
-        self, to_app: MemoryObjectSendStream[Event], from_app: MemoryObjectReceiveStream[Event]
-    ) -> None:
-        self.to_app = to_app
-        self.from_app = from_app
-
-    async def receive(self) -> Event:
-        """The next ASGI event the app sent, within the test deadline."""
-        with anyio.fail_after(TIMEOUT):
-            return await self.from_app.receive()
-
-    async def receive_json(self) -> dict[str, Any]:
-        """The next ``websocket.send`` text frame, decoded."""
-        event = await self.receive()
-        assert event["type"] == "websocket.send", event
-        message: dict[str, Any] = json.loads(event["text"])
-        return message
-
-    async def send_json(self, message: Mapping[str, Any]) -> None:
-        """Send one text frame to the app."""
-        await self.to_app.send({"type": "websocket.receive", "text": json.dumps(message)})
-
-    async def command(self, message: Mapping[str, Any]) -> dict[str, Any]:
-        """Send a command and return the next frame (its reply, in these quiet tests)."""
-        await self.send_json(message)
-        return await self.receive_json()
-
-    async def subscribe(self, channel: str, id: int = 1) -> None:
-        """Subscribe to ``channel`` and check the reply."""
-        reply = await self.command({"type": "subscribe", "channel": channel, "id": id})
-        assert reply["type"] == "subscribed" and reply["channel"] == channel, reply
-
-    async def receive_close(self) -> tuple[dict[str, Any], int]:
-        """The ``disconnect`` message and the close code that follows it."""
-        goodbye = await self.receive_json()
-        assert goodbye["type"] == "disconnect", goodbye
-        close = await self.receive()
-        assert close["type"] == "websocket.close", close
-        return goodbye, int(close["code"])
-
-    async def read_until_closed(self) -> list[Event]:
-        """Every event until the app returns (the app-side stream ends)."""
-        with anyio.fail_after(TIMEOUT):
-            return [event async for event in self.from_app]
-
-    def leave(self) -> None:
-        """The client goes away: the app gets ``websocket.disconnect`` and sends fail."""
-        try:
-            self.to_app.send_nowait({"type": "websocket.disconnect", "code": 1000})
-        except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
-            pass
-        self.to_app.close()
-        self.from_app.close()
-
-
-class Clients:
-    """Opens in-memory WebSocket clients of one ``HubApp`` inside a task group."""
-
-    def __init__(self, tg: TaskGroup, app: HubApp) -> None:
-        self.tg = tg
-        self.app = app
-        self.opened: list[MemoryWebSocket] = []
-
-    async def open(self, *, query: bytes = b"") -> MemoryWebSocket:
-        """Connect a client and return it after reading nothing (``welcome`` is next)."""
-        to_app, app_receive = anyio.create_memory_object_stream[Event](16)
-        # No buffer on the app's side: a client that stops reading blocks the
-        # app's send, exactly as a frozen TCP peer eventually does.
-        app_send, from_app = anyio.create_memory_object_stream[Event](0)
-        scope = {
-            "type": "websocket",
-            "asgi": {"version": "3.0", "spec_version": "2.4"},
-            "scheme": "ws",
-            "path": "/ws",
-            "raw_path": b"/ws",
-            "root_path": "",
-            "query_string": query,
-            "headers": [(b"host", b"testserver")],
-            "subprotocols": [],
-            "client": ("127.0.0.1", 50000 + len(self.opened)),
-            "server": ("127.0.0.1", 8000),
-            "extensions": {"websocket.http.response": {}},
-        }
-
-        async def run() -> None:
-            async with app_send, app_receive:
-                await self.app(scope, app_receive.receive, app_send.send)
-
-        self.tg.start_soon(run)
-        await to_app.send({"type": "websocket.connect"})
-        ws = MemoryWebSocket(to_app, from_app)
-        self.opened.append(ws)
-        return ws
-
-    async def connect(self, *, query: bytes = b"") -> tuple[MemoryWebSocket, dict[str, Any]]:
-        """Connect a client, check the ``accept`` and return it with its ``welcome``."""
-        ws = await self.open(query=query)
-        accept = await ws.receive()
-        assert accept["type"] == "websocket.accept", accept
-        welcome = await ws.receive_json()
-        assert welcome["type"] == "welcome", welcome
-        return ws, welcome
-
-
-@asynccontextmanager
-async def serving(hub: Hub) -> AsyncIterator[Clients]:
-    """Run ``hub`` and yield a client factory; every client leaves before the hub stops."""
-    async with hub, anyio.create_task_group() as tg:
-        clients = Clients(tg, HubApp(hub))
-        try:
-            yield clients
-        finally:
-            for ws in clients.opened:
-                ws.leave()
 
 
 async def wait_until(predicate: Any) -> None:

@@ -12,26 +12,23 @@ that take a round trip (``RoundTripBroker``), and delivery to the hub after
 
 from __future__ import annotations
 
-import json
 import random
-from collections.abc import AsyncIterator, Mapping, MutableMapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import pytest
-from anyio.abc import TaskGroup
 from anyio.lowlevel import checkpoint
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from hubbub import Hub, HubApp, Identity, Limits, MemoryBroker, Namespace, Notification
+from hubbub import Hub, Identity, Limits, MemoryBroker, Namespace, Notification
 from hubbub._recovery import join_stream
 from hubbub.brokers import HistoryOptions, HistoryPage, Idempotency, Publication
 from hubbub.messages import Position
 
+from .asgi_driver import Clients, MemoryWebSocket, serving
 from .broker_contract import ManualClock
 
 # --------------------------------------------------------------------------- join_stream
@@ -272,112 +269,6 @@ class RoundTripBroker(MemoryBroker):
         return result
 
 
-class MemoryWebSocket:
-    """One in-memory WebSocket client of an ASGI app (the test's side of the streams)."""
-
-    def __init__(
-        self, to_app: MemoryObjectSendStream[Event], from_app: MemoryObjectReceiveStream[Event]
-    ) -> None:
-        self.to_app = to_app
-        self.from_app = from_app
-
-    async def receive_json(self) -> dict[str, Any]:
-        """The next ``websocket.send`` text frame, decoded, within the test deadline."""
-        with anyio.fail_after(WAIT):
-            event = await self.from_app.receive()
-        assert event["type"] == "websocket.send", event
-        message: dict[str, Any] = json.loads(event["text"])
-        return message
-
-    async def command(self, message: Mapping[str, Any]) -> dict[str, Any]:
-        """Send a command and return the next frame (its reply, when nothing else is due)."""
-        await self.to_app.send({"type": "websocket.receive", "text": json.dumps(message)})
-        return await self.receive_json()
-
-    def leave(self) -> None:
-        """The client goes away: the app gets ``websocket.disconnect``."""
-        try:
-            self.to_app.send_nowait({"type": "websocket.disconnect", "code": 1000})
-        except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
-            pass
-        self.to_app.close()
-        self.from_app.close()
-
-
-class Clients:
-    """Opens in-memory WebSocket clients of one ``HubApp`` inside a task group."""
-
-    def __init__(self, tg: TaskGroup, app: HubApp) -> None:
-        self.tg = tg
-        self.app = app
-        self.opened: list[MemoryWebSocket] = []
-        self.welcomes: list[dict[str, Any]] = []
-        self.app_sides: list[
-            tuple[MemoryObjectSendStream[Event], MemoryObjectReceiveStream[Event]]
-        ] = []
-
-    async def connect(self) -> MemoryWebSocket:
-        """Connect a client; return it once its ``welcome`` was read."""
-        to_app, app_receive = anyio.create_memory_object_stream[Event](16)
-        app_send, from_app = anyio.create_memory_object_stream[Event](0)
-        ws = MemoryWebSocket(to_app, from_app)
-        self.opened.append(ws)
-        self.app_sides.append((app_send, app_receive))
-        scope = {
-            "type": "websocket",
-            "asgi": {"version": "3.0", "spec_version": "2.4"},
-            "scheme": "ws",
-            "path": "/ws",
-            "raw_path": b"/ws",
-            "root_path": "",
-            "query_string": b"",
-            "headers": [(b"host", b"testserver")],
-            "subprotocols": [],
-            "client": ("127.0.0.1", 50000 + len(self.opened)),
-            "server": ("127.0.0.1", 8000),
-            "extensions": {"websocket.http.response": {}},
-        }
-
-        async def run() -> None:
-            async with app_send, app_receive:
-                await self.app(scope, app_receive.receive, app_send.send)
-
-        self.tg.start_soon(run)
-        await to_app.send({"type": "websocket.connect"})
-        with anyio.fail_after(WAIT):
-            accept = await from_app.receive()
-        assert accept["type"] == "websocket.accept", accept
-        welcome = await ws.receive_json()
-        assert welcome["type"] == "welcome", welcome
-        self.welcomes.append(welcome)
-        return ws
-
-    def close_all(self) -> None:
-        """Close every stream, including those of apps that never ran (a failed test)."""
-        for ws in self.opened:
-            ws.leave()
-        for app_send, app_receive in self.app_sides:
-            app_send.close()
-            app_receive.close()
-
-
-@asynccontextmanager
-async def serving(hub: Hub) -> AsyncIterator[Clients]:
-    """Run ``hub`` and yield a client factory; every client leaves before the hub stops."""
-    clients: Clients | None = None
-    try:
-        async with hub, anyio.create_task_group() as tg:
-            clients = Clients(tg, HubApp(hub))
-            try:
-                yield clients
-            finally:
-                for ws in clients.opened:
-                    ws.leave()
-    finally:
-        if clients is not None:
-            clients.close_all()
-
-
 def make_hub(broker: MemoryBroker, history_size: int = 4_096) -> Hub:
     """An anonymous hub with namespace ``h`` (history) and ``nh`` (no history)."""
     return Hub(
@@ -426,7 +317,7 @@ async def test_channel_without_history_answers_recover_with_not_recovered(
 ) -> None:
     """Recovering a channel without history: ``recovered: false``, no position; live goes on."""
     async with serving(make_hub(MemoryBroker())) as clients:
-        ws = await clients.connect()
+        ws, _ = await clients.connect()
         reply = await ws.command(subscribe("nh:x", at(3, "whatever")))
         assert reply["type"] == "subscribed" and reply["recovered"] is False, reply
         assert reply["publications"] == []
@@ -443,7 +334,7 @@ async def test_recover_with_pruned_history_is_not_recovered(anyio_backend: str) 
         hub = clients.app.hub
         positions = [await hub.publish("h:c", n) for n in range(10)]
         epoch = positions[0].epoch if positions[0] else ""
-        ws = await clients.connect()
+        ws, _ = await clients.connect()
         reply = await ws.command(subscribe("h:c", at(2, epoch)))
         assert reply["recovered"] is False and reply["publications"] == []
         assert (reply["offset"], reply["epoch"]) == (10, epoch)
@@ -458,7 +349,7 @@ async def test_recover_with_kept_history_is_recovered(anyio_backend: str) -> Non
         hub = clients.app.hub
         positions = [await hub.publish("h:c", n) for n in range(10)]
         epoch = positions[0].epoch if positions[0] else ""
-        ws = await clients.connect()
+        ws, _ = await clients.connect()
         reply = await ws.command(subscribe("h:c", at(5, epoch)))
         assert reply["recovered"] is True
         assert [m["offset"] for m in reply["publications"]] == [6, 7, 8, 9, 10]
@@ -474,7 +365,7 @@ async def test_recover_from_a_foreign_epoch_is_not_recovered(anyio_backend: str)
         hub = clients.app.hub
         position = await hub.publish("h:c", 1)
         assert position is not None
-        ws = await clients.connect()
+        ws, _ = await clients.connect()
         reply = await ws.command(subscribe("h:c", at(0, "gone")))
         assert reply["recovered"] is False and reply["publications"] == []
         assert (reply["offset"], reply["epoch"]) == (1, position.epoch)
@@ -488,7 +379,7 @@ async def test_recover_after_the_stream_expired(anyio_backend: str) -> None:
         old = await hub.publish("h:c", 1)
         assert old is not None
         await clock.advance(3601.0)
-        ws = await clients.connect()
+        ws, _ = await clients.connect()
         reply = await ws.command(subscribe("h:c", old))
         assert reply["recovered"] is False and reply["publications"] == []
         assert reply["offset"] == 0 and reply["epoch"] != old.epoch
@@ -506,14 +397,14 @@ async def test_personal_channel_recovers_missed_notifications(anyio_backend: str
     """A user back online recovers the notifications it missed on its personal channel."""
     hub = Hub(authenticator=as_u1, limits=LIMITS)
     async with serving(hub) as clients:
-        ws = await clients.connect()
+        ws, _ = await clients.connect()
         [personal] = clients.welcomes[-1]["subscribed"]
         assert personal["channel"] == "#u1" and personal["offset"] == 0, personal
         seen = at(personal["offset"], personal["epoch"])
         ws.leave()
         for n in range(3):
             await hub.notify("u1", Notification(title=f"n{n}"))
-        ws = await clients.connect()
+        ws, _ = await clients.connect()
         [personal] = clients.welcomes[-1]["subscribed"]
         assert (personal["offset"], personal["epoch"]) == (3, seen.epoch)
         reply = await ws.command(subscribe("#u1", seen))
@@ -560,7 +451,7 @@ async def join_amid_burst(clients: Clients, mode: str, *, keep_one: bool) -> int
     total = 300
     progress = Progress()
     hub = clients.app.hub
-    first = await clients.connect()
+    first, _ = await clients.connect()
     epoch = (await first.command(subscribe("h:burst")))["epoch"]
     if not keep_one:
         first.leave()
@@ -580,7 +471,7 @@ async def join_amid_burst(clients: Clients, mode: str, *, keep_one: bool) -> int
         if keep_one:
             tg.start_soon(early_subscriber)
         await progress.reached(100)
-        ws = await clients.connect()
+        ws, _ = await clients.connect()
         extra: dict[str, Any] = {"history": 5} if mode == "history" else {}
         recover = at(0, epoch) if mode == "recover" else None
         reply = await ws.command(subscribe("h:burst", recover, **extra))
@@ -677,7 +568,7 @@ async def run_schedule(seed: int, kind: str) -> tuple[list[Follower], int]:
             background.start_soon(broker.reader)
         hub = clients.app.hub
         # Follower 0 subscribes first, before any publication: offset 0 of the epoch.
-        first = await clients.connect()
+        first, _ = await clients.connect()
         reply = await first.command(subscribe(CHANNEL))
         assert (reply["offset"], reply.get("recovered")) == (0, None), reply
         epoch: str = reply["epoch"]
@@ -696,7 +587,7 @@ async def run_schedule(seed: int, kind: str) -> tuple[list[Follower], int]:
                 await checkpoints(delays[p][n])
 
         async def client_publisher(p: int) -> None:
-            ws = await clients.connect()
+            ws, _ = await clients.connect()
             for n in range(PER_PUBLISHER):
                 command = {"type": "publish", "channel": CHANNEL, "data": {"p": p, "n": n}}
                 ack = await ws.command({**command, "id": n + 1})
@@ -727,7 +618,7 @@ async def run_schedule(seed: int, kind: str) -> tuple[list[Follower], int]:
             plan = list(follower.reconnect_after)
             for _ in range(len(plan) + 1):  # one connection, plus one per reconnect
                 if ws is None:
-                    ws = await clients.connect()
+                    ws, _ = await clients.connect()
                     follower.connections += 1
                     reply = await ws.command(subscribe(CHANNEL, at(last, epoch)))
                     assert reply["type"] == "subscribed" and reply["recovered"] is True, reply

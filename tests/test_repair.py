@@ -16,7 +16,7 @@ from hubbub.brokers import (
     PublicationHandler,
 )
 
-from .test_recovery import serving
+from .asgi_driver import serving
 
 pytestmark = pytest.mark.anyio
 
@@ -64,8 +64,8 @@ async def test_a_hole_is_filled_from_history_in_order() -> None:
     broker = LossyBroker()
     hub = Hub(broker=broker, anonymous=True, namespaces=[Namespace(name="h", history_size=50)])
     async with serving(hub) as clients:
-        a = await clients.connect()
-        b = await clients.connect()
+        a, _ = await clients.connect()
+        b, _ = await clients.connect()
         for ws in (a, b):
             assert (await ws.command({"type": "subscribe", "channel": "h:x", "id": 1}))[
                 "type"
@@ -82,7 +82,7 @@ async def test_reported_loss_is_repaired_without_a_newer_publication() -> None:
     broker = LossyBroker()
     hub = Hub(broker=broker, anonymous=True, namespaces=[Namespace(name="h", history_size=50)])
     async with serving(hub) as clients:
-        a = await clients.connect()
+        a, _ = await clients.connect()
         await a.command({"type": "subscribe", "channel": "h:x", "id": 1})
         await hub.publish("h:x", 0)
         assert await offsets(a, 1) == [1]
@@ -98,7 +98,7 @@ async def test_a_hole_history_no_longer_covers_closes_1013() -> None:
     broker = LossyBroker()
     hub = Hub(broker=broker, anonymous=True, namespaces=[Namespace(name="h", history_size=2)])
     async with serving(hub) as clients:
-        a = await clients.connect()
+        a, _ = await clients.connect()
         await a.command({"type": "subscribe", "channel": "h:x", "id": 1})
         await hub.publish("h:x", 0)
         assert await offsets(a, 1) == [1]
