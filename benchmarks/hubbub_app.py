@@ -10,9 +10,10 @@ defaults; the tutorial hub has no limit at all). Served by run.py as::
     python -m hubbub serve hubbub_app:hub   # with benchmarks/ as the working directory
 
 The broker comes from the ``HUBBUB_BENCH_BROKER`` environment variable, a URL
-as ``hubbub serve --broker`` takes it (``memory://``, the default, or
-``redis://127.0.0.1:PORT/0``): run.py sets it for the ``hubbub-redis`` server,
-so that variant is this same hub publishing through Redis.
+as ``hubbub serve --broker`` takes it (``memory://``, the default,
+``redis://127.0.0.1:PORT/0`` or ``postgresql://…``): run.py sets it for the
+``hubbub-redis`` and ``hubbub-postgres`` servers, so those variants are this
+same hub publishing through Redis or PostgreSQL.
 """
 
 from __future__ import annotations

@@ -281,7 +281,7 @@ class SocketIOAdapter(Adapter):
 
 
 def adapter_for(name: str) -> Adapter:
-    if name in ("hubbub", "hubbub-redis"):  # the same protocol; the broker is server-side
+    if name in ("hubbub", "hubbub-redis", "hubbub-postgres"):  # one protocol; broker server-side
         return HubbubAdapter()
     if name == "hubbub-batch":
         return HubbubAdapter(batch=True)

@@ -55,11 +55,13 @@ TICK = os.sysconf("SC_CLK_TCK")
 BASELINE = "tutorial"
 HUBBUB = "hubbub"
 HUBBUB_REDIS = "hubbub-redis"
-HUBBUB_VARIANTS = ("hubbub", "hubbub-batch", "hubbub-msgpack", HUBBUB_REDIS)
+HUBBUB_POSTGRES = "hubbub-postgres"
+HUBBUB_VARIANTS = ("hubbub", "hubbub-batch", "hubbub-msgpack", HUBBUB_REDIS, HUBBUB_POSTGRES)
 PEERS = ("tutorial", "socketio", "broadcaster", "websockets")
 SERVERS = (*HUBBUB_VARIANTS, *PEERS)
-DEFAULT_SERVERS = tuple(s for s in SERVERS if s != HUBBUB_REDIS)
-"""Without ``--redis`` no redis-server is needed: hubbub-redis runs only when asked for."""
+DEFAULT_SERVERS = tuple(s for s in SERVERS if s not in (HUBBUB_REDIS, HUBBUB_POSTGRES))
+"""Without ``--redis`` no redis-server is needed: hubbub-redis runs only when asked for
+(and hubbub-postgres, which starts its own PostgreSQL cluster, only when named)."""
 SCENARIOS = ("fanout", "idle", "rtt", "frozen")
 PEER_MODULES = {
     "tutorial": "tutorial_hub",
@@ -141,16 +143,29 @@ def free_port() -> int:
 class Server:
     """One server subprocess; stopped by its own PID only."""
 
-    def __init__(self, name: str, ws: str, log_dir: Path, redis: RedisServer | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        ws: str,
+        log_dir: Path,
+        redis: RedisServer | None = None,
+        postgres: PostgresServer | None = None,
+    ) -> None:
         self.name = name
         # hubbub-redis: the same hub on the Redis broker; Redis's own CPU is read apart.
         self.redis = redis if name == HUBBUB_REDIS else None
+        # hubbub-postgres: the same on the PostgreSQL broker; the cluster's CPU apart.
+        self.postgres = postgres if name == HUBBUB_POSTGRES else None
         env = dict(os.environ)
         env.pop("HUBBUB_BENCH_BROKER", None)
         if name == HUBBUB_REDIS:
             if redis is None:
                 raise RuntimeError("hubbub-redis needs the run's redis-server")
             env["HUBBUB_BENCH_BROKER"] = redis.url
+        if name == HUBBUB_POSTGRES:
+            if postgres is None:
+                raise RuntimeError("hubbub-postgres needs the run's PostgreSQL")
+            env["HUBBUB_BENCH_BROKER"] = postgres.url
         self.port = free_port()
         self.log_path = log_dir / f"{name}-{self.port}.log"
         py = sys.executable
@@ -214,8 +229,15 @@ class Server:
         return sum(cpu_seconds(pid) for pid in self.pids)
 
     def redis_cpu(self) -> float:
-        """CPU of the run's redis-server (a separate process), 0 for servers without it."""
+        """CPU of the broker's backend: the run's redis-server or PostgreSQL cluster (separate
+        processes), 0 for servers without one."""
+        if self.postgres is not None:
+            return self.postgres.cpu()
         return cpu_seconds(self.redis.pid) if self.redis is not None else 0.0
+
+    @property
+    def has_backend(self) -> bool:
+        return self.redis is not None or self.postgres is not None
 
     def rss(self) -> int:
         return sum(rss_kib(pid) for pid in self.pids)
@@ -307,6 +329,88 @@ class RedisServer:
                 self.proc.kill()
                 self.proc.wait(5)
         self._log.close()
+
+
+class PostgresServer:
+    """The run's own PostgreSQL cluster (``initdb`` in the run's temporary directory, a free
+    127.0.0.1 port, fsync off), stopped by its PID. As root it runs as ``nobody``
+    (PostgreSQL refuses root), like ``tests/pg_server.py``."""
+
+    def __init__(self, directory: Path) -> None:
+        import glob
+        import pwd
+
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"), reverse=True)
+        on_path = shutil.which("postgres")
+        binary = Path(found[0] if found else on_path or "")
+        if not binary.name or not (binary.parent / "initdb").exists():
+            raise RuntimeError("hubbub-postgres needs PostgreSQL (apt-get install postgresql)")
+        self.port = free_port()
+        home = Path(tempfile.mkdtemp(prefix="pg-", dir="/tmp"))
+        self.home = home
+        run_as: dict[str, Any] = {}
+        if os.geteuid() == 0:
+            user = pwd.getpwnam("nobody")
+            run_as = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+            os.chown(home, user.pw_uid, user.pw_gid)
+        data = home / "data"
+        initdb = [str(binary.parent / "initdb"), "-D", str(data), "-U", "postgres"]
+        initdb += ["--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C"]
+        subprocess.run(initdb, check=True, capture_output=True, timeout=120, cwd=home, **run_as)
+        self.argv = [str(binary), "-D", str(data), "-p", str(self.port)]
+        for setting in (
+            "listen_addresses=127.0.0.1",
+            "unix_socket_directories=",
+            "fsync=off",
+            "synchronous_commit=off",
+            "full_page_writes=off",
+        ):
+            self.argv += ["-c", setting]
+        self.version = subprocess.run(
+            [str(binary), "--version"], capture_output=True, text=True, timeout=5, check=False
+        ).stdout.strip()
+        self.log_path = directory / f"postgres-{self.port}.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=self._log,
+            cwd=home,
+            **run_as,
+        )
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def cpu(self) -> float:
+        """The postmaster's CPU and its backends' (the hub's connections are its children)."""
+        pids = [self.proc.pid, *descendants(self.proc.pid)]
+        return sum(cpu_seconds(pid) for pid in pids)
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"postgres exited early: {self.log_path.read_text()}")
+            with contextlib.suppress(OSError):
+                if b"ready to accept" in self.log_path.read_bytes():
+                    return
+            time.sleep(0.05)
+        raise RuntimeError(f"postgres did not start within {timeout} s")
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGINT) by its own PID, SIGKILL after 15 s; the cluster is deleted."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+        shutil.rmtree(self.home, ignore_errors=True)
 
 
 # -- one measurement ------------------------------------------------------------------------
@@ -403,7 +507,7 @@ async def run_phase(
         "wall_s": wall,
         "stalled": stalled,
         "server_cpu_s": after.server - before.server,
-        "redis_cpu_s": after.redis - before.redis if server.redis is not None else None,
+        "redis_cpu_s": after.redis - before.redis if server.has_backend else None,
         "client_cpu_s": after.clients - before.clients,
         "host_busy_cores": host_busy / wall if wall > 0 else None,
         "progress_deliveries": sum(progress) - base,
@@ -458,7 +562,13 @@ async def measure(
     name: str, n: int, cfg: argparse.Namespace, log_dir: Path, scenario: str
 ) -> dict[str, Any]:
     """Fresh server, publisher, N subscribers; RSS; then the scenario's phases."""
-    server = Server(name, cfg.ws, log_dir, getattr(cfg, "redis_server", None))
+    server = Server(
+        name,
+        cfg.ws,
+        log_dir,
+        getattr(cfg, "redis_server", None),
+        getattr(cfg, "postgres_server", None),
+    )
     ctx = mp.get_context("spawn")
     workers: list[Any] = []
     pipes: list[Any] = []
@@ -856,18 +966,22 @@ def redis_section(summary: dict[str, Any], note: dict[str, Any]) -> list[str]:
     is added to the server's only in the "with Redis" ratio.
     """
     fan = summary.get("fanout", {})
-    ns = [n for n in sorted(fan, key=int) if HUBBUB_REDIS in fan[n]]
+    brokers = (HUBBUB_REDIS, HUBBUB_POSTGRES)
+    ns = [n for n in sorted(fan, key=int) if any(b in fan[n] for b in brokers)]
     if not ns:
         return []
     lines = [
         "",
-        "## Publish through Redis (hubbub-redis against hubbub)",
+        "## Publish through Redis or PostgreSQL (hubbub-redis, hubbub-postgres against hubbub)",
         "",
         f"The same hub on the Redis broker (`{note.get('redis') or 'redis-server'}`, its "
         "own process on a free 127.0.0.1 port, no persistence, one for the whole run). "
         "Server µs: the hub process only. Redis µs: redis-server's own CPU over the same "
         "phase ÷ the same deliveries. Ratios: hubbub-redis ÷ hubbub, same N, same run, "
-        "then median; QUALITY.md's bar is ≤ 1.25 (server CPU) at N = 1,000.",
+        "then median; QUALITY.md's bar is ≤ 1.25 (server CPU) at N = 1,000. hubbub-postgres: "
+        f"the same on the PostgreSQL broker (`{note.get('postgres') or 'postgres'}`, its own "
+        "cluster, fsync off); its row's Redis µs column is the cluster's CPU (postmaster and "
+        "backends).",
         "",
         "| N | phase | server | server µs / delivery | Redis µs / delivery "
         "| server + Redis µs | p50 / p99 ms | lost | ÷ hubbub (server) | ÷ hubbub (+ Redis) |",
@@ -875,12 +989,12 @@ def redis_section(summary: dict[str, Any], note: dict[str, Any]) -> list[str]:
     ]
     for n in ns:
         for phase, label in ((PHASE_CLOSED, "closed loop"), (PHASE_FIXED, "fixed rate")):
-            for server in (HUBBUB, HUBBUB_REDIS):
+            for server in (HUBBUB, *brokers):
                 row = fan[n].get(server)
                 ph = row.get(f"phase{phase}") if row else None
                 if not ph:
                     continue
-                redis = server == HUBBUB_REDIS
+                redis = server in brokers
                 ratio = _ratio_cell(row, phase, HUBBUB) if redis else "1"
                 total = _ratio_cell(row, phase, HUBBUB, "total_ratio") if redis else "1"
                 lines.append(
@@ -1005,6 +1119,7 @@ def markdown(note: dict[str, Any], cfg: argparse.Namespace, summary: dict[str, A
                     "hubbub-msgpack": "MessagePack",
                     "hubbub-batch": "batching (`?batch=1`)",
                     HUBBUB_REDIS: "Redis broker, server CPU only",
+                    HUBBUB_POSTGRES: "PostgreSQL broker, server CPU only",
                 }[var]
                 lines.append(f"| {var} ({label}) | " + " | ".join(cells) + " |")
     lines += redis_section(summary, note)
@@ -1218,7 +1333,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--servers",
         default=",".join(DEFAULT_SERVERS),
-        help=f"comma-separated, from {', '.join(SERVERS)} (default: all but hubbub-redis)",
+        help=f"comma-separated, from {', '.join(SERVERS)} "
+        "(default: all but hubbub-redis and hubbub-postgres)",
     )
     parser.add_argument(
         "--redis",
@@ -1424,7 +1540,15 @@ def main(argv: list[str]) -> int:
             cfg.redis_server = redis
             note["redis"] = redis.version
             note["redis_argv"] = redis.argv
+        postgres: PostgresServer | None = None
         try:
+            if HUBBUB_POSTGRES in cfg.servers:
+                # One PostgreSQL cluster for the whole run, stopped by its PID below.
+                postgres = PostgresServer(Path(tmp))
+                cfg.postgres_server = postgres
+                note["postgres"] = postgres.version
+                note["postgres_argv"] = postgres.argv
+                postgres.wait_ready()
             if redis is not None:
                 redis.wait_ready()
             results, skipped = run_plan(plan, cfg, Path(tmp), start, run_async)
@@ -1432,6 +1556,9 @@ def main(argv: list[str]) -> int:
             if redis is not None:
                 redis.stop()
                 del cfg.redis_server
+            if postgres is not None:
+                postgres.stop()
+                del cfg.postgres_server
     summary = summarize(results)
     report = markdown(note, cfg, summary)
     if skipped:

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.routing import Mount
@@ -25,12 +26,14 @@ from hubbub import (
     HubAPI,
     HubApp,
     Identity,
+    Limits,
     Namespace,
     Publication,
 )
 from hubbub._connection import query_param
 from hubbub._demo import demo_user_id
 
+from .apps.wsclient import Client, open_client
 from .servers import Server, run_server
 
 KEY = "k-0123456789abcdef"
@@ -366,6 +369,30 @@ def test_control_commands_from_another_node_act_here(client: TestClient, hub: Hu
         assert ws.receive_json() == {"type": "unsubscribed", "channel": "room:n"}
 
 
+def test_a_full_connection_is_skipped_on_every_node() -> None:
+    """At ``max_channels`` a connection is not subscribed: this node answers 429, and a
+    command from another node is skipped (the next message is the reply to a command)."""
+    hub = Hub(
+        anonymous=True,
+        authenticator=_user_from_query,
+        limits=Limits(max_channels=1),
+        namespaces=[Namespace(name="room", history_size=10)],
+    )
+    with TestClient(HubApp(hub, api_keys=[KEY]), backend="asyncio") as client:
+        with client.websocket_connect("/ws?user=ivy") as ws:
+            ws.receive_json()  # welcome
+            ws.send_json({"type": "subscribe", "id": 1, "channel": "room:a"})
+            assert ws.receive_json()["type"] == "subscribed"
+            response = _post(client, "subscribe", {"user": "ivy", "channel": "room:b"})
+            assert response.status_code == 429 and response.json()["code"] == 429
+            # What a control command from another node runs, awaited to its end.
+            assert client.portal is not None
+            client.portal.call(hub._control_subscribe, "ivy", "room:c")
+            assert hub.channels() == {"#ivy": 1, "room:a": 1}
+            ws.send_json({"type": "history", "id": 2, "channel": "room:a"})
+            assert ws.receive_json()["id"] == 2
+
+
 def test_subscribe_user_needs_a_known_namespace(client: TestClient) -> None:
     """Subscribing a user to an unknown namespace is 404; an empty user 400."""
     assert _post(client, "subscribe", {"user": "u", "channel": "nope:x"}).status_code == 404
@@ -530,6 +557,17 @@ def test_mounted_hubapi_under_a_prefix(hub: Hub) -> None:
         assert client.get("/x/api/nope", headers=AUTH).status_code == 404
 
 
+def test_openapi_document_names_where_the_api_is_mounted(hub: Hub) -> None:
+    """The document's server URL is the API's own mount point, under any prefix."""
+    app = Starlette(routes=[Mount("/x/api", app=HubAPI(hub, keys=[KEY]))], lifespan=hub.lifespan)
+    with TestClient(app, backend="asyncio") as client:
+        document = client.get("/x/api/openapi.json").json()
+        assert document["servers"] == [{"url": "/x/api"}]
+        assert "/publish" in document["paths"]
+    with TestClient(HubApp(_hub(), api_keys=[KEY]), root_path="/hub", backend="asyncio") as client:
+        assert client.get("/hub/api/openapi.json").json()["servers"] == [{"url": "/hub/api"}]
+
+
 # -- through uvicorn --------------------------------------------------------------------------
 
 
@@ -607,3 +645,311 @@ def test_serve_refuses_a_bad_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HUBBUB_API_KEY", raising=False)
     with pytest.raises(SystemExit, match="--api-key"):
         _build_app(_parser().parse_args(["serve", "--api-key", "bad key"]))
+
+
+# -- through uvicorn: every endpoint, permissions, the channel limit, history paging ----------
+#
+# ``hubbub serve api_app:app`` (tests/apps/api_app.py): users named by ``?user=``, two
+# channels per connection, a 4 KiB body limit, ``vip:`` only for ``vip-`` users.
+
+ENDPOINTS = [
+    ("POST", "publish"),
+    ("POST", "broadcast"),
+    ("POST", "notify"),
+    ("POST", "disconnect"),
+    ("POST", "subscribe"),
+    ("POST", "unsubscribe"),
+    ("GET", "channels"),
+    ("GET", "presence"),
+    ("GET", "history"),
+    ("GET", "stats"),
+]
+POSTS = [name for method, name in ENDPOINTS if method == "POST"]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """The websockets test client is asyncio-only."""
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def app_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """``hubbub serve api_app:app --api-key KEY`` in a real uvicorn process."""
+    argv = ["-m", "hubbub", "serve", "api_app:app", "--port", "{port}", "--api-key", KEY]
+    with run_server(argv, tmp_path_factory.mktemp("api_app")) as s:
+        yield s
+
+
+@pytest.fixture
+def http(app_server: Server) -> Iterator[httpx.Client]:
+    """An httpx client for the API of ``app_server`` (no key: each test sends its own)."""
+    with httpx.Client(base_url=app_server.url + "/api/", timeout=10) as session:
+        yield session
+
+
+@pytest.mark.parametrize(("method", "endpoint"), ENDPOINTS)
+@pytest.mark.parametrize("authorization", [None, "apikey wrong-key", f"Bearer {KEY}", "apikey"])
+def test_uvicorn_every_endpoint_refuses_a_missing_or_wrong_key(
+    http: httpx.Client, method: str, endpoint: str, authorization: str | None
+) -> None:
+    """Every endpoint answers 401 ``{code, reason}`` with ``WWW-Authenticate`` without the key."""
+    headers = {} if authorization is None else {"Authorization": authorization}
+    body = {"channel": "room:a", "data": 1, "user": "u"} if method == "POST" else None
+    response = http.request(method, endpoint, json=body, headers=headers)
+    assert response.status_code == 401
+    assert response.json()["code"] == 401 and response.json()["reason"]
+    assert response.headers["www-authenticate"] == "apikey"
+
+
+@pytest.mark.parametrize("endpoint", POSTS)
+def test_uvicorn_every_body_over_the_limit_is_413(http: httpx.Client, endpoint: str) -> None:
+    """A body over the app's 4 KiB limit is 413 on every POST endpoint, nothing done."""
+    from .apps.api_app import MAX_BODY
+
+    body = {"channel": "room:big", "user": "u", "data": "x" * MAX_BODY, "channels": ["a"]}
+    response = http.post(endpoint, json=body, headers=AUTH)
+    assert response.status_code == 413
+    assert response.json()["code"] == 413
+    history = http.get("history", params={"channel": "room:big"}, headers=AUTH).json()
+    assert history["publications"] == []
+
+
+@pytest.mark.parametrize("endpoint", POSTS)
+@pytest.mark.parametrize(
+    "content", [b"{not json", b"[]", b"{}", b'{"user": 1, "channel": 2}', b"[" * 100 + b"]" * 100]
+)
+def test_uvicorn_every_malformed_body_is_400(
+    http: httpx.Client, endpoint: str, content: bytes
+) -> None:
+    """Invalid JSON, the wrong shape, missing or mistyped fields, or too deep: 400."""
+    response = http.post(endpoint, content=content, headers=AUTH)
+    assert response.status_code == 400
+    assert response.json()["code"] == 400 and response.json()["reason"]
+
+
+def test_uvicorn_nesting_deeper_than_64_levels_is_400(http: httpx.Client) -> None:
+    """``data`` nested deeper than 64 levels is refused as on the WebSocket."""
+    deep = b'{"channel": "room:deep", "data": ' + b"[" * 65 + b"]" * 65 + b"}"
+    response = http.post("publish", content=deep, headers=AUTH)
+    assert response.status_code == 400 and "64" in response.json()["reason"]
+    fine = b'{"channel": "room:deep", "data": ' + b"[" * 60 + b"]" * 60 + b"}"
+    assert http.post("publish", content=fine, headers=AUTH).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "endpoint", "payload"),
+    [
+        ("POST", "publish", {"channel": "nope:x", "data": 1}),
+        ("POST", "subscribe", {"user": "u", "channel": "nope:x"}),
+        ("GET", "presence", {"channel": "nope:x"}),
+        ("GET", "history", {"channel": "nope:x"}),
+    ],
+)
+def test_uvicorn_unknown_namespace_is_404(
+    http: httpx.Client, method: str, endpoint: str, payload: dict[str, Any]
+) -> None:
+    """A channel in a namespace the hub does not have is 404."""
+    if method == "POST":
+        response = http.post(endpoint, json=payload, headers=AUTH)
+    else:
+        response = http.get(endpoint, params=payload, headers=AUTH)
+    assert response.status_code == 404
+    assert response.json()["code"] == 404
+
+
+def test_uvicorn_schema_failure_is_422_and_whole_floats_are_integers(http: httpx.Client) -> None:
+    """``data`` failing the chat schema is 422; ``4403.0`` reads as the integer 4403."""
+    response = http.post("publish", json={"channel": "chat:r", "data": {"text": ""}}, headers=AUTH)
+    assert response.status_code == 422 and response.json()["code"] == 422
+    body = {"user": "nobody-here", "code": 4403.0, "reason": "x"}
+    response = http.post("disconnect", json=body, headers=AUTH)
+    assert response.status_code == 200 and response.json() == {"disconnected": 0}
+    body = {"user": "nobody-here", "code": 4403.5}
+    assert http.post("disconnect", json=body, headers=AUTH).status_code == 400
+
+
+def test_uvicorn_unknown_query_parameters_are_400(http: httpx.Client) -> None:
+    """A misspelt query parameter is refused instead of silently ignored."""
+    response = http.get("history", params={"channel": "room:q", "limt": 5}, headers=AUTH)
+    assert response.status_code == 400 and "limt" in response.json()["reason"]
+    assert http.get("stats", params={"x": 1}, headers=AUTH).status_code == 400
+
+
+def test_uvicorn_openapi_document_needs_no_key(http: httpx.Client) -> None:
+    """``openapi.json`` is served without a key; POST is 405 there."""
+    response = http.get("openapi.json")
+    assert response.status_code == 200
+    assert response.json()["openapi"] == "3.1.0"
+    assert response.headers["content-type"] == "application/json"
+    response = http.post("openapi.json")
+    assert response.status_code == 405 and response.headers["allow"] == "GET"
+
+
+async def _history_by_websocket(server: Server, **command: Any) -> dict[str, Any]:
+    async with open_client(server.ws_url) as client:
+        reply = await client.request({"type": "history", **command})
+    del reply["type"], reply["id"]
+    return reply
+
+
+def _without_ts(body: dict[str, Any]) -> dict[str, Any]:
+    return {**body, "publications": [{**p, "ts": 0} for p in body["publications"]]}
+
+
+@pytest.mark.anyio
+async def test_uvicorn_history_since_and_reverse_match_the_websocket(
+    app_server: Server,
+) -> None:
+    """``since=<offset>:<epoch>``, ``limit`` and ``reverse`` answer what the WebSocket does."""
+    async with httpx.AsyncClient(base_url=app_server.url + "/api/", timeout=10) as http:
+        first = (
+            await http.post("publish", json={"channel": "room:page", "data": 0}, headers=AUTH)
+        ).json()
+        for n in range(1, 6):
+            await http.post("publish", json={"channel": "room:page", "data": n}, headers=AUTH)
+        base = first["offset"]
+        epoch = first["epoch"]
+        cases: list[tuple[dict[str, Any], dict[str, Any]]] = [
+            (
+                {"since": f"{base + 1}:{epoch}", "limit": 2},
+                {"since": {"offset": base + 1, "epoch": epoch}, "limit": 2},
+            ),
+            (
+                {"since": f"{base}:{epoch}", "reverse": "true"},
+                {"since": {"offset": base, "epoch": epoch}, "reverse": True},
+            ),
+            ({"limit": 3, "reverse": "true"}, {"limit": 3, "reverse": True}),
+        ]
+        for params, command in cases:
+            response = await http.get(
+                "history", params={"channel": "room:page", **params}, headers=AUTH
+            )
+            expected = await _history_by_websocket(app_server, channel="room:page", **command)
+            assert response.status_code == 200
+            assert _without_ts(response.json()) == _without_ts(expected)
+        page = (
+            await http.get(
+                "history",
+                params={"channel": "room:page", "since": f"{base + 1}:{epoch}", "limit": 2},
+                headers=AUTH,
+            )
+        ).json()
+        assert [p["data"] for p in page["publications"]] == [2, 3]
+        newest = (
+            await http.get(
+                "history",
+                params={"channel": "room:page", "limit": 3, "reverse": "true"},
+                headers=AUTH,
+            )
+        ).json()
+        assert [p["data"] for p in newest["publications"]] == [5, 4, 3]
+
+
+@pytest.mark.parametrize(
+    ("params", "status"),
+    [
+        ({"since": "1:not-the-epoch"}, 410),
+        ({"since": "1"}, 400),
+        ({"since": "-1:abc"}, 400),
+        ({"since": "x:abc"}, 400),
+        ({"reverse": "maybe"}, 400),
+        ({"limit": "0"}, 400),
+    ],
+)
+def test_uvicorn_history_bad_since_or_reverse(
+    http: httpx.Client, params: dict[str, str], status: int
+) -> None:
+    """An epoch that is not the stream's is 410; a malformed ``since``/``reverse``/``limit`` 400."""
+    http.post("publish", json={"channel": "room:gone", "data": 1}, headers=AUTH)
+    response = http.get("history", params={"channel": "room:gone", **params}, headers=AUTH)
+    assert response.status_code == status
+    assert response.json()["code"] == status
+
+
+async def _no_more_messages(client: Client) -> None:
+    """Nothing is queued before the reply to a fresh request (the server sent nothing else)."""
+    reply = await client.request({"type": "presence", "channel": "room:probe"})
+    assert reply["type"] == "presence"
+    assert not client.pending
+
+
+@pytest.mark.anyio
+async def test_uvicorn_subscribe_respects_the_namespace_hook(app_server: Server) -> None:
+    """``vip:`` lets only ``vip-`` users in: 403 for others; the server may subscribe where
+    clients may not subscribe themselves; a personal channel only holds its own user."""
+    async with (
+        httpx.AsyncClient(base_url=app_server.url + "/api/", timeout=10) as http,
+        open_client(app_server.ws_url + "/ws?user=vip-ann", path="") as ann,
+        open_client(app_server.ws_url + "/ws?user=bob", path="") as bob,
+    ):
+        refused = await http.post(
+            "subscribe", json={"user": "bob", "channel": "vip:lounge"}, headers=AUTH
+        )
+        assert refused.status_code == 403 and refused.json()["code"] == 403
+        await _no_more_messages(bob)
+        allowed = await http.post(
+            "subscribe", json={"user": "vip-ann", "channel": "vip:lounge"}, headers=AUTH
+        )
+        assert allowed.status_code == 200 and allowed.json() == {}
+        subscribed = await ann.recv()
+        assert subscribed["type"] == "subscribed" and subscribed["channel"] == "vip:lounge"
+        reply = await ann.request({"type": "subscribe", "channel": "vip:other"})
+        assert reply["type"] == "error" and reply["code"] == 403
+        other = await http.post(
+            "subscribe", json={"user": "bob", "channel": "#vip-ann"}, headers=AUTH
+        )
+        assert other.status_code == 403
+        own = await http.post("subscribe", json={"user": "bob", "channel": "#bob"}, headers=AUTH)
+        assert own.status_code == 200
+        await _no_more_messages(bob)
+
+
+@pytest.mark.anyio
+async def test_uvicorn_a_failing_hook_is_500_json(app_server: Server) -> None:
+    """A ``can_subscribe`` hook that raises answers 500 ``{code, reason}`` and logs it."""
+    async with httpx.AsyncClient(base_url=app_server.url + "/api/", timeout=10) as http:
+        response = await http.post(
+            "subscribe", json={"user": "u", "channel": "broken:x"}, headers=AUTH
+        )
+        assert response.status_code == 500
+        assert response.json() == {"code": 500, "reason": "internal error"}
+        assert (await http.get("stats", headers=AUTH)).status_code == 200
+    assert "a hook with a bug" in app_server.log()
+
+
+@pytest.mark.anyio
+async def test_uvicorn_subscribe_over_the_channel_limit_is_429(app_server: Server) -> None:
+    """A connection holding the most channels (the personal one not counted) makes the
+    subscribe 429, and none of the user's connections is subscribed; once one channel
+    is released the same request works."""
+    from .apps.api_app import MAX_CHANNELS
+
+    async with (
+        httpx.AsyncClient(base_url=app_server.url + "/api/", timeout=10) as http,
+        open_client(app_server.ws_url + "/ws?user=lim", path="") as full,
+        open_client(app_server.ws_url + "/ws?user=lim", path="") as spare,
+    ):
+        assert [s["channel"] for s in full.welcome["subscribed"]] == ["#lim"]
+        for n in range(MAX_CHANNELS):
+            await full.subscribe(f"room:held{n}")
+        request = {"user": "lim", "channel": "room:more"}
+        response = await http.post("subscribe", json=request, headers=AUTH)
+        assert response.status_code == 429
+        assert response.json()["code"] == 429 and "channels" in response.json()["reason"]
+        await _no_more_messages(full)
+        await _no_more_messages(spare)
+        # A channel the full connection already holds needs no room there.
+        held = await http.post(
+            "subscribe", json={"user": "lim", "channel": "room:held0"}, headers=AUTH
+        )
+        assert held.status_code == 200
+        assert (await spare.recv())["channel"] == "room:held0"
+        await _no_more_messages(full)
+        await http.post("unsubscribe", json={"user": "lim", "channel": "room:held1"}, headers=AUTH)
+        assert (await full.recv())["type"] == "unsubscribed"
+        response = await http.post("subscribe", json=request, headers=AUTH)
+        assert response.status_code == 200
+        for client in (full, spare):
+            subscribed = await client.recv()
+            assert subscribed["type"] == "subscribed" and subscribed["channel"] == "room:more"

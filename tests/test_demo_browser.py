@@ -337,7 +337,7 @@ def test_reconnect_recovers_missed_messages_and_notifications_once(demo_server: 
         say(a, "missed one")
         say(a, "missed two")
         notify(a, "Bob", "While away", "you missed this")
-        b.clock.run_for(BACKOFF_CAP_MS)
+        b.clock.fast_forward(BACKOFF_CAP_MS)
         b.clock.resume()
 
         expect(b.get_by_role("status")).to_have_attribute("data-state", "connected")
@@ -369,7 +369,7 @@ def test_reconnect_past_the_kept_history_reloads_the_room(demo_server: Server) -
         routes[0].close(code=1012, reason="server restarting")
         expect(b.get_by_role("status")).to_have_attribute("data-state", "reconnecting")
         publish_many(demo_server, "chat:flood", 105)  # the chat room keeps 100
-        b.clock.run_for(BACKOFF_CAP_MS)
+        b.clock.fast_forward(BACKOFF_CAP_MS)
         b.clock.resume()
 
         log = b.get_by_role("log")

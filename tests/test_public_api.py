@@ -59,3 +59,25 @@ def test_import_does_not_import_redis() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert result.stdout.strip() == ""
+
+
+def test_testing_all_is_sorted_and_true() -> None:
+    """``hubbub.testing.__all__`` is sorted, and every name in it exists."""
+    import hubbub.testing
+
+    assert hubbub.testing.__all__ == sorted(set(hubbub.testing.__all__))
+    assert [n for n in hubbub.testing.__all__ if not hasattr(hubbub.testing, n)] == []
+
+
+def test_testing_does_not_import_pytest() -> None:
+    """``import hubbub.testing`` works without pytest; only the contract module needs it."""
+    code = (
+        "import sys, hubbub.testing\n"
+        "print('pytest' in sys.modules)\n"
+        "import hubbub.testing.contract\n"
+        "print('pytest' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.split() == ["False", "True"]

@@ -41,9 +41,11 @@ from .auth import Authenticator as Authenticator
 from .auth import Identity as Identity
 from .auth import find_token as find_token
 from .brokers import Broker as Broker
+from .brokers import Capability as Capability
 from .brokers import HistoryPage as HistoryPage
 from .brokers import MemoryBroker as MemoryBroker
 from .brokers import Publication as Publication
+from .brokers import UnsupportedCapability as UnsupportedCapability
 from .chat import ChatMessage as ChatMessage
 from .chat import Notification as Notification
 from .hub import Hub as Hub
@@ -67,6 +69,7 @@ __all__ = [
     "Authenticator",
     "Broker",
     "BrokerUnavailable",
+    "Capability",
     "ChatMessage",
     "HistoryPage",
     "Hub",
@@ -97,6 +100,7 @@ __all__ = [
     "StreamGone",
     "Unavailable",
     "UnknownNamespace",
+    "UnsupportedCapability",
     "__version__",
     "find_token",
     "install_log_redaction",

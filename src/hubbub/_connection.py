@@ -17,13 +17,20 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import parse_qsl
 
 import anyio
 import msgspec
 
-from ._errors import HubbubError, HubNotRunning, InvalidMessage, RateLimited
+from ._errors import (
+    AuthenticationFailed,
+    HubbubError,
+    HubNotRunning,
+    InvalidMessage,
+    PermissionDenied,
+    RateLimited,
+)
 from .auth import Identity
 from .limits import client_ip
 from .messages import (
@@ -46,7 +53,7 @@ from .protocol import (
 )
 
 if TYPE_CHECKING:
-    from .hub import Hub
+    from .hub import Hub, HubStats
 
 __all__ = ["Connection"]
 
@@ -195,6 +202,9 @@ class Connection:
         "protocol",
     )
 
+    transport: ClassVar[str] = "websocket"
+    """``websocket``, or ``sse`` for a Server-Sent Events stream (``hubbub._sse``)."""
+
     def __init__(
         self,
         hub: Hub,
@@ -221,6 +231,7 @@ class Connection:
             namespaces=hub.namespaces,
             limits=limits,
             now=anyio.current_time(),
+            stats=hub.stats,
         )
         self._set_expiry(identity.expires)
         self.close_code: int | None = None
@@ -277,6 +288,15 @@ class Connection:
                 if droppable:
                     return
                 self.hub.stats.slow_consumer_closes += 1
+                logger.warning(
+                    "closing a slow consumer (1013): its send queue is full",
+                    extra={
+                        **self._extra(),
+                        "event": "slow_consumer",
+                        "queued": len(queue),
+                        "queued_bytes": self._queued_bytes,
+                    },
+                )
                 self.close(Close(TRY_AGAIN_LATER, "send queue full (slow consumer)", flush=False))
                 return
         queue.append((frame, size, droppable))
@@ -332,7 +352,12 @@ class Connection:
     def send_message(self, message: ServerMessage) -> None:
         """Encode and queue one server message (a reply, an event)."""
         frame = self.codec.encode(message)
-        self.enqueue(frame, len(frame))
+        size = len(frame)
+        stats = self.hub.stats
+        kind: str = message.__struct_config__.tag  # type: ignore[assignment]
+        stats.sent[kind] = stats.sent.get(kind, 0) + 1
+        stats.bytes_out += size
+        self.enqueue(frame, size)
 
     def close(self, event: Close) -> None:
         """Ask for the connection to end with ``event``; safe to call from any task, any time."""
@@ -384,6 +409,8 @@ class Connection:
                     continue
                 text = message.get("text")
                 frame = text if text is not None else message.get("bytes")
+                if frame is not None:
+                    self.hub.stats.bytes_in += len(frame)
                 try:
                     for event in protocol.receive(frame, anyio.current_time()):
                         await self._perform(event)
@@ -409,7 +436,20 @@ class Connection:
 
     async def _perform(self, event: Event) -> None:
         if isinstance(event, Send):
-            self.send_message(event.message)
+            message = event.message
+            if type(message) is Error and message.code == RateLimited.code:
+                logger.info(
+                    "refused a command (429): %s",
+                    message.reason,
+                    extra={
+                        **self._extra(),
+                        "event": "rate_limited",
+                        "kind": "command"
+                        if message.reason.startswith("rate limited")
+                        else "channels",
+                    },
+                )
+            self.send_message(message)
         elif isinstance(event, Execute):
             await self.hub._execute(self, event)
         else:
@@ -487,6 +527,9 @@ class Connection:
                     code=close.code, reason=close.reason, reconnect=close.reconnect
                 )
                 frame = self.codec.encode(goodbye)
+                stats = self.hub.stats
+                stats.sent["disconnect"] = stats.sent.get("disconnect", 0) + 1
+                stats.bytes_out += len(frame)
                 if text:
                     await send({"type": "websocket.send", "text": frame})
                 else:
@@ -496,7 +539,71 @@ class Connection:
                 self._gone = True
 
     def _extra(self) -> dict[str, Any]:
-        return {"client": self.id, "user": self.identity.user}
+        return {"client": self.id, "user": self.identity.user, "node": self.hub.node}
+
+    def ending(self) -> tuple[int, str]:
+        """The close code and reason the connection ended with, ours or the client's."""
+        close = self._close
+        if close is not None and (self.close_code is None or self.close_code == close.code):
+            return close.code, close.reason
+        if self.close_code is not None:
+            return self.close_code, "closed by the client"
+        return 1006, "connection lost"
+
+
+# Close codes counted by value in ``HubStats.closes``; a client may send any
+# other code, which is counted as ``other`` so the label set stays bounded.
+_KNOWN_CLOSE_CODES = frozenset(
+    {1000, 1001, 1005, 1006, 1008, 1009, 1011, 1012, 1013, 4401, 4403, 4408, 4429}
+)
+
+auth_logger = logging.getLogger("hubbub.auth")
+
+AUTH_FAILURE_REASONS = frozenset(
+    {"missing", "invalid_token", "forbidden", "origin", "refresh", "channel_token"}
+)
+"""The ``reason`` label of ``hubbub_auth_failures_total`` (docs/design.md, Observability)."""
+
+
+def auth_failure(stats: HubStats | None, reason: str, exc: HubbubError, **fields: Any) -> None:
+    """Count and log refused credentials: ``reason`` is a fixed label, never client data.
+
+    The log carries the error's own reason (a fixed phrase such as "token
+    expired") with any token-shaped text removed; the token itself never.
+    """
+    from .middleware import redact  # here: middleware imports this module
+
+    if stats is not None:
+        stats.auth_failures[reason] = stats.auth_failures.get(reason, 0) + 1
+    auth_logger.info(
+        "refused credentials (%d): %s",
+        exc.http_status,
+        redact(exc.reason),
+        extra={
+            "event": "auth_failed",
+            "reason": reason,
+            "status": exc.http_status,
+            "detail": redact(exc.reason),
+            **fields,
+        },
+    )
+
+
+def handshake_refused(stats: HubStats | None, kind: str, why: str, ip: str | None) -> None:
+    """Count and log a handshake refused 429 (``kind``: ``handshake`` or ``user_connections``)."""
+    if stats is not None:
+        stats.rate_limited[kind] = stats.rate_limited.get(kind, 0) + 1
+    extra = {"event": "rate_limited", "kind": kind, "ip": ip}
+    logger.info("refused a WebSocket (429): %s", why, extra=extra)
+
+
+def handshake_failure_reason(exc: HubbubError) -> str:
+    """The ``auth_failures`` label of a refused handshake."""
+    if isinstance(exc, PermissionDenied):
+        return "forbidden"
+    if isinstance(exc, AuthenticationFailed) and exc.reason == "credentials required":
+        return "missing"
+    return "invalid_token"
 
 
 # -- the handshake ----------------------------------------------------------------------------
@@ -540,7 +647,7 @@ async def serve_websocket(hub: Hub, scope: Scope, receive: Receive, send: SendCa
         )
         refused = await admission.check_ip(ip)
     if refused is not None:
-        logger.info("refused a WebSocket (429): %s", refused[0], extra={"ip": ip})
+        handshake_refused(hub.stats, "handshake", refused[0], ip)
         await deny(scope, send, RateLimited(refused[0]), retry_after=refused[1])
         return
     try:
@@ -550,12 +657,10 @@ async def serve_websocket(hub: Hub, scope: Scope, receive: Receive, send: SendCa
             if refused is not None:
                 raise RateLimited(refused[0])
     except HubbubError as exc:
-        logger.info(
-            "refused a WebSocket (%d): %s",
-            exc.http_status,
-            exc.reason,
-            extra={"reason": exc.reason, "ip": ip},
-        )
+        if isinstance(exc, RateLimited):
+            handshake_refused(hub.stats, "user_connections", exc.reason, ip)
+        else:
+            auth_failure(hub.stats, handshake_failure_reason(exc), exc, ip=ip)
         await deny(scope, send, exc, retry_after=refused[1] if refused else None)
         return
     batch = codec is JSON and _query_flag(scope, "batch")
@@ -563,7 +668,16 @@ async def serve_websocket(hub: Hub, scope: Scope, receive: Receive, send: SendCa
     admission.opened(ip)
     try:
         await send({"type": "websocket.accept", "subprotocol": chosen})
-        logger.debug("client connected", extra=connection._extra())
+        logger.info(
+            "client connected",
+            extra={
+                **connection._extra(),
+                "event": "connect",
+                "ip": ip,
+                "codec": codec.name,
+                "transport": "websocket",
+            },
+        )
         try:
             await hub._welcome(connection)
         except HubbubError as exc:
@@ -575,8 +689,15 @@ async def serve_websocket(hub: Hub, scope: Scope, receive: Receive, send: SendCa
     finally:
         admission.closed(ip)
         hub._forget(connection)
-        logger.debug(
-            "client disconnected", extra={**connection._extra(), "code": connection.close_code}
+        code, reason = connection.ending()
+        label = str(code) if code in _KNOWN_CLOSE_CODES else "other"
+        closes = hub.stats.closes
+        closes[label] = closes.get(label, 0) + 1
+        logger.info(
+            "client disconnected (%d): %s",
+            code,
+            reason,
+            extra={**connection._extra(), "event": "disconnect", "code": code, "reason": reason},
         )
 
 

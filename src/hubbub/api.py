@@ -2,68 +2,230 @@
 
 Every request carries ``Authorization: apikey <key>``; the key is compared in
 constant time against every configured key (several keys allow rotation).
-Without any key the API is off and answers 404 to everything. Bodies are JSON,
-decoded by msgspec and limited in size; every error is JSON ``{code, reason}``
-with the matching HTTP status.
+Without any key the API is off and answers 404 to everything. Bodies and
+queries decode into the msgspec Structs below, which also generate the OpenAPI
+document served at ``openapi.json`` (no key needed to read it), so the document
+and the code cannot disagree. Bodies are limited in size; every error is JSON
+``{code, reason}`` with the matching HTTP status.
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
+import re
 from collections.abc import Awaitable, Callable, Iterable
+from functools import cache
 from typing import Annotated, Any, Final
 
 import msgspec
-from msgspec import Meta, Raw, Struct
+from msgspec import UNSET, Meta, Raw, Struct, UnsetType
 
 from ._connection import Receive, Scope, SendCallable, deny
 from ._errors import (
     AuthenticationFailed,
     HubbubError,
     HubNotRunning,
+    InternalError,
     InvalidMessage,
     MessageTooLarge,
     NotFound,
+    PermissionDenied,
 )
+from ._openapi import Endpoint, build_document
+from .auth import Identity
 from .chat import Notification
 from .hub import MAX_HISTORY_LIMIT, Hub, _message
-from .messages import JSON
+from .messages import (
+    CHANNEL_PATTERN,
+    JSON,
+    MAX_DEPTH,
+    ClientInfo,
+    Message,
+    Position,
+    _json_too_deep,
+)
+from .namespaces import personal_owner, validate_channel
 from .protocol import KICKED
 
 __all__ = ["DEFAULT_MAX_BODY", "HubAPI"]
+
+logger = logging.getLogger("hubbub")
 
 DEFAULT_MAX_BODY: Final = 64 * 1024
 """The default largest request body, in bytes."""
 
 _JSON_TYPE: Final = b"application/json"
 _MAX_BROADCAST: Final = 1000
+_DOCUMENT: Final = "openapi.json"
+
+Channel = Annotated[str, Meta(pattern=CHANNEL_PATTERN, description="A channel name.")]
+User = Annotated[str, Meta(min_length=1, description="A user id (the JWT `sub`).")]
+NotifiedUser = Annotated[
+    str,
+    Meta(
+        pattern=r"^[A-Za-z0-9_\-:.@#=/]{1,254}(?!\n)$",
+        description="A user id that makes a valid personal channel `#<user>`.",
+    ),
+]
+
+# -- request and result bodies: the API's wire types (and the OpenAPI schemas) ------------------
 
 
-class _Publish(Struct):
-    channel: str
+class Publish(Struct):
+    """Publish `data` (any JSON value) into one channel from the server."""
+
+    channel: Channel
     data: Raw
-    idempotency_key: str | None = None
+    idempotency_key: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
 
 
-class _Broadcast(Struct):
+class Broadcast(Struct):
+    """Publish the same `data` into several channels; each gets its own result."""
+
     channels: Annotated[list[str], Meta(min_length=1, max_length=_MAX_BROADCAST)]
     data: Raw
 
 
-class _Notify(Struct):
-    user: str
+class Notify(Struct):
+    """Push a notification into the user's personal channel."""
+
+    user: NotifiedUser
     notification: Notification
 
 
-class _Disconnect(Struct):
-    user: str
-    code: int = KICKED
-    reason: str = "disconnected by the server"
+class Disconnect(Struct):
+    """Close every connection of the user, on every node."""
+
+    user: User
+    code: Annotated[
+        int,
+        Meta(
+            ge=1000,
+            le=4999,
+            description="1000, 1001, 1008, 1011-1013 or 3000-4999",
+            extra_json_schema={
+                "anyOf": [
+                    {"enum": [1000, 1001, 1008, 1011, 1012, 1013]},
+                    {"minimum": 3000, "maximum": 4999},
+                ]
+            },
+        ),
+    ] = KICKED
+    reason: Annotated[str, Meta(max_length=120, description="At most 120 bytes of UTF-8")] = (
+        "disconnected by the server"
+    )
 
 
-class _UserChannel(Struct):
-    user: str
+class UserChannel(Struct):
+    """A user and a channel: the server-side (un)subscription of every connection of the user."""
+
+    user: User
+    channel: Channel
+
+
+class PresenceQuery(Struct, forbid_unknown_fields=True):
+    channel: Channel
+
+
+Since = Annotated[
+    str,
+    Meta(
+        pattern=r"^(0|[1-9][0-9]{0,17}):[^\s]{1,128}$",
+        description="`<offset>:<epoch>`, a position from a message or a history answer.",
+    ),
+]
+
+
+class HistoryQuery(Struct, forbid_unknown_fields=True):
+    """Without `since`: the newest `limit`; with it: the first `limit` after that position."""
+
+    channel: Channel
+    limit: Annotated[int, Meta(ge=1, le=MAX_HISTORY_LIMIT)] = MAX_HISTORY_LIMIT
+    since: Since | UnsetType = UNSET
+    reverse: bool = False
+
+
+class NoQuery(Struct, forbid_unknown_fields=True):
+    pass
+
+
+class ErrorBody(Struct):
+    """Every error: `code` equals the HTTP status."""
+
+    code: int
+    reason: str
+
+
+class PositionResult(Struct):
+    """The publication's position; empty for a channel without history."""
+
+    offset: int | UnsetType = UNSET
+    epoch: str | UnsetType = UNSET
+
+
+class ChannelResult(Struct):
+    """One channel of a broadcast: its position, or the error that kept it out."""
+
     channel: str
+    offset: int | UnsetType = UNSET
+    epoch: str | UnsetType = UNSET
+    error: ErrorBody | UnsetType = UNSET
+
+
+class BroadcastResult(Struct):
+    results: list[ChannelResult]
+
+
+class DisconnectResult(Struct):
+    """How many connections were closed on this node (every node closes the user's)."""
+
+    disconnected: int
+
+
+class Empty(Struct):
+    pass
+
+
+class ChannelCount(Struct):
+    channel: str
+    subscribers: int
+
+
+class ChannelsResult(Struct):
+    """This node's channels that have local subscribers."""
+
+    channels: list[ChannelCount]
+
+
+class PresenceResult(Struct):
+    """The WebSocket `presence` reply without `type`/`id`."""
+
+    channel: str
+    clients: dict[str, ClientInfo]
+    users: int
+
+
+class HistoryResult(Struct):
+    """The WebSocket `history` reply without `type`/`id`."""
+
+    channel: str
+    publications: list[Message]
+    offset: int | UnsetType = UNSET
+    epoch: str | UnsetType = UNSET
+
+
+class StatsResult(Struct):
+    """This node's figures."""
+
+    node: str
+    connections: int
+    channels: int
+    connections_total: int
+    publications: int
+    deliveries: int
+    dropped: int
+    slow_consumer_closes: int
 
 
 class _MethodNotAllowed(HubbubError):
@@ -72,11 +234,17 @@ class _MethodNotAllowed(HubbubError):
     default_reason = "method not allowed"
 
 
-_Handler = Callable[["HubAPI", Any], Awaitable[dict[str, Any]]]
+_Handler = Callable[["HubAPI", Any], Awaitable[Struct]]
 
 
 def _allowed_close_code(code: int) -> bool:
     return code in (1000, 1001, 1008, 1011, 1012, 1013) or 3000 <= code <= 4999
+
+
+def _position(position: Position | None) -> PositionResult:
+    if position is None:
+        return PositionResult()
+    return PositionResult(offset=position.offset, epoch=position.epoch)
 
 
 class HubAPI:
@@ -131,28 +299,38 @@ class HubAPI:
         try:
             if not self._keys:
                 raise NotFound("not found")
+            if endpoint == _DOCUMENT:
+                self._check_method(scope, "GET", headers)
+                await _respond(send, 200, _document(_base(scope)), headers)
+                return
             self._authenticate(scope)
             route = _ROUTES.get(endpoint)
             if route is None:
                 raise NotFound(f"no API endpoint {endpoint!r}")
-            method, handler, body_type = route
-            if scope.get("method", "GET") != method:
-                headers.append((b"allow", method.encode()))
-                raise _MethodNotAllowed(f"use {method} for {endpoint}")
-            if body_type is None:
-                argument: Any = _query(scope)
+            spec, handler = route
+            self._check_method(scope, spec.method, headers)
+            if spec.body is not None:
+                argument: Any = _decode(await self._read_body(scope, receive), spec.body)
             else:
-                argument = _decode(await self._read_body(scope, receive), body_type)
+                argument = _query(scope, spec.query or NoQuery)
             if not self.hub.running:
                 raise HubNotRunning()
             result = await handler(self, argument)
         except HubbubError as exc:
-            if isinstance(exc, AuthenticationFailed):
-                headers.append((b"www-authenticate", b"apikey"))
-            error = {"code": exc.http_status, "reason": exc.reason}
-            await _respond(send, exc.http_status, msgspec.json.encode(error), headers)
+            await _error(send, exc, headers)
+            return
+        except Exception:
+            # A bug (or a failing user hook) must still answer JSON, not a bare 500.
+            logger.exception("the HTTP API failed on %r", endpoint)
+            await _error(send, InternalError("internal error"), headers)
             return
         await _respond(send, 200, msgspec.json.encode(result), headers)
+
+    @staticmethod
+    def _check_method(scope: Scope, method: str, headers: list[tuple[bytes, bytes]]) -> None:
+        if scope.get("method", "GET") != method:
+            headers.append((b"allow", method.encode()))
+            raise _MethodNotAllowed(f"use {method} here")
 
     def _authenticate(self, scope: Scope) -> None:
         given: bytes | None = None
@@ -198,131 +376,303 @@ class HubAPI:
 
     # -- endpoints -------------------------------------------------------------------------
 
-    async def _publish(self, request: _Publish) -> dict[str, Any]:
+    async def _publish(self, request: Publish) -> PositionResult:
         position = await self.hub.publish(
             request.channel, json=bytes(request.data), idempotency_key=request.idempotency_key
         )
-        return {} if position is None else {"offset": position.offset, "epoch": position.epoch}
+        return _position(position)
 
-    async def _broadcast(self, request: _Broadcast) -> dict[str, Any]:
+    async def _broadcast(self, request: Broadcast) -> BroadcastResult:
+        # Data no channel could take is refused as a whole, not once per channel.
+        JSON.check_data(request.data)
         data = bytes(request.data)
-        results: list[dict[str, Any]] = []
+        results: list[ChannelResult] = []
         for channel in request.channels:
             try:
                 position = await self.hub.publish(channel, json=data)
             except HubbubError as exc:
-                results.append(
-                    {"channel": channel, "error": {"code": exc.code, "reason": exc.reason}}
-                )
+                error = ErrorBody(code=exc.code, reason=exc.reason)
+                results.append(ChannelResult(channel=channel, error=error))
                 continue
-            result: dict[str, Any] = {"channel": channel}
-            if position is not None:
-                result.update(offset=position.offset, epoch=position.epoch)
-            results.append(result)
-        return {"results": results}
+            if position is None:
+                results.append(ChannelResult(channel=channel))
+            else:
+                results.append(
+                    ChannelResult(channel=channel, offset=position.offset, epoch=position.epoch)
+                )
+        return BroadcastResult(results=results)
 
-    async def _notify(self, request: _Notify) -> dict[str, Any]:
-        position = await self.hub.notify(request.user, request.notification)
-        return {} if position is None else {"offset": position.offset, "epoch": position.epoch}
+    async def _notify(self, request: Notify) -> PositionResult:
+        return _position(await self.hub.notify(request.user, request.notification))
 
-    async def _disconnect(self, request: _Disconnect) -> dict[str, Any]:
-        if not request.user:
-            raise InvalidMessage("disconnect needs a user id")
+    async def _disconnect(self, request: Disconnect) -> DisconnectResult:
         if not _allowed_close_code(request.code):
             raise InvalidMessage("code must be 1000, 1001, 1008, 1011-1013 or 3000-4999")
         if len(request.reason.encode()) > 120:
             raise InvalidMessage("reason must be at most 120 bytes of UTF-8")
         closed = await self.hub.disconnect(request.user, request.reason, code=request.code)
-        return {"disconnected": closed}
+        return DisconnectResult(disconnected=closed)
 
-    async def _subscribe(self, request: _UserChannel) -> dict[str, Any]:
-        await self.hub.subscribe_user(request.user, request.channel)
-        return {}
+    async def _subscribe(self, request: UserChannel) -> Empty:
+        """Subscribe the user server-side, as far as the namespace allows that user.
 
-    async def _unsubscribe(self, request: _UserChannel) -> dict[str, Any]:
+        The server may subscribe a user where clients may not subscribe themselves
+        (``subscribe="nobody"``), but the namespace's own ``can_subscribe`` hook is
+        asked for the user (an ``Identity`` with only ``user`` set: the API acts for
+        a user, not for one connection), and a personal channel only ever holds its
+        own user.
+        """
+        user, channel = request.user, request.channel
+        validate_channel(channel)
+        namespace = self.hub.namespaces.resolve(channel)
+        owner = personal_owner(channel)
+        if owner is not None:
+            if owner != user:
+                raise PermissionDenied("a personal channel is only for its own user")
+        elif namespace.can_subscribe is not None and not namespace.can_subscribe(
+            Identity(user=user), channel
+        ):
+            raise PermissionDenied(f"the namespace does not allow {user!r} in {channel!r}")
+        await self.hub.subscribe_user(user, channel)
+        return Empty()
+
+    async def _unsubscribe(self, request: UserChannel) -> Empty:
         await self.hub.unsubscribe_user(request.user, request.channel)
-        return {}
+        return Empty()
 
-    async def _channels(self, query: dict[str, str]) -> dict[str, Any]:
+    async def _channels(self, query: NoQuery) -> ChannelsResult:
         channels = sorted(self.hub.channels().items())
-        return {"channels": [{"channel": name, "subscribers": n} for name, n in channels]}
+        return ChannelsResult(
+            channels=[ChannelCount(channel=name, subscribers=n) for name, n in channels]
+        )
 
-    async def _presence(self, query: dict[str, str]) -> dict[str, Any]:
-        channel = _required(query, "channel")
-        clients = await self.hub.presence(channel)
+    async def _presence(self, query: PresenceQuery) -> PresenceResult:
+        clients = await self.hub.presence(query.channel)
         users = {info.user or client for client, info in clients.items()}
-        return {"channel": channel, "clients": clients, "users": len(users)}
+        return PresenceResult(channel=query.channel, clients=clients, users=len(users))
 
-    async def _history(self, query: dict[str, str]) -> dict[str, Any]:
-        channel = _required(query, "channel")
-        raw_limit = query.get("limit", str(MAX_HISTORY_LIMIT))
-        try:
-            limit = int(raw_limit)
-        except ValueError:
-            raise InvalidMessage("limit must be an integer") from None
-        if not 1 <= limit <= MAX_HISTORY_LIMIT:
-            raise InvalidMessage(f"limit must be between 1 and {MAX_HISTORY_LIMIT}")
-        page = await self.hub.history(channel, limit=limit)
-        body: dict[str, Any] = {
-            "channel": channel,
-            "publications": [_message(p, JSON) for p in page.publications],
-        }
-        if self.hub.namespaces.resolve(channel).history_size:
-            body.update(offset=page.position.offset, epoch=page.position.epoch)
-        return body
+    async def _history(self, query: HistoryQuery) -> HistoryResult:
+        since: Position | None = None
+        if query.since is not UNSET:
+            offset, _, epoch = query.since.partition(":")
+            since = Position(offset=int(offset), epoch=epoch)
+        page = await self.hub.history(
+            query.channel, limit=query.limit, since=since, reverse=query.reverse
+        )
+        result = HistoryResult(
+            channel=query.channel, publications=[_message(p, JSON) for p in page.publications]
+        )
+        if self.hub.namespaces.resolve(query.channel).history_size:
+            result.offset = page.position.offset
+            result.epoch = page.position.epoch
+        return result
 
-    async def _stats(self, query: dict[str, str]) -> dict[str, Any]:
+    async def _stats(self, query: NoQuery) -> StatsResult:
         stats = self.hub.stats
-        return {
-            "node": self.hub.node,
-            "connections": self.hub.connection_count,
-            "channels": len(self.hub.channels()),
-            "connections_total": stats.connections_total,
-            "publications": stats.publications,
-            "deliveries": stats.deliveries,
-            "dropped": stats.dropped,
-            "slow_consumer_closes": stats.slow_consumer_closes,
-        }
+        return StatsResult(
+            node=self.hub.node,
+            connections=self.hub.connection_count,
+            channels=len(self.hub.channels()),
+            connections_total=stats.connections_total,
+            publications=stats.publications,
+            deliveries=stats.deliveries,
+            dropped=stats.dropped,
+            slow_consumer_closes=stats.slow_consumer_closes,
+        )
 
 
-_ROUTES: Final[dict[str, tuple[str, _Handler, type[Struct] | None]]] = {
-    "publish": ("POST", HubAPI._publish, _Publish),
-    "broadcast": ("POST", HubAPI._broadcast, _Broadcast),
-    "notify": ("POST", HubAPI._notify, _Notify),
-    "disconnect": ("POST", HubAPI._disconnect, _Disconnect),
-    "subscribe": ("POST", HubAPI._subscribe, _UserChannel),
-    "unsubscribe": ("POST", HubAPI._unsubscribe, _UserChannel),
-    "channels": ("GET", HubAPI._channels, None),
-    "presence": ("GET", HubAPI._presence, None),
-    "history": ("GET", HubAPI._history, None),
-    "stats": ("GET", HubAPI._stats, None),
+_BODY_ERRORS: Final = (400, 413, 503)
+
+_ROUTES: Final[dict[str, tuple[Endpoint, _Handler]]] = {
+    "publish": (
+        Endpoint(
+            "POST",
+            "Publish into a channel",
+            PositionResult,
+            body=Publish,
+            errors=(*_BODY_ERRORS, 404, 422),
+            description="A retry with the same `idempotency_key` within the namespace's "
+            "window is not delivered again and answers the first position.",
+        ),
+        HubAPI._publish,
+    ),
+    "broadcast": (
+        Endpoint(
+            "POST",
+            "Publish into several channels",
+            BroadcastResult,
+            body=Broadcast,
+            errors=_BODY_ERRORS,
+            description="One result per channel, in order; a channel's failure is reported "
+            "in its result and the others are still published.",
+        ),
+        HubAPI._broadcast,
+    ),
+    "notify": (
+        Endpoint("POST", "Notify a user", PositionResult, body=Notify, errors=(*_BODY_ERRORS, 422)),
+        HubAPI._notify,
+    ),
+    "disconnect": (
+        Endpoint(
+            "POST", "Disconnect a user", DisconnectResult, body=Disconnect, errors=_BODY_ERRORS
+        ),
+        HubAPI._disconnect,
+    ),
+    "subscribe": (
+        Endpoint(
+            "POST",
+            "Subscribe every connection of a user, on every node",
+            Empty,
+            body=UserChannel,
+            errors=(*_BODY_ERRORS, 403, 404, 429),
+            description="Server-side: each connection gets `subscribed` without `id`. The "
+            "namespace's `can_subscribe` hook is asked for the user (403); 429 when a "
+            "connection of the user on this node holds the most channels allowed (nothing "
+            "is subscribed then).",
+        ),
+        HubAPI._subscribe,
+    ),
+    "unsubscribe": (
+        Endpoint(
+            "POST",
+            "Unsubscribe every connection of a user, on every node",
+            Empty,
+            body=UserChannel,
+            errors=_BODY_ERRORS,
+        ),
+        HubAPI._unsubscribe,
+    ),
+    "channels": (
+        Endpoint("GET", "This node's channels", ChannelsResult, query=NoQuery, errors=(503,)),
+        HubAPI._channels,
+    ),
+    "presence": (
+        Endpoint(
+            "GET",
+            "Who is present in a channel",
+            PresenceResult,
+            query=PresenceQuery,
+            errors=(400, 403, 404, 503),
+        ),
+        HubAPI._presence,
+    ),
+    "history": (
+        Endpoint(
+            "GET",
+            "A channel's kept publications",
+            HistoryResult,
+            query=HistoryQuery,
+            errors=(400, 404, 410, 503),
+            description="Without `since`: the newest `limit`; with `since=<offset>:<epoch>`: "
+            "the first `limit` after that position (410 when the epoch is not the stream's). "
+            "Oldest first unless `reverse`. A channel without history answers no publications "
+            "and no position.",
+        ),
+        HubAPI._history,
+    ),
+    "stats": (
+        Endpoint("GET", "This node's figures", StatsResult, query=NoQuery, errors=(503,)),
+        HubAPI._stats,
+    ),
 }
+
+
+@cache
+def _document(base: str) -> bytes:
+    from . import __version__
+
+    document = build_document(
+        {name: spec for name, (spec, _) in _ROUTES.items()},
+        error=ErrorBody,
+        base=base,
+        version=__version__,
+    )
+    document["paths"][f"/{_DOCUMENT}"] = {
+        "get": {
+            "operationId": "openapi",
+            "summary": "This document (no key needed)",
+            "security": [],
+            "responses": {
+                "200": {
+                    "description": "The OpenAPI document.",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                }
+            },
+        }
+    }
+    return msgspec.json.encode(document)
+
+
+def _base(scope: Scope) -> str:
+    """Where the API is mounted: the request's path without ``/openapi.json``."""
+    path: str = (scope.get("path") or "").rstrip("/")
+    return path[: -len(_DOCUMENT) - 1] if path.endswith("/" + _DOCUMENT) else ""
 
 
 def _decode(body: bytes, body_type: type[Struct]) -> Any:
     try:
-        return msgspec.json.decode(body, type=body_type)
+        value = msgspec.json.decode(body, type=body_type)
     except msgspec.ValidationError as exc:
-        raise InvalidMessage(f"invalid request: {exc}") from None
+        value = _with_whole_floats(body, body_type, exc)
     except (msgspec.DecodeError, RecursionError):
         raise InvalidMessage("the body is not valid JSON") from None
+    if _json_too_deep(body):
+        raise InvalidMessage(f"the body is nested deeper than {MAX_DEPTH} levels")
+    return value
 
 
-def _query(scope: Scope) -> dict[str, str]:
+_WHOLE_FLOAT: Final = re.compile(r"Expected `int`, got `float` - at `\$((?:\.[A-Za-z_]\w*)+)`")
+
+
+def _with_whole_floats(body: bytes, body_type: type[Struct], error: msgspec.ValidationError) -> Any:
+    """Decode again, reading ``4403.0`` where an integer is expected as ``4403``.
+
+    JSON Schema (and so the OpenAPI document) counts ``2.0`` as the integer 2,
+    and some encoders (Python's ``json`` for a float) write it so; msgspec does
+    not. Only the fields the error names are changed, one by one, a few at most.
+    """
+    try:
+        document = msgspec.json.decode(body)
+    except (msgspec.DecodeError, RecursionError):
+        raise InvalidMessage(f"invalid request: {error}") from None
+    for _ in range(4):
+        match = _WHOLE_FLOAT.fullmatch(str(error))
+        if match is None:
+            break
+        *parents, last = match.group(1)[1:].split(".")
+        holder = document
+        for key in parents:
+            holder = holder.get(key) if isinstance(holder, dict) else None
+        number = holder.get(last) if isinstance(holder, dict) else None
+        if not isinstance(number, float) or not number.is_integer():
+            break
+        holder[last] = int(number)
+        try:
+            return msgspec.convert(document, body_type)
+        except msgspec.ValidationError as again:
+            error = again
+    raise InvalidMessage(f"invalid request: {error}") from None
+
+
+def _query(scope: Scope, query_type: type[Struct]) -> Any:
     from urllib.parse import parse_qsl
 
     raw: bytes = scope.get("query_string", b"")
     try:
-        return dict(parse_qsl(raw.decode(), keep_blank_values=True))
+        pairs = dict(parse_qsl(raw.decode(), keep_blank_values=True, errors="strict"))
     except UnicodeDecodeError:
         raise InvalidMessage("the query string is not UTF-8") from None
+    try:
+        return msgspec.convert(pairs, query_type, strict=False)
+    except msgspec.ValidationError as exc:
+        raise InvalidMessage(f"invalid query: {exc}") from None
 
 
-def _required(query: dict[str, str], name: str) -> str:
-    value = query.get(name)
-    if not value:
-        raise InvalidMessage(f"the {name} parameter is required")
-    return value
+async def _error(send: SendCallable, exc: HubbubError, headers: list[Any]) -> None:
+    if isinstance(exc, AuthenticationFailed):
+        headers.append((b"www-authenticate", b"apikey"))
+    body = msgspec.json.encode(ErrorBody(code=exc.http_status, reason=exc.reason))
+    await _respond(send, exc.http_status, body, headers)
 
 
 async def _respond(send: SendCallable, status: int, body: bytes, headers: list[Any]) -> None:

@@ -9,6 +9,7 @@ lifespan itself.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Iterable
 from functools import cache
@@ -17,8 +18,10 @@ from typing import Any
 
 import msgspec
 
+from ._admin import AdminPage
 from ._connection import Receive, Scope, SendCallable, deny, serve_websocket
 from ._errors import NotFound
+from ._sse import serve_sse
 from .api import DEFAULT_MAX_BODY, HubAPI
 from .hub import Hub
 
@@ -46,8 +49,41 @@ def _static(name: str) -> bytes:
     return (resources.files("hubbub") / "static" / name).read_bytes()
 
 
+# The browser client and its TypeScript declarations, served beside /ws.
+_CLIENT_FILES = {
+    "/hubbub.js": b"text/javascript; charset=utf-8",
+    "/hubbub.d.ts": b"application/typescript; charset=utf-8",
+}
+
+
+@cache
+def _etag(name: str) -> bytes:
+    return b'"' + hashlib.sha256(_static(name)).hexdigest()[:32].encode() + b'"'
+
+
+async def _client_file(scope: Scope, send: SendCallable, path: str) -> None:
+    """The client module, revalidated on every use (``no-cache`` + ETag) so upgrades show.
+
+    Any origin may import it (a module script is fetched with CORS): it holds no secret.
+    """
+    name = path[1:]
+    etag = _etag(name)
+    headers = [
+        (b"etag", etag),
+        (b"cache-control", b"no-cache"),
+        (b"access-control-allow-origin", b"*"),
+        (b"x-content-type-options", b"nosniff"),
+    ]
+    for key, value in scope.get("headers") or ():
+        if key.lower() == b"if-none-match" and etag in {v.strip() for v in value.split(b",")}:
+            await send({"type": "http.response.start", "status": 304, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return
+    await _respond(send, 200, _static(name), _CLIENT_FILES[path], headers)
+
+
 class HubApp:
-    """Serves a hub over ASGI: the WebSocket endpoint ``/ws``, ``/health``, ``/ready``, ``/api/``.
+    """Serves a hub over ASGI: WebSocket ``/ws``, SSE ``/sse``, ``/health``, ``/ready``, ``/api/``.
 
     Args:
         hub: the hub to serve.
@@ -56,6 +92,8 @@ class HubApp:
         api_keys: keys accepted by the server HTTP API under ``/api/`` (see
             :class:`hubbub.HubAPI`); without any, the API answers 404.
         api_max_body: the largest API request body in bytes.
+        admin_key: turns on the live admin page at ``/admin`` (its figures need
+            ``Authorization: apikey <admin_key>``); without it ``/admin`` is 404.
     """
 
     def __init__(
@@ -66,6 +104,7 @@ class HubApp:
         api_keys: Iterable[str] | None = None,
         api_max_body: int = DEFAULT_MAX_BODY,
         metrics_key: str | None = None,
+        admin_key: str | None = None,
     ) -> None:
         if not isinstance(hub, Hub):
             raise TypeError("HubApp needs a hubbub.Hub")
@@ -75,6 +114,9 @@ class HubApp:
         self.demo = demo
         self.metrics_key = metrics_key
         self.api = HubAPI(hub, keys=api_keys if api_keys is not None else (), max_body=api_max_body)
+        self.admin: AdminPage | None = (
+            AdminPage(hub, key=admin_key) if admin_key is not None else None
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: SendCallable) -> None:
         kind = scope["type"]
@@ -87,7 +129,12 @@ class HubApp:
         elif kind == "http":
             await self._http(scope, receive, send)
         elif kind == "lifespan":
-            await self._lifespan(receive, send)
+            if self.admin is None:
+                await self._lifespan(receive, send)
+            else:
+                # The admin page's rate samples are taken while the app runs.
+                async with self.admin.sampler.running():
+                    await self._lifespan(receive, send)
 
     async def _http(self, scope: Scope, receive: Receive, send: SendCallable) -> None:
         path = route_path(scope)
@@ -105,12 +152,18 @@ class HubApp:
             await self._metrics(scope, send)
         elif path == "/" and self.demo and method in ("GET", "HEAD"):
             await _respond(send, 200, _static("demo.html"), b"text/html; charset=utf-8")
+        elif path in _CLIENT_FILES and method in ("GET", "HEAD"):
+            await _client_file(scope, send, path)
         elif path == "/demo/notify" and self.demo and method == "POST":
             from ._demo import handle_notify
 
             await handle_notify(self.hub, receive, send)
+        elif self.admin is not None and (path == "/admin" or path.startswith("/admin/")):
+            await self.admin.handle(path[len("/admin") :], scope, receive, send)
         elif path.startswith("/api/"):
             await self.api.handle(path[len("/api/") :], scope, receive, send)
+        elif path == "/sse":
+            await serve_sse(self.hub, scope, receive, send)
         elif path == "/ws":
             await _respond(
                 send,

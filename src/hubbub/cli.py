@@ -22,6 +22,7 @@ import anyio
 import msgspec
 import uvicorn
 
+from ._admin import AdminPage
 from ._jwt import JWTAuthenticator
 from .api import DEFAULT_MAX_BODY, HubAPI
 from .app import HubApp
@@ -194,6 +195,18 @@ def _parser() -> argparse.ArgumentParser:
         "HUBBUB_API_KEY is comma-separated)",
     )
 
+    admin = serve.add_argument_group(
+        "admin page",
+        "The live admin page at <prefix>/admin is off (404) without a key. "
+        "Prefer HUBBUB_ADMIN_KEY to --admin-key: arguments are visible in `ps`.",
+    )
+    admin.add_argument(
+        "--admin-key",
+        default=_env("ADMIN_KEY") or None,
+        metavar="KEY",
+        help="the key the admin page asks for (sent as `Authorization: apikey <key>`)",
+    )
+
     commands.add_parser("schema", help="print the JSON Schema of the wire protocol")
     return parser
 
@@ -225,12 +238,16 @@ def _build_app(args: argparse.Namespace) -> Any:
         hub: Hub | None = obj.hub
         if args.api_key:
             obj.api = _hub_api(obj.hub, args, max_body=obj.api.max_body)
+        if args.admin_key:
+            obj.admin = _admin_page(obj.hub, args)
     elif isinstance(obj, Hub):
         hub, obj = obj, _hub_app(obj, args)
     else:
         hub = None
         if args.api_key:
             raise SystemExit("hubbub serve: --api-key needs a target naming a Hub or a HubApp")
+        if args.admin_key:
+            raise SystemExit("hubbub serve: --admin-key needs a target naming a Hub or a HubApp")
     if hub is not None and authenticator is not None and hub.authenticator is None:
         # The middleware authenticates the handshake; the hub needs the same keys
         # for `refresh` and channel tokens.
@@ -242,7 +259,16 @@ def _hub_app(hub: Hub, args: argparse.Namespace, *, demo: bool = False) -> HubAp
     app = HubApp(hub, demo=demo)
     if args.api_key:
         app.api = _hub_api(hub, args)
+    if args.admin_key:
+        app.admin = _admin_page(hub, args)
     return app
+
+
+def _admin_page(hub: Hub, args: argparse.Namespace) -> AdminPage:
+    try:
+        return AdminPage(hub, key=args.admin_key)
+    except ValueError as exc:
+        raise SystemExit(f"hubbub serve: --admin-key: {exc}") from None
 
 
 def _hub_api(hub: Hub, args: argparse.Namespace, max_body: int = DEFAULT_MAX_BODY) -> HubAPI:

@@ -17,19 +17,20 @@ import logging
 import secrets
 import time
 import weakref
+from bisect import bisect_left
 from collections.abc import AsyncIterator, Collection, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import count
 from types import TracebackType
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import anyio
 import msgspec
 from anyio.abc import TaskGroup
 from msgspec import Raw
 
-from ._connection import Connection, query_param
+from ._connection import Connection, auth_failure, query_param
 from ._errors import (
     AuthenticationFailed,
     BrokerUnavailable,
@@ -37,18 +38,22 @@ from ._errors import (
     InternalError,
     InvalidMessage,
     PermissionDenied,
+    RateLimited,
     StreamGone,
 )
 from ._recovery import Joined, join_stream
+from ._tracing import Tracing
 from .auth import Authenticator, Identity
 from .brokers import (
     Broker,
+    Capability,
     HistoryOptions,
     HistoryPage,
     Idempotency,
     MemoryBroker,
     Publication,
     PublicationKind,
+    UnsupportedCapability,
 )
 from .chat import Notification
 from .limits import Admission, Limits
@@ -78,7 +83,10 @@ from .messages import (
 from .namespaces import Namespace, NamespaceRegistry, personal_channel, validate_channel
 from .protocol import GOING_AWAY, KICKED, TRY_AGAIN_LATER, Close, Execute
 
-__all__ = ["Hub", "HubStats"]
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
+
+__all__ = ["BROKER_BUCKETS", "Hub", "HubStats", "LatencyHistogram"]
 
 logger = logging.getLogger("hubbub")
 
@@ -88,11 +96,40 @@ _RUNNING_HUBS: weakref.WeakSet[Hub] = weakref.WeakSet()
 State = Literal["stopped", "starting", "running", "draining", "stopping"]
 
 
+BROKER_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+"""Upper bounds (seconds) of the broker latency histogram's buckets; the last one is +Inf."""
+
+
+@dataclass(slots=True)
+class LatencyHistogram:
+    """Observations counted into :data:`BROKER_BUCKETS`, in plain ints (no lock).
+
+    ``counts[i]`` is the number of observations in bucket ``i`` alone (not
+    cumulative); the last entry counts those above the largest bound.
+    """
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(BROKER_BUCKETS) + 1))
+    total: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        """Count one observation (Prometheus buckets are inclusive upper bounds)."""
+        self.counts[bisect_left(BROKER_BUCKETS, seconds)] += 1
+        self.total += seconds
+
+
 @dataclass(slots=True)
 class HubStats:
-    """Counters since the hub was built (read them, do not write them)."""
+    """Counters since the hub was built (read them, do not write them).
+
+    They are plain ints and dicts of ints, bumped once per publication, command or
+    connection event, never per delivery where it can be avoided; the metrics
+    collector (:mod:`hubbub.metrics`) reads them at scrape time. Dict keys come
+    from small fixed sets (message types, close codes, refusal kinds), never
+    from client data.
+    """
 
     connections_total: int = 0
+    sse_streams_total: int = 0
     publications: int = 0
     deliveries: int = 0
     dropped: int = 0
@@ -100,6 +137,24 @@ class HubStats:
     recovered: int = 0
     not_recovered: int = 0
     gaps_repaired: int = 0
+    bytes_in: int = 0
+    """Size of the frames clients sent (text frames: characters)."""
+    bytes_out: int = 0
+    """Size of the frames handed to send queues (batching and compression aside)."""
+    broker_losses: int = 0
+    """Times the broker reported that publications may have been lost (its link dropped)."""
+    commands: dict[str, int] = field(default_factory=dict)
+    """Client commands received, by ``type`` (``invalid``: frames that did not decode)."""
+    sent: dict[str, int] = field(default_factory=dict)
+    """Server messages handed to send queues, by ``type``."""
+    rate_limited: dict[str, int] = field(default_factory=dict)
+    """429 refusals by kind: ``command``, ``channels``, ``handshake``, ``user_connections``."""
+    auth_failures: dict[str, int] = field(default_factory=dict)
+    """Refused credentials by reason (see ``docs/design.md``, Observability)."""
+    closes: dict[str, int] = field(default_factory=dict)
+    """Connections ended, by close code (codes outside the protocol's: ``other``)."""
+    broker_latency: dict[str, LatencyHistogram] = field(default_factory=dict)
+    """Round-trip time of the hub's broker calls, by broker method."""
 
 
 class _Channel:
@@ -161,6 +216,9 @@ class Hub:
         broker_timeout: seconds a broker call may take before the command is
             answered ``error`` 503.
         drain_timeout: seconds shutdown waits for clients to take their leave.
+        tracing: OpenTelemetry spans for publish → broker publish → fan-out
+            (``hubbub[otel]``): ``True`` for the global tracer provider, or a
+            ``TracerProvider``. Off by default, at no cost per delivery.
     """
 
     def __init__(
@@ -175,6 +233,7 @@ class Hub:
         node: str | None = None,
         broker_timeout: float = 5.0,
         drain_timeout: float = 10.0,
+        tracing: bool | TracerProvider = False,
     ) -> None:
         if broker is not None and not isinstance(broker, Broker):
             raise TypeError("broker must be a hubbub.brokers.Broker")
@@ -200,6 +259,9 @@ class Hub:
         self.broker_timeout = broker_timeout
         self.drain_timeout = drain_timeout
         self.stats = HubStats()
+        self._tracing: Tracing | None = None
+        if tracing is not False:
+            self._tracing = Tracing(None if tracing is True else tracing)
         self._state: State = "stopped"
         self._stack: AsyncExitStack | None = None
         self._tg: TaskGroup | None = None
@@ -227,6 +289,7 @@ class Hub:
     async def __aenter__(self) -> Hub:
         if self._state != "stopped":
             raise RuntimeError(f"the hub is {self._state}; a hub runs once at a time")
+        _check_capabilities(self.broker, self.namespaces)
         self._state = "starting"
         stack = AsyncExitStack()
         try:
@@ -497,14 +560,17 @@ class Hub:
     async def subscribe_user(self, user: str, channel: str) -> None:
         """Subscribe every connection of ``user``, on every node, to ``channel``.
 
-        A server-side subscription: no permission check. Each connection that
-        does not hold the channel yet gets ``subscribed`` without ``id``. This
-        node's connections are subscribed before returning; other nodes' receive
-        the command through the broker's control channel.
+        A server-side subscription: no permission check, but the channels-per-client
+        limit holds. Each connection that does not hold the channel yet gets
+        ``subscribed`` without ``id``. This node's connections are subscribed
+        before returning; other nodes' receive the command through the broker's
+        control channel (and skip, with a warning, a connection already at the limit).
 
         Raises:
             InvalidMessage: ``user`` is empty or the channel name is invalid.
             UnknownNamespace: no namespace is configured for the channel.
+            RateLimited: a connection of the user on this node already holds
+                ``Limits.max_channels`` channels; nothing was subscribed.
             BrokerUnavailable: the broker could not be reached.
         """
         self._require_running()
@@ -512,6 +578,11 @@ class Hub:
             raise InvalidMessage("subscribe needs a user id")
         validate_channel(channel)
         namespace = self.namespaces.resolve(channel)
+        if any(self._at_channel_limit(c, channel) for c in self._users.get(user, ())):
+            raise RateLimited(
+                f"at most {self.limits.max_channels} channels per connection: a connection "
+                f"of {user!r} on this node is full"
+            )
         await self._subscribe_here(user, channel, namespace)
         await self._send_control({"op": "subscribe", "user": user, "channel": channel})
 
@@ -539,9 +610,24 @@ class Hub:
         )
         await self._broker_call(self.broker.publish(control, None))
 
+    def _at_channel_limit(self, connection: Connection, channel: str) -> bool:
+        """Whether ``channel`` would take ``connection`` over ``max_channels`` (§6)."""
+        protocol = connection.protocol
+        if channel in protocol.channels or channel == personal_channel(connection.identity.user):
+            return False
+        return protocol._counted() >= protocol.limits.max_channels
+
     async def _subscribe_here(self, user: str, channel: str, namespace: Namespace) -> None:
         for connection in list(self._users.get(user, ())):
             if connection.protocol.closed or channel in connection.protocol.channels:
+                continue
+            if self._at_channel_limit(connection, channel):
+                logger.warning(
+                    "server-side subscription to %r skipped: the connection holds the most "
+                    "channels allowed",
+                    channel,
+                    extra={"client": connection.id},
+                )
                 continue
             entry = await self._ensure(channel, namespace)
             if namespace.history_size:
@@ -552,7 +638,11 @@ class Hub:
                     buffered = entry.recovering.pop(connection, [])
             else:
                 top, buffered = None, []
-            if connection.protocol.closed or channel in connection.protocol.channels:
+            if (
+                connection.protocol.closed
+                or channel in connection.protocol.channels
+                or self._at_channel_limit(connection, channel)
+            ):
                 self._release_if_unused(channel, entry)
                 continue
             # Nothing awaits from the merge to the delivery: no publication falls between.
@@ -608,8 +698,13 @@ class Hub:
 
     @property
     def connection_count(self) -> int:
-        """Open connections on this node."""
+        """Open connections on this node (WebSockets and SSE streams)."""
         return len(self._connections)
+
+    @property
+    def sse_count(self) -> int:
+        """Open Server-Sent Events streams on this node (counted in ``connection_count`` too)."""
+        return sum(1 for connection in self._connections if connection.transport == "sse")
 
     def queued_messages(self) -> int:
         """Messages waiting in this node's send queues (a slow-consumer signal)."""
@@ -629,8 +724,15 @@ class Hub:
             identity = Identity(name=_anonymous_name(scope))
         return identity
 
-    def _open(self, identity: Identity, codec: Codec, batch: bool) -> Connection:
-        connection = Connection(
+    def _open(
+        self,
+        identity: Identity,
+        codec: Codec,
+        batch: bool,
+        *,
+        kind: type[Connection] = Connection,
+    ) -> Connection:
+        connection = kind(
             self,
             client_id=f"{self.node}.{next(self._ids)}",
             identity=identity,
@@ -749,6 +851,13 @@ class Hub:
 
     async def _client_refresh(self, connection: Connection, command: Refresh) -> None:
         """Take a new connection token for the same user; answer ``ack`` with its ``expires``."""
+        try:
+            await self._refresh(connection, command)
+        except HubbubError as exc:
+            auth_failure(self.stats, "refresh", exc, **connection._extra())
+            raise
+
+    async def _refresh(self, connection: Connection, command: Refresh) -> None:
         if connection.identity.anonymous:
             raise PermissionDenied("an anonymous connection has no token to refresh")
         verify = getattr(self.authenticator, "verify", None)
@@ -775,7 +884,12 @@ class Hub:
         verify = getattr(self.authenticator, "verify_channel_token", None)
         if command.token is None or not callable(verify) or connection.identity.anonymous:
             raise PermissionDenied(f"not allowed to subscribe to {command.channel!r}")
-        await verify(command.token, user=connection.identity.user, channel=command.channel)
+        try:
+            await verify(command.token, user=connection.identity.user, channel=command.channel)
+        except HubbubError as exc:
+            extra = connection._extra()
+            auth_failure(self.stats, "channel_token", exc, channel=command.channel, **extra)
+            raise
 
     async def _client_publish(
         self, connection: Connection, command: Publish, namespace: Namespace | None
@@ -878,10 +992,13 @@ class Hub:
         self, connection: Connection, publications: list[Publication], namespace: Namespace
     ) -> None:
         codec = connection.codec
+        stats = self.stats
         for publication in publications:
             if publication.exclude != connection.id:
                 frame, size = _encode(publication, _CODECS[publication.codec], codec)
                 connection.enqueue(frame, size, namespace.droppable)
+                stats.sent[publication.kind] = stats.sent.get(publication.kind, 0) + 1
+                stats.bytes_out += size
 
     async def _client_history(
         self, connection: Connection, command: GetHistory, namespace: Namespace | None
@@ -1056,13 +1173,38 @@ class Hub:
             if idempotency_key is not None
             else None
         )
+        if idempotency is not None and Capability.IDEMPOTENCY not in self.broker.capabilities:
+            raise InvalidMessage("idempotency_key is not supported by this hub's broker")
         self.stats.publications += 1
+        tracing = self._tracing
+        if tracing is not None:
+            return await self._traced_publish(tracing, publication, namespace, history, idempotency)
         published: Publication = await self._broker_call(
             self.broker.publish(publication, history, idempotency)
         )
         return published
 
+    async def _traced_publish(
+        self,
+        tracing: Tracing,
+        publication: Publication,
+        namespace: Namespace,
+        history: HistoryOptions | None,
+        idempotency: Idempotency | None,
+    ) -> Publication:
+        channel = publication.channel
+        with tracing.publish(channel, namespace.name) as span:
+            with tracing.broker_publish(channel, type(self.broker).__name__):
+                published: Publication = await self._broker_call(
+                    self.broker.publish(publication, history, idempotency)
+                )
+            if published.offset is not None and published.epoch is not None:
+                span.set_attribute("hubbub.offset", published.offset)
+                span.set_attribute("hubbub.epoch", published.epoch)
+        return published
+
     async def _broker_call(self, call: Any) -> Any:
+        started = time.perf_counter()
         try:
             with anyio.fail_after(self.broker_timeout):
                 return await call
@@ -1074,6 +1216,16 @@ class Hub:
         except Exception as exc:
             logger.exception("broker call failed")
             raise InternalError("broker error") from exc
+        finally:
+            # Timed whatever the outcome: a timeout is the latency an outage shows.
+            op = getattr(call, "__name__", "")
+            if op not in _BROKER_OPS:
+                op = "other"
+            histograms = self.stats.broker_latency
+            histogram = histograms.get(op)
+            if histogram is None:
+                histogram = histograms[op] = LatencyHistogram()
+            histogram.observe(time.perf_counter() - started)
 
     def _dispatch(self, publication: Publication) -> None:
         """Take one publication from the broker: check its offset, then fan it out.
@@ -1098,7 +1250,17 @@ class Hub:
                 self._start_repair(publication.channel, entry, [publication])
                 return
             entry.last_offset, entry.last_epoch = offset, publication.epoch
-        self._fan_out(entry, publication)
+        tracing = self._tracing
+        if tracing is None:
+            self._fan_out(entry, publication)
+            return
+        attributes: dict[str, Any] = {"hubbub.kind": publication.kind}
+        if offset is not None:
+            attributes["hubbub.offset"] = offset
+        with tracing.fan_out(publication.channel, entry.namespace.name, attributes) as span:
+            before = self.stats.deliveries
+            self._fan_out(entry, publication)
+            span.set_attribute("hubbub.subscribers", self.stats.deliveries - before)
 
     def _fan_out(self, entry: _Channel, publication: Publication) -> None:
         """Hand one publication to every local subscriber of its channel."""
@@ -1114,7 +1276,8 @@ class Hub:
         delivered = 0
         skip = _below_floor(entry.floors, publication) if entry.floors else None
         # A copy: a full queue closes its connection, which detaches it from this dict.
-        for connection in tuple(entry.subscribers):
+        targets = tuple(entry.subscribers)
+        for connection in targets:
             if exclude is not None and connection.id == exclude:
                 continue
             if skip and connection in skip:
@@ -1125,7 +1288,17 @@ class Hub:
                 encoded = frames[codec] = _encode(publication, source, codec)
             connection.enqueue(encoded[0], encoded[1], droppable)
             delivered += 1
-        self.stats.deliveries += delivered
+        # Counted once per publication, not per delivery: the sizes are known per codec.
+        stats = self.stats
+        stats.deliveries += delivered
+        sent = stats.sent
+        sent[publication.kind] = sent.get(publication.kind, 0) + delivered
+        if len(frames) == 1:
+            stats.bytes_out += next(iter(frames.values()))[1] * delivered
+        elif frames:  # clients of both codecs on one channel: the rare case
+            stats.bytes_out += sum(
+                frames[c.codec][1] for c in targets if c.id != exclude and not (skip and c in skip)
+            )
 
     def _lost(self, channels: Collection[str] | None) -> None:
         """The broker may have lost publications (its link dropped): repair from history.
@@ -1135,6 +1308,15 @@ class Hub:
         clients it cannot keep whole are closed with 1013 so they recover.
         Channels without history are at-most-once: nothing to do.
         """
+        self.stats.broker_losses += 1
+        logger.warning(
+            "the broker may have lost publications (its link dropped)",
+            extra={
+                "event": "broker_lost",
+                "node": self.node,
+                "channels": None if channels is None else len(channels),
+            },
+        )
         names = self._channels.keys() if channels is None else channels
         for name in list(names):
             entry = self._channels.get(name)
@@ -1217,6 +1399,19 @@ def _below_floor(floors: dict[Connection, Position], publication: Publication) -
     return skip
 
 
+_BROKER_OPS: Final = frozenset(
+    {
+        "publish",
+        "subscribe",
+        "unsubscribe",
+        "history",
+        "presence_set",
+        "presence_remove",
+        "presence",
+    }
+)
+"""Broker methods timed by name in ``HubStats.broker_latency``; anything else is ``other``."""
+
 CONTROL_CHANNEL: Final = "$control"
 """The channel nodes use to command each other (never a valid client channel name)."""
 
@@ -1291,6 +1486,25 @@ def _anonymous_name(scope: Any) -> str | None:
         return None
     name = "".join(ch for ch in value if ch.isprintable()).strip()[:64]
     return name or None
+
+
+def _check_capabilities(broker: Broker, namespaces: NamespaceRegistry) -> None:
+    """Refuse to start with a namespace that needs what the broker cannot do.
+
+    Raises:
+        UnsupportedCapability: naming the first such namespace and capability.
+    """
+    for namespace in (*namespaces, namespaces.personal):
+        personal = " (personal channels)" if namespace is namespaces.personal else ""
+        needs = []
+        if namespace.history_size:
+            why = f"{personal} keeps history (history_size={namespace.history_size})"
+            needs.append((Capability.HISTORY, why))
+        if namespace.presence:
+            needs.append((Capability.PRESENCE, f"{personal} tracks presence (presence=True)"))
+        for capability, why in needs:
+            if capability not in broker.capabilities:
+                raise UnsupportedCapability(broker, namespace.name, capability, why.lstrip())
 
 
 def running_hubs() -> list[Hub]:

@@ -1,22 +1,34 @@
 """Prometheus metrics for a hub, read from its counters when scraped.
 
-The fan-out path only bumps plain integers (:class:`hubbub.HubStats`); a
-``prometheus_client`` counter per delivery would take a lock each time. This
-collector turns those integers and the hub's live state into metric families
-at scrape time, so metrics cost nothing between scrapes.
+The fan-out path only bumps plain integers (:class:`hubbub.HubStats`), once per
+publication rather than per delivery; a ``prometheus_client`` counter per
+delivery would take a lock each time. This collector turns those integers,
+the broker latency buckets and the hub's live state into metric families at
+scrape time, so metrics cost nothing between scrapes. Every metric is named
+``hubbub_*`` and labelled with the hub's ``node``; the other labels take values
+from small fixed sets (message types, close codes, refusal kinds), never from
+client data. The table of metrics is in the README.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Final, Protocol, get_args, runtime_checkable
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
-from .hub import Hub
+from ._connection import AUTH_FAILURE_REASONS
+from .hub import BROKER_BUCKETS, Hub, LatencyHistogram
+from .messages import Command, ServerMessage
 
-__all__ = ["HubCollector", "render"]
+__all__ = ["HubCollector", "LinkHealth", "render"]
 
 _COUNTERS = (
     ("connections", "connections_total", "WebSocket connections accepted"),
@@ -27,7 +39,43 @@ _COUNTERS = (
     ("recovered", "recovered", "subscribes with recover answered recovered: true"),
     ("not_recovered", "not_recovered", "subscribes with recover answered recovered: false"),
     ("gaps_repaired", "gaps_repaired", "stream gaps this node filled from history"),
+    ("bytes_received", "bytes_in", "size of the frames clients sent"),
+    ("bytes_sent", "bytes_out", "size of the frames handed to send queues"),
+    ("broker_losses", "broker_losses", "times the broker said publications may have been lost"),
 )
+
+# Label values shown from the first scrape (as 0), so rates exist before the first event.
+_COMMAND_TYPES: Final = (*(t.__struct_config__.tag for t in get_args(Command)), "invalid")
+_MESSAGE_TYPES: Final = tuple(t.__struct_config__.tag for t in get_args(ServerMessage))
+_RATE_LIMIT_KINDS: Final = ("command", "channels", "handshake", "user_connections")
+
+_LABELLED = (
+    (
+        "commands_received",
+        "commands",
+        "type",
+        _COMMAND_TYPES,
+        "client commands received, by type (invalid: frames that did not decode)",
+    ),
+    ("messages_sent", "sent", "type", _MESSAGE_TYPES, "server messages queued, by type"),
+    ("rate_limited", "rate_limited", "kind", _RATE_LIMIT_KINDS, "429 refusals, by kind"),
+    (
+        "auth_failures",
+        "auth_failures",
+        "reason",
+        tuple(sorted(AUTH_FAILURE_REASONS)),
+        "refused credentials, by reason",
+    ),
+    ("connections_closed", "closes", "code", (), "connections ended, by close code"),
+)
+
+
+@runtime_checkable
+class LinkHealth(Protocol):
+    """A broker with a link that can drop (Redis): how often it did, and came back."""
+
+    outages: int
+    reconnects: int
 
 
 class HubCollector(Collector):
@@ -38,11 +86,32 @@ class HubCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         hub = self.hub
+        node = hub.node
         stats = hub.stats
         for name, field, documentation in _COUNTERS:
             counter = CounterMetricFamily(f"hubbub_{name}", documentation, labels=["node"])
-            counter.add_metric([hub.node], getattr(stats, field))
+            counter.add_metric([node], getattr(stats, field))
             yield counter
+        for name, field, label, known, documentation in _LABELLED:
+            counts: Mapping[str, int] = getattr(stats, field)
+            labelled = CounterMetricFamily(f"hubbub_{name}", documentation, labels=["node", label])
+            for value, count in sorted({**dict.fromkeys(known, 0), **counts}.items()):
+                labelled.add_metric([node, value], count)
+            yield labelled
+        broker = hub.broker
+        health = broker if isinstance(broker, LinkHealth) else None
+        for name, documentation, value in (
+            ("broker_outages", "times the broker's link went down", health and health.outages),
+            (
+                "broker_reconnects",
+                "times the broker's link came back",
+                health and health.reconnects,
+            ),
+        ):
+            counter = CounterMetricFamily(f"hubbub_{name}", documentation, labels=["node"])
+            counter.add_metric([node], value or 0)
+            yield counter
+        yield _latency(node, stats.broker_latency)
         channels = hub.channels()
         gauges = (
             ("connections_open", "open WebSocket connections", hub.connection_count),
@@ -53,8 +122,25 @@ class HubCollector(Collector):
         )
         for name, documentation, value in gauges:
             gauge = GaugeMetricFamily(f"hubbub_{name}", documentation, labels=["node"])
-            gauge.add_metric([hub.node], value)
+            gauge.add_metric([node], value)
             yield gauge
+
+
+def _latency(node: str, histograms: Mapping[str, LatencyHistogram]) -> Metric:
+    """The broker round-trip histogram, its buckets made cumulative here, not when observed."""
+    family = HistogramMetricFamily(
+        "hubbub_broker_latency_seconds",
+        "round-trip time of the hub's broker calls, by broker method",
+        labels=["node", "op"],
+    )
+    bounds = [*(repr(bound) for bound in BROKER_BUCKETS), "+Inf"]
+    for op, histogram in sorted(histograms.items()):
+        cumulative, buckets = 0, []
+        for bound, count in zip(bounds, histogram.counts, strict=True):
+            cumulative += count
+            buckets.append((bound, float(cumulative)))
+        family.add_metric([node, op], buckets, sum_value=histogram.total)
+    return family
 
 
 def render(hub: Hub) -> bytes:

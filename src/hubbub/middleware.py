@@ -21,9 +21,19 @@ from urllib.parse import urlsplit
 import msgspec
 from starlette.authentication import AuthCredentials, BaseUser
 
-from ._connection import ADMITTED, Receive, Scope, SendCallable, deny
+from ._connection import (
+    ADMITTED,
+    Receive,
+    Scope,
+    SendCallable,
+    auth_failure,
+    deny,
+    handshake_failure_reason,
+    handshake_refused,
+)
 from ._errors import AuthenticationFailed, HubbubError, PermissionDenied, RateLimited
 from .auth import Authenticator, Identity
+from .hub import HubStats
 from .limits import Admission, client_ip
 
 __all__ = ["AuthMiddleware", "HubbubUser", "RedactTokens", "install_log_redaction"]
@@ -70,6 +80,9 @@ class AuthMiddleware:
         admission: the hub's :attr:`Hub.admission <hubbub.Hub.admission>`: pass it
             so handshake floods and connection caps per IP are refused (429) before
             any token is verified; the hub then does not count the handshake twice.
+        stats: where refusals are counted for ``/metrics`` (auth failures, 429s):
+            by default the stats of the hub ``app`` serves, when ``app`` is a
+            :class:`~hubbub.HubApp`.
 
     A bad token is refused 401 on both HTTP and WebSocket, before the upgrade.
     """
@@ -83,6 +96,7 @@ class AuthMiddleware:
         allowed_origins: Iterable[str] | None = None,
         require_origin: bool = False,
         admission: Admission | None = None,
+        stats: HubStats | None = None,
     ) -> None:
         if authenticator is not None and not callable(authenticator):
             raise TypeError("authenticator must be an async callable (see hubbub.Authenticator)")
@@ -100,6 +114,12 @@ class AuthMiddleware:
         if admission is not None and not isinstance(admission, Admission):
             raise TypeError("admission must be a Hub's admission (hubbub.limits.Admission)")
         self.admission = admission
+        if stats is not None and not isinstance(stats, HubStats):
+            raise TypeError("stats must be a Hub's stats (hubbub.HubStats)")
+        if stats is None:
+            served = getattr(app, "hub", None)
+            stats = getattr(served, "stats", None) if served is not None else None
+        self.stats = stats if isinstance(stats, HubStats) else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: SendCallable) -> None:
         kind = scope["type"]
@@ -107,6 +127,7 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         retry_after = None
+        origin_checked = False
         try:
             if kind == "websocket":
                 if self.admission is not None:
@@ -123,14 +144,18 @@ class AuthMiddleware:
                     scope[ADMITTED] = ip
                     scope[ADMITTED + ".by"] = self.admission
                 self.check_origin(scope)
+                origin_checked = True
             identity = await self.authenticator(scope) if self.authenticator else None
             if identity is None and kind == "websocket" and not self.anonymous:
                 if self.authenticator is not None:
                     raise AuthenticationFailed("credentials required")
         except HubbubError as exc:
-            logging.getLogger("hubbub.auth").info(
-                "refused a %s request (%d): %s", kind, exc.http_status, exc.reason
-            )
+            if isinstance(exc, RateLimited):
+                handshake_refused(self.stats, "handshake", exc.reason, None)
+            elif kind == "websocket" and not origin_checked:
+                auth_failure(self.stats, "origin", exc, transport=kind)
+            else:
+                auth_failure(self.stats, handshake_failure_reason(exc), exc, transport=kind)
             if kind == "websocket":
                 message = await receive()
                 if message["type"] == "websocket.connect":

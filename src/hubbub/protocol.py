@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from ._errors import (
     AlreadySubscribed,
@@ -40,6 +40,9 @@ from .messages import (
     Unsubscribe,
 )
 from .namespaces import Namespace, NamespaceRegistry, personal_owner
+
+if TYPE_CHECKING:
+    from .hub import HubStats
 
 __all__ = ["ClientProtocol", "Close", "Execute", "Send"]
 
@@ -112,6 +115,7 @@ class ClientProtocol:
         namespaces: the hub's namespaces.
         limits: the connection limits.
         now: the clock reading at accept time (seconds, any monotonic origin).
+        stats: the hub's counters, where commands received and refusals are counted.
     """
 
     def __init__(
@@ -122,7 +126,9 @@ class ClientProtocol:
         namespaces: NamespaceRegistry,
         limits: Limits,
         now: float,
+        stats: HubStats | None = None,
     ) -> None:
+        self.stats = stats
         self.identity = identity
         self.codec = codec
         self.namespaces = namespaces
@@ -179,10 +185,16 @@ class ClientProtocol:
                     InvalidMessage("binary frame on hubbub.v1.json: send text frames"), None
                 )
             data = frame
+        stats = self.stats
         try:
             command = self.codec.decode(data)
         except InvalidMessage as exc:
+            if stats is not None:
+                stats.commands["invalid"] = stats.commands.get("invalid", 0) + 1
             return self._invalid(exc, getattr(exc, "command_id", None))
+        if stats is not None:
+            kind: str = command.__struct_config__.tag  # type: ignore[assignment]
+            stats.commands[kind] = stats.commands.get(kind, 0) + 1
         try:
             if not isinstance(command, Pong) and not self._take(command, now):
                 return self._rate_limited(command.id, now)
@@ -190,6 +202,8 @@ class ClientProtocol:
         except HubbubError as exc:
             if exc.code == InvalidMessage.code:
                 return self._invalid(exc, command.id)
+            if exc.code == RateLimited.code and stats is not None:  # max_channels
+                stats.rate_limited["channels"] = stats.rate_limited.get("channels", 0) + 1
             # A refusal (403/404/409/413/429) answers a well-formed command: it resets the count.
             self.invalid_in_a_row = 0
             return [Send(Error(code=exc.code, reason=exc.reason, id=command.id))]
@@ -264,6 +278,9 @@ class ClientProtocol:
         if refusals is None:
             refusals = self._refusals = deque()
         refusals.append(now)
+        stats = self.stats
+        if stats is not None:
+            stats.rate_limited["command"] = stats.rate_limited.get("command", 0) + 1
         window = self.limits.flood_window
         while refusals and refusals[0] <= now - window:
             refusals.popleft()

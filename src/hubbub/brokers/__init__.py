@@ -8,6 +8,7 @@ hubbub`` never imports a backend's client library.
 from __future__ import annotations
 
 from ._base import Broker as Broker
+from ._base import Capability as Capability
 from ._base import HistoryOptions as HistoryOptions
 from ._base import HistoryPage as HistoryPage
 from ._base import Idempotency as Idempotency
@@ -15,11 +16,13 @@ from ._base import LossHandler as LossHandler
 from ._base import Publication as Publication
 from ._base import PublicationHandler as PublicationHandler
 from ._base import PublicationKind as PublicationKind
+from ._base import UnsupportedCapability as UnsupportedCapability
 from .memory import MemoryBroker as MemoryBroker
 
 
 def broker_from_url(url: str) -> Broker:
-    """The broker a URL names: ``memory://``, or ``redis://…`` / ``rediss://…``.
+    """The broker a URL names: ``memory://``, ``redis://…`` / ``rediss://…``, or
+    ``postgresql://…`` / ``postgres://…``.
 
     Backends other than memory are imported only here, when asked for.
 
@@ -37,11 +40,24 @@ def broker_from_url(url: str) -> Broker:
                 f"the Redis broker needs the redis package: pip install 'hubbub[redis]' ({exc})"
             ) from None
         return RedisBroker.from_url(url)
-    raise ValueError(f"unknown broker URL {url!r}: use memory:// or redis://host:port/db")
+    if scheme in ("postgres", "postgresql"):
+        try:
+            from .postgres import PostgresBroker
+
+            return PostgresBroker.from_url(url)
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ValueError(
+                f"the PostgreSQL broker needs psycopg: pip install 'hubbub[postgres]' ({exc})"
+            ) from None
+    raise ValueError(
+        f"unknown broker URL {url!r}: use memory://, redis://host:port/db "
+        "or postgresql://user@host:port/db"
+    )
 
 
 __all__ = [
     "Broker",
+    "Capability",
     "HistoryOptions",
     "HistoryPage",
     "Idempotency",
@@ -50,5 +66,6 @@ __all__ = [
     "Publication",
     "PublicationHandler",
     "PublicationKind",
+    "UnsupportedCapability",
     "broker_from_url",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Literal
 
 from anyio.abc import TaskGroup
@@ -21,6 +22,7 @@ from ..messages import ClientInfo, Position
 
 __all__ = [
     "Broker",
+    "Capability",
     "HistoryOptions",
     "HistoryPage",
     "Idempotency",
@@ -28,6 +30,7 @@ __all__ = [
     "Publication",
     "PublicationHandler",
     "PublicationKind",
+    "UnsupportedCapability",
 ]
 
 PublicationKind = Literal["message", "join", "leave", "control"]
@@ -103,6 +106,44 @@ been lost on their way to this node, e.g. after the broker's link dropped.
 The hub closes the affected clients with 1013 so they recover from history."""
 
 
+class Capability(StrEnum):
+    """What a broker can do beyond pub/sub, declared in :attr:`Broker.capabilities`.
+
+    The hub checks them against its namespaces when it starts, so a namespace
+    asking for something its broker cannot do fails at start-up, not at the
+    first publish (see ``docs/brokers.md``).
+    """
+
+    HISTORY = "history"
+    """Streams: offsets, epochs, bounded history (:meth:`Broker.history`); needed by
+    namespaces with ``history_size`` (and so by recovery and ``replay``)."""
+    PRESENCE = "presence"
+    """Presence leases (:meth:`Broker.presence_set` and friends); needed by
+    namespaces with ``presence``."""
+    IDEMPOTENCY = "idempotency"
+    """``publish(..., idempotency=...)`` publishes at most once per key; without
+    it the hub refuses publishes that carry an ``idempotency_key``."""
+
+
+class UnsupportedCapability(ValueError):
+    """A namespace asks for something the hub's broker cannot do (raised when the hub starts).
+
+    Attributes:
+        namespace: the namespace's name (``""``: the default namespace).
+        capability: what it asks for.
+    """
+
+    def __init__(self, broker: Broker, namespace: str, capability: Capability, why: str) -> None:
+        self.namespace = namespace
+        self.capability = capability
+        shown = repr(namespace) if namespace else "the default namespace"
+        super().__init__(
+            f"namespace {shown} {why}, but {type(broker).__name__} does not support "
+            f"{capability.value!r} (its capabilities: "
+            f"{', '.join(sorted(broker.capabilities)) or 'pub/sub only'})"
+        )
+
+
 class Broker(ABC):
     """Moves publications between hub nodes and keeps streams and presence.
 
@@ -122,9 +163,19 @@ class Broker(ABC):
     Errors: a broker raises :class:`hubbub.BrokerUnavailable` when it cannot
     reach its backend and never hangs without bound; it raises
     :class:`hubbub.StreamGone` when asked to read after a position whose epoch
-    is not the stream's. The shared contract tests (``tests/broker_contract.py``)
-    check all of this against any broker.
+    is not the stream's. The contract suite :class:`hubbub.testing.contract.BrokerContract`
+    checks all of this against any broker (``docs/brokers.md``).
+
+    Only pub/sub (:meth:`start`, :meth:`stop`, :meth:`publish`,
+    :meth:`subscribe`, :meth:`unsubscribe`) is required. A broker that leaves out
+    history or presence says so in :attr:`capabilities`; the hub then never
+    calls those methods, and refuses to start with a namespace that needs them.
     """
+
+    capabilities: frozenset[Capability] = frozenset(Capability)
+    """What this broker supports beyond pub/sub. Everything by default (every
+    broker written before capabilities existed implemented it all); a smaller
+    broker declares less, e.g. ``capabilities = frozenset()`` for pub/sub only."""
 
     @abstractmethod
     async def start(
@@ -156,7 +207,9 @@ class Broker(ABC):
         Returns the publication with its ``offset`` and ``epoch`` set where the
         channel keeps history (``history`` is not ``None``). With
         ``idempotency``, a key seen within its window publishes nothing and
-        returns the publication first published under that key.
+        returns the publication first published under that key. The hub passes
+        ``history`` only to brokers with :attr:`Capability.HISTORY` and
+        ``idempotency`` only to brokers with :attr:`Capability.IDEMPOTENCY`.
         """
 
     @abstractmethod
@@ -167,7 +220,6 @@ class Broker(ABC):
     async def unsubscribe(self, channel: str) -> None:
         """Stop receiving the channel's publications on this node."""
 
-    @abstractmethod
     async def history(
         self,
         channel: str,
@@ -184,21 +236,27 @@ class Broker(ABC):
         ``reverse``. A channel without a stream gets an empty page at offset 0
         under a new epoch.
 
+        Only brokers with :attr:`Capability.HISTORY` implement it.
+
         Raises:
             StreamGone: ``since`` names another epoch than the stream's.
         """
+        raise NotImplementedError(f"{type(self).__name__} keeps no history")
 
-    @abstractmethod
     async def presence_set(self, channel: str, client: str, info: ClientInfo, ttl: float) -> None:
-        """Add or refresh ``client``'s presence lease in ``channel`` for ``ttl`` seconds."""
+        """Add or refresh ``client``'s presence lease in ``channel`` for ``ttl`` seconds.
 
-    @abstractmethod
+        Only brokers with :attr:`Capability.PRESENCE` implement the presence methods.
+        """
+        raise NotImplementedError(f"{type(self).__name__} keeps no presence")
+
     async def presence_remove(self, channel: str, client: str) -> None:
         """Remove ``client``'s presence lease in ``channel`` (no error if absent)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no presence")
 
-    @abstractmethod
     async def presence(self, channel: str) -> Mapping[str, ClientInfo]:
         """The clients whose presence lease in ``channel`` has not expired."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no presence")
 
     async def ready(self) -> bool:
         """Whether the backend is reachable now (``/ready``). Defaults to True."""

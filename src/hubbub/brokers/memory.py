@@ -15,6 +15,7 @@ from .._errors import StreamGone
 from ..messages import ClientInfo, Position
 from ._base import (
     Broker,
+    Capability,
     HistoryOptions,
     HistoryPage,
     Idempotency,
@@ -51,6 +52,8 @@ class MemoryBroker(Broker):
     Args:
         clock: seconds on a monotonic clock; injectable for tests.
     """
+
+    capabilities = frozenset(Capability)
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock

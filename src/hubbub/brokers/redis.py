@@ -56,6 +56,7 @@ from .._errors import BrokerUnavailable, InternalError, StreamGone
 from ..messages import ClientInfo, Position
 from ._base import (
     Broker,
+    Capability,
     HistoryOptions,
     HistoryPage,
     Idempotency,
@@ -261,6 +262,8 @@ class RedisBroker(Broker):
         max_reconnect_delay: the longest back-off delay.
     """
 
+    capabilities = frozenset(Capability)
+
     def __init__(
         self,
         client: Redis,
@@ -293,6 +296,10 @@ class RedisBroker(Broker):
         self._presence_get_script = client.register_script(_PRESENCE_GET)
         self._handler: PublicationHandler | None = None
         self._lost: LossHandler | None = None
+        self.outages = 0
+        """Times the pub/sub link went down (read by ``/metrics``)."""
+        self.reconnects = 0
+        """Times the pub/sub link came back after an outage (read by ``/metrics``)."""
         self._scope: anyio.CancelScope | None = None
         self._task: asyncio.Task[None] | None = None
         self._attempted = self._done = anyio.Event()
@@ -600,10 +607,13 @@ class RedisBroker(Broker):
                 self._link = link
                 self._attempted.set()
                 if outage is not None:
+                    self.reconnects += 1
+                    down = anyio.current_time() - outage
                     logger.warning(
                         "Redis pub/sub link restored after %.1f s; resubscribed %d channel(s)",
-                        anyio.current_time() - outage,
+                        down,
                         len(channels),
+                        extra={"event": "broker_up", "outage": round(down, 3)},
                     )
                     outage = None
                     if channels and self._lost is not None:
@@ -617,14 +627,18 @@ class RedisBroker(Broker):
             except* _LINK_ERRORS as group:
                 if outage is None:
                     outage = anyio.current_time()
+                    self.outages += 1
                     exc = _first(group)
                     logger.warning(
                         "Redis pub/sub link down (%s); publications may be lost until it is back",
                         str(exc) or type(exc).__name__,
+                        extra={"event": "broker_down", "error": type(exc).__name__},
                     )
             except* Exception:
                 # A bug must not leave the node deaf: log it and rebuild the link.
-                outage = outage if outage is not None else anyio.current_time()
+                if outage is None:
+                    outage = anyio.current_time()
+                    self.outages += 1
                 logger.exception("Redis pub/sub link failed unexpectedly; reconnecting")
             finally:
                 link.fail()

@@ -1,0 +1,493 @@
+"""Server-Sent Events: ``GET <prefix>/sse?channel=…``, a one-way stream of publications.
+
+An SSE stream is a :class:`~hubbub._connection.Connection` with another writer:
+it is registered, subscribed, fanned out to, limited and closed exactly like a
+WebSocket client (same bounded send queue, same slow-consumer policy, same
+``Hub.disconnect`` and drain), and only the last step differs: the writer frames
+each queued JSON message as an SSE event instead of a WebSocket frame.
+
+Every ``message`` event carries an ``id`` that encodes the position (offset and
+epoch) of every history channel of the stream, so the browser's
+``Last-Event-ID`` resumes them all at once through the hub's ordinary recovery
+path (``subscribe`` with ``recover``). The id is base64url of a small
+MessagePack document: a version and, per channel, a 63-bit fingerprint of its
+name with its offset and epoch. Fingerprints rather than indexes keep an id
+valid when the channel list changes; names rather than fingerprints would make
+ids grow with channel names. Design notes: ``docs/protocol.md`` ("Server-Sent
+Events") and ``docs/design.md``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import hashlib
+import logging
+import random
+import re
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
+from urllib.parse import parse_qsl
+
+import anyio
+import msgspec
+from msgspec import Meta, Struct
+
+from ._connection import (
+    _GONE,
+    _KNOWN_CLOSE_CODES,
+    ADMITTED,
+    Connection,
+    Receive,
+    Scope,
+    SendCallable,
+    auth_failure,
+    handshake_failure_reason,
+    handshake_refused,
+    query_param,
+)
+from ._errors import (
+    HubbubError,
+    HubNotRunning,
+    InvalidMessage,
+    PermissionDenied,
+    RateLimited,
+)
+from .limits import client_ip
+from .messages import JSON, Disconnect, Position, Subscribe, Subscribed
+from .namespaces import Namespace, personal_owner, validate_channel
+from .protocol import NORMAL, TOKEN_EXPIRED, Close
+
+if TYPE_CHECKING:
+    from .auth import Identity
+    from .hub import Hub
+
+__all__ = ["SSEStream", "decode_event_id", "encode_event_id", "fingerprint", "serve_sse"]
+
+logger = logging.getLogger("hubbub.sse")
+
+MAX_EVENT_ID: Final = 8192
+"""The longest ``Last-Event-ID`` accepted, in characters (400 above)."""
+
+_MAX_POSITIONS: Final = 1024
+_MAX_EPOCH: Final = 256
+_INT64: Final = 2**63 - 1
+_ID_ALPHABET = re.compile(r"[A-Za-z0-9_-]*")
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_PING: Final = ": ping\n\n"
+
+# -- event ids --------------------------------------------------------------------------------
+
+
+class _EventId(Struct, array_like=True):
+    """The decoded id: version 1, then ``(fingerprint, offset, epoch)`` per history channel."""
+
+    version: Literal[1]
+    positions: Annotated[
+        list[
+            tuple[
+                Annotated[int, Meta(ge=0, le=_INT64)],
+                Annotated[int, Meta(ge=0, le=_INT64)],
+                Annotated[str, Meta(max_length=_MAX_EPOCH)],
+            ]
+        ],
+        Meta(max_length=_MAX_POSITIONS),
+    ]
+
+
+_ID_ENCODER = msgspec.msgpack.Encoder()
+_ID_DECODER = msgspec.msgpack.Decoder(_EventId)
+
+
+@functools.lru_cache(maxsize=4096)
+def fingerprint(channel: str) -> int:
+    """A 63-bit fingerprint of a channel name, as stored in event ids (msgspec's int64 range)."""
+    digest = hashlib.blake2b(channel.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & _INT64
+
+
+def encode_event_id(positions: dict[str, Position]) -> str:
+    """The SSE ``id`` for the positions of a stream's history channels (URL-safe, unpadded)."""
+    document = _EventId(
+        1, [(fingerprint(channel), p.offset, p.epoch) for channel, p in positions.items()]
+    )
+    return base64.urlsafe_b64encode(_ID_ENCODER.encode(document)).rstrip(b"=").decode()
+
+
+def decode_event_id(text: str, channels: list[str]) -> dict[str, Position]:
+    """The positions an event id holds for ``channels`` (entries for other channels are ignored).
+
+    Raises:
+        InvalidMessage: the id is not one this server issued (malformed, too long,
+            wrong version, a fingerprint twice).
+    """
+    if len(text) > MAX_EVENT_ID:
+        raise InvalidMessage(f"Last-Event-ID longer than {MAX_EVENT_ID} characters")
+    if not _ID_ALPHABET.fullmatch(text):
+        raise InvalidMessage("malformed Last-Event-ID")
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        document = _ID_DECODER.decode(raw)
+    except (binascii.Error, ValueError, msgspec.MsgspecError):
+        raise InvalidMessage("malformed Last-Event-ID") from None
+    found: dict[int, Position] = {}
+    for mark, offset, epoch in document.positions:
+        if mark in found:
+            raise InvalidMessage("malformed Last-Event-ID: a channel appears twice")
+        found[mark] = Position(offset=offset, epoch=epoch)
+    positions = {}
+    for channel in channels:
+        position = found.get(fingerprint(channel))
+        if position is not None:
+            positions[channel] = position
+    return positions
+
+
+# -- the stream -------------------------------------------------------------------------------
+
+
+class _Head(Struct):
+    """What the writer reads from a queued frame: enough to name the event and build its id."""
+
+    type: str
+    channel: str | None = None
+    offset: int | None = None
+    epoch: str | None = None
+
+
+_HEAD = msgspec.json.Decoder(_Head)
+_SUBSCRIBED = msgspec.json.Decoder(Subscribed)
+
+
+def _data(frame: str) -> str:
+    """``frame`` as ``data:`` lines: JSON whitespace may hold line breaks, which SSE cannot."""
+    if "\n" in frame or "\r" in frame:
+        return "".join(f"data: {line}\n" for line in _LINE_BREAK.split(frame))
+    return f"data: {frame}\n"
+
+
+class SSEStream(Connection):
+    """A connection whose writer frames messages as Server-Sent Events.
+
+    Clients of an SSE stream never send anything, so there is no idle deadline:
+    ``: ping`` comments every ``ping_interval`` keep proxies from closing the
+    stream, and a token's expiry still ends it (there is no ``refresh``).
+    """
+
+    __slots__ = ("_id", "_positions")
+
+    transport = "sse"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._positions: dict[str, Position] = {}
+        self._id: str | None = None
+
+    def resume_from(self, positions: dict[str, Position]) -> None:
+        """Start the stream's id from the positions of the client's ``Last-Event-ID``.
+
+        A channel whose ``subscribed`` event has not been sent yet keeps its old
+        position in every id until then, so a stream dropped meanwhile resumes it.
+        """
+        self._positions.update(positions)
+        self._id = None
+
+    def heartbeat(self, now: float) -> None:
+        protocol = self.protocol
+        if protocol.closed:
+            return
+        if protocol.expiry is not None and now >= protocol.expiry:
+            protocol.closed = True
+            self.close(Close(TOKEN_EXPIRED, "token expired"))
+        elif now >= protocol.next_ping:
+            protocol.next_ping = now + self.hub.limits.ping_interval
+            self.enqueue(_PING, len(_PING))
+
+    def ending(self) -> tuple[int, str]:
+        """As for a WebSocket, except that leaving is how an SSE client says goodbye (1000)."""
+        if self._close is None:
+            return NORMAL, "closed by the client"
+        return super().ending()
+
+    def event_id(self) -> str:
+        """The current ``id``: the newest position of every history channel."""
+        if self._id is None:
+            self._id = encode_event_id(self._positions)
+        return self._id
+
+    def _track(self, channel: str, offset: int, epoch: str) -> None:
+        self._positions[channel] = Position(offset=offset, epoch=epoch)
+        self._id = None
+
+    def frame_event(self, frame: str) -> str:
+        """One queued frame (the JSON of a server message, or a ping) as SSE text."""
+        if frame is _PING:
+            return frame
+        head = _HEAD.decode(frame)
+        kind = head.type
+        if kind == "message":
+            if head.offset is not None and head.epoch is not None and head.channel is not None:
+                self._track(head.channel, head.offset, head.epoch)
+            return f"event: message\nid: {self.event_id()}\n{_data(frame)}\n"
+        if kind == "subscribed":
+            return self._subscribed_event(frame)
+        return f"event: {kind}\n{_data(frame)}\n"
+
+    def _subscribed_event(self, frame: str) -> str:
+        """``subscribed`` without its publications, which follow as ``message`` events.
+
+        Its id is the position just before them, so a stream dropped while they
+        are in flight resumes with them.
+        """
+        reply = _SUBSCRIBED.decode(frame)
+        publications, reply.publications = reply.publications, []
+        if publications:
+            frame = JSON.encode(reply)  # type: ignore[assignment]
+        if reply.offset is not None and reply.epoch is not None:
+            offset = reply.offset
+            first = publications[0] if publications else None
+            if first is not None and first.offset is not None and first.epoch == reply.epoch:
+                offset = first.offset - 1
+            self._track(reply.channel, offset, reply.epoch)
+            parts = [f"event: subscribed\nid: {self.event_id()}\n{_data(frame)}\n"]
+        else:
+            parts = [f"event: subscribed\n{_data(frame)}\n"]
+        for publication in publications:
+            parts.append(self.frame_event(JSON.encode(publication)))  # type: ignore[arg-type]
+        return "".join(parts)
+
+    async def run(self, receive: Receive, send: SendCallable) -> None:
+        """Stream until the client goes, the hub closes the stream, or the queue overflows."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._watch, receive)
+            await self._stream(send)
+            tg.cancel_scope.cancel()
+
+    async def _watch(self, receive: Receive) -> None:
+        """Wait for ``http.disconnect``: the only thing an SSE client ever says."""
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self._gone = True
+                if self._send_scope is not None:
+                    self._send_scope.cancel()
+                self._wake()
+                return
+
+    async def _stream(self, send: SendCallable) -> None:
+        queue = self._queue
+        chunk = self.hub.limits.batch_bytes
+        with anyio.CancelScope() as scope:
+            self._send_scope = scope
+            try:
+                while True:
+                    if not queue:
+                        if self._close is not None or self._gone:
+                            break
+                        self._waiting = True
+                        await self._wakeup.wait()
+                        continue
+                    if self._gone or (self._close is not None and not self._close.flush):
+                        break
+                    # Events queued since the last write leave in one chunk: the SSE
+                    # stream has no frames, so this is invisible to the client.
+                    parts: list[str] = []
+                    total = 0
+                    while queue and total < chunk:
+                        frame, size, _ = queue.popleft()
+                        self._queued_bytes -= size
+                        total += size
+                        parts.append(self.frame_event(frame))  # type: ignore[arg-type]
+                    body = "".join(parts).encode()
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+            except _GONE:
+                self._gone = True
+        self._send_scope = None
+        if self._gone:
+            return
+        close = self._close
+        goodbye = b""
+        if close is not None:
+            self.close_code = close.code
+            message = Disconnect(code=close.code, reason=close.reason, reconnect=close.reconnect)
+            goodbye = f"event: disconnect\n{_data(JSON.encode(message))}\n".encode()  # type: ignore[arg-type]
+        with anyio.move_on_after(self.hub.limits.close_timeout):
+            try:
+                await send({"type": "http.response.body", "body": goodbye, "more_body": False})
+            except _GONE:
+                self._gone = True
+
+
+# -- the request ------------------------------------------------------------------------------
+
+
+class _MethodNotAllowed(HubbubError):
+    code = 405
+    http_status = 405
+    default_reason = "method not allowed"
+
+
+async def serve_sse(hub: Hub, scope: Scope, receive: Receive, send: SendCallable) -> None:
+    """Answer ``GET <prefix>/sse``: refuse it with a JSON error, or stream until it ends.
+
+    The checks and their order are the WebSocket handshake's; every refusal
+    happens before the response starts, as JSON ``{code, reason}``.
+    """
+    retry_after: int | None = None
+    ip: str | None = None
+    try:
+        if scope.get("method", "GET") != "GET":
+            raise _MethodNotAllowed("use GET for /sse")
+        if not hub.running:
+            raise HubNotRunning(f"hub is {hub.state}")
+        channels = _channels(scope)
+        wanted = [(channel, hub.namespaces.resolve(channel)) for channel in channels]
+        event_id = _header(scope, b"last-event-id") or query_param(scope, "last_event_id")
+        positions = decode_event_id(event_id, channels) if event_id else None
+        admission = hub.admission
+        admitted = scope.get(ADMITTED)
+        if isinstance(admitted, str) and admission is scope.get(ADMITTED + ".by"):
+            ip = admitted
+        else:
+            peer = scope.get("client")
+            ip = client_ip(
+                peer[0] if peer else None, scope.get("headers") or (), hub.limits.trusted_proxies
+            )
+            refused = await admission.check_ip(ip)
+            if refused is not None:
+                retry_after = refused[1]
+                handshake_refused(hub.stats, "handshake", refused[0], ip)
+                raise RateLimited(refused[0])
+        try:
+            identity = await hub._authenticate(scope)
+            if identity.user:
+                refused = admission.check_user(len(hub._users.get(identity.user, ())))
+                if refused is not None:
+                    retry_after = refused[1]
+                    raise RateLimited(refused[0])
+        except HubbubError as exc:
+            if isinstance(exc, RateLimited):
+                handshake_refused(hub.stats, "user_connections", exc.reason, ip)
+            else:
+                auth_failure(hub.stats, handshake_failure_reason(exc), exc, ip=ip)
+            raise
+        _check_access(hub, identity, wanted)
+    except HubbubError as exc:
+        logger.info(
+            "refused an SSE stream (%d): %s",
+            exc.http_status,
+            exc.reason,
+            extra={"event": "refused", "reason": exc.reason, "ip": ip, "transport": "sse"},
+        )
+        await _refuse(send, exc, retry_after)
+        return
+    stream = hub._open(identity, JSON, False, kind=SSEStream)
+    assert isinstance(stream, SSEStream)
+    hub.stats.sse_streams_total += 1
+    admission.opened(ip)
+    try:
+        if positions:
+            stream.resume_from(positions)
+        try:
+            for channel, namespace in wanted:
+                if channel in stream.protocol.channels:
+                    continue  # subscribed server-side meanwhile (Hub.subscribe_user)
+                recover = None
+                if positions is not None:
+                    recover = positions.get(channel)
+                    if recover is None and not namespace.history_size:
+                        # Resuming: a channel without history cannot be recovered; say so.
+                        recover = Position(offset=0, epoch="")
+                await hub._client_subscribe(
+                    stream, Subscribe(channel=channel, recover=recover), namespace
+                )
+        except HubbubError as exc:
+            logger.info("refused an SSE stream (%d): %s", exc.http_status, exc.reason)
+            await _refuse(send, exc, None)
+            return
+        headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache, no-transform"),
+            (b"x-accel-buffering", b"no"),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        # A random reconnection delay spreads browsers' reconnects after a restart.
+        retry = f"retry: {random.randint(1000, 5000)}\n\n".encode()
+        await send({"type": "http.response.body", "body": retry, "more_body": True})
+        logger.info(
+            "client connected",
+            extra={**stream._extra(), "event": "connect", "ip": ip, "transport": "sse"},
+        )
+        await stream.run(receive, send)
+    except _GONE:
+        pass
+    finally:
+        code, reason = stream.ending()
+        stream.close(Close(NORMAL, "stream ended", flush=False))
+        admission.closed(ip)
+        hub._forget(stream)
+        closes = hub.stats.closes
+        label = str(code) if code in _KNOWN_CLOSE_CODES else "other"
+        closes[label] = closes.get(label, 0) + 1
+        logger.info(
+            "client disconnected (%d): %s",
+            code,
+            reason,
+            extra={
+                **stream._extra(),
+                "event": "disconnect",
+                "code": code,
+                "reason": reason,
+                "transport": "sse",
+            },
+        )
+
+
+def _channels(scope: Scope) -> list[str]:
+    """The ``channel`` query parameters, validated, without repeats, in their order."""
+    query = scope.get("query_string", b"").decode("latin-1")
+    channels: dict[str, None] = {}
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key == "channel":
+            channels[validate_channel(value)] = None
+            if len(channels) > _MAX_POSITIONS:
+                raise InvalidMessage(f"at most {_MAX_POSITIONS} channels")
+    if not channels:
+        raise InvalidMessage("name at least one channel: /sse?channel=…")
+    return list(channels)
+
+
+def _check_access(hub: Hub, identity: Identity, wanted: list[tuple[str, Namespace]]) -> None:
+    """The WebSocket ``subscribe`` rules: personal channels, namespace permission, the cap."""
+    counted = 0
+    for channel, namespace in wanted:
+        owner = personal_owner(channel)
+        if owner is not None:
+            if not owner or owner != identity.user:
+                raise PermissionDenied("a personal channel is only for its own user")
+            continue
+        if not namespace.may_subscribe(identity, channel):
+            raise PermissionDenied(f"not allowed to subscribe to {channel!r}")
+        counted += 1
+    if counted > hub.limits.max_channels:
+        raise RateLimited(f"at most {hub.limits.max_channels} channels per connection")
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers") or ():
+        if key.lower() == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+async def _refuse(send: SendCallable, exc: HubbubError, retry_after: int | None) -> None:
+    body = msgspec.json.encode({"code": exc.code, "reason": exc.reason})
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    if exc.http_status == 401:
+        headers.append((b"www-authenticate", b'Bearer error="invalid_token"'))
+    if exc.http_status == 405:
+        headers.append((b"allow", b"GET"))
+    await send({"type": "http.response.start", "status": exc.http_status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,237 @@
+"""The PostgreSQL broker's schema: tables and functions, as SQL text for one schema name.
+
+Kept apart from the broker so users who migrate their databases themselves can
+read (``PostgresBroker.schema_sql()``) exactly what the broker would run, and
+because the SQL functions are the broker's real publish path: offsets are
+assigned, history trimmed, idempotency checked and ``pg_notify`` sent inside
+the publishing transaction, whoever runs it (the broker, ``publish_in`` on the
+application's own transaction, or plain SQL through ``<schema>.publish``).
+
+Every statement is idempotent (``IF NOT EXISTS``, ``CREATE OR REPLACE``), so
+running the script again upgrades the functions and changes nothing else.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+__all__ = ["NOTIFY_LIMIT", "check_schema_name", "schema_sql"]
+
+NOTIFY_LIMIT: Final = 7900
+"""Largest ``pg_notify`` payload sent inline, in bytes (PostgreSQL refuses 8000 and
+more); a larger publication is parked in ``<schema>.relay`` and the notification
+carries its id."""
+
+_NAME: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+_TEMPLATE: Final = r"""
+SELECT pg_advisory_xact_lock(hashtext('hubbub schema {s}'));
+
+CREATE SCHEMA IF NOT EXISTS {s};
+
+-- One row per channel stream: its epoch, newest offset and how it is kept.
+CREATE TABLE IF NOT EXISTS {s}.streams (
+    channel    text PRIMARY KEY,
+    epoch      text NOT NULL,
+    top        bigint NOT NULL,
+    size       integer NOT NULL,
+    ttl        interval NOT NULL,
+    expires_at timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS streams_expires_at ON {s}.streams (expires_at);
+
+-- The kept history: the newest `size` publications of each stream.
+CREATE TABLE IF NOT EXISTS {s}.publications (
+    channel         text NOT NULL,
+    epoch           text NOT NULL,
+    "offset"        bigint NOT NULL,
+    data            bytea NOT NULL,
+    codec           text NOT NULL,
+    ts              bigint NOT NULL,
+    sender          bytea,
+    exclude         text,
+    kind            text NOT NULL DEFAULT 'message',
+    idempotency_key text,
+    created_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (channel, epoch, "offset")
+);
+
+-- Publications too large for a NOTIFY payload, fetched by id; swept after a minute.
+CREATE UNLOGGED TABLE IF NOT EXISTS {s}.relay (
+    id         bigserial PRIMARY KEY,
+    channel    text NOT NULL,
+    epoch      text,
+    "offset"   bigint,
+    data       bytea NOT NULL,
+    codec      text NOT NULL,
+    ts         bigint NOT NULL,
+    sender     bytea,
+    exclude    text,
+    kind       text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+
+-- Idempotency keys within their window, with the publication first published.
+CREATE TABLE IF NOT EXISTS {s}.idempotency (
+    channel    text NOT NULL,
+    key        text NOT NULL,
+    expires_at timestamptz NOT NULL,
+    epoch      text,
+    "offset"   bigint,
+    data       bytea,
+    codec      text,
+    ts         bigint,
+    sender     bytea,
+    exclude    text,
+    kind       text,
+    PRIMARY KEY (channel, key)
+);
+
+-- Presence leases.
+CREATE UNLOGGED TABLE IF NOT EXISTS {s}.presence (
+    channel    text NOT NULL,
+    client     text NOT NULL,
+    info       bytea NOT NULL,
+    expires_at timestamptz NOT NULL,
+    PRIMARY KEY (channel, client)
+);
+
+CREATE OR REPLACE FUNCTION {s}._new_epoch() RETURNS text
+LANGUAGE sql VOLATILE AS $$
+    SELECT substr(replace(gen_random_uuid()::text, '-', ''), 1, 8)
+$$;
+
+-- The stream's position; a missing or expired stream comes back empty under a new epoch.
+CREATE OR REPLACE FUNCTION {s}._position(p_channel text, p_empty_ttl interval)
+RETURNS TABLE (o_epoch text, o_top bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_now timestamptz := clock_timestamp();
+BEGIN
+    RETURN QUERY SELECT st.epoch, st.top FROM {s}.streams st
+        WHERE st.channel = p_channel AND st.expires_at > v_now;
+    IF FOUND THEN
+        RETURN;
+    END IF;
+    RETURN QUERY INSERT INTO {s}.streams AS st (channel, epoch, top, size, ttl, expires_at)
+        VALUES (p_channel, {s}._new_epoch(), 0, 1, p_empty_ttl, v_now + p_empty_ttl)
+        ON CONFLICT (channel) DO UPDATE SET
+            epoch = CASE WHEN st.expires_at <= v_now THEN EXCLUDED.epoch ELSE st.epoch END,
+            top = CASE WHEN st.expires_at <= v_now THEN 0 ELSE st.top END,
+            expires_at = GREATEST(st.expires_at, EXCLUDED.expires_at)
+        RETURNING st.epoch, st.top;
+END
+$$;
+
+-- The one publish path. The row lock on the stream's row (taken by the upsert)
+-- orders publishers of a channel until their transactions end, so offsets are
+-- consecutive in commit order; NOTIFY is sent at commit, never on rollback.
+CREATE OR REPLACE FUNCTION {s}._publish(
+    p_channel text, p_data bytea, p_codec text, p_ts bigint, p_sender bytea,
+    p_exclude text, p_kind text, p_size integer, p_ttl interval,
+    p_key text, p_window interval
+)
+RETURNS TABLE (o_hit boolean, o_epoch text, o_offset bigint, o_data bytea, o_codec text,
+               o_ts bigint, o_sender bytea, o_exclude text, o_kind text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_now timestamptz := clock_timestamp();
+    v_epoch text;
+    v_offset bigint;
+    v_payload text;
+    v_relay bigint;
+BEGIN
+    IF p_key IS NOT NULL THEN
+        INSERT INTO {s}.idempotency AS i (channel, key, expires_at)
+            VALUES (p_channel, p_key, v_now + p_window)
+            ON CONFLICT (channel, key) DO UPDATE SET expires_at = EXCLUDED.expires_at
+            WHERE i.expires_at <= v_now;
+        IF NOT FOUND THEN
+            RETURN QUERY SELECT true, i.epoch, i."offset", i.data, i.codec, i.ts, i.sender,
+                    i.exclude, i.kind
+                FROM {s}.idempotency i WHERE i.channel = p_channel AND i.key = p_key;
+            RETURN;
+        END IF;
+    END IF;
+    IF p_size IS NOT NULL THEN
+        INSERT INTO {s}.streams AS st (channel, epoch, top, size, ttl, expires_at)
+            VALUES (p_channel, {s}._new_epoch(), 1, GREATEST(p_size, 1), p_ttl, v_now + p_ttl)
+            ON CONFLICT (channel) DO UPDATE SET
+                epoch = CASE WHEN st.expires_at <= v_now THEN EXCLUDED.epoch ELSE st.epoch END,
+                top = CASE WHEN st.expires_at <= v_now THEN 1 ELSE st.top + 1 END,
+                size = EXCLUDED.size, ttl = EXCLUDED.ttl, expires_at = EXCLUDED.expires_at
+            RETURNING st.epoch, st.top INTO v_epoch, v_offset;
+        IF v_offset = 1 THEN
+            DELETE FROM {s}.publications p WHERE p.channel = p_channel AND p.epoch <> v_epoch;
+        END IF;
+        INSERT INTO {s}.publications
+            (channel, epoch, "offset", data, codec, ts, sender, exclude, kind, idempotency_key)
+            VALUES (p_channel, v_epoch, v_offset, p_data, p_codec, p_ts, p_sender, p_exclude,
+                    p_kind, p_key);
+        DELETE FROM {s}.publications p
+            WHERE p.channel = p_channel AND p.epoch = v_epoch
+              AND p."offset" <= v_offset - GREATEST(p_size, 1);
+    END IF;
+    IF p_key IS NOT NULL THEN
+        UPDATE {s}.idempotency i SET epoch = v_epoch, "offset" = v_offset, data = p_data,
+                codec = p_codec, ts = p_ts, sender = p_sender, exclude = p_exclude, kind = p_kind
+            WHERE i.channel = p_channel AND i.key = p_key;
+    END IF;
+    v_payload := json_build_object(
+        'c', p_channel, 'e', v_epoch, 'o', v_offset,
+        'd', translate(encode(p_data, 'base64'), E'\n', ''), 'f', p_codec, 't', p_ts,
+        's', translate(encode(p_sender, 'base64'), E'\n', ''), 'x', p_exclude, 'k', p_kind
+    )::text;
+    IF octet_length(v_payload) > {limit} THEN
+        INSERT INTO {s}.relay (channel, epoch, "offset", data, codec, ts, sender, exclude, kind)
+            VALUES (p_channel, v_epoch, v_offset, p_data, p_codec, p_ts, p_sender, p_exclude,
+                    p_kind)
+            RETURNING id INTO v_relay;
+        v_payload := json_build_object('c', left(p_channel, 1000), 'r', v_relay)::text;
+    END IF;
+    PERFORM pg_notify('{s}', v_payload);
+    RETURN QUERY SELECT false, v_epoch, v_offset, p_data, p_codec, p_ts, p_sender, p_exclude,
+        p_kind;
+END
+$$;
+
+-- Publish from SQL, in the caller's transaction: JSON data, hubbub's wire format.
+-- Pass the channel's namespace's history size and TTL (size 0: no history).
+-- Returns the publication's offset (NULL without history, or the first
+-- publication's offset when the idempotency key was already used).
+CREATE OR REPLACE FUNCTION {s}.publish(
+    channel text,
+    data jsonb,
+    history_size integer DEFAULT 100,
+    history_ttl interval DEFAULT '24 hours',
+    idempotency_key text DEFAULT NULL,
+    idempotency_window interval DEFAULT '5 minutes'
+) RETURNS bigint
+LANGUAGE sql AS $$
+    SELECT o_offset FROM {s}._publish(
+        channel, convert_to(data::text, 'UTF8'), 'json',
+        (extract(epoch FROM clock_timestamp()) * 1000)::bigint, NULL, NULL, 'message',
+        CASE WHEN history_size > 0 THEN history_size END, history_ttl,
+        idempotency_key, idempotency_window)
+$$;
+"""
+
+
+def check_schema_name(schema: str) -> str:
+    """``schema`` if it is a plain lower-case SQL identifier (it is spliced into SQL).
+
+    Raises:
+        ValueError: anything else.
+    """
+    if not _NAME.fullmatch(schema):
+        raise ValueError(
+            f"schema must be a lower-case SQL identifier ([a-z_][a-z0-9_]*, at most 63 "
+            f"characters), not {schema!r}"
+        )
+    return schema
+
+
+def schema_sql(schema: str = "hubbub") -> str:
+    """The SQL that creates (or upgrades) the broker's tables and functions in ``schema``."""
+    return _TEMPLATE.replace("{s}", check_schema_name(schema)).replace("{limit}", str(NOTIFY_LIMIT))
