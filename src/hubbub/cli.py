@@ -113,7 +113,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--broker",
         default=_env("BROKER", "memory://"),
-        help="memory:// (the default) or redis://host:port/db (needs hubbub[redis])",
+        help=(
+            "memory:// (the default), redis://host:port/db (needs hubbub[redis]) or "
+            "postgresql://user@host:port/db (needs hubbub[postgres])"
+        ),
     )
     serve.add_argument(
         "--ping", type=float, default=float(_env("PING", "25")), help="seconds between pings"
