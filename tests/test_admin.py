@@ -187,7 +187,10 @@ def test_bad_requests_get_documented_answers(shared_server: Server) -> None:
     page = httpx.post(url, timeout=10)
     assert (page.status_code, page.headers["allow"]) == (405, "GET, HEAD")
     assert httpx.get(url + "/nothing", headers=auth, timeout=10).status_code == 404
-    for top in ("0", "-1", "abc", "1.5", "", str(MAX_TOP_CHANNELS + 1)):
+    # These pass str.isdigit(); int() refuses superscripts and 5000 digits, and
+    # Arabic-Indic digits are not the documented ASCII integer.
+    odd = ("²", "1²", "9" * 5000, "\u0661\u0662")
+    for top in ("0", "-1", "abc", "1.5", "", str(MAX_TOP_CHANNELS + 1), *odd):
         response = httpx.get(url + "/stats", headers=auth, params={"top": top}, timeout=10)
         assert response.status_code == 400, top
         assert response.json()["reason"] == f"top must be an integer from 1 to {MAX_TOP_CHANNELS}"

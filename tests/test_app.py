@@ -420,3 +420,32 @@ def test_ready_follows_the_hub_and_its_broker() -> None:
     response = stopped.get("/ready")
     assert response.status_code == 503
     assert response.json() == {"status": "unavailable"}
+
+
+class _FailingReadyBroker(MemoryBroker):
+    """A custom broker whose readiness check raises (a bug or an unreachable backend)."""
+
+    async def ready(self) -> bool:
+        raise RuntimeError("the backend is gone")
+
+
+class _StalledReadyBroker(MemoryBroker):
+    """A custom broker whose readiness check never answers (a half-open link)."""
+
+    async def ready(self) -> bool:
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize("broker_type", [_FailingReadyBroker, _StalledReadyBroker])
+def test_ready_is_503_when_the_broker_check_fails_or_stalls(
+    broker_type: type[MemoryBroker], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A custom broker's ``ready()`` that raises or hangs is 503 within ``broker_timeout``."""
+    hub = Hub(broker=broker_type(), anonymous=True, broker_timeout=0.2)
+    with TestClient(HubApp(hub)) as client, caplog.at_level(logging.WARNING, "hubbub"):
+        response = client.get("/ready")
+        assert response.status_code == 503
+        assert response.json() == {"status": "unavailable"}
+        assert client.get("/health").status_code == 200
+    assert any("readiness check" in r.getMessage() for r in caplog.records)

@@ -141,6 +141,30 @@ def test_bad_options_are_refused_at_construction() -> None:
         PostgresBroker("postgresql://127.0.0.1:1/x", reconnect_delay=2, max_reconnect_delay=1)
 
 
+def test_schema_names_postgresql_cannot_create_are_refused(pg: PgServer) -> None:
+    """A reserved word or ``pg_`` name passes the identifier pattern but no ``CREATE SCHEMA``:
+    refused at construction, not a LISTEN link that retries a syntax error forever.
+
+    The keywords are this server's own (``pg_get_keywords()``, all but the
+    unreserved), and unreserved keywords still make a working schema.
+    """
+    from hubbub.brokers._postgres_sql import check_schema_name
+
+    reserved = [
+        str(word) for (word,) in pg.sql("SELECT word FROM pg_get_keywords() WHERE catcode <> 'U'")
+    ]
+    assert "user" in reserved and "select" in reserved
+    for schema in (*reserved, "pg_hubbub"):
+        with pytest.raises(ValueError, match="reserved"):
+            check_schema_name(schema)
+        with pytest.raises(ValueError, match="reserved"):
+            PostgresBroker("postgresql://127.0.0.1:1/x", schema=schema)
+    # Unreserved keywords are plain names: the whole script runs on them.
+    for schema in ("name", "data"):
+        pg.sql(PostgresBroker.schema_sql(check_schema_name(schema)))
+        pg.sql(f"DROP SCHEMA {schema} CASCADE")
+
+
 async def test_database_down_gives_broker_unavailable(pg: PgServer) -> None:
     """Nothing listening: start returns, ready is False, calls raise BrokerUnavailable in time."""
     from .servers import free_port

@@ -32,6 +32,7 @@ from hubbub import (
     MemoryBroker,
     Namespace,
     Notification,
+    RateLimited,
 )
 from hubbub._sse import MAX_EVENT_ID, decode_event_id, encode_event_id, fingerprint
 from hubbub.messages import Position
@@ -676,3 +677,26 @@ def test_too_many_channel_parameters_are_refused() -> None:
     query = "&".join(f"channel=c{n}" for n in range(1100)).encode()
     with pytest.raises(InvalidMessage):
         _channels({"query_string": query})
+
+
+async def test_a_stream_holds_at_most_max_sse_channels() -> None:
+    """Above ``MAX_SSE_CHANNELS`` event ids would outgrow what the server reads back: 429."""
+    from hubbub._sse import MAX_SSE_CHANNELS
+
+    big = {f"feed:c{n}": Position(offset=10**12 + n, epoch="abcdef12") for n in range(129)}
+    assert len(encode_event_id(big)) < MAX_EVENT_ID
+    hub = make_hub(max_channels=1000)
+    async with running(hub) as h:
+        many = "&".join(f"channel=feed:c{n}" for n in range(MAX_SSE_CHANNELS + 1))
+        status, body, _ = await h.open(many + "&user=zed").refused()
+        assert status == 429 and str(MAX_SSE_CHANNELS) in body["reason"]
+        full = "&".join(f"channel=feed:c{n}" for n in range(MAX_SSE_CHANNELS))
+        stream = await h.stream(full + "&user=zed")
+        await stream.events("subscribed", MAX_SSE_CHANNELS)
+        with pytest.raises(RateLimited):
+            await hub.subscribe_user("zed", "feed:one-too-many")
+        await hub.publish("feed:one-too-many", "x")
+        await hub.publish("feed:c0", "y")
+        message = (await stream.events("message", 1))[0]
+        assert message["channel"] == "feed:c0"
+        await stream.leave()

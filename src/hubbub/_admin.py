@@ -50,6 +50,7 @@ TOP_CHANNELS: Final = 20
 MAX_TOP_CHANNELS: Final = 500
 """The most channels one stats answer lists (``?top=`` above it is 400)."""
 
+_TOP: Final = re.compile(r"[0-9]{1,4}")
 _JSON: Final = b"application/json"
 _PAGE_HEADERS: Final = (
     (b"x-frame-options", b"DENY"),
@@ -325,7 +326,8 @@ def _top(scope: Scope) -> int:
     value = query.get("top")
     if value is None:
         return TOP_CHANNELS
-    if not value.isdigit() or not 1 <= int(value) <= MAX_TOP_CHANNELS:
+    # ASCII digits only: str.isdigit() also passes "²", which int() refuses.
+    if not _TOP.fullmatch(value) or not 1 <= int(value) <= MAX_TOP_CHANNELS:
         raise _Refusal(400, f"top must be an integer from 1 to {MAX_TOP_CHANNELS}")
     return int(value)
 

@@ -26,6 +26,7 @@ import hashlib
 import logging
 import random
 import re
+from dataclasses import replace
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 from urllib.parse import parse_qsl
 
@@ -62,12 +63,28 @@ if TYPE_CHECKING:
     from .auth import Identity
     from .hub import Hub
 
-__all__ = ["SSEStream", "decode_event_id", "encode_event_id", "fingerprint", "serve_sse"]
+__all__ = [
+    "MAX_SSE_CHANNELS",
+    "SSEStream",
+    "decode_event_id",
+    "encode_event_id",
+    "fingerprint",
+    "serve_sse",
+]
 
 logger = logging.getLogger("hubbub.sse")
 
 MAX_EVENT_ID: Final = 8192
 """The longest ``Last-Event-ID`` accepted, in characters (400 above)."""
+
+MAX_SSE_CHANNELS: Final = 128
+"""The most channels one stream holds, whatever ``Limits.max_channels`` says.
+
+Each history channel adds about 37 characters to every event id; past ~220
+channels an id would outgrow :data:`MAX_EVENT_ID` (and the 8-16 KiB header
+limits of servers and proxies), and the browser's reconnect would be refused.
+At 128 (plus the personal channel) an id stays under ~4.9 KiB.
+"""
 
 _MAX_POSITIONS: Final = 1024
 _MAX_EPOCH: Final = 256
@@ -180,6 +197,10 @@ class SSEStream(Connection):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        limits = self.protocol.limits
+        if limits.max_channels > MAX_SSE_CHANNELS:
+            # Server-side subscriptions (Hub.subscribe_user) honour this cap too.
+            self.protocol.limits = replace(limits, max_channels=MAX_SSE_CHANNELS)
         self._positions: dict[str, Position] = {}
         self._id: str | None = None
 
@@ -469,8 +490,9 @@ def _check_access(hub: Hub, identity: Identity, wanted: list[tuple[str, Namespac
         if not namespace.may_subscribe(identity, channel):
             raise PermissionDenied(f"not allowed to subscribe to {channel!r}")
         counted += 1
-    if counted > hub.limits.max_channels:
-        raise RateLimited(f"at most {hub.limits.max_channels} channels per connection")
+    cap = min(hub.limits.max_channels, MAX_SSE_CHANNELS)
+    if counted > cap:
+        raise RateLimited(f"at most {cap} channels per stream")
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

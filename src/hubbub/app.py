@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 from collections.abc import Iterable
 from functools import cache
 from importlib import resources
 from typing import Any
 
+import anyio
 import msgspec
 
 from ._admin import AdminPage
@@ -24,6 +26,8 @@ from ._errors import NotFound
 from ._sse import serve_sse
 from .api import DEFAULT_MAX_BODY, HubAPI
 from .hub import Hub
+
+logger = logging.getLogger("hubbub")
 
 __all__ = ["HubApp", "route_path"]
 
@@ -143,7 +147,7 @@ class HubApp:
             await _respond(send, 200, b'{"status":"ok"}', b"application/json")
         elif path == "/ready" and method in ("GET", "HEAD"):
             # Ready: the hub runs and its broker answers (Redis reachable).
-            ready = self.hub.running and await self.hub.broker.ready()
+            ready = self.hub.running and await _broker_ready(self.hub)
             status, body = (
                 (200, b'{"status":"ready"}') if ready else (503, b'{"status":"unavailable"}')
             )
@@ -219,6 +223,18 @@ class HubApp:
             )
             return
         await send({"type": "lifespan.shutdown.complete"})
+
+
+async def _broker_ready(hub: Hub) -> bool:
+    """``broker.ready()`` within ``broker_timeout``: a custom broker's check may raise or hang."""
+    with anyio.move_on_after(hub.broker_timeout):
+        try:
+            return await hub.broker.ready()
+        except Exception:
+            logger.warning("the broker's readiness check failed", exc_info=True)
+            return False
+    logger.warning("the broker's readiness check took over %s s", hub.broker_timeout)
+    return False
 
 
 async def _respond(

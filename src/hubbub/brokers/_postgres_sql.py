@@ -25,6 +25,31 @@ carries its id."""
 
 _NAME: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
+# Keywords PostgreSQL does not take as a bare schema name somewhere in the script
+# (``pg_get_keywords()`` categories R, T and C of PostgreSQL 15, plus those that
+# later versions added): the script splices the name unquoted, so such a name
+# would fail with a syntax error at every reconnect instead of once, here.
+_KEYWORDS: Final = frozenset(
+    """
+    all analyse analyze and any array as asc asymmetric authorization between bigint binary
+    bit boolean both case cast char character check coalesce collate collation column
+    concurrently constraint create cross current_catalog current_date current_role
+    current_schema current_time current_timestamp current_user dec decimal default deferrable
+    desc distinct do else end except exists extract false fetch float for foreign freeze from
+    full grant greatest group grouping having ilike in initially inner inout int integer
+    intersect interval into is isnull join lateral leading least left like limit localtime
+    localtimestamp national natural nchar none normalize not notnull null nullif numeric
+    offset on only or order out outer overlaps overlay placing position precision primary
+    real references returning right row select session_user setof similar smallint some
+    substring symmetric table tablesample then time timestamp to trailing treat trim true
+    union unique user using values varchar variadic verbose when where window with
+    xmlattributes xmlconcat xmlelement xmlexists xmlforest xmlnamespaces xmlparse xmlpi
+    xmlroot xmlserialize xmltable
+    system_user any_value json json_array json_arrayagg json_exists json_object
+    json_objectagg json_query json_scalar json_serialize json_table json_value merge_action
+    """.split()
+)
+
 _TEMPLATE: Final = r"""
 SELECT pg_advisory_xact_lock(hashtext('hubbub schema {s}'));
 
@@ -219,7 +244,8 @@ $$;
 
 
 def check_schema_name(schema: str) -> str:
-    """``schema`` if it is a plain lower-case SQL identifier (it is spliced into SQL).
+    """``schema`` if it is a plain lower-case SQL identifier PostgreSQL takes unquoted
+    (it is spliced into SQL): not a keyword, not ``pg_*``.
 
     Raises:
         ValueError: anything else.
@@ -228,6 +254,11 @@ def check_schema_name(schema: str) -> str:
         raise ValueError(
             f"schema must be a lower-case SQL identifier ([a-z_][a-z0-9_]*, at most 63 "
             f"characters), not {schema!r}"
+        )
+    if schema in _KEYWORDS or schema.startswith("pg_"):
+        raise ValueError(
+            f"schema {schema!r} is reserved by PostgreSQL (an SQL keyword, or pg_*); "
+            "choose another name"
         )
     return schema
 
