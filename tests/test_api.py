@@ -953,3 +953,45 @@ async def test_uvicorn_subscribe_over_the_channel_limit_is_429(app_server: Serve
         for client in (full, spare):
             subscribed = await client.recv()
             assert subscribed["type"] == "subscribed" and subscribed["channel"] == "room:more"
+
+
+@pytest.mark.anyio
+async def test_a_body_that_stops_arriving_is_408() -> None:
+    """A body dripped (or stalled) past ``body_timeout`` is refused 408, not held for ever."""
+    import anyio
+
+    hub = Hub(anonymous=True)
+    api = HubAPI(hub, keys=["k"], body_timeout=0.2)
+    sent: list[Mapping[str, Any]] = []
+    first = True
+
+    async def receive() -> Mapping[str, Any]:
+        nonlocal first
+        if first:
+            first = False
+            return {"type": "http.request", "body": b'{"channel": "a", ', "more_body": True}
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def send(message: Mapping[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/api/publish",
+        "headers": [(b"authorization", b"apikey k")],
+    }
+    async with hub:
+        with anyio.fail_after(5):
+            await api.handle("publish", scope, receive, send)
+    assert sent[0]["status"] == 408
+    assert json.loads(sent[1]["body"])["code"] == 408
+    assert hub.stats.publications == 0
+
+
+def test_body_timeout_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="body_timeout"):
+        HubAPI(Hub(), keys=["k"], body_timeout=0)
+    with pytest.raises(TypeError, match="body_timeout"):
+        HubAPI(Hub(), keys=["k"], body_timeout="1")  # type: ignore[arg-type]

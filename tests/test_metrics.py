@@ -85,6 +85,11 @@ def test_metrics_key_is_required_when_configured() -> None:
         right = client.get("/metrics", headers={"authorization": "apikey s3cret"})
         assert right.status_code == 200
         assert "hubbub_running" in right.text
+        # Read as the HTTP API and the admin page read it: scheme in any case, spaces trimmed.
+        relaxed = client.get("/metrics", headers={"authorization": "  ApiKey   s3cret "})
+        assert relaxed.status_code == 200
+        bearer = client.get("/metrics", headers={"authorization": "Bearer s3cret"})
+        assert bearer.status_code == 401
 
 
 def test_an_empty_metrics_key_is_refused_when_built() -> None:

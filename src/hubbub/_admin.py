@@ -17,7 +17,6 @@ import base64
 import dataclasses
 import hashlib
 import heapq
-import hmac
 import logging
 import re
 import time
@@ -35,6 +34,7 @@ import anyio
 import msgspec
 
 from ._connection import Receive, Scope, SendCallable
+from ._keys import key_matches, presented_key
 from .hub import Hub
 
 __all__ = ["MAX_TOP_CHANNELS", "SAMPLES_KEPT", "SAMPLE_INTERVAL", "AdminPage", "RateSampler"]
@@ -259,17 +259,11 @@ class AdminPage:
         await _send(send, 200, body, _JSON)
 
     def _authenticate(self, scope: Scope) -> None:
-        given = b""
-        for name, value in scope.get("headers") or ():
-            if name.lower() == b"authorization":
-                scheme, _, rest = bytes(value).strip().partition(b" ")
-                if scheme.lower() == b"apikey":
-                    given = rest.strip()
-                break
+        given = presented_key(scope)
         challenge = ((b"www-authenticate", b"apikey"),)
         if not given:
             raise _Refusal(401, "send Authorization: apikey <admin key>", challenge)
-        if not hmac.compare_digest(given, self._key):
+        if not key_matches(given, (self._key,)):
             raise _Refusal(401, "wrong admin key", challenge)
 
     async def stats(self, top: int = TOP_CHANNELS) -> dict[str, Any]:

@@ -39,6 +39,7 @@ ERROR_MEANINGS: Final[Mapping[int, str]] = {
     401: "A missing or wrong API key (with `WWW-Authenticate: apikey`).",
     403: "Not allowed: presence not enabled, or the namespace refuses this user.",
     404: "An unknown namespace (or the API is off: no key configured).",
+    408: "The request body did not arrive in full within the body timeout (10 s by default).",
     410: "`since` names an epoch that is not the stream's any more.",
     413: "The request body is over the limit (64 KiB by default).",
     422: "`data` fails the namespace's schema.",

@@ -11,13 +11,13 @@ and the code cannot disagree. Bodies are limited in size; every error is JSON
 
 from __future__ import annotations
 
-import hmac
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable
 from functools import cache
 from typing import Annotated, Any, Final
 
+import anyio
 import msgspec
 from msgspec import UNSET, Meta, Raw, Struct, UnsetType
 
@@ -32,6 +32,7 @@ from ._errors import (
     NotFound,
     PermissionDenied,
 )
+from ._keys import key_matches, presented_key
 from ._openapi import Endpoint, build_document
 from .auth import Identity
 from .chat import Notification
@@ -234,6 +235,16 @@ class _MethodNotAllowed(HubbubError):
     default_reason = "method not allowed"
 
 
+class _BodyTimeout(HubbubError):
+    code = 408
+    http_status = 408
+    default_reason = "the request body did not arrive in time"
+
+
+DEFAULT_BODY_TIMEOUT: Final = 10.0
+"""Seconds a request body may take to arrive in full (408 after)."""
+
+
 _Handler = Callable[["HubAPI", Any], Awaitable[Struct]]
 
 
@@ -255,10 +266,17 @@ class HubAPI:
         keys: the accepted API keys (printable ASCII, no spaces); none turns the
             API off (every request answers 404).
         max_body: the largest request body in bytes (413 above).
+        body_timeout: seconds the whole body may take to arrive (408 after), so
+            a body dripped byte by byte cannot hold a request open for ever.
     """
 
     def __init__(
-        self, hub: Hub, *, keys: Iterable[str] = (), max_body: int = DEFAULT_MAX_BODY
+        self,
+        hub: Hub,
+        *,
+        keys: Iterable[str] = (),
+        max_body: int = DEFAULT_MAX_BODY,
+        body_timeout: float = DEFAULT_BODY_TIMEOUT,
     ) -> None:
         if not isinstance(hub, Hub):
             raise TypeError("HubAPI needs a hubbub.Hub")
@@ -273,8 +291,13 @@ class HubAPI:
             accepted.append(key.encode())
         if isinstance(max_body, bool) or not isinstance(max_body, int) or max_body < 1:
             raise ValueError("max_body must be a positive integer")
+        if isinstance(body_timeout, bool) or not isinstance(body_timeout, int | float):
+            raise TypeError("body_timeout must be a number of seconds")
+        if not body_timeout > 0:
+            raise ValueError("body_timeout must be positive")
         self.hub = hub
         self.max_body = max_body
+        self.body_timeout = float(body_timeout)
         self._keys = tuple(accepted)
 
     @property
@@ -333,21 +356,10 @@ class HubAPI:
             raise _MethodNotAllowed(f"use {method} here")
 
     def _authenticate(self, scope: Scope) -> None:
-        given: bytes | None = None
-        for name, value in scope.get("headers", ()):
-            if name.lower() == b"authorization":
-                scheme, _, rest = bytes(value).strip().partition(b" ")
-                if scheme.lower() == b"apikey":
-                    given = rest.strip()
-                break
+        given = presented_key(scope)
         if not given:
             raise AuthenticationFailed("send Authorization: apikey <key>")
-        # Compare with every key, never stopping early: the time taken does not
-        # tell which key (or how much of one) matched.
-        matched = False
-        for key in self._keys:
-            matched |= hmac.compare_digest(given, key)
-        if not matched:
+        if not key_matches(given, self._keys):
             raise AuthenticationFailed("wrong API key")
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
@@ -362,8 +374,12 @@ class HubAPI:
         chunks: list[bytes] = []
         size = 0
         more = True
+        deadline = anyio.current_time() + self.body_timeout
         while more:
-            message = await receive()
+            with anyio.move_on_after(deadline - anyio.current_time()) as scope_:
+                message = await receive()
+            if scope_.cancelled_caught:
+                raise _BodyTimeout(f"the body did not arrive within {self.body_timeout:g} s")
             if message["type"] != "http.request":
                 raise InvalidMessage("the client went away")
             chunk = message.get("body", b"")
@@ -481,7 +497,7 @@ class HubAPI:
         )
 
 
-_BODY_ERRORS: Final = (400, 413, 503)
+_BODY_ERRORS: Final = (400, 408, 413, 503)
 
 _ROUTES: Final[dict[str, tuple[Endpoint, _Handler]]] = {
     "publish": (

@@ -10,7 +10,6 @@ lifespan itself.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import logging
 from collections.abc import Iterable
 from functools import cache
@@ -23,6 +22,7 @@ import msgspec
 from ._admin import AdminPage
 from ._connection import Receive, Scope, SendCallable, deny, serve_websocket
 from ._errors import NotFound
+from ._keys import key_matches, presented_key
 from ._sse import serve_sse
 from .api import DEFAULT_MAX_BODY, HubAPI
 from .hub import Hub
@@ -187,12 +187,7 @@ class HubApp:
     async def _metrics(self, scope: Scope, send: SendCallable) -> None:
         """Prometheus text; open unless ``metrics_key`` asks for ``Authorization: apikey``."""
         if self.metrics_key is not None:
-            given = b""
-            for name, value in scope.get("headers") or ():
-                if name.lower() == b"authorization":
-                    given = value
-            expected = b"apikey " + self.metrics_key.encode()
-            if not hmac.compare_digest(given, expected):
+            if not key_matches(presented_key(scope), (self.metrics_key.encode(),)):
                 body = msgspec.json.encode({"code": 401, "reason": "metrics need an API key"})
                 await _respond(send, 401, body, b"application/json")
                 return

@@ -630,12 +630,14 @@ class PostgresBroker(Broker):
             except psycopg.OperationalError as exc:
                 if reused and attempt == 0:
                     continue
-                raise BrokerUnavailable(f"PostgreSQL is unreachable ({exc})") from None
+                logger.debug("PostgreSQL is unreachable: %s", exc)
+                raise BrokerUnavailable("PostgreSQL is unreachable") from None
             except psycopg.Error as exc:
                 logger.warning("PostgreSQL refused a command: %s", exc)
                 raise InternalError("PostgreSQL refused a command") from None
             except OSError as exc:
-                raise BrokerUnavailable(f"PostgreSQL is unreachable ({exc})") from None
+                logger.debug("PostgreSQL is unreachable: %s", exc)
+                raise BrokerUnavailable("PostgreSQL is unreachable") from None
         raise AssertionError("unreachable")  # pragma: no cover
 
     # -- internals: the LISTEN link ----------------------------------------------------------

@@ -574,7 +574,10 @@ class RedisBroker(Broker):
             logger.warning("Redis refused a command: %s", exc)
             raise InternalError("Redis refused a command") from None
         except (RedisError, OSError) as exc:
-            raise BrokerUnavailable(f"Redis is unreachable ({exc})") from None
+            # The detail (host, port, errno) stays in the (debug) log, out of 503 replies;
+            # the link task logs the outage itself once, at WARNING.
+            logger.debug("Redis is unreachable: %s", exc)
+            raise BrokerUnavailable("Redis is unreachable") from None
 
     # -- internals: the pub/sub link ---------------------------------------------------------
 
@@ -593,7 +596,8 @@ class RedisBroker(Broker):
                 await link.conn.send_command(command, *names, check_health=False)
         except (TimeoutError, RedisError, OSError) as exc:
             link.fail()
-            raise BrokerUnavailable(f"the Redis pub/sub link failed ({exc})") from None
+            logger.debug("the Redis pub/sub link failed: %s", exc)
+            raise BrokerUnavailable("the Redis pub/sub link failed") from None
 
     async def _run_link(self) -> None:
         """Keep the pub/sub link up for the broker's life: connect, resubscribe, read, repeat."""
