@@ -17,7 +17,6 @@ import base64
 import dataclasses
 import hashlib
 import heapq
-import logging
 import re
 import time
 from collections import deque
@@ -39,7 +38,6 @@ from .hub import Hub
 
 __all__ = ["MAX_TOP_CHANNELS", "SAMPLES_KEPT", "SAMPLE_INTERVAL", "AdminPage", "RateSampler"]
 
-logger = logging.getLogger("hubbub")
 
 SAMPLE_INTERVAL: Final = 5.0
 """Seconds between two samples of the hub's counters."""
@@ -275,7 +273,7 @@ class AdminPage:
         return {
             "node": hub.node,
             "state": hub.state,
-            "broker": {"name": type(hub.broker).__name__, "ready": await self._broker_ready()},
+            "broker": {"name": type(hub.broker).__name__, "ready": await hub.broker_ready()},
             "connections": hub.connection_count,
             "subscriptions": sum(channels.values()),
             "queued_messages": hub.queued_messages(),
@@ -290,15 +288,6 @@ class AdminPage:
                 "points": self.sampler.points(),
             },
         }
-
-    async def _broker_ready(self) -> bool:
-        with anyio.move_on_after(self.hub.broker_timeout):
-            try:
-                return await self.hub.broker.ready()
-            except Exception:
-                logger.warning("the broker's readiness check failed", exc_info=True)
-                return False
-        return False
 
 
 def _counters(hub: Hub) -> dict[str, int]:

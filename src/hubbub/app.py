@@ -10,13 +10,11 @@ lifespan itself.
 from __future__ import annotations
 
 import hashlib
-import logging
 from collections.abc import Iterable
 from functools import cache
 from importlib import resources
 from typing import Any
 
-import anyio
 import msgspec
 
 from ._admin import AdminPage
@@ -26,8 +24,6 @@ from ._keys import key_matches, presented_key
 from ._sse import serve_sse
 from .api import DEFAULT_MAX_BODY, HubAPI
 from .hub import Hub
-
-logger = logging.getLogger("hubbub")
 
 __all__ = ["HubApp", "route_path"]
 
@@ -147,7 +143,7 @@ class HubApp:
             await _respond(send, 200, b'{"status":"ok"}', b"application/json")
         elif path == "/ready" and method in ("GET", "HEAD"):
             # Ready: the hub runs and its broker answers (Redis reachable).
-            ready = self.hub.running and await _broker_ready(self.hub)
+            ready = self.hub.running and await self.hub.broker_ready()
             status, body = (
                 (200, b'{"status":"ready"}') if ready else (503, b'{"status":"unavailable"}')
             )
@@ -218,18 +214,6 @@ class HubApp:
             )
             return
         await send({"type": "lifespan.shutdown.complete"})
-
-
-async def _broker_ready(hub: Hub) -> bool:
-    """``broker.ready()`` within ``broker_timeout``: a custom broker's check may raise or hang."""
-    with anyio.move_on_after(hub.broker_timeout):
-        try:
-            return await hub.broker.ready()
-        except Exception:
-            logger.warning("the broker's readiness check failed", exc_info=True)
-            return False
-    logger.warning("the broker's readiness check took over %s s", hub.broker_timeout)
-    return False
 
 
 async def _respond(

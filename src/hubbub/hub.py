@@ -286,6 +286,21 @@ class Hub:
         """Whether the hub accepts connections and commands."""
         return self._state == "running"
 
+    async def broker_ready(self) -> bool:
+        """``broker.ready()`` within ``broker_timeout``, for ``/ready`` and the admin page.
+
+        A custom broker's check may raise or hang; either answers ``False``
+        (logged) instead of an error or a request that never ends.
+        """
+        with anyio.move_on_after(self.broker_timeout):
+            try:
+                return await self.broker.ready()
+            except Exception:
+                logger.warning("the broker's readiness check failed", exc_info=True)
+                return False
+        logger.warning("the broker's readiness check took over %s s", self.broker_timeout)
+        return False
+
     async def __aenter__(self) -> Hub:
         if self._state != "stopped":
             raise RuntimeError(f"the hub is {self._state}; a hub runs once at a time")
