@@ -38,7 +38,6 @@ hub through ``lost``.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import random
@@ -63,6 +62,7 @@ from ._base import (
     PublicationHandler,
     PublicationKind,
 )
+from ._link import LinkTask
 from ._postgres_sql import check_schema_name, schema_sql
 
 if TYPE_CHECKING:
@@ -183,9 +183,7 @@ class PostgresBroker(Broker):
         self._idle: list[AsyncConnection[Any]] = []
         self._handler: PublicationHandler | None = None
         self._lost: LossHandler | None = None
-        self._scope: anyio.CancelScope | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._attempted = self._done = anyio.Event()
+        self._link_task = LinkTask(self._service, "PostgreSQL LISTEN", logger)
         self._up = False
         self._schema_ready = not create_schema
         # Subscribed channels → (epoch, newest offset delivered); None while
@@ -245,30 +243,19 @@ class PostgresBroker(Broker):
         Returns once the first connection attempt succeeded or failed; without
         ``task_group`` the link runs in a task of its own that :meth:`stop` ends.
         """
-        if self._scope is not None:
+        if self._link_task.running:
             raise RuntimeError("PostgresBroker is already started (one hub per broker)")
         self._handler, self._lost = handler, lost
-        self._scope = anyio.CancelScope()
-        self._attempted, self._done = anyio.Event(), anyio.Event()
-        if task_group is not None:
-            task_group.start_soon(self._service, self._scope)
-        else:
-            self._task = asyncio.get_running_loop().create_task(self._service(self._scope))
-        await self._attempted.wait()
+        await self._link_task.start(task_group)
 
     async def stop(self) -> None:
-        scope, self._scope = self._scope, None
         self._handler = self._lost = None
         self._channels.clear()
         self._suspects.clear()
         self._held.clear()
-        if scope is None:
+        if not await self._link_task.stop(self._timeout + 1.0):
             return
-        scope.cancel()
         with anyio.CancelScope(shield=True):
-            with anyio.move_on_after(self._timeout + 1.0):
-                await self._done.wait()
-            self._task = None
             idle, self._idle = self._idle, []
             for conn in idle:
                 await _close(conn)
@@ -291,7 +278,7 @@ class PostgresBroker(Broker):
         history: HistoryOptions | None,
         idempotency: Idempotency | None = None,
     ) -> Publication:
-        if self._scope is None:
+        if not self._link_task.running:
             raise RuntimeError("PostgresBroker is not started")
         return await self._run(
             lambda conn: self._publish_on(conn, publication, history, idempotency)
@@ -402,7 +389,7 @@ class PostgresBroker(Broker):
     # -- node subscriptions ------------------------------------------------------------------
 
     async def subscribe(self, channel: str) -> None:
-        if self._scope is None:
+        if not self._link_task.running:
             raise RuntimeError("PostgresBroker is not started")
         if not self._up:
             raise BrokerUnavailable("the PostgreSQL LISTEN connection is down")
@@ -604,7 +591,7 @@ class PostgresBroker(Broker):
                 yield conn, reused
                 ok = True
             finally:
-                if ok and not conn.closed and not conn.broken and self._scope is not None:
+                if ok and not conn.closed and not conn.broken and self._link_task.running:
                     self._idle.append(conn)
                 else:
                     with anyio.CancelScope(shield=True):
@@ -642,18 +629,14 @@ class PostgresBroker(Broker):
 
     # -- internals: the LISTEN link ----------------------------------------------------------
 
-    async def _service(self, scope: anyio.CancelScope) -> None:
+    async def _service(self) -> None:
+        """The LISTEN link and, beside it, the periodic sweep of expired rows."""
         try:
-            with scope:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._sweeper)
-                    await self._run_link()
-        except Exception:  # pragma: no cover - a bug, not a database fault
-            logger.exception("the PostgreSQL LISTEN task failed; this node is deaf")
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._sweeper)
+                await self._run_link()
         finally:
             self._up = False
-            self._attempted.set()
-            self._done.set()
 
     async def _sweeper(self) -> None:
         while True:
@@ -682,7 +665,7 @@ class PostgresBroker(Broker):
                         self._schema_ready = True
                     await conn.execute(f"LISTEN {self._schema}")
                 self._up = True
-                self._attempted.set()
+                self._link_task.attempted()
                 if outage is not None:
                     logger.warning(
                         "PostgreSQL LISTEN link restored after %.1f s; catching up %d channel(s)",
@@ -710,7 +693,7 @@ class PostgresBroker(Broker):
                 if conn is not None:
                     with anyio.CancelScope(shield=True):
                         await _close(conn)
-            self._attempted.set()
+            self._link_task.attempted()
             delay = min(self._max_delay, self._delay * 2**attempt)
             attempt = min(attempt + 1, 30)
             await anyio.sleep(delay * random.uniform(0.5, 1.0))

@@ -32,7 +32,6 @@ parse is dropped with a log line.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import random
@@ -64,6 +63,7 @@ from ._base import (
     Publication,
     PublicationHandler,
 )
+from ._link import LinkTask
 
 __all__ = ["RedisBroker"]
 
@@ -300,9 +300,7 @@ class RedisBroker(Broker):
         """Times the pub/sub link went down (read by ``/metrics``)."""
         self.reconnects = 0
         """Times the pub/sub link came back after an outage (read by ``/metrics``)."""
-        self._scope: anyio.CancelScope | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._attempted = self._done = anyio.Event()
+        self._link_task = LinkTask(self._run_link, "Redis pub/sub link", logger)
         self._channels: set[str] = set()
         self._link: _Link | None = None
 
@@ -356,44 +354,19 @@ class RedisBroker(Broker):
                 :class:`Broker` interface gives none), the broker runs it in a
                 task of its own, which :meth:`stop` cancels and awaits.
         """
-        if self._scope is not None:
+        if self._link_task.running:
             raise RuntimeError("RedisBroker is already started (one hub per broker)")
         self._handler, self._lost = handler, lost
-        self._scope = anyio.CancelScope()
-        self._attempted, self._done = anyio.Event(), anyio.Event()
-        if task_group is not None:
-            task_group.start_soon(self._service, self._scope)
-        else:
-            # The interface passes no task group, and a task group entered here
-            # could not be exited from stop() (the caller's cancel scopes sit in
-            # between), so the link gets one supervised task of its own.
-            self._task = asyncio.get_running_loop().create_task(self._service(self._scope))
-        await self._attempted.wait()
+        await self._link_task.start(task_group)
 
     async def stop(self) -> None:
-        scope, self._scope = self._scope, None
         self._handler = self._lost = None
         self._channels.clear()
-        if scope is None:
+        if not await self._link_task.stop(self._timeout + 1.0):
             return
-        scope.cancel()
-        with anyio.CancelScope(shield=True):
-            with anyio.move_on_after(self._timeout + 1.0):
-                await self._done.wait()
-            self._task = None
-            if self._close_client:
-                with anyio.move_on_after(self._timeout):
-                    await self._client.aclose()
-
-    async def _service(self, scope: anyio.CancelScope) -> None:
-        try:
-            with scope:
-                await self._run_link()
-        except Exception:  # pragma: no cover - a bug, not a Redis fault
-            logger.exception("the Redis pub/sub link task failed; this node is deaf")
-        finally:
-            self._attempted.set()
-            self._done.set()
+        if self._close_client:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self._timeout):
+                await self._client.aclose()
 
     async def ready(self) -> bool:
         """Whether the pub/sub link is up and Redis answers a ``PING`` in time."""
@@ -414,7 +387,7 @@ class RedisBroker(Broker):
         history: HistoryOptions | None,
         idempotency: Idempotency | None = None,
     ) -> Publication:
-        if self._scope is None:
+        if not self._link_task.running:
             raise RuntimeError("RedisBroker is not started")
         channel = publication.channel
         body = _ENCODER.encode(publication)
@@ -444,7 +417,7 @@ class RedisBroker(Broker):
     # -- node subscriptions ------------------------------------------------------------------
 
     async def subscribe(self, channel: str) -> None:
-        if self._scope is None:
+        if not self._link_task.running:
             raise RuntimeError("RedisBroker is not started")
         link = self._link
         if link is None or not link.up:
@@ -609,7 +582,7 @@ class RedisBroker(Broker):
             try:
                 channels = await self._connect(link)
                 self._link = link
-                self._attempted.set()
+                self._link_task.attempted()
                 if outage is not None:
                     self.reconnects += 1
                     down = anyio.current_time() - outage
@@ -650,7 +623,7 @@ class RedisBroker(Broker):
                     self._link = None
                 with anyio.CancelScope(shield=True):
                     await conn.disconnect(nowait=True)
-            self._attempted.set()
+            self._link_task.attempted()
             delay = min(self._max_delay, self._delay * 2**attempt)
             attempt = min(attempt + 1, 30)
             await anyio.sleep(delay * random.uniform(0.5, 1.0))
