@@ -25,6 +25,14 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import msgspec
 from msgspec import Struct
 
+from .api import (
+    BroadcastResult,
+    ChannelResult,
+    ChannelsResult,
+    DisconnectResult,
+    ErrorBody,
+    PositionResult,
+)
 from .chat import Notification
 from .messages import ClientInfo, Position
 
@@ -121,40 +129,8 @@ class BroadcastOutcome:
 
 
 # -- requests and answers, shared by both clients ---------------------------------------------
-
-
-class _Error(Struct):
-    code: int
-    reason: str
-
-
-class _Position(Struct):
-    offset: int | None = None
-    epoch: str | None = None
-
-
-class _ChannelResult(Struct):
-    channel: str
-    offset: int | None = None
-    epoch: str | None = None
-    error: _Error | None = None
-
-
-class _Broadcast(Struct):
-    results: list[_ChannelResult]
-
-
-class _Disconnected(Struct):
-    disconnected: int
-
-
-class _ChannelCount(Struct):
-    channel: str
-    subscribers: int
-
-
-class _Channels(Struct):
-    channels: list[_ChannelCount]
+# The answers decode into the very Structs the server encodes (``hubbub.api``), so
+# the two cannot drift apart.
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,20 +176,21 @@ def _history(channel: str, limit: int | None, since: Position | None, reverse: b
     return _Call("GET", "history", params=params)
 
 
-def _as_position(answer: _Position | _ChannelResult) -> Position | None:
-    if answer.offset is None or answer.epoch is None:
-        return None
-    return Position(offset=answer.offset, epoch=answer.epoch)
+def _as_position(answer: PositionResult | ChannelResult) -> Position | None:
+    offset, epoch = answer.offset, answer.epoch
+    if isinstance(offset, int) and isinstance(epoch, str):
+        return Position(offset=offset, epoch=epoch)
+    return None
 
 
-def _outcomes(answer: _Broadcast) -> list[BroadcastOutcome]:
+def _outcomes(answer: BroadcastResult) -> list[BroadcastOutcome]:
     return [
         BroadcastOutcome(
             channel=result.channel,
             position=_as_position(result),
-            error=None
-            if result.error is None
-            else HubbubAPIError(result.error.code, result.error.reason),
+            error=HubbubAPIError(result.error.code, result.error.reason)
+            if isinstance(result.error, ErrorBody)
+            else None,
         )
         for result in answer.results
     ]
@@ -223,7 +200,7 @@ def _decode(status: int, content: bytes, answer_type: type[_T]) -> _T:
     """The answer as ``answer_type``, or the server's error raised as ``HubbubAPIError``."""
     if status != 200:
         try:
-            error = msgspec.json.decode(content, type=_Error)
+            error = msgspec.json.decode(content, type=ErrorBody)
         except msgspec.MsgspecError:
             text = content[:200].decode(errors="replace").strip()
             raise HubbubAPIError(status, text or f"HTTP {status}") from None
@@ -307,20 +284,20 @@ class HubbubAPI:
 
         Returns the publication's position, ``None`` for a channel without history.
         """
-        return _as_position(self._send(_publish(channel, data, idempotency_key), _Position))
+        return _as_position(self._send(_publish(channel, data, idempotency_key), PositionResult))
 
     def broadcast(self, channels: Iterable[str], data: Any) -> list[BroadcastOutcome]:
         """Publish ``data`` into each of ``channels``; one outcome per channel, in order."""
         call = _Call("POST", "broadcast", _json({"channels": list(channels), "data": data}))
-        return _outcomes(self._send(call, _Broadcast))
+        return _outcomes(self._send(call, BroadcastResult))
 
     def notify(self, user: str, notification: Notification | Mapping[str, Any]) -> Position | None:
         """Push a notification (``type``, ``title``, ``message``, ``data``) to ``user``."""
-        return _as_position(self._send(_notify(user, notification), _Position))
+        return _as_position(self._send(_notify(user, notification), PositionResult))
 
     def disconnect(self, user: str, *, code: int | None = None, reason: str | None = None) -> int:
         """Close every connection of ``user`` (default 4403); how many closed on the node."""
-        return self._send(_disconnect(user, code, reason), _Disconnected).disconnected
+        return self._send(_disconnect(user, code, reason), DisconnectResult).disconnected
 
     def subscribe(self, user: str, channel: str) -> None:
         """Subscribe every connection of ``user``, on every node, to ``channel``."""
@@ -332,7 +309,7 @@ class HubbubAPI:
 
     def channels(self) -> dict[str, int]:
         """The answering node's channels with local subscribers, and how many each has."""
-        answer = self._send(_Call("GET", "channels"), _Channels)
+        answer = self._send(_Call("GET", "channels"), ChannelsResult)
         return {item.channel: item.subscribers for item in answer.channels}
 
     def presence(self, channel: str) -> PresenceInfo:
@@ -397,25 +374,25 @@ class AsyncHubbubAPI:
         self, channel: str, data: Any, idempotency_key: str | None = None
     ) -> Position | None:
         """See :meth:`HubbubAPI.publish`."""
-        answer = await self._send(_publish(channel, data, idempotency_key), _Position)
+        answer = await self._send(_publish(channel, data, idempotency_key), PositionResult)
         return _as_position(answer)
 
     async def broadcast(self, channels: Iterable[str], data: Any) -> list[BroadcastOutcome]:
         """See :meth:`HubbubAPI.broadcast`."""
         call = _Call("POST", "broadcast", _json({"channels": list(channels), "data": data}))
-        return _outcomes(await self._send(call, _Broadcast))
+        return _outcomes(await self._send(call, BroadcastResult))
 
     async def notify(
         self, user: str, notification: Notification | Mapping[str, Any]
     ) -> Position | None:
         """See :meth:`HubbubAPI.notify`."""
-        return _as_position(await self._send(_notify(user, notification), _Position))
+        return _as_position(await self._send(_notify(user, notification), PositionResult))
 
     async def disconnect(
         self, user: str, *, code: int | None = None, reason: str | None = None
     ) -> int:
         """See :meth:`HubbubAPI.disconnect`."""
-        answer = await self._send(_disconnect(user, code, reason), _Disconnected)
+        answer = await self._send(_disconnect(user, code, reason), DisconnectResult)
         return answer.disconnected
 
     async def subscribe(self, user: str, channel: str) -> None:
@@ -430,7 +407,7 @@ class AsyncHubbubAPI:
 
     async def channels(self) -> dict[str, int]:
         """See :meth:`HubbubAPI.channels`."""
-        answer = await self._send(_Call("GET", "channels"), _Channels)
+        answer = await self._send(_Call("GET", "channels"), ChannelsResult)
         return {item.channel: item.subscribers for item in answer.channels}
 
     async def presence(self, channel: str) -> PresenceInfo:
