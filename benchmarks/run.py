@@ -45,7 +45,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import loadgen
 
@@ -260,8 +260,46 @@ class Server:
         self._log.close()
 
 
-class RedisServer:
+class _Backend:
+    """A broker backend process the run started: readiness polling and a stop by its PID."""
+
+    what = "backend"
+    stop_signal = signal.SIGTERM
+    stop_grace = 10.0
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    _log: IO[bytes]
+
+    def ready(self) -> bool:
+        raise NotImplementedError
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.what} exited early: {self.log_path.read_text()}")
+            with contextlib.suppress(OSError):
+                if self.ready():
+                    return
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.what} did not answer within {timeout} s")
+
+    def stop(self) -> None:
+        """``stop_signal`` by its own PID, SIGKILL after ``stop_grace`` seconds."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(self.stop_signal)
+            try:
+                self.proc.wait(self.stop_grace)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+
+
+class RedisServer(_Backend):
     """The run's own redis-server: a free 127.0.0.1 port, no persistence, stopped by its PID."""
+
+    what = "redis-server"
 
     def __init__(self, directory: Path) -> None:
         binary = shutil.which("redis-server") or (
@@ -308,33 +346,18 @@ class RedisServer:
             sock.sendall((" ".join(args) + "\r\n").encode())
             return sock.makefile("rb").readline()
 
-    def wait_ready(self, timeout: float = 10.0) -> None:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited early: {self.log_path.read_text()}")
-            with contextlib.suppress(OSError):
-                if self.command("PING", timeout=0.5).startswith(b"+PONG"):
-                    return
-            time.sleep(0.05)
-        raise RuntimeError(f"redis-server did not answer within {timeout} s")
-
-    def stop(self) -> None:
-        """SIGTERM by its own PID, SIGKILL after 10 s."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._log.close()
+    def ready(self) -> bool:
+        return self.command("PING", timeout=0.5).startswith(b"+PONG")
 
 
-class PostgresServer:
+class PostgresServer(_Backend):
     """The run's own PostgreSQL cluster (``initdb`` in the run's temporary directory, a free
     127.0.0.1 port, fsync off), stopped by its PID. As root it runs as ``nobody``
     (PostgreSQL refuses root), like ``tests/pg_server.py``."""
+
+    what = "postgres"
+    stop_signal = signal.SIGINT  # fast shutdown
+    stop_grace = 15.0
 
     def __init__(self, directory: Path) -> None:
         import glob
@@ -389,27 +412,15 @@ class PostgresServer:
         pids = [self.proc.pid, *descendants(self.proc.pid)]
         return sum(cpu_seconds(pid) for pid in pids)
 
+    def ready(self) -> bool:
+        return b"ready to accept" in self.log_path.read_bytes()
+
     def wait_ready(self, timeout: float = 30.0) -> None:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"postgres exited early: {self.log_path.read_text()}")
-            with contextlib.suppress(OSError):
-                if b"ready to accept" in self.log_path.read_bytes():
-                    return
-            time.sleep(0.05)
-        raise RuntimeError(f"postgres did not start within {timeout} s")
+        super().wait_ready(timeout)
 
     def stop(self) -> None:
-        """Fast shutdown (SIGINT) by its own PID, SIGKILL after 15 s; the cluster is deleted."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._log.close()
+        """Fast shutdown by its own PID (then SIGKILL); the cluster is deleted."""
+        super().stop()
         shutil.rmtree(self.home, ignore_errors=True)
 
 
