@@ -302,12 +302,17 @@ async def test_error_replies_raise_typed_errors(server: Server) -> None:
 
 
 async def test_one_subscription_per_channel_and_client(server: Server) -> None:
-    """A second subscription to the same channel in one client is refused locally."""
+    """A second subscription to the same channel is refused as documented: RequestFailed 409."""
     channel = unique("feed:")
-    async with connect(server) as client, client.subscribe(channel):
-        with pytest.raises(ClientError, match="already has a subscription"):
+    async with connect(server) as client, client.subscribe(channel) as first:
+        with pytest.raises(RequestFailed) as twice:
             async with client.subscribe(channel):
                 pass
+        assert twice.value.code == 409
+        assert channel in twice.value.reason
+        # The refusal left the first subscription working.
+        await client.publish(channel, "still")
+        assert data(await take(first, 1)) == ["still"]
         await client.unsubscribe(unique("feed:"))  # nothing held: nothing happens
 
 

@@ -463,7 +463,9 @@ class Client:
     async def _open(self, sub: Subscription) -> None:
         self._check_running()
         if sub.channel in self._subs:
-            raise ClientError(f"this client already has a subscription to {sub.channel!r}")
+            # The server would answer 409 (one subscription per channel and
+            # connection): refuse the same way without a round trip.
+            raise RequestFailed(409, f"already subscribed to {sub.channel!r}")
         self._subs[sub.channel] = sub
         self._resync(sub)
         with anyio.move_on_after(self._request_timeout):
