@@ -67,6 +67,19 @@ class _SpuriousHandshakeError(logging.Filter):
         return record.getMessage() != "ASGI callable returned without completing handshake."
 
 
+class _ClientInputTraceback(logging.Filter):
+    """Drops uvicorn's traceback for a text frame that is not UTF-8.
+
+    uvicorn's websockets-sansio implementation (``hubbub serve``'s default) logs
+    it with ``logger.exception`` at ERROR after answering the frame correctly
+    (close 1007), so any client could write tracebacks into the log at will. The
+    close is still logged, once, as the client's ``disconnect`` (code 1007).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "Invalid UTF-8 sequence received from client."
+
+
 class _DrainingServer(uvicorn.Server):
     """A uvicorn server that lets hubs say goodbye before uvicorn closes the sockets."""
 
@@ -351,6 +364,7 @@ def _serve(args: argparse.Namespace) -> None:
     # uvicorn logs every request's path with its query string: ?token= would leak.
     install_log_redaction()
     logging.getLogger("uvicorn.error").addFilter(_SpuriousHandshakeError())
+    logging.getLogger("uvicorn.error").addFilter(_ClientInputTraceback())
     server.run()
 
 
