@@ -13,14 +13,21 @@ import json
 import os
 import socket
 import struct
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import msgspec
 import pytest
+from starlette.testclient import TestClient
 from websockets.asyncio.client import connect
 from websockets.typing import Origin, Subprotocol
+
+from hubbub import HubApp
+from hubbub._keys import KeyCheck, KeyGuard, check_key
+from hubbub.cli import _build_app, _parser
 
 from .apps.auth_app import ORIGIN, mint
 from .servers import Server, run_server
@@ -260,3 +267,157 @@ async def test_debug_frame_logging_keeps_no_part_of_a_token(
         jose_header, claims, signature = token.split(".")
         for part in (jose_header, claims[:12], claims[-12:], signature[:12], signature[-12:]):
             assert part not in log, f"{name} token: {part!r} is in the log"
+
+
+# -- keys: /metrics behind --metrics-key, minimum length, lockout after wrong keys -------------
+
+API_KEY = "ops-api-key-0123456789"
+ADMIN_KEY = "ops-admin-key-0123456789"
+METRICS_KEY = "ops-metrics-key-0123456789"
+KEYED = {"/api/stats": API_KEY, "/admin/stats": ADMIN_KEY, "/metrics": METRICS_KEY}
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """``hubbub serve`` with an API key (flag), an admin key and a metrics key (environment)."""
+    argv = ["-m", "hubbub", "serve", "--port", "{port}", "--api-key", API_KEY]
+    env = {"HUBBUB_ADMIN_KEY": ADMIN_KEY, "HUBBUB_METRICS_KEY": METRICS_KEY}
+    with run_server(argv, tmp_path_factory.mktemp("keyed"), env=env) as server:
+        yield server
+
+
+def _get(server: Server, path: str, key: str | None, source: str) -> httpx.Response:
+    """GET ``path`` with ``Authorization: apikey <key>`` from the loopback address ``source``."""
+    headers = {"Authorization": f"apikey {key}"} if key is not None else {}
+    transport = httpx.HTTPTransport(local_address=source)
+    with httpx.Client(transport=transport, timeout=TIMEOUT) as client:
+        return client.get(server.url + path, headers=headers)
+
+
+def test_metrics_key_from_the_environment_guards_metrics(keyed: Server) -> None:
+    """``HUBBUB_METRICS_KEY``: /metrics is 401 without the key or with another, 200 with it."""
+    assert _get(keyed, "/metrics", None, "127.0.0.2").status_code == 401
+    assert _get(keyed, "/metrics", API_KEY, "127.0.0.2").status_code == 401
+    response = _get(keyed, "/metrics", METRICS_KEY, "127.0.0.2")
+    assert response.status_code == 200 and "hubbub_running" in response.text
+
+
+@pytest.mark.parametrize("path", sorted(KEYED))
+def test_too_many_wrong_keys_from_one_address_are_refused_429(keyed: Server, path: str) -> None:
+    """Ten wrong keys are 401; then that address gets 429 with Retry-After, even with the
+    right key, while another address (and missing keys, which do not count) are unaffected."""
+    attacker, other = {
+        "/api/stats": ("127.0.1.1", "127.0.1.2"),
+        "/admin/stats": ("127.0.2.1", "127.0.2.2"),
+        "/metrics": ("127.0.3.1", "127.0.3.2"),
+    }[path]
+    for _ in range(20):
+        assert _get(keyed, path, None, other).status_code == 401  # missing: not counted
+    for n in range(10):
+        assert _get(keyed, path, f"guess-{n:012d}", attacker).status_code == 401
+    refused = _get(keyed, path, "guess-again-0000", attacker)
+    assert refused.status_code == 429, refused.text
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert refused.json()["code"] == 429
+    assert _get(keyed, path, KEYED[path], attacker).status_code == 429
+    assert _get(keyed, path, KEYED[path], other).status_code == 200
+    log = keyed.log()
+    _no_traceback(log)
+    keyed_name = path.split("/")[1]
+    warned = [line for line in log.splitlines() if f"keys from {attacker}:" in line]
+    assert len(warned) == 1 and f"10 wrong {keyed_name} keys" in warned[0], warned
+    assert "guess-" not in log
+
+
+def test_short_keys_stop_hubbub_serve_with_a_message(tmp_path: Path) -> None:
+    """A key under 16 characters: ``hubbub serve`` exits at start-up naming the flag."""
+    for flag in ("--api-key", "--admin-key", "--metrics-key"):
+        done = subprocess.run(
+            [sys.executable, "-m", "hubbub", "serve", "--port", "1", flag, "fifteen-chars15"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        )
+        assert done.returncode != 0
+        assert f"hubbub serve: {flag}:" in done.stderr and "at least 16" in done.stderr
+        assert "Traceback" not in done.stderr, done.stderr
+
+
+def test_metrics_are_off_without_a_key_on_a_non_loopback_host(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Bound beyond loopback, /metrics is 404 unless keyed or --public-metrics (no socket bound:
+    the tests listen on loopback only)."""
+    for name in ("METRICS_KEY", "PUBLIC_METRICS"):
+        monkeypatch.delenv(f"HUBBUB_{name}", raising=False)
+
+    def built(*argv: str) -> HubApp:
+        app = _build_app(_parser().parse_args(["serve", *argv]))
+        assert isinstance(app, HubApp)
+        return app
+
+    def status(app: HubApp, key: str | None = None) -> int:
+        headers = {"authorization": f"apikey {key}"} if key else {}
+        with TestClient(app) as client:
+            return client.get("/metrics", headers=headers).status_code
+
+    exposed = built("--host", "0.0.0.0")
+    assert exposed.metrics is False and status(exposed) == 404
+    assert "/metrics is off (404) on 0.0.0.0" in caplog.text
+    assert status(built("--host", "::")) == 404
+    assert status(built("--host", "hub.example.com", "tests.apps.small_limits:hub")) == 404
+    assert status(built("--host", "0.0.0.0", "--public-metrics")) == 200
+    keyed_app = built("--host", "0.0.0.0", "--metrics-key", METRICS_KEY)
+    assert status(keyed_app) == 401 and status(keyed_app, METRICS_KEY) == 200
+    for loopback in ("127.0.0.1", "::1", "localhost"):
+        assert status(built("--host", loopback)) == 200
+    with pytest.raises(SystemExit, match="--metrics-key needs a target naming a Hub or a HubApp"):
+        built("tests.apps.auth_app:app", "--metrics-key", METRICS_KEY)
+
+
+class _Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _scope(peer: str, *headers: tuple[bytes, bytes]) -> dict[str, object]:
+    return {"type": "http", "client": (peer, 5000), "headers": list(headers)}
+
+
+def test_key_guard_window_ends_and_memory_stays_bounded() -> None:
+    """The lockout lasts until the window that started with the first wrong key ends; the
+    guard remembers at most ``max_addresses`` addresses, forgetting the oldest first."""
+    clock = _Clock()
+    guard = KeyGuard("api", max_failures=3, window=60.0, max_addresses=2, clock=clock)
+    keys = (b"right-key-0123456789",)
+    wrong = _scope("10.0.0.1", (b"authorization", b"apikey wrong"))
+    right = _scope("10.0.0.1", (b"authorization", b"apikey right-key-0123456789"))
+    assert [check_key(wrong, keys, guard).outcome for _ in range(3)] == ["wrong"] * 3
+    clock.now += 20.5
+    assert check_key(right, keys, guard) == KeyCheck("locked", 40)
+    clock.now += 39.5
+    assert check_key(right, keys, guard).ok and len(guard) == 0
+    for n in range(5):
+        check_key(_scope(f"10.0.1.{n}", (b"authorization", b"apikey x")), keys, guard)
+    assert len(guard) == 2
+
+
+def test_key_guard_counts_the_client_behind_a_trusted_proxy() -> None:
+    """Behind a trusted proxy the forwarded client is locked out, not the proxy itself."""
+    guard = KeyGuard("api", max_failures=1, trusted_proxies=["10.0.0.9"], clock=_Clock())
+    keys = (b"right-key-0123456789",)
+    auth = (b"authorization", b"apikey wrong")
+    forwarded = _scope("10.0.0.9", (b"x-forwarded-for", b"203.0.113.7"), auth)
+    assert check_key(forwarded, keys, guard).outcome == "wrong"
+    assert check_key(forwarded, keys, guard).outcome == "locked"
+    other = check_key(_scope("10.0.0.9", (b"x-forwarded-for", b"203.0.113.8"), auth), keys, guard)
+    assert other.outcome == "wrong"
+    # An untrusted peer's header is ignored: it is counted as itself.
+    spoofed = _scope("198.51.100.1", (b"x-forwarded-for", b"203.0.113.7"), auth)
+    assert check_key(spoofed, keys, guard).outcome == "wrong"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import ipaddress
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ import uvicorn
 
 from ._admin import AdminPage
 from ._jwt import JWTAuthenticator
+from ._keys import validate_key
 from .api import DEFAULT_MAX_BODY, HubAPI
 from .app import HubApp
 from .brokers import broker_from_url
@@ -223,6 +225,25 @@ def _parser() -> argparse.ArgumentParser:
         help="the key the admin page asks for (sent as `Authorization: apikey <key>`)",
     )
 
+    metrics = serve.add_argument_group(
+        "metrics",
+        "GET <prefix>/metrics (Prometheus). Open on a loopback --host; on any other "
+        "address it is off (404) unless --metrics-key or --public-metrics is given. "
+        "Prefer HUBBUB_METRICS_KEY to --metrics-key: arguments are visible in `ps`.",
+    )
+    metrics.add_argument(
+        "--metrics-key",
+        default=_env("METRICS_KEY") or None,
+        metavar="KEY",
+        help="the key /metrics asks for (`Authorization: apikey <key>`, 16+ characters)",
+    )
+    metrics.add_argument(
+        "--public-metrics",
+        action="store_true",
+        default=_env("PUBLIC_METRICS", "").lower() in ("1", "true", "yes"),
+        help="serve /metrics without a key on a non-loopback --host",
+    )
+
     commands.add_parser("schema", help="print the JSON Schema of the wire protocol")
     return parser
 
@@ -256,14 +277,15 @@ def _build_app(args: argparse.Namespace) -> Any:
             obj.api = _hub_api(obj.hub, args, max_body=obj.api.max_body)
         if args.admin_key:
             obj.admin = _admin_page(obj.hub, args)
+        _configure_metrics(obj, args)
     elif isinstance(obj, Hub):
         hub, obj = obj, _hub_app(obj, args)
     else:
         hub = None
-        if args.api_key:
-            raise SystemExit("hubbub serve: --api-key needs a target naming a Hub or a HubApp")
-        if args.admin_key:
-            raise SystemExit("hubbub serve: --admin-key needs a target naming a Hub or a HubApp")
+        for flag in ("api_key", "admin_key", "metrics_key"):
+            if getattr(args, flag):
+                option = "--" + flag.replace("_", "-")
+                raise SystemExit(f"hubbub serve: {option} needs a target naming a Hub or a HubApp")
     if hub is not None and authenticator is not None and hub.authenticator is None:
         # The middleware authenticates the handshake; the hub needs the same keys
         # for `refresh` and channel tokens.
@@ -277,7 +299,38 @@ def _hub_app(hub: Hub, args: argparse.Namespace, *, demo: bool = False) -> HubAp
         app.api = _hub_api(hub, args)
     if args.admin_key:
         app.admin = _admin_page(hub, args)
+    _configure_metrics(app, args)
     return app
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost: it may resolve anywhere
+
+
+def _configure_metrics(app: HubApp, args: argparse.Namespace) -> None:
+    """``--metrics-key``; without any key, /metrics is off (404) unless bound to loopback.
+
+    Exposed, ``/metrics`` would let anyone read the hub's figures and make it
+    walk every channel and connection (bounded per second, see hubbub.metrics).
+    """
+    if args.metrics_key:
+        try:
+            validate_key(args.metrics_key, "the metrics key")
+        except ValueError as exc:
+            raise SystemExit(f"hubbub serve: --metrics-key: {exc}") from None
+        app.metrics_key = args.metrics_key
+    if app.metrics_key is None and not args.public_metrics and not _is_loopback(args.host):
+        app.metrics = False
+        logger.warning(
+            "/metrics is off (404) on %s without a key: give --metrics-key "
+            "(HUBBUB_METRICS_KEY), or --public-metrics to serve it to anyone",
+            args.host,
+        )
 
 
 def _admin_page(hub: Hub, args: argparse.Namespace) -> AdminPage:
