@@ -224,6 +224,7 @@ async def test_debug_frame_logging_keeps_no_part_of_a_token(
         "refresh": mint("alice", jti="refresh"),
         "channel": mint("alice", channel="private:room"),
         "msgpack refresh": mint("alice", jti="msgpack"),
+        "subprotocol": mint("alice", jti="subprotocol"),
     }
     argv = ["-m", "hubbub", "serve", "auth_app:app", "--port", "{port}", "--log-level", "debug"]
     with run_server(argv, tmp_path) as server:
@@ -248,9 +249,11 @@ async def test_debug_frame_logging_keeps_no_part_of_a_token(
             assert replies >= {1, 2}
         async with connect(
             server.ws_url + "/ws",
-            additional_headers={"Authorization": f"Bearer {tokens['header']}"},
             origin=Origin(ORIGIN),
-            subprotocols=[Subprotocol("hubbub.v1.msgpack")],
+            subprotocols=[
+                Subprotocol("hubbub.v1.msgpack"),
+                Subprotocol(f"bearer.{tokens['subprotocol']}"),
+            ],
             ping_interval=None,
             proxy=None,
             open_timeout=TIMEOUT,

@@ -334,3 +334,19 @@ def test_redaction_of_an_elided_websocket_frame_covers_its_whole_payload() -> No
     opaque = msgspec.msgpack.encode({**command, "token": "opaque-" + "x" * 300})
     binary = _filtered("< %s", (Frame(Opcode.BINARY, opaque),)).getMessage()
     assert "78 78" not in binary and binary.endswith("74 65 64 5d [60 bytes]"), binary
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "GET /sse?token=opaque1&channel=a",
+        "GET /x?a=1&access_token=opaque1",
+        "< cookie: theme=dark; hubbub_token=opaque1",
+        "< authorization: Bearer opaque1",
+        "< sec-websocket-protocol: hubbub.v1.json, bearer.opaque1",
+        '{"type":"refresh","token":"opaque1","id":1}',
+    ],
+)
+def test_every_token_carrier_is_redacted_even_for_opaque_tokens(text: str) -> None:
+    """Query, cookie, header, subprotocol and frame carriers lose their token, JWT or not."""
+    assert _filtered("%s", (text,)).getMessage() == text.replace("opaque1", "[redacted]")

@@ -66,7 +66,7 @@ class _SpuriousHandshakeError(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.getMessage() != "ASGI callable returned without completing handshake."
+        return record.msg != "ASGI callable returned without completing handshake."
 
 
 class _ClientInputTraceback(logging.Filter):
@@ -79,7 +79,8 @@ class _ClientInputTraceback(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.getMessage() != "Invalid UTF-8 sequence received from client."
+        # record.msg, not getMessage(): a filter that raises breaks the caller's log call.
+        return record.msg != "Invalid UTF-8 sequence received from client."
 
 
 class _DrainingServer(uvicorn.Server):

@@ -231,8 +231,8 @@ _REDACTIONS = (
         re.compile(r"((?:^|[?&;\s])(?:access_|hubbub_)?token=)[^&;\s\"']*", re.IGNORECASE),
         r"\1[redacted]",
     ),
-    # Authorization: Bearer ...
-    (re.compile(r"(bearer[ :])[A-Za-z0-9\-_.~+/]+=*", re.IGNORECASE), r"\1[redacted]"),
+    # Authorization: Bearer ..., and the bearer.<token> subprotocol
+    (re.compile(r"(bearer[ :.])[A-Za-z0-9\-_.~+/]+=*", re.IGNORECASE), r"\1[redacted]"),
     # "token": "..." in a JSON frame (refresh, subscribe with a channel token)
     (re.compile(r"(\"(?:access_)?token\"\s*:\s*\")[^\"]*", re.IGNORECASE), r"\1[redacted]"),
     # the same in a msgpack frame (read as latin-1): "token", a str header, printable ASCII
