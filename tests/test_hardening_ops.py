@@ -373,7 +373,8 @@ def test_metrics_are_off_without_a_key_on_a_non_loopback_host(
     assert status(built("--host", "0.0.0.0", "--public-metrics")) == 200
     keyed_app = built("--host", "0.0.0.0", "--metrics-key", METRICS_KEY)
     assert status(keyed_app) == 401 and status(keyed_app, METRICS_KEY) == 200
-    for loopback in ("127.0.0.1", "::1", "localhost"):
+    assert status(built("--host", "::ffff:10.0.0.1")) == 404
+    for loopback in ("127.0.0.1", "127.1.2.3", "::1", "::ffff:127.0.0.1", "localhost"):
         assert status(built("--host", loopback)) == 200
     with pytest.raises(SystemExit, match="--metrics-key needs a target naming a Hub or a HubApp"):
         built("tests.apps.auth_app:app", "--metrics-key", METRICS_KEY)

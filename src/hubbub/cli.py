@@ -308,9 +308,12 @@ def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
         return False  # a host name other than localhost: it may resolve anywhere
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # ::ffff:127.0.0.1 (Python 3.11 calls it not loopback)
+    return address.is_loopback
 
 
 def _configure_metrics(app: HubApp, args: argparse.Namespace) -> None:
@@ -390,7 +393,7 @@ def _protect(
 
 def _serve(args: argparse.Namespace) -> None:
     app = _build_app(args)
-    if not args.ssl_certfile and args.host not in ("127.0.0.1", "localhost", "::1"):
+    if not args.ssl_certfile and not _is_loopback(args.host):
         logger.warning(
             "serving without TLS on %s: messages and tokens cross the network unencrypted; "
             "use --ssl-certfile/--ssl-keyfile or a TLS-terminating proxy",
