@@ -277,9 +277,9 @@ def test_samples_are_taken_while_nobody_looks_and_the_ring_is_bounded(fast_serve
 def test_cli_admin_key_from_flag_or_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """``--admin-key`` or ``HUBBUB_ADMIN_KEY`` turns the page on; bad keys and targets exit."""
     assert _build_app(_parser().parse_args(["serve"])).admin is None
-    app = _build_app(_parser().parse_args(["serve", "--admin-key", "k1"]))
+    app = _build_app(_parser().parse_args(["serve", "--admin-key", "k1-0123456789abcdef"]))
     assert isinstance(app.admin, AdminPage) and app.admin.hub is app.hub
-    monkeypatch.setenv("HUBBUB_ADMIN_KEY", "k2")
+    monkeypatch.setenv("HUBBUB_ADMIN_KEY", "k2-0123456789abcdef")
     from_env = _build_app(_parser().parse_args(["serve", "tests.apps.small_limits:hub"]))
     assert isinstance(from_env.admin, AdminPage)
     hub_app = _build_app(_parser().parse_args(["serve", "tests.apps.admin_app:app"]))
@@ -287,16 +287,24 @@ def test_cli_admin_key_from_flag_or_environment(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.delenv("HUBBUB_ADMIN_KEY")
     with pytest.raises(SystemExit, match="--admin-key: the admin key must be"):
         _build_app(_parser().parse_args(["serve", "--admin-key", "two words"]))
+    with pytest.raises(SystemExit, match="--admin-key: the admin key must be at least 16"):
+        _build_app(_parser().parse_args(["serve", "--admin-key", "fifteen-chars15"]))
     with pytest.raises(SystemExit, match="--admin-key needs a target naming a Hub or a HubApp"):
-        _build_app(_parser().parse_args(["serve", "tests.apps.auth_app:app", "--admin-key", "k"]))
+        _build_app(_parser().parse_args(["serve", "tests.apps.auth_app:app", "--admin-key", KEY]))
 
 
 @pytest.mark.parametrize(
     ("key", "error"),
-    [("", ValueError), ("has space", ValueError), ("clé", ValueError), (b"bytes", TypeError)],
+    [
+        ("", ValueError),
+        ("has space-0123456789", ValueError),
+        ("clé-0123456789abcdef", ValueError),
+        (b"bytes-0123456789abcdef", TypeError),
+        ("short-key-15chr", ValueError),
+    ],
 )
 def test_bad_admin_keys_raise_at_construction(key: Any, error: type[Exception]) -> None:
-    """An admin key that no header could carry is refused when the app is built."""
+    """An admin key no header could carry, or under 16 characters, is refused when built."""
     with pytest.raises(error):
         HubApp(Hub(), admin_key=key)
 

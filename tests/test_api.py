@@ -568,6 +568,18 @@ def test_openapi_document_names_where_the_api_is_mounted(hub: Hub) -> None:
         assert client.get("/hub/api/openapi.json").json()["servers"] == [{"url": "/hub/api"}]
 
 
+def test_openapi_documents_cached_per_mount_point_are_bounded(hub: Hub) -> None:
+    """A mount whose prefix holds a parameter makes a document per value; at most 16 are kept."""
+    from hubbub.api import _document
+
+    app = Starlette(routes=[Mount("/{tenant}/api", app=HubAPI(hub, keys=[KEY]))])
+    with TestClient(app, backend="asyncio") as client:
+        for n in range(40):
+            document = client.get(f"/t{n}/api/openapi.json").json()
+            assert document["servers"] == [{"url": f"/t{n}/api"}]
+    assert _document.cache_info().currsize <= 16
+
+
 # -- through uvicorn --------------------------------------------------------------------------
 
 
@@ -631,20 +643,22 @@ def test_serve_api_key_flags_and_environment(monkeypatch: pytest.MonkeyPatch) ->
     """``--api-key`` is repeatable and adds to ``HUBBUB_API_KEY`` (comma-separated)."""
     from hubbub.cli import _build_app, _parser
 
-    monkeypatch.setenv("HUBBUB_API_KEY", "env-1, env-2")
-    args = _parser().parse_args(["serve", "--api-key", "flag-1"])
-    assert args.api_key == ["env-1", "env-2", "flag-1"]
+    monkeypatch.setenv("HUBBUB_API_KEY", "env-1-0123456789ab, env-2-0123456789ab")
+    args = _parser().parse_args(["serve", "--api-key", "flag-1-0123456789ab"])
+    assert args.api_key == ["env-1-0123456789ab", "env-2-0123456789ab", "flag-1-0123456789ab"]
     app = _build_app(args)
     assert isinstance(app, HubApp) and app.api.enabled
 
 
 def test_serve_refuses_a_bad_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A key with a space stops ``hubbub serve`` with a message naming the flag."""
+    """A key with a space, or under 16 characters, stops ``hubbub serve`` naming the flag."""
     from hubbub.cli import _build_app, _parser
 
     monkeypatch.delenv("HUBBUB_API_KEY", raising=False)
     with pytest.raises(SystemExit, match="--api-key"):
-        _build_app(_parser().parse_args(["serve", "--api-key", "bad key"]))
+        _build_app(_parser().parse_args(["serve", "--api-key", "bad key-0123456789"]))
+    with pytest.raises(SystemExit, match="--api-key: an API key must be at least 16 characters"):
+        _build_app(_parser().parse_args(["serve", "--api-key", "short-key-15chr"]))
 
 
 # -- through uvicorn: every endpoint, permissions, the channel limit, history paging ----------
@@ -688,6 +702,9 @@ def http(app_server: Server) -> Iterator[httpx.Client]:
         yield session
 
 
+_ADDRESSES: list[str] = []
+
+
 @pytest.mark.parametrize(("method", "endpoint"), ENDPOINTS)
 @pytest.mark.parametrize("authorization", [None, "apikey wrong-key", f"Bearer {KEY}", "apikey"])
 def test_uvicorn_every_endpoint_refuses_a_missing_or_wrong_key(
@@ -696,7 +713,12 @@ def test_uvicorn_every_endpoint_refuses_a_missing_or_wrong_key(
     """Every endpoint answers 401 ``{code, reason}`` with ``WWW-Authenticate`` without the key."""
     headers = {} if authorization is None else {"Authorization": authorization}
     body = {"channel": "room:a", "data": 1, "user": "u"} if method == "POST" else None
-    response = http.request(method, endpoint, json=body, headers=headers)
+    # Each case from its own loopback address: ten wrong keys from one address lock it out.
+    address = f"127.0.{len(_ADDRESSES) // 250 + 1}.{len(_ADDRESSES) % 250 + 2}"
+    _ADDRESSES.append(address)
+    transport = httpx.HTTPTransport(local_address=address)
+    with httpx.Client(base_url=http.base_url, timeout=10, transport=transport) as own:
+        response = own.request(method, endpoint, json=body, headers=headers)
     assert response.status_code == 401
     assert response.json()["code"] == 401 and response.json()["reason"]
     assert response.headers["www-authenticate"] == "apikey"
@@ -961,7 +983,7 @@ async def test_a_body_that_stops_arriving_is_408() -> None:
     import anyio
 
     hub = Hub(anonymous=True)
-    api = HubAPI(hub, keys=["k"], body_timeout=0.2)
+    api = HubAPI(hub, keys=[KEY], body_timeout=0.2)
     sent: list[Mapping[str, Any]] = []
     first = True
 
@@ -980,7 +1002,7 @@ async def test_a_body_that_stops_arriving_is_408() -> None:
         "type": "http",
         "method": "POST",
         "path": "/api/publish",
-        "headers": [(b"authorization", b"apikey k")],
+        "headers": [(b"authorization", b"apikey " + KEY.encode())],
     }
     async with hub:
         with anyio.fail_after(5):
@@ -992,6 +1014,6 @@ async def test_a_body_that_stops_arriving_is_408() -> None:
 
 def test_body_timeout_must_be_positive() -> None:
     with pytest.raises(ValueError, match="body_timeout"):
-        HubAPI(Hub(), keys=["k"], body_timeout=0)
+        HubAPI(Hub(), keys=[KEY], body_timeout=0)
     with pytest.raises(TypeError, match="body_timeout"):
-        HubAPI(Hub(), keys=["k"], body_timeout="1")  # type: ignore[arg-type]
+        HubAPI(Hub(), keys=[KEY], body_timeout="1")  # type: ignore[arg-type]

@@ -446,7 +446,7 @@ WATCH = """async () => {
 
 def test_a_silent_server_is_left_and_a_kick_is_final(tmp_path: Path) -> None:
     """A frozen server (no pings) is detected; a ``disconnect`` with reconnect false is final."""
-    args = ["--ping", "1", "--pong-timeout", "1", "--api-key", "the-key"]
+    args = ["--ping", "1", "--pong-timeout", "1", "--api-key", "the-key-0123456789ab"]
     with hubbub_serve(tmp_path, free_port(), args) as server, chromium() as browser:
         problems: list[str] = []
         page = open_page(browser, problems)
@@ -470,7 +470,10 @@ def test_a_silent_server_is_left_and_a_kick_is_final(tmp_path: Path) -> None:
         request = urllib.request.Request(
             server.url + "/api/disconnect",
             data=json.dumps({"user": first["user"], "reason": "kicked"}).encode(),
-            headers={"authorization": "apikey the-key", "content-type": "application/json"},
+            headers={
+                "authorization": "apikey the-key-0123456789ab",
+                "content-type": "application/json",
+            },
             method="POST",
         )
         with urllib.request.urlopen(request, timeout=10) as response:

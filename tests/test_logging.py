@@ -7,16 +7,19 @@ logger name, the ``event`` field and the fields docs/design.md lists for it.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 
 from hubbub import AuthMiddleware, Hub, HubApp, Identity, Limits, Namespace, PermissionDenied
 from hubbub.brokers.redis import RedisBroker
+from hubbub.middleware import RedactTokens
 from hubbub.testing._asgi import Event, run_app, websocket_scope
 
 from .apps.auth_app import NAMESPACES, ORIGIN, authenticator, mint
@@ -284,3 +287,66 @@ async def test_user_cap_and_a_forbidding_authenticator(
     }
     assert hub.stats.rate_limited == {"user_connections": 1}
     assert hub.stats.auth_failures == {"forbidden": 1}
+
+
+# -- RedactTokens keeps every record formattable ------------------------------------------------
+
+
+def _filtered(msg: str, args: Any) -> logging.LogRecord:
+    record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, msg, args, None)
+    assert RedactTokens().filter(record)
+    return record
+
+
+def test_redaction_keeps_uvicorns_access_arguments_a_five_tuple() -> None:
+    """The access record's arguments keep their shape, so uvicorn's formatter still formats it."""
+    from uvicorn.logging import AccessFormatter
+
+    token = mint("alice")
+    args = ("127.0.0.1:5000", "GET", f"/sse?token={token}&channel=a", "1.1", 200)
+    record = _filtered('%s - "%s %s HTTP/%s" %d', args)
+    assert isinstance(record.args, tuple) and len(record.args) == 5
+    line = AccessFormatter("%(client_addr)s %(request_line)s %(status_code)s").format(record)
+    assert line == "127.0.0.1:5000 GET /sse?token=[redacted]&channel=a HTTP/1.1 200 OK"
+
+
+def test_redaction_inside_mapping_arguments_and_across_the_format_string() -> None:
+    """Mapping arguments are redacted in place; a token split from its marker still goes."""
+    token = mint("alice")
+    record = _filtered("auth %(header)s", ({"header": f"Bearer {token}"},))
+    assert record.getMessage() == "auth Bearer [redacted]"
+    split = _filtered("GET /ws?token=%s", ("opaque-secret",))
+    assert split.getMessage() == "GET /ws?token=[redacted]" and "opaque" not in split.getMessage()
+    untouched = _filtered("%s of %d", ("no secret", 3))
+    assert untouched.args == ("no secret", 3)
+
+
+def test_redaction_of_an_elided_websocket_frame_covers_its_whole_payload() -> None:
+    """websockets shows a frame's start and end only: the token is redacted before eliding."""
+    from websockets.frames import Frame, Opcode
+
+    token = mint("alice", channel="private:room")
+    command = {"type": "subscribe", "channel": "private:room", "id": 2, "token": token}
+    text = _filtered("< %s", (Frame(Opcode.TEXT, json.dumps(command).encode()),)).getMessage()
+    assert text.endswith('"token": "[redacted]"}\' [80 bytes]'), text
+    assert token[-12:] not in text
+    # msgpack, not UTF-8, is shown in hex: the opaque token's "x"s (78) are gone.
+    opaque = msgspec.msgpack.encode({**command, "token": "opaque-" + "x" * 300})
+    binary = _filtered("< %s", (Frame(Opcode.BINARY, opaque),)).getMessage()
+    assert "78 78" not in binary and binary.endswith("74 65 64 5d [60 bytes]"), binary
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "GET /sse?token=opaque1&channel=a",
+        "GET /x?a=1&access_token=opaque1",
+        "< cookie: theme=dark; hubbub_token=opaque1",
+        "< authorization: Bearer opaque1",
+        "< sec-websocket-protocol: hubbub.v1.json, bearer.opaque1",
+        '{"type":"refresh","token":"opaque1","id":1}',
+    ],
+)
+def test_every_token_carrier_is_redacted_even_for_opaque_tokens(text: str) -> None:
+    """Query, cookie, header, subprotocol and frame carriers lose their token, JWT or not."""
+    assert _filtered("%s", (text,)).getMessage() == text.replace("opaque1", "[redacted]")

@@ -16,6 +16,7 @@ import anyio
 import httpx
 import msgspec
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
@@ -26,7 +27,7 @@ from websockets.typing import Origin, Subprotocol
 from hubbub import Hub, HubApp, Namespace
 from hubbub.brokers.redis import RedisBroker
 from hubbub.hub import BROKER_BUCKETS, LatencyHistogram
-from hubbub.metrics import render
+from hubbub.metrics import HubCollector, render
 
 from .apps.auth_app import ORIGIN, mint
 from .apps.wsclient import REPLIES, Client
@@ -78,24 +79,27 @@ def test_metrics_count_connections_publications_and_recovery() -> None:
 def test_metrics_key_is_required_when_configured() -> None:
     """With ``metrics_key`` the scrape needs ``Authorization: apikey <key>``; 401 otherwise."""
     hub = Hub(anonymous=True)
-    with TestClient(HubApp(hub, metrics_key="s3cret")) as client:
+    with TestClient(HubApp(hub, metrics_key="s3cret-metrics-key")) as client:
         assert client.get("/metrics").status_code == 401
         wrong = client.get("/metrics", headers={"authorization": "apikey nope"})
         assert wrong.status_code == 401
-        right = client.get("/metrics", headers={"authorization": "apikey s3cret"})
+        right = client.get("/metrics", headers={"authorization": "apikey s3cret-metrics-key"})
         assert right.status_code == 200
         assert "hubbub_running" in right.text
         # Read as the HTTP API and the admin page read it: scheme in any case, spaces trimmed.
-        relaxed = client.get("/metrics", headers={"authorization": "  ApiKey   s3cret "})
+        relaxed = client.get(
+            "/metrics", headers={"authorization": "  ApiKey   s3cret-metrics-key "}
+        )
         assert relaxed.status_code == 200
-        bearer = client.get("/metrics", headers={"authorization": "Bearer s3cret"})
+        bearer = client.get("/metrics", headers={"authorization": "Bearer s3cret-metrics-key"})
         assert bearer.status_code == 401
 
 
-def test_an_empty_metrics_key_is_refused_when_built() -> None:
-    """A configuration mistake fails at construction."""
+@pytest.mark.parametrize("key", ["", "short-key-15chr", "has space-0123456789"])
+def test_a_bad_metrics_key_is_refused_when_built(key: str) -> None:
+    """An empty, spaced or under-16-character key fails at construction."""
     with pytest.raises(ValueError, match="metrics_key"):
-        HubApp(Hub(anonymous=True), metrics_key="")
+        HubApp(Hub(anonymous=True), metrics_key=key)
 
 
 # -- what the collector adds up ----------------------------------------------------------------
@@ -380,3 +384,48 @@ async def test_close_codes_outside_the_protocol_are_counted_as_other(anyio_backe
         await until(lambda: sum(hub.stats.closes.values()) == 2)
         closed = labelled(render(hub).decode(), "hubbub_connections_closed", "code")
     assert closed == {"other": 1, "1001": 1}
+
+
+def test_gauges_that_walk_every_channel_are_reused_for_a_second() -> None:
+    """Channels, subscriptions and queued messages are walked at most once per ``max_age`` (or
+    50 times the walk's cost); counters and open connections are read at every scrape."""
+
+    class Counting(Hub):
+        walks = 0
+        tick = 0.0
+
+        def channels(self) -> dict[str, int]:
+            Counting.walks += 1
+            now[0] += Counting.tick  # the walk takes this long on the test's clock
+            return super().channels()
+
+    now = [100.0]
+    hub = Counting(anonymous=True)
+    collector = HubCollector(hub, max_age=1.0, clock=lambda: now[0])
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+
+    def scrape() -> dict[str, float]:
+        return samples(generate_latest(registry).decode())
+
+    assert scrape()["hubbub_channels"] == 0 and Counting.walks == 1
+    hub.stats.publications += 5
+    now[0] += 0.5
+    scraped = scrape()
+    assert Counting.walks == 1 and scraped["hubbub_publications_total"] == 5
+    now[0] += 0.5
+    scrape()
+    assert Counting.walks == 2
+    Counting.tick = 0.1  # a slow walk: reused for 50 x 0.1 s
+    now[0] += 1.0
+    scrape()
+    assert Counting.walks == 3
+    now[0] += 4.8
+    scrape()
+    assert Counting.walks == 3
+    now[0] += 0.2
+    scrape()
+    assert Counting.walks == 4
+    assert render(hub, max_age=0) and Counting.walks == 5
+    with pytest.raises(ValueError, match="max_age"):
+        HubCollector(hub, max_age=-1)

@@ -308,7 +308,7 @@ async def test_the_app_and_the_authenticator_hooks_are_kept(anyio_backend: str) 
     hub = Hub(authenticator=Refreshing({"t": "ann"}))
     with pytest.raises(ValueError, match="app must serve"):
         HubTester(hub, app=HubApp(Hub()))
-    app = HubApp(hub, api_keys=["k"])
+    app = HubApp(hub, api_keys=["k-0123456789abcdef"])
     async with HubTester(hub, app=app) as tester:
         assert tester.app is app
         assert (await getattr(hub.authenticator, "verify")("t")).user == "ann"  # noqa: B009

@@ -33,7 +33,7 @@ import anyio
 import msgspec
 
 from ._connection import Receive, Scope, SendCallable
-from ._keys import key_matches, presented_key
+from ._keys import KeyGuard, check_key, validate_key
 from .hub import Hub
 
 __all__ = ["MAX_TOP_CHANNELS", "SAMPLES_KEPT", "SAMPLE_INTERVAL", "AdminPage", "RateSampler"]
@@ -209,8 +209,10 @@ class AdminPage:
 
     Args:
         hub: the hub shown.
-        key: the admin key (printable ASCII without spaces); the page itself is
-            public, every figure needs ``Authorization: apikey <key>``.
+        key: the admin key (printable ASCII without spaces, at least 16
+            characters); the page itself is public, every figure needs
+            ``Authorization: apikey <key>``; 10 wrong keys within a minute from
+            one address get 429 until that minute ends.
         sample_interval: seconds between samples of the counters.
         samples_kept: samples kept for the rate chart.
     """
@@ -225,13 +227,11 @@ class AdminPage:
     ) -> None:
         if not isinstance(hub, Hub):
             raise TypeError("AdminPage needs a hubbub.Hub")
-        if not isinstance(key, str):
-            raise TypeError("the admin key must be a str")
-        if not key or not key.isascii() or not key.isprintable() or " " in key:
-            raise ValueError("the admin key must be non-empty printable ASCII without spaces")
+        self._key = validate_key(key, "the admin key")
         self.hub = hub
         self.sampler = RateSampler(hub, interval=sample_interval, kept=samples_kept)
-        self._key = key.encode()
+        self.guard = KeyGuard("admin", trusted_proxies=hub.limits.trusted_proxies)
+        """Counts wrong keys per client address (429 after too many)."""
 
     async def handle(
         self, subpath: str, scope: Scope, receive: Receive, send: SendCallable
@@ -257,11 +257,14 @@ class AdminPage:
         await _send(send, 200, body, _JSON)
 
     def _authenticate(self, scope: Scope) -> None:
-        given = presented_key(scope)
+        check = check_key(scope, (self._key,), self.guard)
         challenge = ((b"www-authenticate", b"apikey"),)
-        if not given:
+        if check.outcome == "locked":
+            retry = ((b"retry-after", str(check.retry_after).encode()),)
+            raise _Refusal(429, "too many wrong admin keys from this address; retry later", retry)
+        if check.outcome == "missing":
             raise _Refusal(401, "send Authorization: apikey <admin key>", challenge)
-        if not key_matches(given, (self._key,)):
+        if check.outcome == "wrong":
             raise _Refusal(401, "wrong admin key", challenge)
 
     async def stats(self, top: int = TOP_CHANNELS) -> dict[str, Any]:

@@ -43,7 +43,9 @@ ERROR_MEANINGS: Final[Mapping[int, str]] = {
     410: "`since` names an epoch that is not the stream's any more.",
     413: "The request body is over the limit (64 KiB by default).",
     422: "`data` fails the namespace's schema.",
-    429: "A connection of the user on this node already holds the most channels allowed.",
+    429: "Too many wrong API keys from this address (10 a minute): retry after `Retry-After` "
+    "seconds. `subscribe` also answers 429 when a connection of the user on this node "
+    "already holds the most channels allowed.",
     503: "The broker cannot be reached or the hub is not running: nothing was done.",
 }
 """What each error status means, shown in the document for every endpoint answering it."""
@@ -55,7 +57,8 @@ class Endpoint:
 
     ``body`` (POST) or ``query`` (GET) is the Struct the request decodes into;
     ``result`` the Struct a 200 answer encodes; ``errors`` every other status the
-    endpoint can answer besides 401 (which every keyed endpoint can).
+    endpoint can answer besides 401 and 429 (which every keyed endpoint can: a
+    wrong key, too many wrong keys).
     """
 
     method: Literal["GET", "POST"]
@@ -164,9 +167,16 @@ def _responses(endpoint: Endpoint, error_name: str) -> dict[str, Any]:
             "headers": {"WWW-Authenticate": {"schema": {"type": "string", "const": "apikey"}}},
             "content": error_body,
         },
+        "429": {
+            "description": ERROR_MEANINGS[429],
+            "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}},
+            "content": error_body,
+        },
     }
     for status in sorted(endpoint.errors):
-        responses[str(status)] = {"description": ERROR_MEANINGS[status], "content": error_body}
+        responses.setdefault(
+            str(status), {"description": ERROR_MEANINGS[status], "content": error_body}
+        )
     return responses
 
 

@@ -1,7 +1,9 @@
 """``HubAPI``: the server HTTP API (PROTOCOL §8) for backends in any language.
 
 Every request carries ``Authorization: apikey <key>``; the key is compared in
-constant time against every configured key (several keys allow rotation).
+constant time against every configured key (several keys allow rotation). An
+address that sent 10 wrong keys within a minute gets 429 (``Retry-After``)
+until that minute ends.
 Without any key the API is off and answers 404 to everything. Bodies and
 queries decode into the msgspec Structs below, which also generate the OpenAPI
 document served at ``openapi.json`` (no key needed to read it), so the document
@@ -14,7 +16,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable
-from functools import cache
+from functools import lru_cache
 from typing import Annotated, Any, Final
 
 import anyio
@@ -31,8 +33,9 @@ from ._errors import (
     MessageTooLarge,
     NotFound,
     PermissionDenied,
+    RateLimited,
 )
-from ._keys import key_matches, presented_key
+from ._keys import KeyGuard, check_key, validate_key
 from ._openapi import Endpoint, build_document
 from .auth import Identity
 from .chat import Notification
@@ -263,8 +266,8 @@ class HubAPI:
 
     Args:
         hub: the hub the API acts on.
-        keys: the accepted API keys (printable ASCII, no spaces); none turns the
-            API off (every request answers 404).
+        keys: the accepted API keys (printable ASCII, no spaces, at least 16
+            characters); none turns the API off (every request answers 404).
         max_body: the largest request body in bytes (413 above).
         body_timeout: seconds the whole body may take to arrive (408 after), so
             a body dripped byte by byte cannot hold a request open for ever.
@@ -282,13 +285,7 @@ class HubAPI:
             raise TypeError("HubAPI needs a hubbub.Hub")
         if isinstance(keys, str | bytes):
             raise TypeError("keys must be an iterable of strings, not a single string")
-        accepted: list[bytes] = []
-        for key in keys:
-            if not isinstance(key, str):
-                raise TypeError("every API key must be a str")
-            if not key or not key.isascii() or not key.isprintable() or " " in key:
-                raise ValueError("an API key must be non-empty printable ASCII without spaces")
-            accepted.append(key.encode())
+        accepted = [validate_key(key, "an API key") for key in keys]
         if isinstance(max_body, bool) or not isinstance(max_body, int) or max_body < 1:
             raise ValueError("max_body must be a positive integer")
         if isinstance(body_timeout, bool) or not isinstance(body_timeout, int | float):
@@ -299,6 +296,8 @@ class HubAPI:
         self.max_body = max_body
         self.body_timeout = float(body_timeout)
         self._keys = tuple(accepted)
+        self.guard = KeyGuard("api", trusted_proxies=hub.limits.trusted_proxies)
+        """Counts wrong keys per client address (429 after too many)."""
 
     @property
     def enabled(self) -> bool:
@@ -326,7 +325,7 @@ class HubAPI:
                 self._check_method(scope, "GET", headers)
                 await _respond(send, 200, _document(_base(scope)), headers)
                 return
-            self._authenticate(scope)
+            self._authenticate(scope, headers)
             route = _ROUTES.get(endpoint)
             if route is None:
                 raise NotFound(f"no API endpoint {endpoint!r}")
@@ -355,11 +354,14 @@ class HubAPI:
             headers.append((b"allow", method.encode()))
             raise _MethodNotAllowed(f"use {method} here")
 
-    def _authenticate(self, scope: Scope) -> None:
-        given = presented_key(scope)
-        if not given:
+    def _authenticate(self, scope: Scope, headers: list[tuple[bytes, bytes]]) -> None:
+        check = check_key(scope, self._keys, self.guard)
+        if check.outcome == "locked":
+            headers.append((b"retry-after", str(check.retry_after).encode()))
+            raise RateLimited("too many wrong API keys from this address; retry later")
+        if check.outcome == "missing":
             raise AuthenticationFailed("send Authorization: apikey <key>")
-        if not key_matches(given, self._keys):
+        if check.outcome == "wrong":
             raise AuthenticationFailed("wrong API key")
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
@@ -593,8 +595,13 @@ _ROUTES: Final[dict[str, tuple[Endpoint, _Handler]]] = {
 }
 
 
-@cache
+@lru_cache(maxsize=16)
 def _document(base: str) -> bytes:
+    """The document for the API mounted at ``base``.
+
+    Bounded: ``base`` comes from the request path, and a mount whose prefix holds
+    a path parameter would otherwise grow the cache with every new value.
+    """
     from . import __version__
 
     document = build_document(

@@ -20,7 +20,7 @@ import msgspec
 from ._admin import AdminPage
 from ._connection import Receive, Scope, SendCallable, deny, serve_websocket
 from ._errors import NotFound
-from ._keys import key_matches, presented_key
+from ._keys import KeyGuard, check_key, validate_key
 from ._sse import serve_sse
 from .api import DEFAULT_MAX_BODY, HubAPI
 from .hub import Hub
@@ -92,6 +92,10 @@ class HubApp:
         api_keys: keys accepted by the server HTTP API under ``/api/`` (see
             :class:`hubbub.HubAPI`); without any, the API answers 404.
         api_max_body: the largest API request body in bytes.
+        metrics_key: makes ``/metrics`` ask for ``Authorization: apikey
+            <metrics_key>`` (at least 16 characters; 10 wrong keys within a
+            minute from one address get 429 until that minute ends).
+        metrics: serve ``/metrics`` at all (``False``: 404).
         admin_key: turns on the live admin page at ``/admin`` (its figures need
             ``Authorization: apikey <admin_key>``); without it ``/admin`` is 404.
     """
@@ -105,14 +109,17 @@ class HubApp:
         api_max_body: int = DEFAULT_MAX_BODY,
         metrics_key: str | None = None,
         admin_key: str | None = None,
+        metrics: bool = True,
     ) -> None:
         if not isinstance(hub, Hub):
             raise TypeError("HubApp needs a hubbub.Hub")
-        if metrics_key is not None and (not isinstance(metrics_key, str) or not metrics_key):
-            raise ValueError("metrics_key must be a non-empty string or None")
+        if metrics_key is not None:
+            validate_key(metrics_key, "metrics_key")
         self.hub = hub
         self.demo = demo
         self.metrics_key = metrics_key
+        self.metrics = bool(metrics)
+        self.metrics_guard = KeyGuard("metrics", trusted_proxies=hub.limits.trusted_proxies)
         self.api = HubAPI(hub, keys=api_keys if api_keys is not None else (), max_body=api_max_body)
         self.admin: AdminPage | None = (
             AdminPage(hub, key=admin_key) if admin_key is not None else None
@@ -148,7 +155,7 @@ class HubApp:
                 (200, b'{"status":"ready"}') if ready else (503, b'{"status":"unavailable"}')
             )
             await _respond(send, status, body, b"application/json")
-        elif path == "/metrics" and method in ("GET", "HEAD"):
+        elif path == "/metrics" and method in ("GET", "HEAD") and self.metrics:
             await self._metrics(scope, send)
         elif path == "/" and self.demo and method in ("GET", "HEAD"):
             await _respond(send, 200, _static("demo.html"), b"text/html; charset=utf-8")
@@ -183,7 +190,14 @@ class HubApp:
     async def _metrics(self, scope: Scope, send: SendCallable) -> None:
         """Prometheus text; open unless ``metrics_key`` asks for ``Authorization: apikey``."""
         if self.metrics_key is not None:
-            if not key_matches(presented_key(scope), (self.metrics_key.encode(),)):
+            check = check_key(scope, (self.metrics_key.encode(),), self.metrics_guard)
+            if check.outcome == "locked":
+                reason = "too many wrong metrics keys from this address; retry later"
+                body = msgspec.json.encode({"code": 429, "reason": reason})
+                retry = [(b"retry-after", str(check.retry_after).encode())]
+                await _respond(send, 429, body, b"application/json", retry)
+                return
+            if not check.ok:
                 body = msgspec.json.encode({"code": 401, "reason": "metrics need an API key"})
                 await _respond(send, 401, body, b"application/json")
                 return

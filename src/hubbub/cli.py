@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import ipaddress
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ import uvicorn
 
 from ._admin import AdminPage
 from ._jwt import JWTAuthenticator
+from ._keys import validate_key
 from .api import DEFAULT_MAX_BODY, HubAPI
 from .app import HubApp
 from .brokers import broker_from_url
@@ -64,7 +66,21 @@ class _SpuriousHandshakeError(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.getMessage() != "ASGI callable returned without completing handshake."
+        return record.msg != "ASGI callable returned without completing handshake."
+
+
+class _ClientInputTraceback(logging.Filter):
+    """Drops uvicorn's traceback for a text frame that is not UTF-8.
+
+    uvicorn's websockets-sansio implementation (``hubbub serve``'s default) logs
+    it with ``logger.exception`` at ERROR after answering the frame correctly
+    (close 1007), so any client could write tracebacks into the log at will. The
+    close is still logged, once, as the client's ``disconnect`` (code 1007).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # record.msg, not getMessage(): a filter that raises breaks the caller's log call.
+        return record.msg != "Invalid UTF-8 sequence received from client."
 
 
 class _DrainingServer(uvicorn.Server):
@@ -210,6 +226,25 @@ def _parser() -> argparse.ArgumentParser:
         help="the key the admin page asks for (sent as `Authorization: apikey <key>`)",
     )
 
+    metrics = serve.add_argument_group(
+        "metrics",
+        "GET <prefix>/metrics (Prometheus). Open on a loopback --host; on any other "
+        "address it is off (404) unless --metrics-key or --public-metrics is given. "
+        "Prefer HUBBUB_METRICS_KEY to --metrics-key: arguments are visible in `ps`.",
+    )
+    metrics.add_argument(
+        "--metrics-key",
+        default=_env("METRICS_KEY") or None,
+        metavar="KEY",
+        help="the key /metrics asks for (`Authorization: apikey <key>`, 16+ characters)",
+    )
+    metrics.add_argument(
+        "--public-metrics",
+        action="store_true",
+        default=_env("PUBLIC_METRICS", "").lower() in ("1", "true", "yes"),
+        help="serve /metrics without a key on a non-loopback --host",
+    )
+
     commands.add_parser("schema", help="print the JSON Schema of the wire protocol")
     return parser
 
@@ -243,14 +278,15 @@ def _build_app(args: argparse.Namespace) -> Any:
             obj.api = _hub_api(obj.hub, args, max_body=obj.api.max_body)
         if args.admin_key:
             obj.admin = _admin_page(obj.hub, args)
+        _configure_metrics(obj, args)
     elif isinstance(obj, Hub):
         hub, obj = obj, _hub_app(obj, args)
     else:
         hub = None
-        if args.api_key:
-            raise SystemExit("hubbub serve: --api-key needs a target naming a Hub or a HubApp")
-        if args.admin_key:
-            raise SystemExit("hubbub serve: --admin-key needs a target naming a Hub or a HubApp")
+        for flag in ("api_key", "admin_key", "metrics_key"):
+            if getattr(args, flag):
+                option = "--" + flag.replace("_", "-")
+                raise SystemExit(f"hubbub serve: {option} needs a target naming a Hub or a HubApp")
     if hub is not None and authenticator is not None and hub.authenticator is None:
         # The middleware authenticates the handshake; the hub needs the same keys
         # for `refresh` and channel tokens.
@@ -264,7 +300,41 @@ def _hub_app(hub: Hub, args: argparse.Namespace, *, demo: bool = False) -> HubAp
         app.api = _hub_api(hub, args)
     if args.admin_key:
         app.admin = _admin_page(hub, args)
+    _configure_metrics(app, args)
     return app
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False  # a host name other than localhost: it may resolve anywhere
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # ::ffff:127.0.0.1 (Python 3.11 calls it not loopback)
+    return address.is_loopback
+
+
+def _configure_metrics(app: HubApp, args: argparse.Namespace) -> None:
+    """``--metrics-key``; without any key, /metrics is off (404) unless bound to loopback.
+
+    Exposed, ``/metrics`` would let anyone read the hub's figures and make it
+    walk every channel and connection (bounded per second, see hubbub.metrics).
+    """
+    if args.metrics_key:
+        try:
+            validate_key(args.metrics_key, "the metrics key")
+        except ValueError as exc:
+            raise SystemExit(f"hubbub serve: --metrics-key: {exc}") from None
+        app.metrics_key = args.metrics_key
+    if app.metrics_key is None and not args.public_metrics and not _is_loopback(args.host):
+        app.metrics = False
+        logger.warning(
+            "/metrics is off (404) on %s without a key: give --metrics-key "
+            "(HUBBUB_METRICS_KEY), or --public-metrics to serve it to anyone",
+            args.host,
+        )
 
 
 def _admin_page(hub: Hub, args: argparse.Namespace) -> AdminPage:
@@ -323,7 +393,7 @@ def _protect(
 
 def _serve(args: argparse.Namespace) -> None:
     app = _build_app(args)
-    if not args.ssl_certfile and args.host not in ("127.0.0.1", "localhost", "::1"):
+    if not args.ssl_certfile and not _is_loopback(args.host):
         logger.warning(
             "serving without TLS on %s: messages and tokens cross the network unencrypted; "
             "use --ssl-certfile/--ssl-keyfile or a TLS-terminating proxy",
@@ -351,6 +421,7 @@ def _serve(args: argparse.Namespace) -> None:
     # uvicorn logs every request's path with its query string: ?token= would leak.
     install_log_redaction()
     logging.getLogger("uvicorn.error").addFilter(_SpuriousHandshakeError())
+    logging.getLogger("uvicorn.error").addFilter(_ClientInputTraceback())
     server.run()
 
 
