@@ -685,7 +685,7 @@ async def test_a_stream_holds_at_most_max_sse_channels() -> None:
 
     big = {f"feed:c{n}": Position(offset=10**12 + n, epoch="abcdef12") for n in range(129)}
     assert len(encode_event_id(big)) < MAX_EVENT_ID
-    hub = make_hub(max_channels=1000)
+    hub = make_hub(max_channels=1000, command_burst=MAX_SSE_CHANNELS)
     async with running(hub) as h:
         many = "&".join(f"channel=feed:c{n}" for n in range(MAX_SSE_CHANNELS + 1))
         status, body, _ = await h.open(many + "&user=zed").refused()
