@@ -369,3 +369,21 @@ async def test_sse_handshakes_count_against_the_per_ip_rate(tmp_path: Path) -> N
         status, body = sse_status(server)
         assert status == 429, body
         assert await ws_status(server) == 429
+
+
+def test_serve_names_or_turns_off_the_cookie_carrier(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``hubbub serve --jwt-cookie`` names the cookie; ``none`` (or empty) turns it off."""
+    from hubbub import AuthMiddleware, JWTAuthenticator
+    from hubbub.cli import _build_app, _parser
+
+    monkeypatch.delenv("HUBBUB_JWT_COOKIE", raising=False)
+    monkeypatch.setenv("HUBBUB_JWT_SECRET", SECRET)
+    for argv, expected in (([], "hubbub_token"), (["--jwt-cookie", "sid"], "sid")):
+        app = _build_app(_parser().parse_args(["serve", *argv]))
+        assert isinstance(app, AuthMiddleware)
+        assert isinstance(app.authenticator, JWTAuthenticator)
+        assert app.authenticator.cookie == expected
+    monkeypatch.setenv("HUBBUB_JWT_COOKIE", "none")
+    app = _build_app(_parser().parse_args(["serve"]))
+    assert isinstance(app, AuthMiddleware) and isinstance(app.authenticator, JWTAuthenticator)
+    assert app.authenticator.cookie is None
