@@ -162,9 +162,10 @@ def cookie_allowed(scope: Mapping[str, Any], allowed: Collection[str] | None = N
     this server itself (its ``Host``) or one of ``allowed`` (normalised origins,
     see :func:`normalise_origin`), plus those of an :class:`~hubbub.AuthMiddleware`
     in front; or, without ``Origin`` (a same-origin ``GET`` such as an
-    ``EventSource``), ``Sec-Fetch-Site: same-origin``. Scripts can set neither
-    header. A request with neither (a non-browser client, an old browser) is
-    refused: such clients send ``Authorization`` instead.
+    ``EventSource``), ``Sec-Fetch-Site: same-origin`` (or ``none``: a URL the
+    user typed). Scripts can set neither header. A request with neither (a
+    non-browser client, an old browser) is refused: such clients send
+    ``Authorization`` instead.
     """
     origin = host = fetch_site = None
     for name, value in scope.get("headers") or ():
@@ -176,7 +177,7 @@ def cookie_allowed(scope: Mapping[str, Any], allowed: Collection[str] | None = N
         elif lower == b"sec-fetch-site":
             fetch_site = value.decode("latin-1").strip().lower()
     if origin is None:
-        return fetch_site == "same-origin"
+        return fetch_site in ("same-origin", "none")
     normal = normalise_origin(origin, strict=False)
     if not normal:
         return False

@@ -91,7 +91,10 @@ class AuthMiddleware:
             by default the stats of the hub ``app`` serves, when ``app`` is a
             :class:`~hubbub.HubApp`.
 
-    A bad token is refused 401 on both HTTP and WebSocket, before the upgrade.
+    A bad token is refused 401 on both HTTP and WebSocket, before the upgrade,
+    except a token in the cookie on an HTTP request, which counts as no
+    credentials (see :meth:`_authenticate`). ``allowed_origins`` are also the
+    origins whose pages may use the cookie (:func:`hubbub.auth.cookie_allowed`).
     """
 
     def __init__(
