@@ -250,3 +250,16 @@ def test_the_middleware_gives_back_every_per_ip_place_it_takes() -> None:
         with client.websocket_connect("/ws", headers=headers) as ws:
             assert ws.receive_json()["type"] == "welcome"
         assert hub.admission._per_ip == {}
+
+
+def test_sse_handshakes_are_counted_before_any_token_check() -> None:
+    """Wrapping a HubApp, the middleware refuses an SSE flood 429 before verifying tokens."""
+    hub = Hub(authenticator=authenticator(), limits=Limits(handshake_rate=0.01, handshake_burst=2))
+    app = AuthMiddleware(HubApp(hub), authenticator=hub.authenticator, admission=hub.admission)
+    bad = {"Authorization": "Bearer bad"}
+    with TestClient(app) as client:
+        statuses = [client.get("/sse?channel=a", headers=bad) for _ in range(3)]
+        assert [r.status_code for r in statuses] == [401, 401, 429]
+        assert int(statuses[-1].headers["retry-after"]) >= 1
+        assert client.get("/health").status_code == 200  # other routes are not handshakes
+        assert hub.admission._per_ip == {}

@@ -31,6 +31,7 @@ from ._connection import (
     handshake_refused,
 )
 from ._errors import AuthenticationFailed, HubbubError, PermissionDenied, RateLimited
+from .app import HubApp, route_path
 from .auth import (
     ALLOWED_ORIGINS,
     DEFAULT_COOKIE,
@@ -87,6 +88,9 @@ class AuthMiddleware:
         admission: the hub's :attr:`Hub.admission <hubbub.Hub.admission>`: pass it
             so handshake floods and connection caps per IP are refused (429) before
             any token is verified; the hub then does not count the handshake twice.
+            This covers WebSockets, and the SSE streams of a ``HubApp`` the
+            middleware wraps directly (elsewhere the hub counts a stream itself,
+            once its token is verified).
         stats: where refusals are counted for ``/metrics`` (auth failures, 429s):
             by default the stats of the hub ``app`` serves, when ``app`` is a
             :class:`~hubbub.HubApp`.
@@ -144,7 +148,7 @@ class AuthMiddleware:
         reserved: str | None = None
         try:
             try:
-                if kind == "websocket":
+                if kind == "websocket" or self._is_stream(scope):
                     if self.admission is not None:
                         peer = scope.get("client")
                         ip = client_ip(
@@ -161,6 +165,7 @@ class AuthMiddleware:
                         reserved = ip
                         scope[ADMITTED] = ip
                         scope[ADMITTED + ".by"] = self.admission
+                if kind == "websocket":
                     self.check_origin(scope)
                     origin_checked = True
                 identity = await self._authenticate(scope, kind)
@@ -179,7 +184,7 @@ class AuthMiddleware:
                     if message["type"] == "websocket.connect":
                         await deny(scope, send, exc, retry_after=retry_after)
                 else:
-                    await _http_error(send, exc)
+                    await _http_error(send, exc, retry_after)
                 return
             if identity is not None:
                 scope["user"] = HubbubUser(identity)
@@ -192,6 +197,19 @@ class AuthMiddleware:
             if reserved is not None:
                 assert self.admission is not None
                 self.admission.closed(reserved)
+
+    def _is_stream(self, scope: Scope) -> bool:
+        """Whether an HTTP request opens the served hub's SSE stream (a handshake too).
+
+        Known only when the middleware wraps a :class:`~hubbub.HubApp` directly
+        (``hubbub serve``); elsewhere the hub counts the stream after the token
+        was verified.
+        """
+        return (
+            isinstance(self.app, HubApp)
+            and scope.get("method") == "GET"
+            and route_path(scope) == "/sse"
+        )
 
     async def _authenticate(self, scope: Scope, kind: str) -> Identity | None:
         """The request's identity; a bad *cookie* on an HTTP request counts as none.
@@ -241,9 +259,11 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-async def _http_error(send: SendCallable, exc: HubbubError) -> None:
+async def _http_error(send: SendCallable, exc: HubbubError, retry_after: int | None) -> None:
     body = msgspec.json.encode({"code": exc.code, "reason": exc.reason})
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
     if exc.http_status == 401:
         headers.append((b"www-authenticate", b'Bearer error="invalid_token"'))
     await send({"type": "http.response.start", "status": exc.http_status, "headers": headers})
