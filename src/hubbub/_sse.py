@@ -410,6 +410,7 @@ async def _serve(
                 auth_failure(hub.stats, handshake_failure_reason(exc), exc, ip=ip)
             raise
         _check_access(hub, identity, wanted)
+        _charge(hub, len(wanted))
     except HubbubError as exc:
         logger.info(
             "refused an SSE stream (%d): %s",
@@ -426,7 +427,6 @@ async def _serve(
         if positions:
             stream.resume_from(positions)
         try:
-            _charge(hub, stream, [channel for channel, _ in wanted])
             for channel, namespace in wanted:
                 if channel in stream.protocol.channels:
                     continue  # subscribed server-side meanwhile (Hub.subscribe_user)
@@ -480,23 +480,26 @@ async def _serve(
         )
 
 
-def _charge(hub: Hub, stream: SSEStream, channels: list[str]) -> None:
-    """Take one ``subscribe`` from the stream's command budget per channel it opens.
+def _charge(hub: Hub, channels: int) -> None:
+    """Refuse (429) a stream opening more channels than a client's command budget allows.
 
-    Opening a stream does what that many ``subscribe`` commands would (presence
-    leases, join events, history reads), so it costs what they would cost a
-    WebSocket client: more channels than the budget holds at once is 429.
+    Opening a stream does what that many ``subscribe`` commands would (history
+    reads, presence leases, join events), so it costs what they would cost a
+    WebSocket client: one ``subscribe`` each from the budget a new connection
+    starts with (``command_burst``, and the ``subscribe`` budget if one is set).
     """
-    protocol = stream.protocol
-    now = anyio.current_time()
-    for channel in channels:
-        if not protocol._take(Subscribe(channel=channel), now):
-            stats = hub.stats
-            stats.rate_limited["command"] = stats.rate_limited.get("command", 0) + 1
-            raise RateLimited(
-                f"{len(channels)} channels are more subscriptions than the command budget "
-                "allows at once"
-            )
+    limits = hub.limits
+    burst = limits.command_burst
+    subscribe = limits.command_limits.get("subscribe")
+    if subscribe is not None:
+        burst = min(burst, subscribe[1])
+    if channels > burst:
+        stats = hub.stats
+        stats.rate_limited["command"] = stats.rate_limited.get("command", 0) + 1
+        raise RateLimited(
+            f"{channels} channels are more subscriptions than the command budget allows "
+            f"at once ({burst})"
+        )
 
 
 def _channels(scope: Scope) -> list[str]:
