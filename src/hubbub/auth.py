@@ -161,11 +161,11 @@ def cookie_allowed(scope: Mapping[str, Any], allowed: Collection[str] | None = N
     says the request comes from a page we trust: an ``Origin`` header naming
     this server itself (its ``Host``) or one of ``allowed`` (normalised origins,
     see :func:`normalise_origin`), plus those of an :class:`~hubbub.AuthMiddleware`
-    in front; or, without ``Origin`` (a same-origin ``GET`` such as an
-    ``EventSource``), ``Sec-Fetch-Site: same-origin`` (or ``none``: a URL the
-    user typed). Scripts can set neither header. A request with neither (a
-    non-browser client, an old browser) is refused: such clients send
-    ``Authorization`` instead.
+    in front; or ``Sec-Fetch-Site: same-origin`` (a same-origin ``EventSource``
+    sends no ``Origin``), or ``none`` without ``Origin`` (a URL the user typed).
+    Scripts can set neither header. A request with neither (a non-browser
+    client, an old browser) is refused: such clients send ``Authorization``
+    instead.
     """
     origin = host = fetch_site = None
     for name, value in scope.get("headers") or ():
@@ -176,8 +176,12 @@ def cookie_allowed(scope: Mapping[str, Any], allowed: Collection[str] | None = N
             host = value.decode("latin-1")
         elif lower == b"sec-fetch-site":
             fetch_site = value.decode("latin-1").strip().lower()
+    if fetch_site == "same-origin":
+        # The browser compared the page with the URL it opened: a proxy that
+        # rewrites Host cannot mislead this one.
+        return True
     if origin is None:
-        return fetch_site in ("same-origin", "none")
+        return fetch_site == "none"
     normal = normalise_origin(origin, strict=False)
     if not normal:
         return False
