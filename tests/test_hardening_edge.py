@@ -387,3 +387,54 @@ def test_serve_names_or_turns_off_the_cookie_carrier(monkeypatch: pytest.MonkeyP
     app = _build_app(_parser().parse_args(["serve"]))
     assert isinstance(app, AuthMiddleware) and isinstance(app.authenticator, JWTAuthenticator)
     assert app.authenticator.cookie is None
+
+
+COOKIE_PAGE = """async ({ token, victim }) => {
+  document.cookie = `hubbub_token=${token}; path=/; SameSite=Lax`;
+  const sse = (url, credentials) => new Promise((resolve) => {
+    const source = new EventSource(url, { withCredentials: credentials });
+    source.addEventListener("subscribed", () => { source.close(); resolve("open"); });
+    source.onerror = () => { source.close(); resolve("refused"); };
+  });
+  const ws = (url) => new Promise((resolve) => {
+    const socket = new WebSocket(url, ["hubbub.v1.json"]);
+    socket.onmessage = (event) => { socket.close(); resolve(JSON.parse(event.data).user); };
+    socket.onerror = () => resolve("refused");
+  });
+  const out = {};
+  if (victim) {
+    out.sse = await sse(`${victim}/sse?channel=news`, true);
+    out.ws = await ws(`${victim.replace("http", "ws")}/ws`);
+  } else {
+    out.sse = await sse("/sse?channel=news", false);
+    out.ws = await ws(`ws://${location.host}/ws`);
+  }
+  return out;
+}"""
+
+
+@pytest.mark.browser
+def test_a_real_browser_uses_the_cookie_only_from_the_servers_own_pages(tmp_path: Path) -> None:
+    """Chromium: the cookie opens /sse and /ws from the server's page, not from another port's."""
+    from .test_demo_browser import chromium, open_page
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with (
+        _serve_jwt(tmp_path / "a") as victim,
+        _serve_jwt(tmp_path / "b") as other,
+        chromium() as browser,
+    ):
+        problems: list[str] = []
+        page = open_page(browser, problems)
+        page.goto(victim.url + "/health")  # a page without the demo's CSP
+        own = page.evaluate(COOKIE_PAGE, {"token": mint("victim"), "victim": None})
+        assert own == {"sse": "open", "ws": "victim"}
+        # Cookies ignore ports: a page of the other server sends the victim's cookie.
+        page.goto(other.url + "/health")
+        foreign = page.evaluate(COOKIE_PAGE, {"token": mint("victim"), "victim": victim.url})
+        assert foreign == {"sse": "refused", "ws": "refused"}
+        time.sleep(0.3)
+        log = victim.log()
+        assert "refused an SSE stream (403)" in log
+        assert '"WebSocket /ws" 403' in log
