@@ -537,6 +537,7 @@ async def test_async_api_reads_carriers_and_channel_tokens() -> None:
         (good, "bob", "room"),
         (good, "alice", "other"),
         (_sign({"channel": "room", "exp": int(time.time()) - 100}), "alice", "room"),
+        (_sign({}), "alice", "room"),  # a connection token is no channel token
     ):
         with pytest.raises(PermissionDenied):
             await auth.verify_channel_token(token, user=user, channel=channel)
