@@ -154,9 +154,10 @@ REFUSED: dict[str, Any] = {
 
 @pytest.mark.parametrize("carrier", ["header", "subprotocol", "cookie", "query"])
 async def test_each_carrier_admits_a_valid_token(served: Server, carrier: str) -> None:
-    """A valid token in any carrier of §2 opens a connection; welcome names the user."""
+    """A valid token in any carrier of §2 (a cookie with an allowed Origin) opens a connection."""
     token = _token(name="Alice", info={"color": "red"})
-    async with _open(served, token=token, carrier=carrier) as client:
+    origin = ORIGIN if carrier == "cookie" else None
+    async with _open(served, token=token, carrier=carrier, origin=origin) as client:
         assert client.welcome["user"] == "alice"
         assert client.welcome["expires"] > time.time()
         assert client.ws.subprotocol == "hubbub.v1.json"

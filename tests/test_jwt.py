@@ -25,7 +25,7 @@ from hubbub import (
     find_token,
 )
 from hubbub._jwt import identity_from_claims
-from hubbub.auth import ANONYMOUS
+from hubbub.auth import ANONYMOUS, check_identity, cookie_allowed, find_credentials
 from hubbub.limits import Admission, LocalRateLimiter, client_ip
 from hubbub.messages import JSON
 from hubbub.namespaces import Namespace, NamespaceRegistry
@@ -110,6 +110,15 @@ def test_claims_become_the_identity() -> None:
         ({"info": "text"}, "info"),
         ({"channels": "a"}, "channels"),
         ({"name": 3}, "name"),
+        ({"exp": str(int(time.time()) + 3600)}, "exp must be a number"),
+        ({"nbf": str(int(time.time()) - 10)}, "nbf must be a number"),
+        ({"iat": str(int(time.time()))}, "iat must be a number"),
+        ({"exp": True}, "expired"),
+        ({"exp": 2**70}, "exp must be a number"),
+        ({"nbf": -1}, "nbf must be a number"),
+        ({"info": {"n": 2**64}}, "both codecs"),
+        ({"info": {"n": -(2**63) - 1}}, "both codecs"),
+        ({"channel": "room"}, "channel token"),
     ],
 )
 def test_bad_claims_are_refused(claims: dict[str, Any], reason: str) -> None:
@@ -223,20 +232,21 @@ def _scope(**kw: Any) -> dict[str, Any]:
 
 
 def test_carriers_are_read_in_protocol_order() -> None:
-    """Authorization beats the subprotocol, which beats the cookie, which beats the query."""
+    """Authorization beats the subprotocol, which beats the query, which beats the cookie."""
     scope = _scope(
         headers=[(b"authorization", b"Bearer H"), (b"cookie", b"a=1; hubbub_token=C")],
         subprotocols=["hubbub.v1.json", "bearer.S"],
         query_string=b"token=Q",
     )
-    assert find_token(scope) == "H"
+    assert find_credentials(scope) == ("H", "header")
     scope["headers"] = scope["headers"][1:]
-    assert find_token(scope) == "S"
+    assert find_credentials(scope) == ("S", "subprotocol")
     scope["subprotocols"] = ["hubbub.v1.json"]
-    assert find_token(scope) == "C"
-    scope["headers"] = []
+    assert find_credentials(scope) == ("Q", "query")
     assert find_token(scope) == "Q"
-    assert find_token(scope, query=None) is None
+    scope["query_string"] = b""
+    assert find_credentials(scope) == ("C", "cookie")
+    assert find_token(scope, cookie=None) is None
     assert find_token(_scope(headers=[(b"cookie", b"bad\x00cookie;;==")])) is None
     assert find_token(_scope(headers=[(b"authorization", b"Basic abc")])) is None
 
@@ -266,6 +276,121 @@ def test_admission_caps_users_and_addresses() -> None:
     assert admission._per_ip == {"1.2.3.4": 1}
     admission.closed("1.2.3.4")
     assert admission._per_ip == {}
+
+
+@pytest.mark.anyio
+async def test_check_ip_holds_the_place_it_grants() -> None:
+    """check_ip takes the place when it admits (a second check is refused) until closed."""
+    admission = Admission(Limits(max_connections_per_ip=2))
+    assert await admission.check_ip("1.2.3.4") is None
+    assert await admission.check_ip("1.2.3.4") is None
+    refused = await admission.check_ip("1.2.3.4")
+    assert refused is not None and "at most 2" in refused[0]
+    admission.closed("1.2.3.4")
+    assert await admission.check_ip("1.2.3.4") is None
+    assert admission._per_ip == {"1.2.3.4": 2}
+
+
+@pytest.mark.anyio
+async def test_check_ip_gives_the_place_back_when_the_rate_refuses() -> None:
+    """A handshake refused by the rate limiter holds no place of the address."""
+    admission = Admission(Limits(handshake_rate=0.001, handshake_burst=1, max_connections_per_ip=5))
+    assert await admission.check_ip("1.2.3.4") is None
+    refused = await admission.check_ip("1.2.3.4")
+    assert refused is not None and refused[1] >= 1
+    assert admission._per_ip == {"1.2.3.4": 1}
+
+
+def _headers(**fields: str) -> dict[str, Any]:
+    return {"headers": [(k.replace("_", "-").encode(), v.encode()) for k, v in fields.items()]}
+
+
+@pytest.mark.parametrize(
+    ("headers", "allowed", "ok"),
+    [
+        ({"host": "chat.example.com", "origin": "https://chat.example.com"}, None, True),
+        ({"host": "chat.example.com:443", "origin": "https://chat.example.com"}, None, True),
+        ({"host": "127.0.0.1:8000", "origin": "http://127.0.0.1:8000"}, None, True),
+        ({"host": "[::1]:8000", "origin": "http://[::1]:8000"}, None, True),
+        ({"host": "chat.example.com", "origin": "https://evil.example.com"}, None, False),
+        ({"host": "chat.example.com", "origin": "https://chat.example.com:8443"}, None, False),
+        ({"host": "chat.example.com", "origin": "null"}, None, False),
+        ({"host": "chat.example.com/x", "origin": "https://chat.example.com"}, None, False),
+        ({"host": "chat.example.com"}, None, False),
+        ({"host": "chat.example.com", "sec_fetch_site": "same-origin"}, None, True),
+        ({"host": "chat.example.com", "sec_fetch_site": "none"}, None, True),
+        ({"host": "backend:8000", "origin": "https://chat.example.com"}, None, False),
+        ({"host": "b:80", "origin": "https://c.io", "sec_fetch_site": "same-origin"}, None, True),
+        ({"origin": "https://evil.example.com", "sec_fetch_site": "none"}, None, False),
+        ({"host": "chat.example.com", "sec_fetch_site": "same-site"}, None, False),
+        ({"host": "chat.example.com", "sec_fetch_site": "cross-site"}, None, False),
+        ({"origin": "https://app.example.com"}, {"https://app.example.com:443"}, True),
+        ({"origin": "https://evil.example.com"}, {"https://app.example.com:443"}, False),
+    ],
+)
+def test_a_cookie_counts_only_from_a_trusted_page(
+    headers: dict[str, str], allowed: set[str] | None, ok: bool
+) -> None:
+    """The cookie is used for this server's own Origin, an allowed one, or a same-origin fetch."""
+    assert cookie_allowed(_headers(**headers), allowed) is ok
+
+
+@pytest.mark.anyio
+async def test_a_cookie_from_another_site_is_refused_403() -> None:
+    """JWTAuthenticator refuses a cookie token from a foreign Origin; explicit tokens pass."""
+    auth = JWTAuthenticator(secret=SECRET, allowed_origins=["https://app.example.com"])
+    token = _sign({})
+    cookie = ("cookie", f"hubbub_token={token}")
+    scope = _headers(host="chat.example.com", origin="https://evil.example.com")
+    scope["headers"].append((cookie[0].encode(), cookie[1].encode()))
+    with pytest.raises(PermissionDenied, match="cookie"):
+        await auth(scope)
+    scope["headers"][1] = (b"origin", b"https://app.example.com")
+    identity = await auth(scope)
+    assert identity is not None and identity.user == "alice"
+    scope["headers"][1] = (b"origin", b"https://evil.example.com")
+    scope["query_string"] = f"token={token}".encode()
+    assert await auth(scope) == identity
+    # AuthMiddleware leaves its allow-list in the scope: those origins count too.
+    other = JWTAuthenticator(secret=SECRET)
+    scope = _headers(origin="https://app.example.com", cookie=f"hubbub_token={token}")
+    with pytest.raises(PermissionDenied):
+        await other(scope)
+    scope["hubbub.allowed_origins"] = frozenset({"https://app.example.com:443"})
+    assert await other(scope) == identity
+
+
+@pytest.mark.parametrize(
+    "identity",
+    [
+        Identity(user="a", info={"n": 2**64}),
+        Identity(user="a", info={1: "x"}),
+        Identity(user="a", info={"x": object()}),
+        Identity(user="\ud800"),
+        Identity(user="a", name="\udfff"),
+        Identity(user="a", expires=2**63),
+        Identity(user="a", expires=True),  # type: ignore[arg-type]
+        Identity(user="a", channels=("x", 1)),  # type: ignore[arg-type]
+        Identity(user=1),  # type: ignore[arg-type]
+        Identity(user="a", name=2),  # type: ignore[arg-type]
+        Identity(user="a", info=[1]),  # type: ignore[arg-type]
+        "alice",
+    ],
+)
+def test_identities_both_codecs_cannot_carry_are_refused(identity: Any) -> None:
+    """check_identity refuses what JSON or MessagePack could not carry to every client."""
+    with pytest.raises(AuthenticationFailed, match="invalid identity"):
+        check_identity(identity)
+
+
+def test_identities_at_the_edges_pass() -> None:
+    """64-bit integers at both ends, nested info and no info at all are fine."""
+    for identity in (
+        Identity(user="a", info={"n": [2**64 - 1, -(2**63)], "d": {"x": [1.5, None]}}),
+        Identity(user="", expires=2**63 - 1),
+        ANONYMOUS,
+    ):
+        assert check_identity(identity) is identity
 
 
 def test_client_ip_trusts_forwarded_headers_only_from_proxies() -> None:
@@ -412,6 +537,7 @@ async def test_async_api_reads_carriers_and_channel_tokens() -> None:
         (good, "bob", "room"),
         (good, "alice", "other"),
         (_sign({"channel": "room", "exp": int(time.time()) - 100}), "alice", "room"),
+        (_sign({}), "alice", "room"),  # a connection token is no channel token
     ):
         with pytest.raises(PermissionDenied):
             await auth.verify_channel_token(token, user=user, channel=channel)

@@ -207,3 +207,59 @@ def test_a_banned_user_is_refused_403() -> None:
                 pass
         assert caught.value.status_code == 403
         assert client.get("/health").status_code == 403
+
+
+def test_a_junk_cookie_is_ignored_on_http_but_not_a_bad_explicit_token(
+    client: TestClient,
+) -> None:
+    """A stale cookie leaves HTTP requests unauthenticated (routes decide); a bad header is 401."""
+    client.cookies.set("hubbub_token", "not-a-jwt")
+    try:
+        assert client.get("/me").json()["authenticated"] is False
+        assert client.get("/secret").status_code == 403
+        good = {"Authorization": f"Bearer {mint('alice')}"}
+        assert client.get("/me", headers=good).json()["authenticated"] is True
+        assert client.get("/me", headers={"Authorization": "Bearer nope"}).status_code == 401
+        # A route that needs the user (the hub's stream) still refuses the bad cookie.
+        assert client.get("/hub/sse?channel=a", headers={"Origin": ORIGIN}).status_code == 401
+    finally:
+        client.cookies.clear()
+
+
+def test_the_middleware_gives_back_every_per_ip_place_it_takes() -> None:
+    """Places taken by the middleware are released after refusals and when sockets end."""
+    hub = Hub(authenticator=authenticator(), limits=Limits(max_connections_per_ip=1))
+    app = AuthMiddleware(HubApp(hub), authenticator=hub.authenticator, admission=hub.admission)
+    headers = {"Authorization": f"Bearer {mint('alice')}"}
+    with TestClient(app) as client:
+        with client.websocket_connect("/ws", headers=headers) as ws:
+            assert ws.receive_json()["type"] == "welcome"
+            with pytest.raises(WebSocketDenialResponse) as caught:
+                with client.websocket_connect("/ws", headers=headers):
+                    pass
+            assert caught.value.status_code == 429
+        for bad in ({"Authorization": "Bearer bad"}, {}):
+            with pytest.raises(WebSocketDenialResponse) as caught:
+                with client.websocket_connect("/ws", headers=bad):
+                    pass
+            assert caught.value.status_code == 401
+        with pytest.raises(WebSocketDenialResponse) as caught:
+            with client.websocket_connect("/elsewhere", headers=headers):
+                pass
+        assert caught.value.status_code == 404
+        with client.websocket_connect("/ws", headers=headers) as ws:
+            assert ws.receive_json()["type"] == "welcome"
+        assert hub.admission._per_ip == {}
+
+
+def test_sse_handshakes_are_counted_before_any_token_check() -> None:
+    """Wrapping a HubApp, the middleware refuses an SSE flood 429 before verifying tokens."""
+    hub = Hub(authenticator=authenticator(), limits=Limits(handshake_rate=0.01, handshake_burst=2))
+    app = AuthMiddleware(HubApp(hub), authenticator=hub.authenticator, admission=hub.admission)
+    bad = {"Authorization": "Bearer bad"}
+    with TestClient(app) as client:
+        statuses = [client.get("/sse?channel=a", headers=bad) for _ in range(3)]
+        assert [r.status_code for r in statuses] == [401, 401, 429]
+        assert int(statuses[-1].headers["retry-after"]) >= 1
+        assert client.get("/health").status_code == 200  # other routes are not handshakes
+        assert hub.admission._per_ip == {}

@@ -685,7 +685,7 @@ async def test_a_stream_holds_at_most_max_sse_channels() -> None:
 
     big = {f"feed:c{n}": Position(offset=10**12 + n, epoch="abcdef12") for n in range(129)}
     assert len(encode_event_id(big)) < MAX_EVENT_ID
-    hub = make_hub(max_channels=1000)
+    hub = make_hub(max_channels=1000, command_burst=MAX_SSE_CHANNELS)
     async with running(hub) as h:
         many = "&".join(f"channel=feed:c{n}" for n in range(MAX_SSE_CHANNELS + 1))
         status, body, _ = await h.open(many + "&user=zed").refused()
@@ -700,3 +700,25 @@ async def test_a_stream_holds_at_most_max_sse_channels() -> None:
         message = (await stream.events("message", 1))[0]
         assert message["channel"] == "feed:c0"
         await stream.leave()
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [{"command_burst": 3}, {"command_limits": {"subscribe": (1.0, 3)}}],
+    ids=["command_burst", "subscribe_budget"],
+)
+async def test_opening_a_stream_is_charged_to_the_command_budget(limits: dict[str, Any]) -> None:
+    """A stream opens as many channels as a client's budget allows at once; more is 429."""
+    hub = make_hub(**limits)
+    async with running(hub) as h:
+        refused = h.open("channel=a&channel=b&channel=c&channel=d")
+        status, body, _ = await refused.refused()
+        assert status == 429 and "command budget" in body["reason"]
+        with anyio.fail_after(TIMEOUT):
+            await refused.done.wait()
+        assert hub.stats.rate_limited["command"] == 1
+        assert hub.connection_count == 0 and hub.admission._per_ip == {}
+        stream = await h.stream("channel=a&channel=b&channel=c")
+        await stream.events("subscribed", 3)
+        await stream.leave()
+    assert hub.admission._per_ip == {}

@@ -31,7 +31,7 @@ from ._errors import (
     PermissionDenied,
     RateLimited,
 )
-from .auth import Identity
+from .auth import Identity, check_identity
 from .limits import client_ip
 from .messages import (
     JSON,
@@ -640,23 +640,33 @@ async def serve_websocket(hub: Hub, scope: Scope, receive: Receive, send: SendCa
     admission = hub.admission
     refused = None
     ip = scope.get(ADMITTED)
+    # Set when this function holds a per-IP place (AuthMiddleware releases its own).
+    reserved = False
     if not isinstance(ip, str) or admission is not scope.get(ADMITTED + ".by"):
         peer = scope.get("client")
         ip = client_ip(
             peer[0] if peer else None, scope.get("headers") or (), hub.limits.trusted_proxies
         )
+        # check_ip reserves the place at once: handshakes awaiting the authenticator
+        # together cannot all pass the per-IP cap. Every path below releases it.
         refused = await admission.check_ip(ip)
+        reserved = refused is None
     if refused is not None:
         handshake_refused(hub.stats, "handshake", refused[0], ip)
         await deny(scope, send, RateLimited(refused[0]), retry_after=refused[1])
         return
     try:
-        identity = await hub._authenticate(scope)
+        identity = check_identity(await hub._authenticate(scope))
         if identity.user:
+            # No await from here to hub._open: the per-user count is exact.
             refused = admission.check_user(len(hub._users.get(identity.user, ())))
             if refused is not None:
                 raise RateLimited(refused[0])
-    except HubbubError as exc:
+    except BaseException as exc:
+        if reserved:
+            admission.closed(ip)
+        if not isinstance(exc, HubbubError):
+            raise
         if isinstance(exc, RateLimited):
             handshake_refused(hub.stats, "user_connections", exc.reason, ip)
         else:
@@ -665,7 +675,6 @@ async def serve_websocket(hub: Hub, scope: Scope, receive: Receive, send: SendCa
         return
     batch = codec is JSON and _query_flag(scope, "batch")
     connection = hub._open(identity, codec, batch)
-    admission.opened(ip)
     try:
         await send({"type": "websocket.accept", "subprotocol": chosen})
         logger.info(
@@ -687,7 +696,8 @@ async def serve_websocket(hub: Hub, scope: Scope, receive: Receive, send: SendCa
     except _GONE:
         pass
     finally:
-        admission.closed(ip)
+        if reserved:
+            admission.closed(ip)
         hub._forget(connection)
         code, reason = connection.ending()
         label = str(code) if code in _KNOWN_CLOSE_CODES else "other"

@@ -21,7 +21,14 @@ import anyio.to_thread
 import jwt
 
 from ._errors import AuthenticationFailed, PermissionDenied
-from .auth import DEFAULT_COOKIE, Identity, find_token
+from .auth import (
+    DEFAULT_COOKIE,
+    Identity,
+    check_identity,
+    cookie_allowed,
+    find_credentials,
+    normalise_origin,
+)
 
 __all__ = ["JWTAuthenticator"]
 
@@ -30,6 +37,8 @@ _ASYMMETRIC = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
 MAX_LEEWAY = 300.0
+MAX_NUMERIC_DATE = 253_402_300_799
+"""The latest ``exp``/``nbf``/``iat`` accepted: 9999-12-31T23:59:59Z (RFC 7519 NumericDate)."""
 
 KeyMaterial = str | bytes
 
@@ -55,7 +64,14 @@ class JWTAuthenticator:
         leeway: seconds of clock skew allowed for ``exp``/``nbf``/``iat`` (0 to 300).
         require_exp: refuse tokens without ``exp`` (the default).
         typ: the expected ``typ`` header (e.g. ``"at+jwt"``); checked when given.
-        cookie: the cookie carrying the token (``None``: not read).
+        cookie: the cookie carrying the token (``None``: not read). A token
+            found only there is used when the request's ``Origin`` is this
+            server's own, one of ``allowed_origins`` or one an
+            :class:`~hubbub.AuthMiddleware` in front allows (or, without
+            ``Origin``, with ``Sec-Fetch-Site: same-origin``); otherwise it is
+            refused 403 (see :func:`hubbub.auth.cookie_allowed`).
+        allowed_origins: other origins (``scheme://host[:port]``) whose pages may
+            use the cookie; an AuthMiddleware's ``allowed_origins`` count too.
         query: the query parameter carrying the token (``None``: not read).
         clock: unix time source (for tests).
 
@@ -80,6 +96,7 @@ class JWTAuthenticator:
         typ: str | None = None,
         cookie: str | None = DEFAULT_COOKIE,
         query: str | None = "token",
+        allowed_origins: Sequence[str] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         sources = [x is not None for x in (secret, public_key, jwks, jwks_url)]
@@ -104,6 +121,9 @@ class JWTAuthenticator:
         self.typ = _normal_typ(typ) if typ is not None else None
         self.cookie = cookie
         self.query = query
+        if isinstance(allowed_origins, str):
+            raise TypeError("allowed_origins must be a list of origins, not a str")
+        self.allowed_origins = frozenset(normalise_origin(o) for o in allowed_origins or ())
         self.clock = clock
         self._keys: list[Any] = []
         self._jwks: jwt.PyJWKSet | None = None
@@ -169,14 +189,29 @@ class JWTAuthenticator:
     # -- the Authenticator protocol ------------------------------------------------------
 
     async def __call__(self, scope: Mapping[str, Any]) -> Identity | None:
-        """The identity of the token ``scope`` carries; ``None`` when it carries none."""
-        token = find_token(scope, cookie=self.cookie, query=self.query)
-        if token is None:
+        """The identity of the token ``scope`` carries; ``None`` when it carries none.
+
+        Raises:
+            AuthenticationFailed: a bad token (401).
+            PermissionDenied: a token found only in the cookie, on a request from a
+                page that may not use it (403).
+        """
+        found = find_credentials(scope, cookie=self.cookie, query=self.query)
+        if found is None:
             return None
+        token, carrier = found
+        if carrier == "cookie" and not cookie_allowed(scope, self.allowed_origins):
+            raise PermissionDenied(
+                "a token in a cookie is accepted only from this site's own pages "
+                "(Origin not allowed)"
+            )
         return await self.verify(token)
 
     async def verify(self, token: str) -> Identity:
-        """Verify a connection token; raises :class:`~hubbub.AuthenticationFailed` (401)."""
+        """Verify a connection token; raises :class:`~hubbub.AuthenticationFailed` (401).
+
+        A channel token (one with a ``channel`` claim) is not a connection token.
+        """
         claims = await self.decode(token)
         return identity_from_claims(claims)
 
@@ -251,10 +286,18 @@ class JWTAuthenticator:
                 raise AuthenticationFailed(_reason(exc)) from None
         if claims is None:
             raise AuthenticationFailed("invalid token signature")
+        for name in ("exp", "nbf", "iat"):
+            # PyJWT accepts numeric strings ("exp": "1700000000"), which hubbub
+            # would then read as "no expiry": only JSON numbers are dates here.
+            value = claims.get(name)
+            if value is not None and (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not 0 <= value <= MAX_NUMERIC_DATE
+            ):
+                raise AuthenticationFailed(f"invalid token: {name} must be a number of seconds")
         iat = claims.get("iat")
         if iat is not None:
-            if isinstance(iat, bool) or not isinstance(iat, int | float):
-                raise AuthenticationFailed("invalid token: iat is not a number")
             if iat > self.clock() + self.leeway:
                 raise AuthenticationFailed("token issued in the future")
         if typ and self.typ is not None:
@@ -267,6 +310,8 @@ class JWTAuthenticator:
 
 def identity_from_claims(claims: Mapping[str, Any]) -> Identity:
     """The :class:`Identity` of verified ``claims``; raises AuthenticationFailed if malformed."""
+    if "channel" in claims:
+        raise AuthenticationFailed("a channel token cannot open or refresh a connection")
     sub = claims.get("sub")
     if not isinstance(sub, str) or not sub or len(sub) > 200:
         raise AuthenticationFailed("invalid token: sub must be a non-empty string")
@@ -281,9 +326,15 @@ def identity_from_claims(claims: Mapping[str, Any]) -> Identity:
         raise AuthenticationFailed("invalid token: channels must be a list of strings")
     exp = claims.get("exp")
     expires = int(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
-    return Identity(
+    identity = Identity(
         user=sub, name=name, info=info, expires=expires, channels=tuple(dict.fromkeys(channels))
     )
+    try:
+        return check_identity(identity)
+    except AuthenticationFailed as exc:
+        raise AuthenticationFailed(
+            exc.reason.replace("invalid identity", "invalid token")
+        ) from None
 
 
 def _reason(exc: jwt.PyJWTError) -> str:

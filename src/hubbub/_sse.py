@@ -54,6 +54,7 @@ from ._errors import (
     PermissionDenied,
     RateLimited,
 )
+from .auth import check_identity
 from .limits import client_ip
 from .messages import JSON, Disconnect, Position, Subscribe, Subscribed
 from .namespaces import Namespace, personal_owner, validate_channel
@@ -354,6 +355,18 @@ async def serve_sse(hub: Hub, scope: Scope, receive: Receive, send: SendCallable
     The checks and their order are the WebSocket handshake's; every refusal
     happens before the response starts, as JSON ``{code, reason}``.
     """
+    held: list[str] = []
+    try:
+        await _serve(hub, scope, receive, send, held)
+    finally:
+        for ip in held:
+            hub.admission.closed(ip)
+
+
+async def _serve(
+    hub: Hub, scope: Scope, receive: Receive, send: SendCallable, held: list[str]
+) -> None:
+    """:func:`serve_sse`, noting in ``held`` the address whose per-IP place it takes."""
     retry_after: int | None = None
     ip: str | None = None
     try:
@@ -374,14 +387,18 @@ async def serve_sse(hub: Hub, scope: Scope, receive: Receive, send: SendCallable
             ip = client_ip(
                 peer[0] if peer else None, scope.get("headers") or (), hub.limits.trusted_proxies
             )
+            # check_ip holds a place of the address at once (serve_sse gives it back),
+            # so streams awaiting the authenticator together cannot all pass the cap.
             refused = await admission.check_ip(ip)
             if refused is not None:
                 retry_after = refused[1]
                 handshake_refused(hub.stats, "handshake", refused[0], ip)
                 raise RateLimited(refused[0])
+            held.append(ip)
         try:
-            identity = await hub._authenticate(scope)
+            identity = check_identity(await hub._authenticate(scope))
             if identity.user:
+                # No await from here to hub._open: the per-user count is exact.
                 refused = admission.check_user(len(hub._users.get(identity.user, ())))
                 if refused is not None:
                     retry_after = refused[1]
@@ -393,6 +410,7 @@ async def serve_sse(hub: Hub, scope: Scope, receive: Receive, send: SendCallable
                 auth_failure(hub.stats, handshake_failure_reason(exc), exc, ip=ip)
             raise
         _check_access(hub, identity, wanted)
+        _charge(hub, len(wanted))
     except HubbubError as exc:
         logger.info(
             "refused an SSE stream (%d): %s",
@@ -405,7 +423,6 @@ async def serve_sse(hub: Hub, scope: Scope, receive: Receive, send: SendCallable
     stream = hub._open(identity, JSON, False, kind=SSEStream)
     assert isinstance(stream, SSEStream)
     hub.stats.sse_streams_total += 1
-    admission.opened(ip)
     try:
         if positions:
             stream.resume_from(positions)
@@ -445,7 +462,6 @@ async def serve_sse(hub: Hub, scope: Scope, receive: Receive, send: SendCallable
     finally:
         code, reason = stream.ending()
         stream.close(Close(NORMAL, "stream ended", flush=False))
-        admission.closed(ip)
         hub._forget(stream)
         closes = hub.stats.closes
         label = str(code) if code in _KNOWN_CLOSE_CODES else "other"
@@ -461,6 +477,28 @@ async def serve_sse(hub: Hub, scope: Scope, receive: Receive, send: SendCallable
                 "reason": reason,
                 "transport": "sse",
             },
+        )
+
+
+def _charge(hub: Hub, channels: int) -> None:
+    """Refuse (429) a stream opening more channels than a client's command budget allows.
+
+    Opening a stream does what that many ``subscribe`` commands would (history
+    reads, presence leases, join events), so it costs what they would cost a
+    WebSocket client: one ``subscribe`` each from the budget a new connection
+    starts with (``command_burst``, and the ``subscribe`` budget if one is set).
+    """
+    limits = hub.limits
+    burst = limits.command_burst
+    subscribe = limits.command_limits.get("subscribe")
+    if subscribe is not None:
+        burst = min(burst, subscribe[1])
+    if channels > burst:
+        stats = hub.stats
+        stats.rate_limited["command"] = stats.rate_limited.get("command", 0) + 1
+        raise RateLimited(
+            f"{channels} channels are more subscriptions than the command budget allows "
+            f"at once ({burst})"
         )
 
 

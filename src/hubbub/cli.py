@@ -180,6 +180,13 @@ def _parser() -> argparse.ArgumentParser:
     auth.add_argument("--jwt-audience", default=_env("JWT_AUDIENCE"), help="expected aud")
     auth.add_argument("--jwt-issuer", default=_env("JWT_ISSUER"), help="expected iss (exact)")
     auth.add_argument(
+        "--jwt-cookie",
+        metavar="NAME",
+        default=_env("JWT_COOKIE", "hubbub_token"),
+        help="the cookie that may carry the token (default hubbub_token), used only from "
+        "this server's own pages and --allowed-origin ones; 'none' turns it off",
+    )
+    auth.add_argument(
         "--anonymous",
         action="store_true",
         default=_env("ANONYMOUS", "").lower() in ("1", "true", "yes"),
@@ -360,14 +367,18 @@ def _authenticator(args: argparse.Namespace) -> JWTAuthenticator | None:
                 "hubbub serve: --jwt-audience/--jwt-issuer need --jwt-secret or --jwt-public-key"
             )
         return None
+    cookie = None if args.jwt_cookie.strip().lower() in ("", "none") else args.jwt_cookie.strip()
+    common: dict[str, Any] = {
+        "audience": args.jwt_audience,
+        "issuer": args.jwt_issuer,
+        "cookie": cookie,
+    }
     try:
         if args.jwt_secret:
-            return JWTAuthenticator(
-                secret=args.jwt_secret, audience=args.jwt_audience, issuer=args.jwt_issuer
-            )
+            return JWTAuthenticator(secret=args.jwt_secret, **common)
         with open(args.jwt_public_key, "rb") as file:
             pem = file.read()
-        return JWTAuthenticator(public_key=pem, audience=args.jwt_audience, issuer=args.jwt_issuer)
+        return JWTAuthenticator(public_key=pem, **common)
     except (OSError, ValueError, TypeError) as exc:
         raise SystemExit(f"hubbub serve: JWT configuration: {exc}") from None
 

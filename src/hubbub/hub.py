@@ -43,7 +43,7 @@ from ._errors import (
 )
 from ._recovery import Joined, join_stream
 from ._tracing import Tracing
-from .auth import Authenticator, Identity
+from .auth import Authenticator, Identity, check_identity
 from .brokers import (
     Broker,
     Capability,
@@ -889,6 +889,7 @@ class Hub:
             identity = None
         if not isinstance(identity, Identity) or not identity.user:
             raise AuthenticationFailed("the new token is not valid")
+        check_identity(identity)  # what the handshake checks (an expiry beyond 64 bits)
         if identity.user != connection.identity.user:
             raise PermissionDenied("the new token is for another user")
         connection.refresh(identity)

@@ -237,7 +237,9 @@ class Admission:
     """Who may open a connection: handshake rate per IP and open connections per IP/user.
 
     Free of I/O: the connection layer asks :meth:`check_ip` before authenticating,
-    :meth:`check_user` after, and reports :meth:`opened`/:meth:`closed`.
+    which holds a place for the address at once, :meth:`check_user` after, and
+    gives the place back with :meth:`closed` when the handshake is refused or the
+    connection ends.
     """
 
     def __init__(self, limits: Limits, limiter: RateLimiter | None = None) -> None:
@@ -250,31 +252,46 @@ class Admission:
     async def check_ip(self, ip: str) -> tuple[str, int] | None:
         """``None`` when ``ip`` may try a handshake, else why not and ``Retry-After`` seconds.
 
-        Counts the attempt against the handshake rate.
+        Counts the attempt against the handshake rate. On ``None`` the handshake
+        holds one of the address's places from now on (checked and taken without
+        an await between, so concurrent handshakes that then wait for their
+        authenticator cannot all pass the cap): the caller must call
+        :meth:`closed` once, whether the handshake is refused later or the
+        connection ends.
         """
         cap = self.limits.max_connections_per_ip
         if cap is not None and self._per_ip.get(ip, 0) >= cap:
             return f"too many open connections from this address (at most {cap})", 5
+        self.opened(ip)
         if self.limiter is None:
             return None
-        wait = await self.limiter.hit("ip:" + ip)
+        try:
+            wait = await self.limiter.hit("ip:" + ip)
+        except BaseException:
+            self.closed(ip)
+            raise
         if wait > 0:
+            self.closed(ip)
             return "too many connection attempts from this address", max(1, math.ceil(wait))
         return None
 
     def check_user(self, open_connections: int) -> tuple[str, int] | None:
-        """``None`` when a user holding ``open_connections`` may open one more."""
+        """``None`` when a user holding ``open_connections`` may open one more.
+
+        Call it with no await between it and registering the connection, so
+        the count it is given is still true when the connection opens.
+        """
         cap = self.limits.max_connections_per_user
         if cap is not None and open_connections >= cap:
             return f"too many open connections for this user (at most {cap})", 5
         return None
 
     def opened(self, ip: str) -> None:
-        """Count an accepted connection from ``ip``."""
+        """Count a connection from ``ip`` (:meth:`check_ip` already does, when it admits)."""
         self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
 
     def closed(self, ip: str) -> None:
-        """Forget a connection from ``ip``."""
+        """Give back a place of ``ip``: a refused handshake, or a connection that ended."""
         left = self._per_ip.get(ip, 0) - 1
         if left > 0:
             self._per_ip[ip] = left

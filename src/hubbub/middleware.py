@@ -17,7 +17,6 @@ import logging
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 import msgspec
 from starlette.authentication import AuthCredentials, BaseUser
@@ -33,7 +32,16 @@ from ._connection import (
     handshake_refused,
 )
 from ._errors import AuthenticationFailed, HubbubError, PermissionDenied, RateLimited
-from .auth import Authenticator, Identity
+from .app import HubApp, route_path
+from .auth import (
+    ALLOWED_ORIGINS,
+    DEFAULT_COOKIE,
+    Authenticator,
+    Identity,
+    check_identity,
+    find_credentials,
+    normalise_origin,
+)
 from .hub import HubStats
 from .limits import Admission, client_ip
 
@@ -81,11 +89,17 @@ class AuthMiddleware:
         admission: the hub's :attr:`Hub.admission <hubbub.Hub.admission>`: pass it
             so handshake floods and connection caps per IP are refused (429) before
             any token is verified; the hub then does not count the handshake twice.
+            This covers WebSockets, and the SSE streams of a ``HubApp`` the
+            middleware wraps directly (elsewhere the hub counts a stream itself,
+            once its token is verified).
         stats: where refusals are counted for ``/metrics`` (auth failures, 429s):
             by default the stats of the hub ``app`` serves, when ``app`` is a
             :class:`~hubbub.HubApp`.
 
-    A bad token is refused 401 on both HTTP and WebSocket, before the upgrade.
+    A bad token is refused 401 on both HTTP and WebSocket, before the upgrade,
+    except a token in the cookie on an HTTP request, which counts as no
+    credentials (see :meth:`_authenticate`). ``allowed_origins`` are also the
+    origins whose pages may use the cookie (:func:`hubbub.auth.cookie_allowed`).
     """
 
     def __init__(
@@ -127,50 +141,104 @@ class AuthMiddleware:
         if kind not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
+        if self.allowed_origins is not None:
+            # Authenticators accept a cookie token from the pages allowed here too.
+            scope[ALLOWED_ORIGINS] = self.allowed_origins
         retry_after = None
         origin_checked = False
+        reserved: str | None = None
         try:
-            if kind == "websocket":
-                if self.admission is not None:
-                    peer = scope.get("client")
-                    ip = client_ip(
-                        peer[0] if peer else None,
-                        scope.get("headers") or (),
-                        self.admission.limits.trusted_proxies,
-                    )
-                    refused = await self.admission.check_ip(ip)
-                    if refused is not None:
-                        retry_after = refused[1]
-                        raise RateLimited(refused[0])
-                    scope[ADMITTED] = ip
-                    scope[ADMITTED + ".by"] = self.admission
-                self.check_origin(scope)
-                origin_checked = True
-            identity = await self.authenticator(scope) if self.authenticator else None
-            if identity is None and kind == "websocket" and not self.anonymous:
-                if self.authenticator is not None:
-                    raise AuthenticationFailed("credentials required")
-        except HubbubError as exc:
-            if isinstance(exc, RateLimited):
-                handshake_refused(self.stats, "handshake", exc.reason, None)
-            elif kind == "websocket" and not origin_checked:
-                auth_failure(self.stats, "origin", exc, transport=kind)
+            try:
+                if kind == "websocket" or self._is_stream(scope):
+                    if self.admission is not None:
+                        peer = scope.get("client")
+                        ip = client_ip(
+                            peer[0] if peer else None,
+                            scope.get("headers") or (),
+                            self.admission.limits.trusted_proxies,
+                        )
+                        # check_ip reserves the place at once: handshakes that await
+                        # the authenticator together cannot all pass the per-IP cap.
+                        refused = await self.admission.check_ip(ip)
+                        if refused is not None:
+                            retry_after = refused[1]
+                            raise RateLimited(refused[0])
+                        reserved = ip
+                        scope[ADMITTED] = ip
+                        scope[ADMITTED + ".by"] = self.admission
+                if kind == "websocket":
+                    self.check_origin(scope)
+                    origin_checked = True
+                identity = await self._authenticate(scope, kind)
+                if identity is None and kind == "websocket" and not self.anonymous:
+                    if self.authenticator is not None:
+                        raise AuthenticationFailed("credentials required")
+            except HubbubError as exc:
+                if isinstance(exc, RateLimited):
+                    handshake_refused(self.stats, "handshake", exc.reason, None)
+                elif kind == "websocket" and not origin_checked:
+                    auth_failure(self.stats, "origin", exc, transport=kind)
+                else:
+                    auth_failure(self.stats, handshake_failure_reason(exc), exc, transport=kind)
+                if kind == "websocket":
+                    message = await receive()
+                    if message["type"] == "websocket.connect":
+                        await deny(scope, send, exc, retry_after=retry_after)
+                else:
+                    await _http_error(send, exc, retry_after)
+                return
+            if identity is not None:
+                scope["user"] = HubbubUser(identity)
+                scope["auth"] = AuthCredentials(["authenticated"])
             else:
-                auth_failure(self.stats, handshake_failure_reason(exc), exc, transport=kind)
-            if kind == "websocket":
-                message = await receive()
-                if message["type"] == "websocket.connect":
-                    await deny(scope, send, exc, retry_after=retry_after)
-            else:
-                await _http_error(send, exc)
-            return
-        if identity is not None:
-            scope["user"] = HubbubUser(identity)
-            scope["auth"] = AuthCredentials(["authenticated"])
-        else:
-            scope["user"] = HubbubUser(Identity())
-            scope["auth"] = AuthCredentials()
-        await self.app(scope, receive, send)
+                scope["user"] = HubbubUser(Identity())
+                scope["auth"] = AuthCredentials()
+            await self.app(scope, receive, send)
+        finally:
+            if reserved is not None:
+                assert self.admission is not None
+                self.admission.closed(reserved)
+
+    def _is_stream(self, scope: Scope) -> bool:
+        """Whether an HTTP request opens the served hub's SSE stream (a handshake too).
+
+        Known only when the middleware wraps a :class:`~hubbub.HubApp` directly
+        (``hubbub serve``); elsewhere the hub counts the stream after the token
+        was verified.
+        """
+        return (
+            isinstance(self.app, HubApp)
+            and scope.get("method") == "GET"
+            and route_path(scope) == "/sse"
+        )
+
+    async def _authenticate(self, scope: Scope, kind: str) -> Identity | None:
+        """The request's identity; a bad *cookie* on an HTTP request counts as none.
+
+        The browser sends the cookie with every request, so a stale or foreign
+        one must not lock it out of routes that need no user (``/health``, the
+        client module, the admin page, a stream opened with a fresh ``?token=``).
+        Routes that do need a user authenticate again and refuse it there. A bad
+        token the client chose to send (header, query) is still 401.
+        """
+        if self.authenticator is None:
+            return None
+        try:
+            identity = await self.authenticator(scope)
+            return check_identity(identity) if identity is not None else None
+        except (AuthenticationFailed, PermissionDenied):
+            if kind == "http" and self._carrier(scope) == "cookie":
+                return None
+            raise
+
+    def _carrier(self, scope: Scope) -> str | None:
+        authenticator = self.authenticator
+        found = find_credentials(
+            scope,
+            cookie=getattr(authenticator, "cookie", DEFAULT_COOKIE),
+            query=getattr(authenticator, "query", "token"),
+        )
+        return found[1] if found is not None else None
 
     def check_origin(self, scope: Scope) -> None:
         """Raise PermissionDenied (403) unless the WebSocket's ``Origin`` is allowed."""
@@ -185,28 +253,6 @@ class AuthMiddleware:
             raise PermissionDenied("origin not allowed")
 
 
-def normalise_origin(origin: str, *, strict: bool = True) -> str:
-    """``scheme://host:port`` with the default port made explicit, lower-cased.
-
-    With ``strict`` (configuration), anything but a bare origin raises ValueError;
-    otherwise (a request header) an unparsable value becomes ``""``, never allowed.
-    """
-    try:
-        parts = urlsplit(origin.strip())
-        port = parts.port
-    except ValueError:
-        if strict:
-            raise ValueError(f"not an origin: {origin!r}") from None
-        return ""
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
-        if strict:
-            raise ValueError(f"not an origin (scheme://host[:port]): {origin!r}")
-        return ""
-    if port is None:
-        port = 443 if parts.scheme == "https" else 80
-    return f"{parts.scheme}://{parts.hostname.lower()}:{port}"
-
-
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers") or ():
         if key.lower() == name:
@@ -214,9 +260,11 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-async def _http_error(send: SendCallable, exc: HubbubError) -> None:
+async def _http_error(send: SendCallable, exc: HubbubError, retry_after: int | None) -> None:
     body = msgspec.json.encode({"code": exc.code, "reason": exc.reason})
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
     if exc.http_status == 401:
         headers.append((b"www-authenticate", b'Bearer error="invalid_token"'))
     await send({"type": "http.response.start", "status": exc.http_status, "headers": headers})
