@@ -24,7 +24,6 @@ from hubbub.client import (
     Backoff,
     Client,
     ClientClosed,
-    ClientError,
     ConnectFailed,
     Disconnected,
     Item,
