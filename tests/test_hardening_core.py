@@ -1,0 +1,172 @@
+"""Hostile input and busy-system races against the core, through real servers (issue #13).
+
+Each test reproduces one hole found by attacking ``hubbub serve`` on loopback:
+recovery whose cost followed a client-chosen offset, presence departures that
+failed when a user left many channels at once, a chat room that one publisher
+made unjoinable, and presence that was not yet visible right after
+``subscribed``. The hub is ``tests/apps/hardening_app.py`` in a uvicorn
+subprocess, on the broker each test names (a real ``redis-server`` or
+PostgreSQL where the hole needs one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Iterator
+from itertools import count
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from hubbub._sse import encode_event_id
+from hubbub.messages import Position
+
+from .apps.wsclient import Client, open_client
+from .redis_server import RedisServer, redis_server
+from .servers import Server, run_server
+
+pytestmark = pytest.mark.anyio
+
+ARGV = ["-m", "hubbub", "serve", "hardening_app:app", "--port", "{port}"]
+_names = count(1)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """The websockets client and the Redis broker are asyncio-only."""
+    return "asyncio"
+
+
+@contextlib.contextmanager
+def node(tmp_path: Path, env: dict[str, str] | None = None) -> Iterator[Server]:
+    """One hub node (``hardening_app``), ended by its PID when the block ends."""
+    with run_server(ARGV, tmp_path, env=env) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """The Redis of this module's tests."""
+    with redis_server(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def redis_node(redis: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One node on the module's Redis."""
+    with node(tmp_path_factory.mktemp("node"), {"HUBBUB_TEST_REDIS_URL": redis.url}) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def memory_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One node on the memory broker."""
+    with node(tmp_path_factory.mktemp("memory")) as server:
+        yield server
+
+
+def unique(prefix: str) -> str:
+    """A name no other test uses."""
+    return f"{prefix}{next(_names)}"
+
+
+def connect(server: Server, user: str | None = None, **options: Any) -> Any:
+    """A WebSocket client of ``server`` (as ``user``, or anonymous)."""
+    query = [f"user={user}"] if user else []
+    if options.pop("batch", False):
+        query.append("batch=1")
+    path = "/ws" + ("?" + "&".join(query) if query else "")
+    return open_client(server.ws_url, path=path, **options)
+
+
+def sse_events(response: httpx.Response) -> Iterator[dict[str, str]]:
+    """The events of an SSE response: their fields, ``data`` lines joined (comments skipped)."""
+    fields: dict[str, str] = {}
+    for line in response.iter_lines():
+        if not line:
+            if fields.get("event"):
+                yield fields
+            fields = {}
+            continue
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "data" and "data" in fields:
+            fields["data"] += "\n" + value
+        elif name:
+            fields[name] = value
+
+
+# -- recovery costs the history, not the offset ------------------------------------------------
+
+
+HUGE = 2**53 - 100
+"""A top offset no history reaches (Redis keeps offsets as Lua numbers: exact below 2**53)."""
+
+
+async def huge_stream(redis: RedisServer, client: Client, channel: str) -> str:
+    """Make ``channel``'s stream sit at offset ``HUGE + 3`` with three kept publications."""
+    first = await client.publish(channel, {"n": 0})
+    redis.command("HSET", f"hubbub:meta:{channel}", "offset", HUGE)
+    for n in (1, 2, 3):
+        ack = await client.publish(channel, {"n": n})
+        assert ack["offset"] == HUGE + n and ack["epoch"] == first["epoch"]
+    return str(first["epoch"])
+
+
+async def test_recovery_from_zero_of_a_huge_stream_answers_at_once(
+    redis: RedisServer, redis_node: Server
+) -> None:
+    """``recover`` from offset 0 of a stream at ~2**53 is ``recovered: false``, not a crash."""
+    channel = unique("feed:huge")
+    async with connect(redis_node) as publisher, connect(redis_node) as joiner:
+        epoch = await huge_stream(redis, publisher, channel)
+        reply = await joiner.subscribe(channel, recover={"offset": 0, "epoch": epoch})
+        assert reply["recovered"] is False and reply["publications"] == []
+        assert (reply["offset"], reply["epoch"]) == (HUGE + 3, epoch)
+        near = await joiner.request(
+            {"type": "subscribe", "channel": unique("feed:other"), "recover": {"offset": 1}}
+        )
+        assert near["type"] == "error"  # the connection is still served
+    assert "Traceback" not in redis_node.log()
+
+
+async def test_recovery_near_the_top_of_a_huge_stream_is_recovered(
+    redis: RedisServer, redis_node: Server
+) -> None:
+    """Recovering two publications below a top of ~2**53 returns exactly those two."""
+    channel = unique("feed:huge")
+    async with connect(redis_node) as publisher, connect(redis_node) as joiner:
+        epoch = await huge_stream(redis, publisher, channel)
+        reply = await joiner.subscribe(channel, recover={"offset": HUGE + 1, "epoch": epoch})
+        assert reply["recovered"] is True
+        assert [(m["offset"], m["data"]) for m in reply["publications"]] == [
+            (HUGE + 2, {"n": 2}),
+            (HUGE + 3, {"n": 3}),
+        ]
+
+
+async def test_sse_forged_last_event_id_on_a_huge_stream(
+    redis: RedisServer, redis_node: Server
+) -> None:
+    """An SSE ``Last-Event-ID`` naming offset 0 of a ~2**53 stream gets a stream, unrecovered."""
+    channel = unique("feed:huge")
+    async with connect(redis_node) as publisher:
+        epoch = await huge_stream(redis, publisher, channel)
+    forged = encode_event_id({channel: Position(offset=0, epoch=epoch)})
+
+    def read() -> dict[str, Any]:
+        url = f"{redis_node.url}/sse?channel={channel}"
+        with httpx.stream("GET", url, headers={"Last-Event-ID": forged}, timeout=10) as response:
+            assert response.status_code == 200, response.read()
+            for event in sse_events(response):
+                assert event["event"] == "subscribed", event
+                return dict(json.loads(event["data"]))
+        raise AssertionError("the stream ended before subscribed")
+
+    subscribed = await asyncio.to_thread(read)
+    assert subscribed["recovered"] is False
+    assert (subscribed["offset"], subscribed["epoch"]) == (HUGE + 3, epoch)
