@@ -170,3 +170,42 @@ async def test_sse_forged_last_event_id_on_a_huge_stream(
     subscribed = await asyncio.to_thread(read)
     assert subscribed["recovered"] is False
     assert (subscribed["offset"], subscribed["epoch"]) == (HUGE + 3, epoch)
+
+
+# -- departures from many channels at once -----------------------------------------------------
+
+
+async def test_leaving_128_presence_channels_completes_every_departure(
+    redis: RedisServer, redis_node: Server
+) -> None:
+    """A user leaving 128 presence channels on Redis: every ``leave`` comes, presence forgets it."""
+    rooms = [unique("room:many") for _ in range(128)]
+    async with connect(redis_node) as watcher:
+        for room in rooms:
+            await watcher.subscribe(room)
+        async with connect(redis_node, "leaver") as leaver:
+            gone = leaver.welcome["client"]
+            for room in rooms:
+                await leaver.subscribe(room)
+            joins = await watcher_events(watcher, "join", len(rooms))
+            assert {j["channel"] for j in joins} == set(rooms)
+        leaves = await watcher_events(watcher, "leave", len(rooms), within=30.0)
+        assert {(e["channel"], e["client"]) for e in leaves} == {(room, gone) for room in rooms}
+        for room in rooms:
+            reply = await watcher.request({"type": "presence", "channel": room})
+            assert gone not in reply["clients"], (room, reply)
+    log = redis_node.log()
+    assert "presence removal" not in log and "broker call failed" not in log, log[-3000:]
+
+
+async def watcher_events(
+    client: Client, kind: str, n: int, within: float = 15.0
+) -> list[dict[str, Any]]:
+    """The next ``n`` events of ``kind`` (others skipped), all within ``within`` seconds."""
+    found: list[dict[str, Any]] = []
+    async with asyncio.timeout(within):
+        while len(found) < n:
+            message = await client.recv(within)
+            if message["type"] == kind:
+                found.append(message)
+    return found

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from hubbub import (
@@ -24,6 +25,7 @@ from hubbub import (
     Namespace,
     UnknownNamespace,
 )
+from hubbub.hub import BACKGROUND_BROKER_CALLS
 
 from .asgi_driver import TIMEOUT, Clients, Event, MemoryWebSocket, serving
 
@@ -537,3 +539,113 @@ async def test_drop_oldest_namespace_keeps_frozen_client(anyio_backend: str) -> 
             while True:
                 data.append((await ws.receive_json())["data"])
         assert data[-1] == 9 and data == sorted(data) and len(data) < 10
+
+
+# -- background broker calls are bounded -------------------------------------------------------
+
+
+class InFlightBroker(MemoryBroker):
+    """A memory broker whose presence calls take a few scheduler turns, counting overlap."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    async def _slow(self) -> None:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            for _ in range(5):
+                await anyio.lowlevel.checkpoint()
+        finally:
+            self.in_flight -= 1
+
+    async def presence_remove(self, channel: str, client: str) -> None:
+        await self._slow()
+        await super().presence_remove(channel, client)
+
+
+async def presences(hub: Hub, channels: list[str]) -> list[dict[str, Any]]:
+    """Who is present in each of ``channels``, in order."""
+    return [dict(await hub.presence(channel)) for channel in channels]
+
+
+def presence_hub(broker: MemoryBroker) -> Hub:
+    """An anonymous hub with presence and join/leave in namespace ``room``."""
+    return Hub(
+        broker=broker,
+        anonymous=True,
+        namespaces=[Namespace(), Namespace(name="room", presence=True, join_leave=True)],
+        limits=Limits(command_rate=1e6, command_burst=1_000_000),
+    )
+
+
+async def test_departures_from_many_channels_take_turns_and_all_complete(
+    anyio_backend: str,
+) -> None:
+    """A client leaving 128 presence channels: at most 16 removals at once, all 128 done."""
+    broker = InFlightBroker()
+    hub = presence_hub(broker)
+    rooms = [f"room:{n}" for n in range(128)]
+    async with serving(hub) as clients:
+        ws, _ = await clients.connect()
+        for n, room in enumerate(rooms, 1):
+            await ws.subscribe(room, id=n)
+        assert all(await presences(hub, rooms))
+        ws.leave()
+
+        with anyio.fail_after(TIMEOUT):
+            for _ in range(int(TIMEOUT / 0.01)):
+                if not any(await presences(hub, rooms)):
+                    break
+                await anyio.sleep(0.01)
+    assert 1 < broker.most_in_flight <= BACKGROUND_BROKER_CALLS
+
+
+async def test_stopping_the_hub_completes_the_departures_it_started(anyio_backend: str) -> None:
+    """Stopping the hub right after clients left still removes every presence lease."""
+    broker = InFlightBroker()
+    hub = presence_hub(broker)
+    rooms = [f"room:{n}" for n in range(40)]
+    async with serving(hub) as clients:
+        ws, _ = await clients.connect()
+        for n, room in enumerate(rooms, 1):
+            await ws.subscribe(room, id=n)
+    assert broker.in_flight == 0
+    async with hub:
+        assert not any(await presences(hub, rooms))
+
+
+class LossReportingBroker(InFlightBroker):
+    """Counts overlapping history reads that repair a stream, and can report a loss."""
+
+    async def start(self, handler: Any, lost: Any, task_group: Any = None) -> None:
+        self.report_loss = lost
+        await super().start(handler, lost, task_group)
+
+    async def history(self, channel: str, **options: Any) -> Any:
+        if options.get("since") is not None:
+            await self._slow()
+        return await super().history(channel, **options)
+
+
+async def test_repairs_after_a_loss_take_turns(anyio_backend: str) -> None:
+    """A loss reported on 64 channels with history repairs them at most 16 at once, all of them."""
+    broker = LossReportingBroker()
+    hub = Hub(
+        broker=broker,
+        anonymous=True,
+        namespaces=[Namespace(), Namespace(name="h", history_size=10)],
+        limits=Limits(command_rate=1e6, command_burst=1_000_000),
+    )
+    channels = [f"h:{n}" for n in range(64)]
+    async with serving(hub) as clients:
+        ws, _ = await clients.connect()
+        for n, channel in enumerate(channels, 1):
+            await ws.subscribe(channel, id=n)
+            await hub.publish(channel, n)
+            assert (await ws.receive_json())["offset"] == 1
+        broker.report_loss(None)
+        await wait_until(lambda: hub.stats.gaps_repaired == len(channels))
+    assert 1 < broker.most_in_flight <= BACKGROUND_BROKER_CALLS

@@ -86,7 +86,7 @@ from .protocol import GOING_AWAY, KICKED, TRY_AGAIN_LATER, Close, Execute
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
-__all__ = ["BROKER_BUCKETS", "Hub", "HubStats", "LatencyHistogram"]
+__all__ = ["BACKGROUND_BROKER_CALLS", "BROKER_BUCKETS", "Hub", "HubStats", "LatencyHistogram"]
 
 logger = logging.getLogger("hubbub")
 
@@ -95,6 +95,19 @@ _RUNNING_HUBS: weakref.WeakSet[Hub] = weakref.WeakSet()
 
 State = Literal["stopped", "starting", "running", "draining", "stopping"]
 
+
+BACKGROUND_BROKER_CALLS: Final = 16
+"""Broker calls the hub's background work may have in flight at once, per hub.
+
+Background work fans out per channel: presence departures when a client
+leaves (one per presence channel it held; a whole node's worth on drain),
+node-level unsubscribes of channels left empty, repairs of every channel
+after the broker's link dropped, server-side subscriptions commanded by other
+nodes. Unbounded, one client leaving 128 presence channels made 128 calls at
+once and exhausted a Redis connection pool of 100, so departures failed and
+presence kept the client. Bounded, each waits its turn and completes; 16
+keeps a pool of any reasonable size free for client commands.
+"""
 
 BROKER_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 """Upper bounds (seconds) of the broker latency histogram's buckets; the last one is +Inf."""
@@ -270,6 +283,11 @@ class Hub:
         self._users: dict[str, dict[Connection, None]] = {}
         self._all_gone: anyio.Event | None = None
         self._ids = count(1)
+        # Made per run: anyio primitives belong to the event loop that runs the hub.
+        self._background: anyio.CapacityLimiter | None = None
+        # Departures started and not finished; stopping waits for them (``_settle``).
+        self._departing = 0
+        self._departed: anyio.Event | None = None
 
     def __repr__(self) -> str:
         return f"<Hub node={self.node} state={self._state}>"
@@ -306,6 +324,8 @@ class Hub:
             raise RuntimeError(f"the hub is {self._state}; a hub runs once at a time")
         _check_capabilities(self.broker, self.namespaces)
         self._state = "starting"
+        self._background = anyio.CapacityLimiter(BACKGROUND_BROKER_CALLS)
+        self._departing = 0
         stack = AsyncExitStack()
         try:
             self._tg = await stack.enter_async_context(anyio.create_task_group())
@@ -340,6 +360,7 @@ class Hub:
             with anyio.CancelScope(shield=True):
                 await self.drain()
                 self._state = "stopping"
+                await self._settle()
                 try:
                     with anyio.fail_after(self.broker_timeout):
                         await self.broker.stop()
@@ -393,6 +414,22 @@ class Hub:
                 len(self._connections),
                 extra={"node": self.node},
             )
+
+    async def _settle(self) -> None:
+        """Let the presence departures already started finish before the broker stops.
+
+        Clients that left just before shutdown would otherwise stay listed in
+        presence (and unannounced) until their leases expire. Bounded by
+        ``drain_timeout``.
+        """
+        if not self._departing:
+            return
+        self._departed = anyio.Event()
+        with anyio.move_on_after(self.drain_timeout):
+            await self._departed.wait()
+        self._departed = None
+        if self._departing:
+            logger.warning("%d presence departure(s) unfinished at shutdown", self._departing)
 
     async def _heartbeats(self) -> None:
         """Drive pings and idle deadlines for every connection from one task.
@@ -683,9 +720,17 @@ class Hub:
     async def _control_subscribe(self, user: str, channel: str) -> None:
         try:
             validate_channel(channel)
-            await self._subscribe_here(user, channel, self.namespaces.resolve(channel))
+            async with self._limiter():
+                await self._subscribe_here(user, channel, self.namespaces.resolve(channel))
         except HubbubError as exc:
             logger.warning("control subscribe to %r failed: %s", channel, exc.reason)
+
+    def _limiter(self) -> anyio.CapacityLimiter:
+        """The bound on background broker calls (``BACKGROUND_BROKER_CALLS``)."""
+        limiter = self._background
+        if limiter is None:
+            limiter = self._background = anyio.CapacityLimiter(BACKGROUND_BROKER_CALLS)
+        return limiter
 
     def _control(self, publication: Publication) -> None:
         """A command from another node (or junk, which is logged and dropped)."""
@@ -1073,18 +1118,28 @@ class Hub:
             logger.warning("presence for %r failed: %s", channel, exc.reason)
 
     async def _depart(self, channel: str, namespace: Namespace, info: ClientInfo) -> None:
-        """Drop a leaving subscriber's presence lease and announce it where enabled."""
+        """Drop a leaving subscriber's presence lease and announce it where enabled.
+
+        One runs per presence channel the client held, all started at once when
+        it leaves: they take turns (``BACKGROUND_BROKER_CALLS``) so that each
+        completes instead of exhausting the broker's connections.
+        """
         try:
-            await self._broker_call(self.broker.presence_remove(channel, info.client))
-            if not namespace.join_leave:
-                return
-            if namespace.join_leave_per_user and info.user:
-                present = await self._broker_call(self.broker.presence(channel))
-                if any(i.user == info.user for i in present.values()):
+            async with self._limiter():
+                await self._broker_call(self.broker.presence_remove(channel, info.client))
+                if not namespace.join_leave:
                     return
-            await self._announce("leave", channel, info)
+                if namespace.join_leave_per_user and info.user:
+                    present = await self._broker_call(self.broker.presence(channel))
+                    if any(i.user == info.user for i in present.values()):
+                        return
+                await self._announce("leave", channel, info)
         except HubbubError as exc:
             logger.warning("presence removal for %r failed: %s", channel, exc.reason)
+        finally:
+            self._departing -= 1
+            if not self._departing and self._departed is not None:
+                self._departed.set()
 
     async def _announce(self, kind: PublicationKind, channel: str, info: ClientInfo) -> None:
         event = Publication(
@@ -1138,6 +1193,7 @@ class Hub:
         namespace = connection.protocol.channels.get(channel)
         connection.protocol.remove_channel(channel)
         if namespace is not None and namespace.presence and self._tg is not None:
+            self._departing += 1
             self._tg.start_soon(self._depart, channel, namespace, connection.info)
         entry = self._channels.get(channel)
         if entry is None:
@@ -1159,7 +1215,8 @@ class Hub:
 
     async def _node_unsubscribe(self, channel: str, entry: _Channel) -> None:
         try:
-            async with entry.lock:
+            # The limiter before the lock, as everywhere: the lock is never held waiting.
+            async with self._limiter(), entry.lock:
                 entry.pending -= 1
                 if entry.subscribers or entry.pending or entry.recovering or not entry.on_node:
                     return
@@ -1348,7 +1405,15 @@ class Hub:
         self._tg.start_soon(self._repair, channel, entry)
 
     async def _repair(self, channel: str, entry: _Channel) -> None:
-        """Fill this node's hole in a stream from history, then release what was held."""
+        """Fill this node's hole in a stream from history, then release what was held.
+
+        A dropped link starts one repair per channel with history; they take
+        turns (``BACKGROUND_BROKER_CALLS``), holding live publications meanwhile.
+        """
+        async with self._limiter():
+            await self._repair_now(channel, entry)
+
+    async def _repair_now(self, channel: str, entry: _Channel) -> None:
         for _ in range(3):
             since = Position(offset=entry.last_offset, epoch=entry.last_epoch or "")
             try:
