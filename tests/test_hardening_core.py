@@ -26,6 +26,7 @@ from hubbub._sse import encode_event_id
 from hubbub.messages import Position
 
 from .apps.wsclient import Client, open_client
+from .pg_server import pg_server
 from .redis_server import RedisServer, redis_server
 from .servers import Server, run_server
 
@@ -209,3 +210,39 @@ async def watcher_events(
             if message["type"] == kind:
                 found.append(message)
     return found
+
+
+# -- presence is read-after-subscribe, on every broker -----------------------------------------
+
+
+@pytest.fixture(params=["memory", "redis", "postgres"])
+def two_nodes(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Server, Server]]:
+    """Two nodes sharing one broker (the memory broker: the same node twice)."""
+    directory = tmp_path_factory.mktemp(request.param)
+    with contextlib.ExitStack() as stack:
+        if request.param == "memory":
+            one = stack.enter_context(node(directory))
+            yield one, one
+            return
+        if request.param == "redis":
+            url = stack.enter_context(redis_server(directory)).url
+            env = {"HUBBUB_TEST_REDIS_URL": url}
+        else:
+            env = {"HUBBUB_TEST_PG_URL": stack.enter_context(pg_server()).url}
+        yield stack.enter_context(node(directory, env)), stack.enter_context(node(directory, env))
+
+
+async def test_presence_lists_a_client_right_after_its_subscribed(
+    two_nodes: tuple[Server, Server],
+) -> None:
+    """30 times: once ``subscribed`` arrives, ``presence`` on the other node lists the client."""
+    first, second = two_nodes
+    async with connect(second) as observer:
+        for _ in range(30):
+            room = unique("room:rs")
+            async with connect(first) as joiner:
+                await joiner.subscribe(room)
+                reply = await observer.request({"type": "presence", "channel": room})
+                assert joiner.welcome["client"] in reply["clients"], reply

@@ -649,3 +649,83 @@ async def test_repairs_after_a_loss_take_turns(anyio_backend: str) -> None:
         broker.report_loss(None)
         await wait_until(lambda: hub.stats.gaps_repaired == len(channels))
     assert 1 < broker.most_in_flight <= BACKGROUND_BROKER_CALLS
+
+
+# -- presence is read-after-subscribe ----------------------------------------------------------
+
+
+class SlowLeaseBroker(MemoryBroker):
+    """Records, as each presence lease is taken, what the hub had sent by then."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hub: Hub | None = None
+        self.sent_before_lease: list[dict[str, int]] = []
+
+    async def presence_set(self, channel: str, client: str, info: Any, ttl: float) -> None:
+        assert self.hub is not None
+        self.sent_before_lease.append(dict(self.hub.stats.sent))
+        for _ in range(5):
+            await anyio.lowlevel.checkpoint()
+        await super().presence_set(channel, client, info, ttl)
+
+
+async def with_room_channel(scope: Mapping[str, Any]) -> Identity:
+    """User ``u1``, subscribed by the server to ``room:lobby``."""
+    return Identity(user="u1", channels=("room:lobby",))
+
+
+@pytest.mark.parametrize("history_size", [0, 10])
+async def test_subscribed_is_sent_after_the_presence_lease(
+    anyio_backend: str, history_size: int
+) -> None:
+    """``subscribed`` is queued only once the lease is taken: ``presence`` right after lists it."""
+    broker = SlowLeaseBroker()
+    hub = Hub(
+        broker=broker,
+        anonymous=True,
+        namespaces=[
+            Namespace(),
+            Namespace(name="room", presence=True, join_leave=True, history_size=history_size),
+        ],
+    )
+    broker.hub = hub
+    async with serving(hub) as clients:
+        ws, welcome = await clients.connect()
+        await ws.subscribe("room:a")
+        assert broker.sent_before_lease[-1].get("subscribed", 0) == 0
+        assert welcome["client"] in await hub.presence("room:a")
+
+
+async def test_welcome_is_sent_after_the_presence_leases(anyio_backend: str) -> None:
+    """Server-made subscriptions listed in ``welcome`` hold their presence lease already."""
+    broker = SlowLeaseBroker()
+    hub = Hub(
+        broker=broker,
+        authenticator=with_room_channel,
+        namespaces=[Namespace(), Namespace(name="room", presence=True)],
+    )
+    broker.hub = hub
+    async with serving(hub) as clients:
+        _, welcome = await clients.connect()
+        assert [s["channel"] for s in welcome["subscribed"]] == ["#u1", "room:lobby"]
+        assert broker.sent_before_lease == [{}]
+        assert welcome["client"] in await hub.presence("room:lobby")
+
+
+async def test_a_subscribe_whose_lease_fails_is_refused_and_leaves_nothing(
+    anyio_backend: str,
+) -> None:
+    """A broker that cannot take the lease: ``error`` 500, no subscription, the channel released."""
+
+    class NoLeaseBroker(MemoryBroker):
+        async def presence_set(self, channel: str, client: str, info: Any, ttl: float) -> None:
+            raise RuntimeError("presence store down")
+
+    hub = presence_hub(NoLeaseBroker())
+    async with serving(hub) as clients:
+        ws, _ = await clients.connect()
+        reply = await ws.command({"type": "subscribe", "channel": "room:a", "id": 7})
+        assert (reply["type"], reply["code"], reply["id"]) == ("error", 500, 7)
+        await wait_until(lambda: "room:a" not in hub._channels)
+        assert hub.channels() == {}

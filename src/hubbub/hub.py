@@ -682,20 +682,28 @@ class Hub:
                 )
                 continue
             entry = await self._ensure(channel, namespace)
-            if namespace.history_size:
-                entry.recovering[connection] = []
-                try:
-                    top: Position | None = await self._top(channel)
-                finally:
-                    buffered = entry.recovering.pop(connection, [])
-            else:
-                top, buffered = None, []
+            leased = False
+            entry.recovering[connection] = []
+            try:
+                top: Position | None = None
+                if namespace.history_size:
+                    top = await self._top(channel)
+                # Leased before ``subscribed`` is sent (presence is read-after-subscribe),
+                # while live publications are still buffered for the merge.
+                leased = await self._lease(connection, channel, namespace, strict=False)
+            except BaseException:
+                entry.recovering.pop(connection, None)
+                self._release_if_unused(channel, entry)
+                raise
+            buffered = entry.recovering.pop(connection, [])
             if (
                 connection.protocol.closed
                 or channel in connection.protocol.channels
                 or self._at_channel_limit(connection, channel)
             ):
                 self._release_if_unused(channel, entry)
+                if leased and channel not in connection.protocol.channels:
+                    self._drop_lease(connection, channel)  # the same key as a lease it holds
                 continue
             # Nothing awaits from the merge to the delivery: no publication falls between.
             self._attach(connection, channel, namespace, entry, server_side=True)
@@ -709,7 +717,7 @@ class Hub:
                 )
                 self._deliver_to(connection, joined.live, namespace)
             if namespace.presence:
-                await self._arrive(connection, channel, namespace)
+                await self._announce_arrival(connection, channel, namespace)
 
     def _unsubscribe_here(self, user: str, channel: str) -> None:
         for connection in list(self._users.get(user, ())):
@@ -836,6 +844,7 @@ class Hub:
                     extra={"client": connection.id},
                 )
         entries: list[_Channel] = []
+        leased: list[str] = []
         try:
             for channel, namespace in wanted:
                 entries.append(await self._ensure(channel, namespace))
@@ -848,11 +857,17 @@ class Hub:
                     await self._top(channel) if namespace.history_size else None
                     for channel, namespace in wanted
                 ]
+                # Leased before ``welcome`` lists them (presence is read-after-subscribe).
+                for channel, namespace in wanted:
+                    if await self._lease(connection, channel, namespace, strict=False):
+                        leased.append(channel)
             finally:
                 buffers = [entry.recovering.pop(connection, []) for entry in entries]
         except BaseException:
             for (channel, _), entry in zip(wanted, entries, strict=False):
                 self._release_if_unused(channel, entry)
+            for channel in leased:
+                self._drop_lease(connection, channel)
             raise
         subscribed = []
         follow: list[tuple[Namespace, list[Publication]]] = []
@@ -884,7 +899,7 @@ class Hub:
             self._deliver_to(connection, live, namespace)
         for channel, namespace in wanted:
             if namespace.presence:
-                await self._arrive(connection, channel, namespace)
+                await self._announce_arrival(connection, channel, namespace)
 
     # -- commands ----------------------------------------------------------------------------
 
@@ -977,36 +992,48 @@ class Hub:
             # A server-side subscription asked for recovery: answer while live delivery
             # goes on; the client drops any message whose offset it already has.
             assert command.recover is not None
-            page, top = await self._read_for_recovery(channel, command.recover)
-            joined = join_stream(page, top, [], recover=command.recover, last=None)
+            found, now = await self._read_for_recovery(channel, command.recover)
+            joined = join_stream(found, now, [], recover=command.recover, last=None)
             connection.send_message(self._subscribed(command, joined, codec))
             return
         entry = await self._ensure(channel, namespace)
         if connection.protocol.closed:
             self._release_if_unused(channel, entry)
             return
-        if not namespace.history_size:
+        # Live publications are buffered from here to the merge, so the reads and the
+        # presence lease may await; if anything fails, the channel and the lease go.
+        entry.recovering[connection] = []
+        leased = False
+        last = command.history if command.history is not None else namespace.replay
+        try:
+            page: HistoryPage | None = None
+            top: Position | None = None
+            if namespace.history_size and command.recover is not None:
+                page, top = await self._read_for_recovery(channel, command.recover)
+            elif namespace.history_size:
+                page = await self._broker_call(
+                    self.broker.history(channel, limit=min(last, namespace.history_size))
+                )
+                top = page.position
+            # Before ``subscribed``: a ``presence`` read on any node after it lists the client.
+            leased = await self._lease(connection, channel, namespace, strict=True)
+        except BaseException:
+            entry.recovering.pop(connection, None)
+            self._release_if_unused(channel, entry)
+            raise
+        buffered = entry.recovering.pop(connection, [])
+        if connection.protocol.closed:
+            self._release_if_unused(channel, entry)
+            if leased:
+                self._drop_lease(connection, channel)
+            return
+        if top is None:
             self._attach(connection, channel, namespace, entry)
             recovered = False if command.recover is not None else None
             connection.send_message(
                 Subscribed(channel=channel, publications=[], id=command.id, recovered=recovered)
             )
         else:
-            entry.recovering[connection] = []
-            last = command.history if command.history is not None else namespace.replay
-            try:
-                if command.recover is not None:
-                    page, top = await self._read_for_recovery(channel, command.recover)
-                else:
-                    page = await self._broker_call(
-                        self.broker.history(channel, limit=min(last, namespace.history_size))
-                    )
-                    top = page.position
-            finally:
-                buffered = entry.recovering.pop(connection, [])
-            if connection.protocol.closed:
-                self._release_if_unused(channel, entry)
-                return
             joined = join_stream(page, top, buffered, recover=command.recover, last=last)
             if joined.recovered is not None:
                 if joined.recovered:
@@ -1023,7 +1050,7 @@ class Hub:
                 connection.close(Close(TRY_AGAIN_LATER, "publications were lost; recover"))
                 return
         if namespace.presence:
-            await self._arrive(connection, channel, namespace)
+            await self._announce_arrival(connection, channel, namespace)
 
     async def _read_for_recovery(
         self, channel: str, recover: Position
@@ -1096,17 +1123,56 @@ class Hub:
 
     # -- presence ----------------------------------------------------------------------------
 
-    async def _arrive(self, connection: Connection, channel: str, namespace: Namespace) -> None:
-        """Take a presence lease for a new subscriber and announce it where enabled.
+    async def _lease(
+        self, connection: Connection, channel: str, namespace: Namespace, *, strict: bool
+    ) -> bool:
+        """Take a new subscriber's presence lease, before ``subscribed`` is sent.
 
-        A failure here is logged, not answered: the subscription itself holds,
-        and the lease task retries the lease within a third of its TTL.
+        So presence is read-after-subscribe: once a client has ``subscribed``
+        (or ``welcome``), a ``presence`` query on any node lists it. Returns
+        whether a lease was taken (``False`` where the namespace has no presence).
+
+        Raises:
+            HubbubError: ``strict`` (a client's ``subscribe``, which is then
+                refused 503 and may be retried) and the broker failed. Server-made
+                subscriptions are not strict: the failure is logged and the lease
+                task retries within a third of the TTL.
+        """
+        if not namespace.presence:
+            return False
+        try:
+            await self._broker_call(
+                self.broker.presence_set(
+                    channel, connection.id, connection.info, namespace.presence_ttl
+                )
+            )
+        except HubbubError as exc:
+            if strict:
+                raise
+            logger.warning("presence for %r failed: %s", channel, exc.reason)
+        return True
+
+    def _drop_lease(self, connection: Connection, channel: str) -> None:
+        """Drop, in the background, a lease taken for a subscription that did not happen."""
+        if self._tg is not None:
+            self._tg.start_soon(self._unlease, connection.id, channel)
+
+    async def _unlease(self, client: str, channel: str) -> None:
+        try:
+            async with self._limiter():
+                await self._broker_call(self.broker.presence_remove(channel, client))
+        except HubbubError as exc:
+            logger.warning("presence removal for %r failed: %s", channel, exc.reason)
+
+    async def _announce_arrival(
+        self, connection: Connection, channel: str, namespace: Namespace
+    ) -> None:
+        """Announce a new subscriber (leased already) with ``join`` where enabled.
+
+        A failure here is logged, not answered: the subscription itself holds.
         """
         info = connection.info
         try:
-            await self._broker_call(
-                self.broker.presence_set(channel, connection.id, info, namespace.presence_ttl)
-            )
             if not namespace.join_leave:
                 return
             if namespace.join_leave_per_user and info.user:
