@@ -19,9 +19,11 @@ from itertools import count
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
+import hubbub.client
 from hubbub._sse import encode_event_id
 from hubbub.messages import Position
 
@@ -246,3 +248,131 @@ async def test_presence_lists_a_client_right_after_its_subscribed(
                 await joiner.subscribe(room)
                 reply = await observer.request({"type": "presence", "channel": room})
                 assert joiner.welcome["client"] in reply["clients"], reply
+
+
+# -- a full chat room stays joinable -----------------------------------------------------------
+
+WIDE_TEXT = "\x01" * 2000
+"""The widest chat text the default schema accepts: 2,000 characters, 6 bytes each in JSON."""
+WIDE_NONCE = "\x01" * 128
+
+
+@pytest.fixture
+async def full_room(memory_node: Server) -> str:
+    """A new default chat room on the memory node holding 100 messages of the widest kind."""
+    room = unique("chat:full")
+    async with connect(memory_node) as publisher:
+        data = {"text": WIDE_TEXT, "nonce": WIDE_NONCE}
+        assert len(json.dumps(data)) > 12_700  # each character a 6-byte \\u escape
+        await publisher.publish_pipelined(room, [data] * 100, within=60.0)
+    return room
+
+
+async def replay(client: Client, room: str, **options: Any) -> list[dict[str, Any]]:
+    """Subscribe to ``room``; every replayed publication, in ``subscribed`` or the frames after."""
+    reply = await client.subscribe(room, **options)
+    found = list(reply["publications"])
+    top = reply["offset"] if not found else found[-1]["offset"]
+    assert reply["offset"] == top
+    while len(found) < 100:
+        message = await client.recv(10.0)
+        assert message["type"] == "message", message
+        found.append(message)
+    return found
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        pytest.param({}, id="json"),
+        pytest.param({"batch": True}, id="json-batch"),
+        pytest.param({"subprotocols": ["hubbub.v1.msgpack"]}, id="msgpack"),
+    ],
+)
+async def test_a_full_chat_room_can_be_joined(
+    memory_node: Server, full_room: str, kind: dict[str, Any]
+) -> None:
+    """A WebSocket joining a room of 100 widest messages gets them all, frames under 1 MiB."""
+    async with connect(memory_node, max_size=1024 * 1024, **kind) as joiner:
+        found = await replay(joiner, full_room)
+        assert [m["offset"] for m in found] == list(range(1, 101))
+        assert all(m["data"] == {"text": WIDE_TEXT, "nonce": WIDE_NONCE} for m in found)
+        async with connect(memory_node) as other:
+            ack = await other.publish(full_room, {"text": "live"})
+        live = await joiner.messages(1)
+        assert (live[0]["offset"], live[0]["data"]) == (ack["offset"], {"text": "live"})
+
+
+async def test_hubbub_client_joins_a_full_chat_room(memory_node: Server, full_room: str) -> None:
+    """hubbub's own client (1 MiB frame limit) joins a room of 100 widest messages: all 100."""
+    async with (
+        hubbub.client.Client(f"{memory_node.ws_url}/ws") as client,
+        client.subscribe(full_room) as subscription,
+    ):
+        found: list[Any] = []
+        with anyio.fail_after(10):
+            async for item in subscription:
+                if isinstance(item, hubbub.client.Publication) and item.kind == "message":
+                    found.append(item)
+                if len(found) == 100:
+                    break
+    assert [p.offset for p in found] == list(range(1, 101))
+    assert all(p.data["text"] == WIDE_TEXT for p in found)
+
+
+async def test_a_full_chat_room_can_be_joined_over_sse(memory_node: Server, full_room: str) -> None:
+    """An SSE stream of a room of 100 widest messages gets ``subscribed`` and all 100."""
+
+    def read() -> list[dict[str, Any]]:
+        url = f"{memory_node.url}/sse?channel={full_room}"
+        found: list[dict[str, Any]] = []
+        with httpx.stream("GET", url, timeout=10) as response:
+            assert response.status_code == 200, response.read()
+            for event in sse_events(response):
+                assert event["event"] in ("subscribed", "message"), event
+                if event["event"] == "message":
+                    found.append(json.loads(event["data"]))
+                if len(found) == 100:
+                    return found
+        raise AssertionError(f"the stream ended after {len(found)} messages")
+
+    found = await asyncio.to_thread(read)
+    assert [m["offset"] for m in found] == list(range(1, 101))
+    assert found[-1]["data"]["text"] == WIDE_TEXT
+
+
+async def test_history_of_a_full_chat_room_fits_a_frame(
+    memory_node: Server, full_room: str
+) -> None:
+    """``history`` on a room of 100 widest messages answers within 1 MiB frames, newest last."""
+    async with connect(memory_node, max_size=1024 * 1024, batch=True) as reader:
+        reply = await reader.request({"type": "history", "channel": full_room})
+        assert reply["type"] == "history"
+        offsets = [m["offset"] for m in reply["publications"]]
+        assert offsets and offsets[-1] == 100
+        assert offsets == list(range(101 - len(offsets), 101))
+
+
+async def test_chat_data_is_stored_without_unknown_fields(memory_node: Server) -> None:
+    """Fields the chat schema does not know are dropped: live, in replay and in history."""
+    room = unique("chat:pad")
+    async with connect(memory_node) as listener, connect(memory_node) as publisher:
+        await listener.subscribe(room)
+        await publisher.publish(room, {"text": "hi", "pad": "x" * 10_000, "nonce": "n1"})
+        (live,) = await listener.messages(1)
+        assert live["data"] == {"text": "hi", "nonce": "n1"}
+        async with connect(memory_node, subprotocols=["hubbub.v1.msgpack"]) as joiner:
+            reply = await joiner.subscribe(room)
+            assert [m["data"] for m in reply["publications"]] == [{"text": "hi", "nonce": "n1"}]
+
+
+async def test_chat_data_over_the_default_payload_limit_is_413(memory_node: Server) -> None:
+    """A chat ``publish`` larger than the default limit (26,048 bytes) gets ``error`` 413."""
+    room = unique("chat:big")
+    async with connect(memory_node) as publisher:
+        reply = await publisher.request(
+            {"type": "publish", "channel": room, "data": {"text": "hi", "pad": "x" * 26_100}}
+        )
+        assert (reply["type"], reply["code"]) == ("error", 413), reply
+        history = await publisher.request({"type": "history", "channel": room})
+        assert history["publications"] == []

@@ -729,3 +729,36 @@ async def test_a_subscribe_whose_lease_fails_is_refused_and_leaves_nothing(
         assert (reply["type"], reply["code"], reply["id"]) == ("error", 500, 7)
         await wait_until(lambda: "room:a" not in hub._channels)
         assert hub.channels() == {}
+
+
+# -- replies sized by history are exempt from the queue limits ---------------------------------
+
+
+async def test_a_join_reply_larger_than_the_queue_is_delivered_whole(anyio_backend: str) -> None:
+    """A 600 KB replay through a 64 KiB queue: split after 512 KiB, nothing closed, live follows."""
+    hub = Hub(
+        anonymous=True,
+        namespaces=[Namespace(), Namespace(name="h", history_size=200)],
+        limits=Limits(queue_bytes=64 * 1024),
+    )
+    async with serving(hub) as clients:
+        for n in range(150):
+            await hub.publish("h:x", {"n": n, "pad": "x" * 4000})
+        ws, _ = await clients.connect()
+        await ws.send_json({"type": "subscribe", "channel": "h:x", "history": 150, "id": 1})
+        await wait_until(lambda: hub.channels() == {"h:x": 1})
+        for n in range(150, 160):  # queued behind the reply while nobody reads
+            await hub.publish("h:x", {"n": n})
+        reply = await ws.receive_json()
+        assert reply["type"] == "subscribed"
+        inline = [m["offset"] for m in reply["publications"]]
+        assert inline == list(range(1, len(inline) + 1)) and 100 < len(inline) < 150
+        assert reply["offset"] == inline[-1]
+        rest = [await ws.receive_json() for _ in range(160 - len(inline))]
+        assert [m["type"] for m in rest] == ["message"] * len(rest)
+        assert [m["offset"] for m in rest] == list(range(len(inline) + 1, 161))
+        assert hub.stats.slow_consumer_closes == 0
+        # Live publications alone are still held to the limit.
+        for n in range(40):
+            await hub.publish("h:x", {"n": n, "pad": "x" * 4000})
+        assert hub.stats.slow_consumer_closes == 1

@@ -23,7 +23,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from itertools import count
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, cast
 
 import anyio
 import msgspec
@@ -524,7 +524,7 @@ class Hub:
             except (msgspec.DecodeError, RecursionError):
                 raise InvalidMessage("json is not a valid JSON document") from None
         JSON.check_data(Raw(json))
-        namespace.validate(json, JSON.name)
+        json = namespace.validate(json, JSON.name)
         publication = Publication(channel=channel, data=json, codec="json", ts=_now_ms())
         published = await self._publish(publication, namespace, idempotency_key)
         return _position(published)
@@ -994,7 +994,9 @@ class Hub:
             assert command.recover is not None
             found, now = await self._read_for_recovery(channel, command.recover)
             joined = join_stream(found, now, [], recover=command.recover, last=None)
-            connection.send_message(self._subscribed(command, joined, codec))
+            # One frame, not split: live messages are flowing, and the client merges the
+            # recovered ones by offset only from inside ``subscribed``.
+            self._send_reply(connection, self._subscribed(command, joined, codec))
             return
         entry = await self._ensure(channel, namespace)
         if connection.protocol.closed:
@@ -1044,7 +1046,7 @@ class Hub:
             # fall between the merge and the attach.
             self._attach(connection, channel, namespace, entry)
             _set_floor(entry, connection, joined)
-            connection.send_message(self._subscribed(command, joined, codec))
+            self._send_joined(connection, command, joined)
             self._deliver_to(connection, joined.live, namespace)
             if joined.gap:
                 connection.close(Close(TRY_AGAIN_LATER, "publications were lost; recover"))
@@ -1064,6 +1066,52 @@ class Hub:
     async def _top(self, channel: str) -> Position:
         page: HistoryPage = await self._broker_call(self.broker.history(channel, limit=0))
         return page.position
+
+    def _send_reply(self, connection: Connection, message: Subscribed | History) -> None:
+        """Queue a reply sized by history, exempt from the send queue's limits."""
+        frame = connection.codec.encode(message)
+        self._count_sent(message.__struct_config__.tag, 1, len(frame))  # type: ignore[arg-type]
+        connection.enqueue_reply([(frame, len(frame))])
+
+    def _count_sent(self, kind: str, count: int, size: int) -> None:
+        stats = self.stats
+        stats.sent[kind] = stats.sent.get(kind, 0) + count
+        stats.bytes_out += size
+
+    def _send_joined(self, connection: Connection, command: Subscribe, joined: Joined) -> None:
+        """Queue ``subscribed`` and the publications it replays, exempt from the queue's limits.
+
+        Publications that would take ``subscribed`` over ``REPLY_FRAME_BYTES``
+        follow it as ``message`` frames (its ``offset`` then says where it stops).
+        """
+        codec = connection.codec
+        publications = joined.publications
+        encoded = [_encode_bytes(p, _CODECS[p.codec], codec) for p in publications]
+        inline = used = 0
+        while inline < len(encoded) and used + len(encoded[inline]) <= REPLY_FRAME_BYTES:
+            used += len(encoded[inline])
+            inline += 1
+        offset = joined.position.offset
+        if inline < len(encoded):
+            first = publications[inline].offset
+            assert first is not None  # replayed publications come from a stream
+            offset = first - 1
+        reply = Subscribed(
+            channel=command.channel,
+            # Already-encoded messages are passed through as they are (msgspec Raw).
+            publications=cast("list[Message]", [Raw(raw) for raw in encoded[:inline]]),
+            id=command.id,
+            offset=offset,
+            epoch=joined.position.epoch,
+            recovered=joined.recovered,
+        )
+        head = codec.encode(reply)
+        frames: list[tuple[str | bytes, int]] = [(head, len(head))]
+        frames.extend((raw if codec.binary else raw.decode(), len(raw)) for raw in encoded[inline:])
+        self._count_sent("subscribed", 1, len(head))
+        if len(frames) > 1:
+            self._count_sent("message", len(frames) - 1, sum(size for _, size in frames[1:]))
+        connection.enqueue_reply(frames)
 
     def _subscribed(self, command: Subscribe, joined: Joined, codec: Codec) -> Subscribed:
         return Subscribed(
@@ -1101,14 +1149,30 @@ class Hub:
                 )
             )
             codec = connection.codec
+            encoded = [_encode_bytes(p, _CODECS[p.codec], codec) for p in page.publications]
+            # Over REPLY_FRAME_BYTES, keep those nearest where the page starts: after
+            # ``since`` (the oldest), else at the top (the newest); the client reads on
+            # from there. ``reverse`` flips which end of the list that is.
+            newest = (command.since is None) != command.reverse
+            if newest:
+                encoded.reverse()
+            kept, used = 0, 0
+            while kept < len(encoded) and (
+                not kept or used + len(encoded[kept]) <= REPLY_FRAME_BYTES
+            ):
+                used += len(encoded[kept])
+                kept += 1
+            encoded = encoded[:kept]
+            if newest:
+                encoded.reverse()
             reply = History(
                 channel=command.channel,
-                publications=[_message(p, codec) for p in page.publications],
+                publications=cast("list[Message]", [Raw(raw) for raw in encoded]),
                 id=command.id,
                 offset=page.position.offset,
                 epoch=page.position.epoch,
             )
-        connection.send_message(reply)
+        self._send_reply(connection, reply)
 
     async def _client_presence(self, connection: Connection, command: GetPresence) -> None:
         clients: Mapping[str, ClientInfo] = await self._broker_call(
@@ -1571,6 +1635,16 @@ class _ControlCommand(msgspec.Struct):
     channel: str = ""
 
 
+REPLY_FRAME_BYTES: Final = 512 * 1024
+"""The most replayed publications, in encoded bytes, that one ``subscribed`` carries.
+
+Those beyond follow it at once as ``message`` frames, in offset order and
+before anything live, and ``subscribed.offset`` is then the last one it
+carries itself; so however full a channel's history, no frame of a join
+outgrows the 1 MiB frame limit of common clients (the ``websockets``
+library's default, hubbub's own client).
+"""
+
 MAX_HISTORY_LIMIT: Final = 100
 """The default and largest ``limit`` of the ``history`` command."""
 
@@ -1589,6 +1663,11 @@ def _message(publication: Publication, codec: Codec) -> Message:
 
 
 def _encode(publication: Publication, source: Codec, codec: Codec) -> tuple[str | bytes, int]:
+    raw = _encode_bytes(publication, source, codec)
+    return (raw if codec.binary else raw.decode(), len(raw))
+
+
+def _encode_bytes(publication: Publication, source: Codec, codec: Codec) -> bytes:
     kind = publication.kind
     if kind == "message":
         data = publication.data if codec is source else source.convert(publication.data, codec)
@@ -1611,8 +1690,7 @@ def _encode(publication: Publication, source: Codec, codec: Codec) -> tuple[str 
             name=who.name,
             info=who.info,
         )
-    raw = codec.encode_bytes(message)
-    return (raw if codec.binary else raw.decode(), len(raw))
+    return codec.encode_bytes(message)
 
 
 def _position(publication: Publication) -> Position | None:
