@@ -16,6 +16,7 @@ import anyio.lowlevel
 import pytest
 
 from hubbub import (
+    BrokerUnavailable,
     Hub,
     HubApp,
     Identity,
@@ -762,3 +763,49 @@ async def test_a_join_reply_larger_than_the_queue_is_delivered_whole(anyio_backe
         for n in range(40):
             await hub.publish("h:x", {"n": n, "pad": "x" * 4000})
         assert hub.stats.slow_consumer_closes == 1
+
+
+class RefreshBroker(InFlightBroker):
+    """Counts lease renewals and their overlap; can fail them as an unreachable broker."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.renewals = 0
+        self.unreachable = False
+
+    async def presence_set(self, channel: str, client: str, info: Any, ttl: float) -> None:
+        self.renewals += 1
+        if self.unreachable:
+            await self._slow()
+            raise BrokerUnavailable("broker down")
+        await self._slow()
+        await super().presence_set(channel, client, info, ttl)
+
+
+async def test_lease_renewals_run_a_few_at_a_time(anyio_backend: str) -> None:
+    """A round renews all 40 leases of a client, more than one and at most 16 at once."""
+    broker = RefreshBroker()
+    hub = presence_hub(broker)
+    async with serving(hub) as clients:
+        ws, _ = await clients.connect()
+        for n in range(40):
+            await ws.subscribe(f"room:{n}", id=n + 1)
+        broker.renewals = broker.most_in_flight = 0
+        await hub._refresh_leases()
+        assert broker.renewals == 40
+        assert 1 < broker.most_in_flight <= BACKGROUND_BROKER_CALLS
+
+
+async def test_an_unreachable_broker_ends_the_renewal_round(anyio_backend: str) -> None:
+    """With the broker unreachable, a round of 40 renewals stops after the first failures."""
+    broker = RefreshBroker()
+    hub = presence_hub(broker)
+    async with serving(hub) as clients:
+        ws, _ = await clients.connect()
+        for n in range(40):
+            await ws.subscribe(f"room:{n}", id=n + 1)
+        broker.renewals = 0
+        broker.unreachable = True
+        await hub._refresh_leases()
+        assert broker.renewals <= BACKGROUND_BROKER_CALLS
+        broker.unreachable = False

@@ -469,17 +469,51 @@ class Hub:
         period = min(ttls) / 3
         while True:
             await anyio.sleep(period)
-            for connection in tuple(self._connections):
-                for channel, namespace in tuple(connection.protocol.channels.items()):
-                    if namespace.presence:
-                        try:
-                            await self._broker_call(
-                                self.broker.presence_set(
-                                    channel, connection.id, connection.info, namespace.presence_ttl
-                                )
+            await self._refresh_leases()
+
+    async def _refresh_leases(self) -> None:
+        """One round of lease renewals: every lease of this node, a few at a time.
+
+        ``BACKGROUND_BROKER_CALLS`` workers share the round (one after another,
+        100,000 leases at 1 ms each would outlast a 60 s TTL). A broker that
+        does not answer ends the round at once, instead of every lease waiting
+        out ``broker_timeout`` in turn; the next round retries, well within the TTL.
+        """
+        work = [
+            (connection, channel, namespace)
+            for connection in tuple(self._connections)
+            for channel, namespace in tuple(connection.protocol.channels.items())
+            if namespace.presence
+        ]
+        if not work:
+            return
+        pending = iter(work)
+        down = False
+
+        async def worker() -> None:
+            nonlocal down
+            for connection, channel, namespace in pending:
+                if down:
+                    return
+                if connection.protocol.closed or channel not in connection.protocol.channels:
+                    continue  # gone meanwhile: renewing would bring back a departed lease
+                try:
+                    async with self._limiter():
+                        await self._broker_call(
+                            self.broker.presence_set(
+                                channel, connection.id, connection.info, namespace.presence_ttl
                             )
-                        except HubbubError as exc:
-                            logger.warning("presence refresh failed: %s", exc.reason)
+                        )
+                except BrokerUnavailable as exc:
+                    if not down:
+                        logger.warning("presence refresh stopped for this round: %s", exc.reason)
+                    down = True
+                except HubbubError as exc:
+                    logger.warning("presence refresh failed: %s", exc.reason)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(min(BACKGROUND_BROKER_CALLS, len(work))):
+                tg.start_soon(worker)
 
     # -- server-side API ---------------------------------------------------------------------
 
