@@ -376,3 +376,79 @@ async def test_chat_data_over_the_default_payload_limit_is_413(memory_node: Serv
         assert (reply["type"], reply["code"]) == ("error", 413), reply
         history = await publisher.request({"type": "history", "channel": room})
         assert history["publications"] == []
+
+
+async def fill_rooms(server: Server, n: int) -> dict[str, str]:
+    """``n`` new default chat rooms, each holding 100 of the widest messages: room → epoch."""
+    rooms: dict[str, str] = {}
+    async with connect(server) as publisher:
+        data = {"text": WIDE_TEXT, "nonce": WIDE_NONCE}
+        for _ in range(n):
+            room = unique("chat:wide")
+            acks = await publisher.publish_pipelined(room, [data] * 100, within=60.0)
+            rooms[room] = acks[0]["epoch"]
+    return rooms
+
+
+def read_sse_joins(server: Server, rooms: list[str], last_event_id: str | None) -> dict[str, Any]:
+    """Open one SSE stream of ``rooms``; per room its ``subscribed`` and replayed offsets.
+
+    Reads until a live marker published after every ``subscribed`` arrives, so
+    everything replayed before it has been seen.
+    """
+    url = f"{server.url}/sse?" + "&".join(f"channel={room}" for room in rooms)
+    headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+    joins: dict[str, Any] = {room: {"offsets": []} for room in rooms}
+    with httpx.stream("GET", url, headers=headers, timeout=20) as response:
+        assert response.status_code == 200, response.read()
+        subscribed = 0
+        for event in sse_events(response):
+            assert event["event"] in ("subscribed", "message"), event
+            body = json.loads(event["data"])
+            if event["event"] == "subscribed":
+                joins[body["channel"]]["subscribed"] = body
+                subscribed += 1
+                if subscribed == len(rooms):
+                    marker = {"type": "publish", "channel": rooms[0], "data": {"text": "end"}}
+                    asyncio.run(publish_once(server, marker))
+            elif body["data"] == {"text": "end"}:
+                return joins
+            else:
+                joins[body["channel"]]["offsets"].append(body["offset"])
+    raise AssertionError("the stream ended before the marker")
+
+
+async def publish_once(server: Server, command: dict[str, Any]) -> None:
+    """Send one command from a fresh client and wait for its reply."""
+    async with connect(server) as client:
+        await client.request(command)
+
+
+async def test_an_sse_stream_joining_many_full_rooms_holds_a_bounded_replay(
+    memory_node: Server,
+) -> None:
+    """SSE joining 8 rooms of 1.3 MB each: all joined, replays trimmed to newest past 8 MiB."""
+    rooms = list(await fill_rooms(memory_node, 8))
+    joins = await asyncio.to_thread(read_sse_joins, memory_node, rooms, None)
+    total = sum(len(join["offsets"]) for join in joins.values())
+    assert 500 < total < 800
+    for join in joins.values():
+        offsets = join["offsets"]
+        assert offsets == list(range(101 - len(offsets), 101))
+    assert joins[rooms[0]]["offsets"] == list(range(1, 101))
+
+
+async def test_an_sse_stream_recovering_many_full_rooms_is_all_or_nothing(
+    memory_node: Server,
+) -> None:
+    """SSE recovering 8 rooms of 1.3 MB each: each room whole or ``recovered: false``."""
+    rooms = await fill_rooms(memory_node, 8)
+    resume = encode_event_id(
+        {room: Position(offset=0, epoch=epoch) for room, epoch in rooms.items()}
+    )
+    joins = await asyncio.to_thread(read_sse_joins, memory_node, list(rooms), resume)
+    recovered = [join["subscribed"]["recovered"] for join in joins.values()]
+    assert recovered[0] is True and recovered[-1] is False
+    for join in joins.values():
+        expected = list(range(1, 101)) if join["subscribed"]["recovered"] else []
+        assert join["offsets"] == expected

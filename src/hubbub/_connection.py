@@ -349,6 +349,10 @@ class Connection:
             replies.append((start_bytes, self._enqueued_bytes, start_items, self._enqueued_items))
         self._wake()
 
+    def reply_backlog(self) -> int:
+        """Bytes of replies queued and not yet written (see :meth:`enqueue_reply`)."""
+        return self._reply_share()[1]
+
     def _reply_share(self) -> tuple[int, int]:
         """Messages and bytes of replies still in the queue (exempt from its limits)."""
         replies = self._replies

@@ -20,7 +20,7 @@ import weakref
 from bisect import bisect_left
 from collections.abc import AsyncIterator, Collection, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import count
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal, cast
@@ -1071,6 +1071,7 @@ class Hub:
             )
         else:
             joined = join_stream(page, top, buffered, recover=command.recover, last=last)
+            joined, encoded = self._fit_join(connection, joined)
             if joined.recovered is not None:
                 if joined.recovered:
                     self.stats.recovered += 1
@@ -1080,7 +1081,7 @@ class Hub:
             # fall between the merge and the attach.
             self._attach(connection, channel, namespace, entry)
             _set_floor(entry, connection, joined)
-            self._send_joined(connection, command, joined)
+            self._send_joined(connection, command, joined, encoded)
             self._deliver_to(connection, joined.live, namespace)
             if joined.gap:
                 connection.close(Close(TRY_AGAIN_LATER, "publications were lost; recover"))
@@ -1112,15 +1113,48 @@ class Hub:
         stats.sent[kind] = stats.sent.get(kind, 0) + count
         stats.bytes_out += size
 
-    def _send_joined(self, connection: Connection, command: Subscribe, joined: Joined) -> None:
+    def _fit_join(self, connection: Connection, joined: Joined) -> tuple[Joined, list[bytes]]:
+        """Encode what a join replays, within what the connection's unsent replies may hold.
+
+        Replies are exempt from the queue's limits, but not unbounded: a
+        connection's unsent replies may hold ``REPLY_BACKLOG`` times
+        ``Limits.queue_bytes``. A WebSocket never comes near (its next command
+        waits for the queue to drain); an SSE stream joins all its channels
+        before its first write. Past it, a replay keeps its newest publications
+        that fit, and a recovery that does not fit is answered
+        ``recovered: false`` (the client reloads) rather than in part.
+        """
+        codec = connection.codec
+        encoded = [_encode_bytes(p, _CODECS[p.codec], codec) for p in joined.publications]
+        room = REPLY_BACKLOG * self.limits.queue_bytes - connection.reply_backlog()
+        if sum(map(len, encoded)) <= room:
+            return joined, encoded
+        if joined.recovered:
+            logger.info(
+                "recovery larger than the connection's reply allowance: not recovered",
+                extra={**connection._extra(), "publications": len(encoded)},
+            )
+            return replace(joined, publications=[], recovered=False), []
+        kept = used = 0
+        for raw in reversed(encoded):
+            if used + len(raw) > room:
+                break
+            used += len(raw)
+            kept += 1
+        cut = len(encoded) - kept
+        return replace(joined, publications=joined.publications[cut:]), encoded[cut:]
+
+    def _send_joined(
+        self, connection: Connection, command: Subscribe, joined: Joined, encoded: list[bytes]
+    ) -> None:
         """Queue ``subscribed`` and the publications it replays, exempt from the queue's limits.
 
         Publications that would take ``subscribed`` over ``REPLY_FRAME_BYTES``
         follow it as ``message`` frames (its ``offset`` then says where it stops).
+        ``encoded``: the publications of ``joined`` in the connection's codec.
         """
         codec = connection.codec
         publications = joined.publications
-        encoded = [_encode_bytes(p, _CODECS[p.codec], codec) for p in publications]
         inline = used = 0
         while inline < len(encoded) and used + len(encoded[inline]) <= REPLY_FRAME_BYTES:
             used += len(encoded[inline])
@@ -1678,6 +1712,9 @@ carries itself; so however full a channel's history, no frame of a join
 outgrows the 1 MiB frame limit of common clients (the ``websockets``
 library's default, hubbub's own client).
 """
+
+REPLY_BACKLOG: Final = 8
+"""Unsent replies a connection may hold, in multiples of ``Limits.queue_bytes`` (8 MiB)."""
 
 MAX_HISTORY_LIMIT: Final = 100
 """The default and largest ``limit`` of the ``history`` command."""
