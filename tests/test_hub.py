@@ -809,3 +809,29 @@ async def test_an_unreachable_broker_ends_the_renewal_round(anyio_backend: str) 
         await hub._refresh_leases()
         assert broker.renewals <= BACKGROUND_BROKER_CALLS
         broker.unreachable = False
+
+
+async def with_server_side_stream(scope: Mapping[str, Any]) -> Identity:
+    """User ``u1``, subscribed by the server to ``h:x``."""
+    return Identity(user="u1", channels=("h:x",))
+
+
+async def test_recovering_a_server_made_subscription_fits_one_frame(anyio_backend: str) -> None:
+    """Recovery on a server-made subscription: whole within 512 KiB, else ``recovered: false``."""
+    hub = Hub(
+        authenticator=with_server_side_stream,
+        namespaces=[Namespace(), Namespace(name="h", history_size=200)],
+    )
+    async with serving(hub) as clients:
+        for n in range(150):
+            position = await hub.publish("h:x", {"n": n, "pad": "x" * 4000})
+        assert position is not None
+        ws, _ = await clients.connect()
+        recover = {"offset": 0, "epoch": position.epoch}
+        reply = await ws.command({"type": "subscribe", "channel": "h:x", "recover": recover})
+        assert (reply["recovered"], reply["publications"]) == (False, [])
+        assert reply["offset"] == 150
+        recover = {"offset": 100, "epoch": position.epoch}
+        reply = await ws.command({"type": "subscribe", "channel": "h:x", "recover": recover})
+        assert reply["recovered"] is True
+        assert [m["offset"] for m in reply["publications"]] == list(range(101, 151))

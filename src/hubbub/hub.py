@@ -1030,6 +1030,7 @@ class Hub:
             joined = join_stream(found, now, [], recover=command.recover, last=None)
             # One frame, not split: live messages are flowing, and the client merges the
             # recovered ones by offset only from inside ``subscribed``.
+            joined, _ = self._fit_join(connection, joined, frame=True)
             self._send_reply(connection, self._subscribed(command, joined, codec))
             return
         entry = await self._ensure(channel, namespace)
@@ -1113,7 +1114,9 @@ class Hub:
         stats.sent[kind] = stats.sent.get(kind, 0) + count
         stats.bytes_out += size
 
-    def _fit_join(self, connection: Connection, joined: Joined) -> tuple[Joined, list[bytes]]:
+    def _fit_join(
+        self, connection: Connection, joined: Joined, *, frame: bool = False
+    ) -> tuple[Joined, list[bytes]]:
         """Encode what a join replays, within what the connection's unsent replies may hold.
 
         Replies are exempt from the queue's limits, but not unbounded: a
@@ -1122,11 +1125,14 @@ class Hub:
         waits for the queue to drain); an SSE stream joins all its channels
         before its first write. Past it, a replay keeps its newest publications
         that fit, and a recovery that does not fit is answered
-        ``recovered: false`` (the client reloads) rather than in part.
+        ``recovered: false`` (the client reloads) rather than in part. With
+        ``frame``, the reply must also fit one frame of ``REPLY_FRAME_BYTES``.
         """
         codec = connection.codec
         encoded = [_encode_bytes(p, _CODECS[p.codec], codec) for p in joined.publications]
         room = REPLY_BACKLOG * self.limits.queue_bytes - connection.reply_backlog()
+        if frame:
+            room = min(room, REPLY_FRAME_BYTES)
         if sum(map(len, encoded)) <= room:
             return joined, encoded
         if joined.recovered:
