@@ -835,3 +835,20 @@ async def test_recovering_a_server_made_subscription_fits_one_frame(anyio_backen
         reply = await ws.command({"type": "subscribe", "channel": "h:x", "recover": recover})
         assert reply["recovered"] is True
         assert [m["offset"] for m in reply["publications"]] == list(range(101, 151))
+
+
+async def test_written_replies_are_forgotten(anyio_backend: str) -> None:
+    """200 ``history`` replies, each read: the connection keeps no record of them growing."""
+    hub = Hub(
+        anonymous=True,
+        namespaces=[Namespace(), Namespace(name="h", history_size=10)],
+        limits=Limits(command_rate=1e6, command_burst=1_000_000),
+    )
+    async with serving(hub) as clients:
+        await hub.publish("h:x", 1)
+        ws, _ = await clients.connect()
+        for n in range(1, 201):
+            reply = await ws.command({"type": "history", "channel": "h:x", "id": n})
+            assert reply["type"] == "history"
+        (connection,) = hub._connections
+        assert len(connection._replies or ()) <= 1

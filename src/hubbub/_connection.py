@@ -343,6 +343,7 @@ class Connection:
             self._enqueued_bytes += size
             self._enqueued_items += 1
         if self._enqueued_items > start_items:
+            self._reply_share()  # forgets the replies already written
             replies = self._replies
             if replies is None:
                 replies = self._replies = []
@@ -362,6 +363,9 @@ class Connection:
         sent_bytes = self._enqueued_bytes - self._queued_bytes
         while replies and replies[0][3] <= sent_items:
             del replies[0]
+        if not replies:
+            self._replies = None
+            return 0, 0
         items = held = 0
         for start_bytes, end_bytes, start_items, end_items in replies:
             items += end_items - max(start_items, sent_items)
