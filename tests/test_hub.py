@@ -12,9 +12,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from hubbub import (
+    BrokerUnavailable,
     Hub,
     HubApp,
     Identity,
@@ -24,6 +26,7 @@ from hubbub import (
     Namespace,
     UnknownNamespace,
 )
+from hubbub.hub import BACKGROUND_BROKER_CALLS
 
 from .asgi_driver import TIMEOUT, Clients, Event, MemoryWebSocket, serving
 
@@ -537,3 +540,315 @@ async def test_drop_oldest_namespace_keeps_frozen_client(anyio_backend: str) -> 
             while True:
                 data.append((await ws.receive_json())["data"])
         assert data[-1] == 9 and data == sorted(data) and len(data) < 10
+
+
+# -- background broker calls are bounded -------------------------------------------------------
+
+
+class InFlightBroker(MemoryBroker):
+    """A memory broker whose presence calls take a few scheduler turns, counting overlap."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    async def _slow(self) -> None:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            for _ in range(5):
+                await anyio.lowlevel.checkpoint()
+        finally:
+            self.in_flight -= 1
+
+    async def presence_remove(self, channel: str, client: str) -> None:
+        await self._slow()
+        await super().presence_remove(channel, client)
+
+
+async def presences(hub: Hub, channels: list[str]) -> list[dict[str, Any]]:
+    """Who is present in each of ``channels``, in order."""
+    return [dict(await hub.presence(channel)) for channel in channels]
+
+
+def presence_hub(broker: MemoryBroker) -> Hub:
+    """An anonymous hub with presence and join/leave in namespace ``room``."""
+    return Hub(
+        broker=broker,
+        anonymous=True,
+        namespaces=[Namespace(), Namespace(name="room", presence=True, join_leave=True)],
+        limits=Limits(command_rate=1e6, command_burst=1_000_000),
+    )
+
+
+async def test_departures_from_many_channels_take_turns_and_all_complete(
+    anyio_backend: str,
+) -> None:
+    """A client leaving 128 presence channels: at most 16 removals at once, all 128 done."""
+    broker = InFlightBroker()
+    hub = presence_hub(broker)
+    rooms = [f"room:{n}" for n in range(128)]
+    async with serving(hub) as clients:
+        ws, _ = await clients.connect()
+        for n, room in enumerate(rooms, 1):
+            await ws.subscribe(room, id=n)
+        assert all(await presences(hub, rooms))
+        ws.leave()
+
+        with anyio.fail_after(TIMEOUT):
+            for _ in range(int(TIMEOUT / 0.01)):
+                if not any(await presences(hub, rooms)):
+                    break
+                await anyio.sleep(0.01)
+    assert 1 < broker.most_in_flight <= BACKGROUND_BROKER_CALLS
+
+
+async def test_stopping_the_hub_completes_the_departures_it_started(anyio_backend: str) -> None:
+    """Stopping the hub right after clients left still removes every presence lease."""
+    broker = InFlightBroker()
+    hub = presence_hub(broker)
+    rooms = [f"room:{n}" for n in range(40)]
+    async with serving(hub) as clients:
+        ws, _ = await clients.connect()
+        for n, room in enumerate(rooms, 1):
+            await ws.subscribe(room, id=n)
+    assert broker.in_flight == 0
+    async with hub:
+        assert not any(await presences(hub, rooms))
+
+
+class LossReportingBroker(InFlightBroker):
+    """Counts overlapping history reads that repair a stream, and can report a loss."""
+
+    async def start(self, handler: Any, lost: Any, task_group: Any = None) -> None:
+        self.report_loss = lost
+        await super().start(handler, lost, task_group)
+
+    async def history(self, channel: str, **options: Any) -> Any:
+        if options.get("since") is not None:
+            await self._slow()
+        return await super().history(channel, **options)
+
+
+async def test_repairs_after_a_loss_take_turns(anyio_backend: str) -> None:
+    """A loss reported on 64 channels with history repairs them at most 16 at once, all of them."""
+    broker = LossReportingBroker()
+    hub = Hub(
+        broker=broker,
+        anonymous=True,
+        namespaces=[Namespace(), Namespace(name="h", history_size=10)],
+        limits=Limits(command_rate=1e6, command_burst=1_000_000),
+    )
+    channels = [f"h:{n}" for n in range(64)]
+    async with serving(hub) as clients:
+        ws, _ = await clients.connect()
+        for n, channel in enumerate(channels, 1):
+            await ws.subscribe(channel, id=n)
+            await hub.publish(channel, n)
+            assert (await ws.receive_json())["offset"] == 1
+        broker.report_loss(None)
+        await wait_until(lambda: hub.stats.gaps_repaired == len(channels))
+    assert 1 < broker.most_in_flight <= BACKGROUND_BROKER_CALLS
+
+
+# -- presence is read-after-subscribe ----------------------------------------------------------
+
+
+class SlowLeaseBroker(MemoryBroker):
+    """Records, as each presence lease is taken, what the hub had sent by then."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hub: Hub | None = None
+        self.sent_before_lease: list[dict[str, int]] = []
+
+    async def presence_set(self, channel: str, client: str, info: Any, ttl: float) -> None:
+        assert self.hub is not None
+        self.sent_before_lease.append(dict(self.hub.stats.sent))
+        for _ in range(5):
+            await anyio.lowlevel.checkpoint()
+        await super().presence_set(channel, client, info, ttl)
+
+
+async def with_room_channel(scope: Mapping[str, Any]) -> Identity:
+    """User ``u1``, subscribed by the server to ``room:lobby``."""
+    return Identity(user="u1", channels=("room:lobby",))
+
+
+@pytest.mark.parametrize("history_size", [0, 10])
+async def test_subscribed_is_sent_after_the_presence_lease(
+    anyio_backend: str, history_size: int
+) -> None:
+    """``subscribed`` is queued only once the lease is taken: ``presence`` right after lists it."""
+    broker = SlowLeaseBroker()
+    hub = Hub(
+        broker=broker,
+        anonymous=True,
+        namespaces=[
+            Namespace(),
+            Namespace(name="room", presence=True, join_leave=True, history_size=history_size),
+        ],
+    )
+    broker.hub = hub
+    async with serving(hub) as clients:
+        ws, welcome = await clients.connect()
+        await ws.subscribe("room:a")
+        assert broker.sent_before_lease[-1].get("subscribed", 0) == 0
+        assert welcome["client"] in await hub.presence("room:a")
+
+
+async def test_welcome_is_sent_after_the_presence_leases(anyio_backend: str) -> None:
+    """Server-made subscriptions listed in ``welcome`` hold their presence lease already."""
+    broker = SlowLeaseBroker()
+    hub = Hub(
+        broker=broker,
+        authenticator=with_room_channel,
+        namespaces=[Namespace(), Namespace(name="room", presence=True)],
+    )
+    broker.hub = hub
+    async with serving(hub) as clients:
+        _, welcome = await clients.connect()
+        assert [s["channel"] for s in welcome["subscribed"]] == ["#u1", "room:lobby"]
+        assert broker.sent_before_lease == [{}]
+        assert welcome["client"] in await hub.presence("room:lobby")
+
+
+async def test_a_subscribe_whose_lease_fails_is_refused_and_leaves_nothing(
+    anyio_backend: str,
+) -> None:
+    """A broker that cannot take the lease: ``error`` 500, no subscription, the channel released."""
+
+    class NoLeaseBroker(MemoryBroker):
+        async def presence_set(self, channel: str, client: str, info: Any, ttl: float) -> None:
+            raise RuntimeError("presence store down")
+
+    hub = presence_hub(NoLeaseBroker())
+    async with serving(hub) as clients:
+        ws, _ = await clients.connect()
+        reply = await ws.command({"type": "subscribe", "channel": "room:a", "id": 7})
+        assert (reply["type"], reply["code"], reply["id"]) == ("error", 500, 7)
+        await wait_until(lambda: "room:a" not in hub._channels)
+        assert hub.channels() == {}
+
+
+# -- replies sized by history are exempt from the queue limits ---------------------------------
+
+
+async def test_a_join_reply_larger_than_the_queue_is_delivered_whole(anyio_backend: str) -> None:
+    """A 600 KB replay through a 96 KiB queue: split after 512 KiB, nothing closed, live follows."""
+    hub = Hub(
+        anonymous=True,
+        namespaces=[Namespace(), Namespace(name="h", history_size=200)],
+        limits=Limits(queue_bytes=96 * 1024),  # unsent replies may hold 8 times that
+    )
+    async with serving(hub) as clients:
+        for n in range(150):
+            await hub.publish("h:x", {"n": n, "pad": "x" * 4000})
+        ws, _ = await clients.connect()
+        await ws.send_json({"type": "subscribe", "channel": "h:x", "history": 150, "id": 1})
+        await wait_until(lambda: hub.channels() == {"h:x": 1})
+        for n in range(150, 160):  # queued behind the reply while nobody reads
+            await hub.publish("h:x", {"n": n})
+        reply = await ws.receive_json()
+        assert reply["type"] == "subscribed"
+        inline = [m["offset"] for m in reply["publications"]]
+        assert inline == list(range(1, len(inline) + 1)) and 100 < len(inline) < 150
+        assert reply["offset"] == inline[-1]
+        rest = [await ws.receive_json() for _ in range(160 - len(inline))]
+        assert [m["type"] for m in rest] == ["message"] * len(rest)
+        assert [m["offset"] for m in rest] == list(range(len(inline) + 1, 161))
+        assert hub.stats.slow_consumer_closes == 0
+        # Live publications alone are still held to the limit.
+        for n in range(40):
+            await hub.publish("h:x", {"n": n, "pad": "x" * 4000})
+        assert hub.stats.slow_consumer_closes == 1
+
+
+class RefreshBroker(InFlightBroker):
+    """Counts lease renewals and their overlap; can fail them as an unreachable broker."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.renewals = 0
+        self.unreachable = False
+
+    async def presence_set(self, channel: str, client: str, info: Any, ttl: float) -> None:
+        self.renewals += 1
+        if self.unreachable:
+            await self._slow()
+            raise BrokerUnavailable("broker down")
+        await self._slow()
+        await super().presence_set(channel, client, info, ttl)
+
+
+async def test_lease_renewals_run_a_few_at_a_time(anyio_backend: str) -> None:
+    """A round renews all 40 leases of a client, more than one and at most 16 at once."""
+    broker = RefreshBroker()
+    hub = presence_hub(broker)
+    async with serving(hub) as clients:
+        ws, _ = await clients.connect()
+        for n in range(40):
+            await ws.subscribe(f"room:{n}", id=n + 1)
+        broker.renewals = broker.most_in_flight = 0
+        await hub._refresh_leases()
+        assert broker.renewals == 40
+        assert 1 < broker.most_in_flight <= BACKGROUND_BROKER_CALLS
+
+
+async def test_an_unreachable_broker_ends_the_renewal_round(anyio_backend: str) -> None:
+    """With the broker unreachable, a round of 40 renewals stops after the first failures."""
+    broker = RefreshBroker()
+    hub = presence_hub(broker)
+    async with serving(hub) as clients:
+        ws, _ = await clients.connect()
+        for n in range(40):
+            await ws.subscribe(f"room:{n}", id=n + 1)
+        broker.renewals = 0
+        broker.unreachable = True
+        await hub._refresh_leases()
+        assert broker.renewals <= BACKGROUND_BROKER_CALLS
+        broker.unreachable = False
+
+
+async def with_server_side_stream(scope: Mapping[str, Any]) -> Identity:
+    """User ``u1``, subscribed by the server to ``h:x``."""
+    return Identity(user="u1", channels=("h:x",))
+
+
+async def test_recovering_a_server_made_subscription_fits_one_frame(anyio_backend: str) -> None:
+    """Recovery on a server-made subscription: whole within 512 KiB, else ``recovered: false``."""
+    hub = Hub(
+        authenticator=with_server_side_stream,
+        namespaces=[Namespace(), Namespace(name="h", history_size=200)],
+    )
+    async with serving(hub) as clients:
+        for n in range(150):
+            position = await hub.publish("h:x", {"n": n, "pad": "x" * 4000})
+        assert position is not None
+        ws, _ = await clients.connect()
+        recover = {"offset": 0, "epoch": position.epoch}
+        reply = await ws.command({"type": "subscribe", "channel": "h:x", "recover": recover})
+        assert (reply["recovered"], reply["publications"]) == (False, [])
+        assert reply["offset"] == 150
+        recover = {"offset": 100, "epoch": position.epoch}
+        reply = await ws.command({"type": "subscribe", "channel": "h:x", "recover": recover})
+        assert reply["recovered"] is True
+        assert [m["offset"] for m in reply["publications"]] == list(range(101, 151))
+
+
+async def test_written_replies_are_forgotten(anyio_backend: str) -> None:
+    """200 ``history`` replies, each read: the connection keeps no record of them growing."""
+    hub = Hub(
+        anonymous=True,
+        namespaces=[Namespace(), Namespace(name="h", history_size=10)],
+        limits=Limits(command_rate=1e6, command_burst=1_000_000),
+    )
+    async with serving(hub) as clients:
+        await hub.publish("h:x", 1)
+        ws, _ = await clients.connect()
+        for n in range(1, 201):
+            reply = await ws.command({"type": "history", "channel": "h:x", "id": n})
+            assert reply["type"] == "history"
+        (connection,) = hub._connections
+        assert len(connection._replies or ()) <= 1

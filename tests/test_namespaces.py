@@ -362,3 +362,21 @@ def test_registry_accepts_any_iterable() -> None:
     """Namespaces may come from a generator, consumed once."""
     reg = NamespaceRegistry((Namespace(name=n) for n in ("a", "b")), PERSONAL)
     assert [ns.name for ns in reg] == ["a", "b"]
+
+
+def test_schema_validation_returns_the_data_without_unknown_fields() -> None:
+    """``validate`` gives back the data as the schema decoded it: unknown fields gone."""
+    chat = Namespace.chat("chat")
+    assert chat.validate(b'{"text": "hi", "pad": "xxxx", "nonce": "n"}', "json") == (
+        b'{"text":"hi","nonce":"n"}'
+    )
+    assert chat.validate(b'{"text": "\\u00e9"}', "json") == '{"text":"é"}'.encode()
+    raw = b'{"anything": [1, 2]}'
+    assert Namespace().validate(raw, "json") is raw
+
+
+def test_chat_namespace_has_a_default_payload_limit() -> None:
+    """``Namespace.chat`` limits data to 12 bytes per character plus 2 KiB, unless told."""
+    assert Namespace.chat("chat").max_payload == 26_048
+    assert Namespace.chat("chat", max_length=20).max_payload == 12 * 20 + 2048
+    assert Namespace.chat("chat", max_payload=None).max_payload is None

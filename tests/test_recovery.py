@@ -13,6 +13,7 @@ that take a round trip (``RoundTripBroker``), and delivery to the hub after
 from __future__ import annotations
 
 import random
+import tracemalloc
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -189,6 +190,43 @@ def test_not_recovered_still_delivers_what_follows() -> None:
     joined = join_stream(page([9, 10], 10), at(10), [pub(10), pub(11)], recover=at(2), last=None)
     assert joined.recovered is False and joined.publications == []
     assert numbers(joined.live) == [11] and joined.gap is False
+
+
+def test_recover_far_below_a_huge_top_costs_only_the_page() -> None:
+    """Recovering offset 0 of a stream at offset 5,000,000 is not recovered, in O(page) memory."""
+    kept = list(range(4_999_901, 5_000_001))
+    tracemalloc.start()
+    try:
+        joined = join_stream(page(kept, 5_000_000), at(5_000_000), [], recover=at(0), last=None)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert joined.recovered is False and joined.publications == []
+    assert joined.position == at(5_000_000)
+    assert peak < 256 * 1024, f"the merge allocated {peak} bytes"
+
+
+def test_recover_near_a_huge_top_is_recovered() -> None:
+    """Near the top of a stream at offset 2**62, recovery works without any O(offset) step."""
+    top = 2**62
+    joined = join_stream(
+        page([top - 2, top - 1, top], top), at(top), [], recover=at(top - 2), last=None
+    )
+    assert joined.recovered is True
+    assert numbers(joined.publications) == [top - 1, top]
+
+
+def test_recover_from_zero_of_a_huge_stream_answers_at_once() -> None:
+    """Recovering offset 0 of a stream at offset 2**62 is simply not recovered (no MemoryError)."""
+    top = 2**62
+    joined = join_stream(page([top - 1, top], top), at(top), [], recover=at(0), last=None)
+    assert joined.recovered is False and joined.position == at(top)
+
+
+def test_recover_with_the_right_count_but_wrong_offsets() -> None:
+    """As many publications as missed, but not the consecutive ones: not recovered."""
+    joined = join_stream(page([5, 7, 8, 9], 8), at(8), [], recover=at(4), last=None)
+    assert joined.recovered is False and joined.publications == []
 
 
 # --------------------------------------------------------------------------- the hub

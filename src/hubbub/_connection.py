@@ -181,6 +181,8 @@ class Connection:
         "_asgi_send",
         "_batch",
         "_close",
+        "_enqueued_bytes",
+        "_enqueued_items",
         "_gone",
         "_inline",
         "_max_bytes",
@@ -189,6 +191,7 @@ class Connection:
         "_queue",
         "_queued_bytes",
         "_reader_waiting",
+        "_replies",
         "_room",
         "_send_scope",
         "_waiting",
@@ -240,6 +243,13 @@ class Connection:
         self._max_bytes = limits.queue_bytes
         self._queue: deque[tuple[str | bytes, int, bool]] = deque()
         self._queued_bytes = 0
+        # Totals ever queued: what has left the queue is these minus what is in it, so
+        # join replies (exempt from the limits) are found without touching every writer.
+        self._enqueued_bytes = 0
+        self._enqueued_items = 0
+        # Join replies still queued, as (start bytes, end bytes, start item, end item) marks
+        # on those totals; None until the first (a list per idle client costs memory).
+        self._replies: list[tuple[int, int, int, int]] | None = None
         self._wakeup = _signal()
         self._waiting = False
         self._asgi_send: SendCallable | None = None
@@ -284,7 +294,7 @@ class Connection:
             self._send_inline(frame)
             return
         if len(queue) >= self._max_messages or self._queued_bytes + size > self._max_bytes:
-            if not self._make_room(size):
+            if not self._make_room(size, *self._reply_share()):
                 if droppable:
                     return
                 self.hub.stats.slow_consumer_closes += 1
@@ -301,9 +311,66 @@ class Connection:
                 return
         queue.append((frame, size, droppable))
         self._queued_bytes += size
+        self._enqueued_bytes += size
+        self._enqueued_items += 1
         if self._waiting:
             self._waiting = False
             self._wakeup.set()
+
+    def enqueue_reply(self, frames: list[tuple[str | bytes, int]]) -> None:
+        """Queue the frames of one reply (a join, a history page) whatever the queue holds.
+
+        A reply is what the client asked for, sized by the channel's history
+        rather than by the client's reading speed, so the queue's limits do not
+        apply to it: with them, a room whose history outgrew the queue could
+        never be joined (1013, reconnect, 1013...). Nor do its bytes count against
+        the limits for what follows it, so live publications arriving while it
+        is written do not close the client either. It stays bounded: by the
+        reply's own size (history size times the namespace's largest payload),
+        and for a WebSocket to one reply at a time, because the client's next
+        command is read only once the queue has drained (:meth:`_reader`).
+        """
+        if self._close is not None or not frames:
+            return
+        queue = self._queue
+        start_bytes, start_items = self._enqueued_bytes, self._enqueued_items
+        for frame, size in frames:
+            if self._inline and self._waiting and not queue:
+                self._send_inline(frame)
+                continue
+            queue.append((frame, size, False))
+            self._queued_bytes += size
+            self._enqueued_bytes += size
+            self._enqueued_items += 1
+        if self._enqueued_items > start_items:
+            self._reply_share()  # forgets the replies already written
+            replies = self._replies
+            if replies is None:
+                replies = self._replies = []
+            replies.append((start_bytes, self._enqueued_bytes, start_items, self._enqueued_items))
+        self._wake()
+
+    def reply_backlog(self) -> int:
+        """Bytes of replies queued and not yet written (see :meth:`enqueue_reply`)."""
+        return self._reply_share()[1]
+
+    def _reply_share(self) -> tuple[int, int]:
+        """Messages and bytes of replies still in the queue (exempt from its limits)."""
+        replies = self._replies
+        if not replies:
+            return 0, 0
+        sent_items = self._enqueued_items - len(self._queue)
+        sent_bytes = self._enqueued_bytes - self._queued_bytes
+        while replies and replies[0][3] <= sent_items:
+            del replies[0]
+        if not replies:
+            self._replies = None
+            return 0, 0
+        items = held = 0
+        for start_bytes, end_bytes, start_items, end_items in replies:
+            items += end_items - max(start_items, sent_items)
+            held += max(end_bytes - max(start_bytes, sent_bytes), 0)
+        return items, held
 
     def _send_inline(self, frame: str | bytes) -> None:
         """Send while the writer is idle, without waking it: the fan-out fast path.
@@ -336,9 +403,12 @@ class Connection:
         self._pending = _Resume(coro, yielded)  # type: ignore[arg-type]
         self._wake()
 
-    def _make_room(self, size: int) -> bool:
+    def _make_room(self, size: int, exempt_items: int = 0, exempt_bytes: int = 0) -> bool:
         queue = self._queue
-        while len(queue) >= self._max_messages or self._queued_bytes + size > self._max_bytes:
+        while (
+            len(queue) - exempt_items >= self._max_messages
+            or self._queued_bytes - exempt_bytes + size > self._max_bytes
+        ):
             for index, item in enumerate(queue):
                 if item[2]:
                     del queue[index]

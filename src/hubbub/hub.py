@@ -20,10 +20,10 @@ import weakref
 from bisect import bisect_left
 from collections.abc import AsyncIterator, Collection, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import count
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, cast
 
 import anyio
 import msgspec
@@ -86,7 +86,7 @@ from .protocol import GOING_AWAY, KICKED, TRY_AGAIN_LATER, Close, Execute
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
-__all__ = ["BROKER_BUCKETS", "Hub", "HubStats", "LatencyHistogram"]
+__all__ = ["BACKGROUND_BROKER_CALLS", "BROKER_BUCKETS", "Hub", "HubStats", "LatencyHistogram"]
 
 logger = logging.getLogger("hubbub")
 
@@ -95,6 +95,19 @@ _RUNNING_HUBS: weakref.WeakSet[Hub] = weakref.WeakSet()
 
 State = Literal["stopped", "starting", "running", "draining", "stopping"]
 
+
+BACKGROUND_BROKER_CALLS: Final = 16
+"""Broker calls the hub's background work may have in flight at once, per hub.
+
+Background work fans out per channel: presence departures when a client
+leaves (one per presence channel it held; a whole node's worth on drain),
+node-level unsubscribes of channels left empty, repairs of every channel
+after the broker's link dropped, server-side subscriptions commanded by other
+nodes. Unbounded, one client leaving 128 presence channels made 128 calls at
+once and exhausted a Redis connection pool of 100, so departures failed and
+presence kept the client. Bounded, each waits its turn and completes; 16
+keeps a pool of any reasonable size free for client commands.
+"""
 
 BROKER_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 """Upper bounds (seconds) of the broker latency histogram's buckets; the last one is +Inf."""
@@ -270,6 +283,11 @@ class Hub:
         self._users: dict[str, dict[Connection, None]] = {}
         self._all_gone: anyio.Event | None = None
         self._ids = count(1)
+        # Made per run: anyio primitives belong to the event loop that runs the hub.
+        self._background: anyio.CapacityLimiter | None = None
+        # Departures started and not finished; stopping waits for them (``_settle``).
+        self._departing = 0
+        self._departed: anyio.Event | None = None
 
     def __repr__(self) -> str:
         return f"<Hub node={self.node} state={self._state}>"
@@ -306,6 +324,8 @@ class Hub:
             raise RuntimeError(f"the hub is {self._state}; a hub runs once at a time")
         _check_capabilities(self.broker, self.namespaces)
         self._state = "starting"
+        self._background = anyio.CapacityLimiter(BACKGROUND_BROKER_CALLS)
+        self._departing = 0
         stack = AsyncExitStack()
         try:
             self._tg = await stack.enter_async_context(anyio.create_task_group())
@@ -340,6 +360,7 @@ class Hub:
             with anyio.CancelScope(shield=True):
                 await self.drain()
                 self._state = "stopping"
+                await self._settle()
                 try:
                     with anyio.fail_after(self.broker_timeout):
                         await self.broker.stop()
@@ -394,6 +415,22 @@ class Hub:
                 extra={"node": self.node},
             )
 
+    async def _settle(self) -> None:
+        """Let the presence departures already started finish before the broker stops.
+
+        Clients that left just before shutdown would otherwise stay listed in
+        presence (and unannounced) until their leases expire. Bounded by
+        ``drain_timeout``.
+        """
+        if not self._departing:
+            return
+        self._departed = anyio.Event()
+        with anyio.move_on_after(self.drain_timeout):
+            await self._departed.wait()
+        self._departed = None
+        if self._departing:
+            logger.warning("%d presence departure(s) unfinished at shutdown", self._departing)
+
     async def _heartbeats(self) -> None:
         """Drive pings and idle deadlines for every connection from one task.
 
@@ -432,17 +469,51 @@ class Hub:
         period = min(ttls) / 3
         while True:
             await anyio.sleep(period)
-            for connection in tuple(self._connections):
-                for channel, namespace in tuple(connection.protocol.channels.items()):
-                    if namespace.presence:
-                        try:
-                            await self._broker_call(
-                                self.broker.presence_set(
-                                    channel, connection.id, connection.info, namespace.presence_ttl
-                                )
+            await self._refresh_leases()
+
+    async def _refresh_leases(self) -> None:
+        """One round of lease renewals: every lease of this node, a few at a time.
+
+        ``BACKGROUND_BROKER_CALLS`` workers share the round (one after another,
+        100,000 leases at 1 ms each would outlast a 60 s TTL). A broker that
+        does not answer ends the round at once, instead of every lease waiting
+        out ``broker_timeout`` in turn; the next round retries, well within the TTL.
+        """
+        work = [
+            (connection, channel, namespace)
+            for connection in tuple(self._connections)
+            for channel, namespace in tuple(connection.protocol.channels.items())
+            if namespace.presence
+        ]
+        if not work:
+            return
+        pending = iter(work)
+        down = False
+
+        async def worker() -> None:
+            nonlocal down
+            for connection, channel, namespace in pending:
+                if down:
+                    return
+                if connection.protocol.closed or channel not in connection.protocol.channels:
+                    continue  # gone meanwhile: renewing would bring back a departed lease
+                try:
+                    async with self._limiter():
+                        await self._broker_call(
+                            self.broker.presence_set(
+                                channel, connection.id, connection.info, namespace.presence_ttl
                             )
-                        except HubbubError as exc:
-                            logger.warning("presence refresh failed: %s", exc.reason)
+                        )
+                except BrokerUnavailable as exc:
+                    if not down:
+                        logger.warning("presence refresh stopped for this round: %s", exc.reason)
+                    down = True
+                except HubbubError as exc:
+                    logger.warning("presence refresh failed: %s", exc.reason)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(min(BACKGROUND_BROKER_CALLS, len(work))):
+                tg.start_soon(worker)
 
     # -- server-side API ---------------------------------------------------------------------
 
@@ -487,7 +558,7 @@ class Hub:
             except (msgspec.DecodeError, RecursionError):
                 raise InvalidMessage("json is not a valid JSON document") from None
         JSON.check_data(Raw(json))
-        namespace.validate(json, JSON.name)
+        json = namespace.validate(json, JSON.name)
         publication = Publication(channel=channel, data=json, codec="json", ts=_now_ms())
         published = await self._publish(publication, namespace, idempotency_key)
         return _position(published)
@@ -645,20 +716,28 @@ class Hub:
                 )
                 continue
             entry = await self._ensure(channel, namespace)
-            if namespace.history_size:
-                entry.recovering[connection] = []
-                try:
-                    top: Position | None = await self._top(channel)
-                finally:
-                    buffered = entry.recovering.pop(connection, [])
-            else:
-                top, buffered = None, []
+            leased = False
+            entry.recovering[connection] = []
+            try:
+                top: Position | None = None
+                if namespace.history_size:
+                    top = await self._top(channel)
+                # Leased before ``subscribed`` is sent (presence is read-after-subscribe),
+                # while live publications are still buffered for the merge.
+                leased = await self._lease(connection, channel, namespace, strict=False)
+            except BaseException:
+                entry.recovering.pop(connection, None)
+                self._release_if_unused(channel, entry)
+                raise
+            buffered = entry.recovering.pop(connection, [])
             if (
                 connection.protocol.closed
                 or channel in connection.protocol.channels
                 or self._at_channel_limit(connection, channel)
             ):
                 self._release_if_unused(channel, entry)
+                if leased and channel not in connection.protocol.channels:
+                    self._drop_lease(connection, channel)  # the same key as a lease it holds
                 continue
             # Nothing awaits from the merge to the delivery: no publication falls between.
             self._attach(connection, channel, namespace, entry, server_side=True)
@@ -672,7 +751,7 @@ class Hub:
                 )
                 self._deliver_to(connection, joined.live, namespace)
             if namespace.presence:
-                await self._arrive(connection, channel, namespace)
+                await self._announce_arrival(connection, channel, namespace)
 
     def _unsubscribe_here(self, user: str, channel: str) -> None:
         for connection in list(self._users.get(user, ())):
@@ -683,9 +762,17 @@ class Hub:
     async def _control_subscribe(self, user: str, channel: str) -> None:
         try:
             validate_channel(channel)
-            await self._subscribe_here(user, channel, self.namespaces.resolve(channel))
+            async with self._limiter():
+                await self._subscribe_here(user, channel, self.namespaces.resolve(channel))
         except HubbubError as exc:
             logger.warning("control subscribe to %r failed: %s", channel, exc.reason)
+
+    def _limiter(self) -> anyio.CapacityLimiter:
+        """The bound on background broker calls (``BACKGROUND_BROKER_CALLS``)."""
+        limiter = self._background
+        if limiter is None:
+            limiter = self._background = anyio.CapacityLimiter(BACKGROUND_BROKER_CALLS)
+        return limiter
 
     def _control(self, publication: Publication) -> None:
         """A command from another node (or junk, which is logged and dropped)."""
@@ -791,6 +878,7 @@ class Hub:
                     extra={"client": connection.id},
                 )
         entries: list[_Channel] = []
+        leased: list[str] = []
         try:
             for channel, namespace in wanted:
                 entries.append(await self._ensure(channel, namespace))
@@ -803,11 +891,17 @@ class Hub:
                     await self._top(channel) if namespace.history_size else None
                     for channel, namespace in wanted
                 ]
+                # Leased before ``welcome`` lists them (presence is read-after-subscribe).
+                for channel, namespace in wanted:
+                    if await self._lease(connection, channel, namespace, strict=False):
+                        leased.append(channel)
             finally:
                 buffers = [entry.recovering.pop(connection, []) for entry in entries]
         except BaseException:
             for (channel, _), entry in zip(wanted, entries, strict=False):
                 self._release_if_unused(channel, entry)
+            for channel in leased:
+                self._drop_lease(connection, channel)
             raise
         subscribed = []
         follow: list[tuple[Namespace, list[Publication]]] = []
@@ -839,7 +933,7 @@ class Hub:
             self._deliver_to(connection, live, namespace)
         for channel, namespace in wanted:
             if namespace.presence:
-                await self._arrive(connection, channel, namespace)
+                await self._announce_arrival(connection, channel, namespace)
 
     # -- commands ----------------------------------------------------------------------------
 
@@ -933,37 +1027,53 @@ class Hub:
             # A server-side subscription asked for recovery: answer while live delivery
             # goes on; the client drops any message whose offset it already has.
             assert command.recover is not None
-            page, top = await self._read_for_recovery(channel, command.recover)
-            joined = join_stream(page, top, [], recover=command.recover, last=None)
-            connection.send_message(self._subscribed(command, joined, codec))
+            found, now = await self._read_for_recovery(channel, command.recover)
+            joined = join_stream(found, now, [], recover=command.recover, last=None)
+            # One frame, not split: live messages are flowing, and the client merges the
+            # recovered ones by offset only from inside ``subscribed``.
+            joined, _ = self._fit_join(connection, joined, frame=True)
+            self._send_reply(connection, self._subscribed(command, joined, codec))
             return
         entry = await self._ensure(channel, namespace)
         if connection.protocol.closed:
             self._release_if_unused(channel, entry)
             return
-        if not namespace.history_size:
+        # Live publications are buffered from here to the merge, so the reads and the
+        # presence lease may await; if anything fails, the channel and the lease go.
+        entry.recovering[connection] = []
+        leased = False
+        last = command.history if command.history is not None else namespace.replay
+        try:
+            page: HistoryPage | None = None
+            top: Position | None = None
+            if namespace.history_size and command.recover is not None:
+                page, top = await self._read_for_recovery(channel, command.recover)
+            elif namespace.history_size:
+                page = await self._broker_call(
+                    self.broker.history(channel, limit=min(last, namespace.history_size))
+                )
+                top = page.position
+            # Before ``subscribed``: a ``presence`` read on any node after it lists the client.
+            leased = await self._lease(connection, channel, namespace, strict=True)
+        except BaseException:
+            entry.recovering.pop(connection, None)
+            self._release_if_unused(channel, entry)
+            raise
+        buffered = entry.recovering.pop(connection, [])
+        if connection.protocol.closed:
+            self._release_if_unused(channel, entry)
+            if leased:
+                self._drop_lease(connection, channel)
+            return
+        if top is None:
             self._attach(connection, channel, namespace, entry)
             recovered = False if command.recover is not None else None
             connection.send_message(
                 Subscribed(channel=channel, publications=[], id=command.id, recovered=recovered)
             )
         else:
-            entry.recovering[connection] = []
-            last = command.history if command.history is not None else namespace.replay
-            try:
-                if command.recover is not None:
-                    page, top = await self._read_for_recovery(channel, command.recover)
-                else:
-                    page = await self._broker_call(
-                        self.broker.history(channel, limit=min(last, namespace.history_size))
-                    )
-                    top = page.position
-            finally:
-                buffered = entry.recovering.pop(connection, [])
-            if connection.protocol.closed:
-                self._release_if_unused(channel, entry)
-                return
             joined = join_stream(page, top, buffered, recover=command.recover, last=last)
+            joined, encoded = self._fit_join(connection, joined)
             if joined.recovered is not None:
                 if joined.recovered:
                     self.stats.recovered += 1
@@ -973,13 +1083,13 @@ class Hub:
             # fall between the merge and the attach.
             self._attach(connection, channel, namespace, entry)
             _set_floor(entry, connection, joined)
-            connection.send_message(self._subscribed(command, joined, codec))
+            self._send_joined(connection, command, joined, encoded)
             self._deliver_to(connection, joined.live, namespace)
             if joined.gap:
                 connection.close(Close(TRY_AGAIN_LATER, "publications were lost; recover"))
                 return
         if namespace.presence:
-            await self._arrive(connection, channel, namespace)
+            await self._announce_arrival(connection, channel, namespace)
 
     async def _read_for_recovery(
         self, channel: str, recover: Position
@@ -993,6 +1103,90 @@ class Hub:
     async def _top(self, channel: str) -> Position:
         page: HistoryPage = await self._broker_call(self.broker.history(channel, limit=0))
         return page.position
+
+    def _send_reply(self, connection: Connection, message: Subscribed | History) -> None:
+        """Queue a reply sized by history, exempt from the send queue's limits."""
+        frame = connection.codec.encode(message)
+        self._count_sent(message.__struct_config__.tag, 1, len(frame))  # type: ignore[arg-type]
+        connection.enqueue_reply([(frame, len(frame))])
+
+    def _count_sent(self, kind: str, count: int, size: int) -> None:
+        stats = self.stats
+        stats.sent[kind] = stats.sent.get(kind, 0) + count
+        stats.bytes_out += size
+
+    def _fit_join(
+        self, connection: Connection, joined: Joined, *, frame: bool = False
+    ) -> tuple[Joined, list[bytes]]:
+        """Encode what a join replays, within what the connection's unsent replies may hold.
+
+        Replies are exempt from the queue's limits, but not unbounded: a
+        connection's unsent replies may hold ``REPLY_BACKLOG`` times
+        ``Limits.queue_bytes``. A WebSocket never comes near (its next command
+        waits for the queue to drain); an SSE stream joins all its channels
+        before its first write. Past it, a replay keeps its newest publications
+        that fit, and a recovery that does not fit is answered
+        ``recovered: false`` (the client reloads) rather than in part. With
+        ``frame``, the reply must also fit one frame of ``REPLY_FRAME_BYTES``.
+        """
+        codec = connection.codec
+        encoded = [_encode_bytes(p, _CODECS[p.codec], codec) for p in joined.publications]
+        room = REPLY_BACKLOG * self.limits.queue_bytes - connection.reply_backlog()
+        if frame:
+            room = min(room, REPLY_FRAME_BYTES)
+        if sum(map(len, encoded)) <= room:
+            return joined, encoded
+        if joined.recovered:
+            logger.info(
+                "recovery larger than the connection's reply allowance: not recovered",
+                extra={**connection._extra(), "publications": len(encoded)},
+            )
+            return replace(joined, publications=[], recovered=False), []
+        kept = used = 0
+        for raw in reversed(encoded):
+            if used + len(raw) > room:
+                break
+            used += len(raw)
+            kept += 1
+        cut = len(encoded) - kept
+        return replace(joined, publications=joined.publications[cut:]), encoded[cut:]
+
+    def _send_joined(
+        self, connection: Connection, command: Subscribe, joined: Joined, encoded: list[bytes]
+    ) -> None:
+        """Queue ``subscribed`` and the publications it replays, exempt from the queue's limits.
+
+        Publications that would take ``subscribed`` over ``REPLY_FRAME_BYTES``
+        follow it as ``message`` frames (its ``offset`` then says where it stops).
+        ``encoded``: the publications of ``joined`` in the connection's codec.
+        """
+        codec = connection.codec
+        publications = joined.publications
+        inline = used = 0
+        while inline < len(encoded) and used + len(encoded[inline]) <= REPLY_FRAME_BYTES:
+            used += len(encoded[inline])
+            inline += 1
+        offset = joined.position.offset
+        if inline < len(encoded):
+            first = publications[inline].offset
+            assert first is not None  # replayed publications come from a stream
+            offset = first - 1
+        reply = Subscribed(
+            channel=command.channel,
+            # Already-encoded messages are passed through as they are (msgspec Raw).
+            publications=cast("list[Message]", [Raw(raw) for raw in encoded[:inline]]),
+            id=command.id,
+            offset=offset,
+            epoch=joined.position.epoch,
+            recovered=joined.recovered,
+        )
+        head = codec.encode(reply)
+        frames: list[tuple[str | bytes, int]] = [(head, len(head))]
+        frames.extend((raw if codec.binary else raw.decode(), len(raw)) for raw in encoded[inline:])
+        self._count_sent("subscribed", 1, len(head))
+        if len(frames) > 1:
+            self._count_sent("message", len(frames) - 1, sum(size for _, size in frames[1:]))
+        connection.enqueue_reply(frames)
 
     def _subscribed(self, command: Subscribe, joined: Joined, codec: Codec) -> Subscribed:
         return Subscribed(
@@ -1030,14 +1224,30 @@ class Hub:
                 )
             )
             codec = connection.codec
+            encoded = [_encode_bytes(p, _CODECS[p.codec], codec) for p in page.publications]
+            # Over REPLY_FRAME_BYTES, keep those nearest where the page starts: after
+            # ``since`` (the oldest), else at the top (the newest); the client reads on
+            # from there. ``reverse`` flips which end of the list that is.
+            newest = (command.since is None) != command.reverse
+            if newest:
+                encoded.reverse()
+            kept, used = 0, 0
+            while kept < len(encoded) and (
+                not kept or used + len(encoded[kept]) <= REPLY_FRAME_BYTES
+            ):
+                used += len(encoded[kept])
+                kept += 1
+            encoded = encoded[:kept]
+            if newest:
+                encoded.reverse()
             reply = History(
                 channel=command.channel,
-                publications=[_message(p, codec) for p in page.publications],
+                publications=cast("list[Message]", [Raw(raw) for raw in encoded]),
                 id=command.id,
                 offset=page.position.offset,
                 epoch=page.position.epoch,
             )
-        connection.send_message(reply)
+        self._send_reply(connection, reply)
 
     async def _client_presence(self, connection: Connection, command: GetPresence) -> None:
         clients: Mapping[str, ClientInfo] = await self._broker_call(
@@ -1052,17 +1262,56 @@ class Hub:
 
     # -- presence ----------------------------------------------------------------------------
 
-    async def _arrive(self, connection: Connection, channel: str, namespace: Namespace) -> None:
-        """Take a presence lease for a new subscriber and announce it where enabled.
+    async def _lease(
+        self, connection: Connection, channel: str, namespace: Namespace, *, strict: bool
+    ) -> bool:
+        """Take a new subscriber's presence lease, before ``subscribed`` is sent.
 
-        A failure here is logged, not answered: the subscription itself holds,
-        and the lease task retries the lease within a third of its TTL.
+        So presence is read-after-subscribe: once a client has ``subscribed``
+        (or ``welcome``), a ``presence`` query on any node lists it. Returns
+        whether a lease was taken (``False`` where the namespace has no presence).
+
+        Raises:
+            HubbubError: ``strict`` (a client's ``subscribe``, which is then
+                refused 503 and may be retried) and the broker failed. Server-made
+                subscriptions are not strict: the failure is logged and the lease
+                task retries within a third of the TTL.
+        """
+        if not namespace.presence:
+            return False
+        try:
+            await self._broker_call(
+                self.broker.presence_set(
+                    channel, connection.id, connection.info, namespace.presence_ttl
+                )
+            )
+        except HubbubError as exc:
+            if strict:
+                raise
+            logger.warning("presence for %r failed: %s", channel, exc.reason)
+        return True
+
+    def _drop_lease(self, connection: Connection, channel: str) -> None:
+        """Drop, in the background, a lease taken for a subscription that did not happen."""
+        if self._tg is not None:
+            self._tg.start_soon(self._unlease, connection.id, channel)
+
+    async def _unlease(self, client: str, channel: str) -> None:
+        try:
+            async with self._limiter():
+                await self._broker_call(self.broker.presence_remove(channel, client))
+        except HubbubError as exc:
+            logger.warning("presence removal for %r failed: %s", channel, exc.reason)
+
+    async def _announce_arrival(
+        self, connection: Connection, channel: str, namespace: Namespace
+    ) -> None:
+        """Announce a new subscriber (leased already) with ``join`` where enabled.
+
+        A failure here is logged, not answered: the subscription itself holds.
         """
         info = connection.info
         try:
-            await self._broker_call(
-                self.broker.presence_set(channel, connection.id, info, namespace.presence_ttl)
-            )
             if not namespace.join_leave:
                 return
             if namespace.join_leave_per_user and info.user:
@@ -1074,18 +1323,28 @@ class Hub:
             logger.warning("presence for %r failed: %s", channel, exc.reason)
 
     async def _depart(self, channel: str, namespace: Namespace, info: ClientInfo) -> None:
-        """Drop a leaving subscriber's presence lease and announce it where enabled."""
+        """Drop a leaving subscriber's presence lease and announce it where enabled.
+
+        One runs per presence channel the client held, all started at once when
+        it leaves: they take turns (``BACKGROUND_BROKER_CALLS``) so that each
+        completes instead of exhausting the broker's connections.
+        """
         try:
-            await self._broker_call(self.broker.presence_remove(channel, info.client))
-            if not namespace.join_leave:
-                return
-            if namespace.join_leave_per_user and info.user:
-                present = await self._broker_call(self.broker.presence(channel))
-                if any(i.user == info.user for i in present.values()):
+            async with self._limiter():
+                await self._broker_call(self.broker.presence_remove(channel, info.client))
+                if not namespace.join_leave:
                     return
-            await self._announce("leave", channel, info)
+                if namespace.join_leave_per_user and info.user:
+                    present = await self._broker_call(self.broker.presence(channel))
+                    if any(i.user == info.user for i in present.values()):
+                        return
+                await self._announce("leave", channel, info)
         except HubbubError as exc:
             logger.warning("presence removal for %r failed: %s", channel, exc.reason)
+        finally:
+            self._departing -= 1
+            if not self._departing and self._departed is not None:
+                self._departed.set()
 
     async def _announce(self, kind: PublicationKind, channel: str, info: ClientInfo) -> None:
         event = Publication(
@@ -1139,6 +1398,7 @@ class Hub:
         namespace = connection.protocol.channels.get(channel)
         connection.protocol.remove_channel(channel)
         if namespace is not None and namespace.presence and self._tg is not None:
+            self._departing += 1
             self._tg.start_soon(self._depart, channel, namespace, connection.info)
         entry = self._channels.get(channel)
         if entry is None:
@@ -1160,7 +1420,8 @@ class Hub:
 
     async def _node_unsubscribe(self, channel: str, entry: _Channel) -> None:
         try:
-            async with entry.lock:
+            # The limiter before the lock, as everywhere: the lock is never held waiting.
+            async with self._limiter(), entry.lock:
                 entry.pending -= 1
                 if entry.subscribers or entry.pending or entry.recovering or not entry.on_node:
                     return
@@ -1349,7 +1610,15 @@ class Hub:
         self._tg.start_soon(self._repair, channel, entry)
 
     async def _repair(self, channel: str, entry: _Channel) -> None:
-        """Fill this node's hole in a stream from history, then release what was held."""
+        """Fill this node's hole in a stream from history, then release what was held.
+
+        A dropped link starts one repair per channel with history; they take
+        turns (``BACKGROUND_BROKER_CALLS``), holding live publications meanwhile.
+        """
+        async with self._limiter():
+            await self._repair_now(channel, entry)
+
+    async def _repair_now(self, channel: str, entry: _Channel) -> None:
         for _ in range(3):
             since = Position(offset=entry.last_offset, epoch=entry.last_epoch or "")
             try:
@@ -1441,6 +1710,19 @@ class _ControlCommand(msgspec.Struct):
     channel: str = ""
 
 
+REPLY_FRAME_BYTES: Final = 512 * 1024
+"""The most replayed publications, in encoded bytes, that one ``subscribed`` carries.
+
+Those beyond follow it at once as ``message`` frames, in offset order and
+before anything live, and ``subscribed.offset`` is then the last one it
+carries itself; so however full a channel's history, no frame of a join
+outgrows the 1 MiB frame limit of common clients (the ``websockets``
+library's default, hubbub's own client).
+"""
+
+REPLY_BACKLOG: Final = 8
+"""Unsent replies a connection may hold, in multiples of ``Limits.queue_bytes`` (8 MiB)."""
+
 MAX_HISTORY_LIMIT: Final = 100
 """The default and largest ``limit`` of the ``history`` command."""
 
@@ -1459,6 +1741,11 @@ def _message(publication: Publication, codec: Codec) -> Message:
 
 
 def _encode(publication: Publication, source: Codec, codec: Codec) -> tuple[str | bytes, int]:
+    raw = _encode_bytes(publication, source, codec)
+    return (raw if codec.binary else raw.decode(), len(raw))
+
+
+def _encode_bytes(publication: Publication, source: Codec, codec: Codec) -> bytes:
     kind = publication.kind
     if kind == "message":
         data = publication.data if codec is source else source.convert(publication.data, codec)
@@ -1481,8 +1768,7 @@ def _encode(publication: Publication, source: Codec, codec: Codec) -> tuple[str 
             name=who.name,
             info=who.info,
         )
-    raw = codec.encode_bytes(message)
-    return (raw if codec.binary else raw.decode(), len(raw))
+    return codec.encode_bytes(message)
 
 
 def _position(publication: Publication) -> Position | None:

@@ -95,7 +95,10 @@ class Namespace:
         join_leave_per_user: announce a user's first connection joining and last
             one leaving, instead of every connection.
         schema: a msgspec type that client ``data`` must decode into (``error``
-            422 otherwise), e.g. :data:`hubbub.chat.ChatMessage`.
+            422 otherwise), e.g. :data:`hubbub.chat.ChatMessage`. What is stored
+            and delivered is the data re-encoded from the decoded value: fields
+            the schema does not know are dropped (they would otherwise be kept
+            and replayed to everyone who joins), escapes are normalised.
         idempotency_window: seconds a publish's ``idempotency_key`` is remembered,
             so a retried publish is not delivered twice.
         replay: publications replayed in ``subscribed`` when a client subscribes
@@ -132,9 +135,17 @@ class Namespace:
         **options: Any,
     ) -> Namespace:
         """A chat namespace: :class:`~hubbub.chat.ChatMessage` schema, history replayed
-        on join (the last 100 by default), presence with join/leave events."""
+        on join (the last 100 by default), presence with join/leave events.
+
+        ``max_payload`` defaults to the largest message the schema accepts
+        written the longest way (every character of ``text`` and ``nonce`` as a
+        ``\\u`` escape pair, 12 bytes): ``12 * max_length + 2048`` bytes, 26,048
+        for the default 2,000 characters. Larger is ``error`` 413 before the
+        schema is even read.
+        """
         from .chat import chat_message_type
 
+        options.setdefault("max_payload", 12 * max_length + 2048)
         options.setdefault("presence", True)
         options.setdefault("join_leave", True)
         options.setdefault("replay", history_size)
@@ -208,19 +219,28 @@ class Namespace:
             return False
         return self.can_subscribe is None or bool(self.can_subscribe(identity, channel))
 
-    def validate(self, data: bytes, codec: str) -> None:
+    def validate(self, data: bytes, codec: str) -> bytes:
         """Check ``data`` (encoded with ``codec``) against :attr:`schema`.
+
+        Returns:
+            the data to store and deliver: ``data`` itself without a schema, else
+            the decoded value encoded again with ``codec``, so fields the schema
+            does not know are gone.
 
         Raises:
             InvalidData: the data does not fit; the reason names the field.
         """
         if self.schema is None:
-            return
+            return data
         try:
-            _schema_decoder(self.schema, codec).decode(data)
+            value = _schema_decoder(self.schema, codec).decode(data)
         except msgspec.ValidationError as exc:
             raise InvalidData(f"data does not match the channel schema: {exc}") from None
         except (msgspec.DecodeError, ValueError, RecursionError):
+            raise InvalidData("data does not match the channel schema") from None
+        try:
+            return _ENCODERS[codec].encode(value)
+        except (TypeError, ValueError, OverflowError, RecursionError):
             raise InvalidData("data does not match the channel schema") from None
 
     def may_publish(self, identity: Identity, channel: str, data: bytes) -> bool:
@@ -228,6 +248,12 @@ class Namespace:
         if not _allowed(self.publish, identity):
             return False
         return self.can_publish is None or bool(self.can_publish(identity, channel, data))
+
+
+_ENCODERS: Final[dict[str, msgspec.json.Encoder | msgspec.msgpack.Encoder]] = {
+    "json": msgspec.json.Encoder(),
+    "msgpack": msgspec.msgpack.Encoder(),
+}
 
 
 @cache

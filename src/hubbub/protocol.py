@@ -14,6 +14,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
+from msgspec import Raw
+
 from ._errors import (
     AlreadySubscribed,
     HubbubError,
@@ -255,7 +257,9 @@ class ClientProtocol:
                 raise PermissionDenied("only the server publishes into personal channels")
             if not namespace.may_publish(self.identity, channel, data):
                 raise PermissionDenied(f"not allowed to publish into {channel!r}")
-            namespace.validate(data, self.codec.name)
+            checked = namespace.validate(data, self.codec.name)
+            if checked is not data:
+                command.data = Raw(checked)  # as the schema decoded it: unknown fields gone
         elif isinstance(command, GetPresence):
             if not namespace.presence:
                 raise PermissionDenied("presence is not enabled for this namespace")
