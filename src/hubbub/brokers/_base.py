@@ -93,6 +93,15 @@ class HistoryPage:
     position: Position
 
 
+def publisher(publication: Publication) -> str:
+    """Whose idempotency key budget a publication uses: its user (an anonymous
+    client: its connection), or the server's (no sender)."""
+    sender = publication.sender
+    if sender is None:
+        return "server"
+    return f"user:{sender.user}" if sender.user else f"client:{sender.client}"
+
+
 PublicationHandler = Callable[[Publication], None]
 """Receives every publication of a channel the node subscribed to.
 
