@@ -23,11 +23,13 @@ from redis.asyncio import ConnectionPool, Redis
 
 from hubbub import BrokerUnavailable, RateLimited
 from hubbub.brokers import HistoryOptions, Idempotency, MemoryBroker
+from hubbub.brokers.postgres import PostgresBroker
 from hubbub.brokers.redis import RedisBroker
 from hubbub.messages import ClientInfo
 
 from .apps.wsclient import Client, open_client, open_clients
 from .broker_contract import KEEP, Recorder, publication
+from .pg_server import PgServer, pg_server
 from .redis_server import RedisServer, redis_server
 from .servers import Server, run_server
 
@@ -306,3 +308,81 @@ async def test_redis_idempotency_keeps_positions_not_publications(
             # A retry of a key already held is still answered.
             await ann.publish("big", 1, idempotency_key="b3")
         no_tracebacks(server)
+
+
+# -- the same holes on PostgreSQL ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[PgServer]:
+    """One PostgreSQL cluster for this module."""
+    with pg_server() as server:
+        yield server
+
+
+@contextlib.asynccontextmanager
+async def started_pg_broker(pg: PgServer, **options: Any) -> AsyncIterator[PostgresBroker]:
+    """A started PostgreSQL broker under a schema of its own."""
+    broker = PostgresBroker(pg.url, schema=f"h_{secrets.token_hex(4)}", **options)
+    recorder = Recorder()
+    await broker.start(recorder.handler, recorder.on_lost)
+    try:
+        yield broker
+    finally:
+        with anyio.fail_after(5):
+            await broker.stop()
+
+
+async def test_300_concurrent_publishers_on_postgres_all_get_ack(
+    pg: PgServer, tmp_path: Path
+) -> None:
+    """300 clients publishing at the same moment through one node on PostgreSQL all get ``ack``."""
+    with serve(pg.url + "?schema=load", tmp_path) as server:
+        clients, stack = await open_clients(server.ws_url, 300)
+        async with stack:
+            replies = await publish_all_at_once(clients, "chat:load")
+        assert replies == Counter({"ack": 300})
+        no_tracebacks(server)
+
+
+async def test_a_full_postgres_pool_says_busy_not_unreachable(pg: PgServer) -> None:
+    """Every pooled connection busy past ``timeout``: 503 "busy", never "unreachable"."""
+    import psycopg
+
+    async with started_pg_broker(pg, pool_size=1, timeout=0.5) as broker:
+        await broker.publish(publication("old"), HistoryOptions(size=5, ttl=0.05))
+        await anyio.sleep(0.2)  # the stream has expired: the sweep will delete its rows
+        async with await psycopg.AsyncConnection.connect(pg.url) as app:
+            # The application holds the expired row: the sweep (bounded by 30 s, not by
+            # ``timeout``) keeps the one pooled connection while it waits for it.
+            await app.execute(
+                f"SELECT 1 FROM {broker._schema}.publications WHERE channel = 'old' FOR UPDATE"
+            )
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(broker.sweep)
+                await anyio.sleep(0.2)
+                with anyio.fail_after(5), pytest.raises(BrokerUnavailable) as refused:
+                    await broker.publish(publication("free"), KEEP)
+                await app.rollback()
+        assert "busy" in refused.value.reason and "did not answer" not in refused.value.reason
+        assert (await broker.publish(publication("free"), KEEP)).offset == 1
+
+
+async def test_postgres_idempotency_keeps_positions_and_caps_keys(pg: PgServer) -> None:
+    """A retry gets the first position, a key row holds no payload, a key past the cap: 429."""
+    async with started_pg_broker(pg, idempotency_keys=3) as broker:
+        ann = ClientInfo(user="ann", client="c1")
+        big = b'"%s"' % secrets.token_hex(30_000).encode()  # 60 KB PostgreSQL cannot compress
+        firsts = [
+            await broker.publish(publication("ch", big, sender=ann), KEEP, Idempotency(f"k{n}", 60))
+            for n in range(3)
+        ]
+        retry = await broker.publish(publication("ch", sender=ann), KEEP, Idempotency("k1", 60))
+        assert (retry.offset, retry.epoch) == (firsts[1].offset, firsts[1].epoch)
+        with pytest.raises(RateLimited, match="idempotency"):
+            await broker.publish(publication("ch", sender=ann), KEEP, Idempotency("k3", 60))
+        bob = ClientInfo(user="bob", client="c2")
+        other = await broker.publish(publication("ch", sender=bob), KEEP, Idempotency("k3", 60))
+        assert other.offset == 4
+        sizes = pg.sql(f"SELECT pg_column_size(i.*) FROM {broker._schema}.idempotency i")
+        assert len(sizes) == 4 and all(size < 1024 for (size,) in sizes), sizes

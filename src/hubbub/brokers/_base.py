@@ -93,6 +93,11 @@ class HistoryPage:
     position: Position
 
 
+IDEMPOTENCY_KEYS = 10_000
+"""Idempotency keys one publisher may hold per channel within the window, by
+default, in the brokers that ship (their ``idempotency_keys`` option)."""
+
+
 def publisher(publication: Publication) -> str:
     """Whose idempotency key budget a publication uses: its user (an anonymous
     client: its connection), or the server's (no sender)."""

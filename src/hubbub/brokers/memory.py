@@ -14,6 +14,7 @@ from anyio.abc import TaskGroup
 from .._errors import RateLimited, StreamGone
 from ..messages import ClientInfo, Position
 from ._base import (
+    IDEMPOTENCY_KEYS,
     Broker,
     Capability,
     HistoryOptions,
@@ -25,10 +26,7 @@ from ._base import (
     publisher,
 )
 
-__all__ = ["IDEMPOTENCY_KEYS", "MemoryBroker"]
-
-IDEMPOTENCY_KEYS = 10_000
-"""Idempotency keys one publisher may hold per channel within the window, by default."""
+__all__ = ["MemoryBroker"]
 
 # A stream first created by a read (a subscribe before any publish) keeps its
 # epoch this long without publications, so early subscribers can still recover.

@@ -64,6 +64,7 @@ from redis.exceptions import MaxConnectionsError, RedisError, ResponseError
 from .._errors import BrokerUnavailable, InternalError, RateLimited, StreamGone
 from ..messages import ClientInfo, Position
 from ._base import (
+    IDEMPOTENCY_KEYS,
     Broker,
     Capability,
     HistoryOptions,
@@ -76,7 +77,7 @@ from ._base import (
 )
 from ._link import LinkTask
 
-__all__ = ["IDEMPOTENCY_KEYS", "MAX_CONNECTIONS", "RedisBroker"]
+__all__ = ["MAX_CONNECTIONS", "RedisBroker"]
 
 logger = logging.getLogger("hubbub.redis")
 
@@ -87,9 +88,6 @@ _T = TypeVar("_T")
 
 MAX_CONNECTIONS: Final = 50
 """Commands in flight at once per node (:meth:`RedisBroker.from_url`'s pool size)."""
-
-IDEMPOTENCY_KEYS: Final = 10_000
-"""Idempotency keys one publisher may hold per channel within the window, by default."""
 _SUBSCRIBE_BATCH: Final = 500
 _TAG: Final = b"h1"
 
