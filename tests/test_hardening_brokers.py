@@ -321,16 +321,39 @@ def pg() -> Iterator[PgServer]:
 
 
 @contextlib.asynccontextmanager
-async def started_pg_broker(pg: PgServer, **options: Any) -> AsyncIterator[PostgresBroker]:
+async def started_pg_broker(
+    pg: PgServer, recorder: Recorder | None = None, **options: Any
+) -> AsyncIterator[PostgresBroker]:
     """A started PostgreSQL broker under a schema of its own."""
     broker = PostgresBroker(pg.url, schema=f"h_{secrets.token_hex(4)}", **options)
-    recorder = Recorder()
+    recorder = recorder or Recorder()
     await broker.start(recorder.handler, recorder.on_lost)
     try:
         yield broker
     finally:
         with anyio.fail_after(5):
             await broker.stop()
+
+
+@contextlib.asynccontextmanager
+async def pool_held_by_a_sweep(pg: PgServer, broker: PostgresBroker) -> AsyncIterator[None]:
+    """Every pooled connection of a ``pool_size=1`` broker busy until the block ends: the
+    sweep (bounded by 30 s, not by ``timeout``) waits for a row the application holds."""
+    import psycopg
+
+    await broker.publish(publication("old"), HistoryOptions(size=5, ttl=0.05))
+    await anyio.sleep(0.2)  # the stream has expired: the sweep will delete its rows
+    async with await psycopg.AsyncConnection.connect(pg.url) as app:
+        await app.execute(
+            f"SELECT 1 FROM {broker._schema}.publications WHERE channel = 'old' FOR UPDATE"
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(broker.sweep)
+            await anyio.sleep(0.2)
+            try:
+                yield
+            finally:
+                await app.rollback()
 
 
 async def test_300_concurrent_publishers_on_postgres_all_get_ack(
@@ -347,23 +370,10 @@ async def test_300_concurrent_publishers_on_postgres_all_get_ack(
 
 async def test_a_full_postgres_pool_says_busy_not_unreachable(pg: PgServer) -> None:
     """Every pooled connection busy past ``timeout``: 503 "busy", never "unreachable"."""
-    import psycopg
-
     async with started_pg_broker(pg, pool_size=1, timeout=0.5) as broker:
-        await broker.publish(publication("old"), HistoryOptions(size=5, ttl=0.05))
-        await anyio.sleep(0.2)  # the stream has expired: the sweep will delete its rows
-        async with await psycopg.AsyncConnection.connect(pg.url) as app:
-            # The application holds the expired row: the sweep (bounded by 30 s, not by
-            # ``timeout``) keeps the one pooled connection while it waits for it.
-            await app.execute(
-                f"SELECT 1 FROM {broker._schema}.publications WHERE channel = 'old' FOR UPDATE"
-            )
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(broker.sweep)
-                await anyio.sleep(0.2)
-                with anyio.fail_after(5), pytest.raises(BrokerUnavailable) as refused:
-                    await broker.publish(publication("free"), KEEP)
-                await app.rollback()
+        async with pool_held_by_a_sweep(pg, broker):
+            with anyio.fail_after(5), pytest.raises(BrokerUnavailable) as refused:
+                await broker.publish(publication("free"), KEEP)
         assert "busy" in refused.value.reason and "did not answer" not in refused.value.reason
         assert (await broker.publish(publication("free"), KEEP)).offset == 1
 
@@ -386,3 +396,22 @@ async def test_postgres_idempotency_keeps_positions_and_caps_keys(pg: PgServer) 
         assert other.offset == 4
         sizes = pg.sql(f"SELECT pg_column_size(i.*) FROM {broker._schema}.idempotency i")
         assert len(sizes) == 4 and all(size < 1024 for (size,) in sizes), sizes
+
+
+async def test_a_busy_postgres_pool_does_not_take_the_listen_link_down(
+    pg: PgServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With every pooled connection busy, a relayed (large) publication is still fetched and
+    delivered at once, and the LISTEN link does not report an outage."""
+    import psycopg
+
+    recorder = Recorder()
+    async with started_pg_broker(pg, recorder, pool_size=1, timeout=0.5) as broker:
+        await broker.subscribe("big")
+        async with pool_held_by_a_sweep(pg, broker):
+            async with await psycopg.AsyncConnection.connect(pg.url, autocommit=True) as app:
+                big = b'"%s"' % secrets.token_hex(10_000).encode()  # over NOTIFY's 8000 bytes
+                await broker.publish_in(app, "big", big, history=KEEP)
+            [delivered] = await recorder.wait_for("big", 1)
+            assert delivered.data == big
+        assert "link down" not in caplog.text and recorder.lost == []

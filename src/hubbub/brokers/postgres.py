@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
@@ -82,6 +83,7 @@ _T = TypeVar("_T")
 # epoch this long without publications, as in the other brokers.
 _EMPTY_STREAM_TTL: Final = timedelta(seconds=300)
 _SWEEP_TIMEOUT: Final = 30.0
+_BUSY_LOG_EVERY: Final = 10.0  # seconds between "busy" warnings (one per burst, not per call)
 _CODECS: Final = frozenset({"json", "msgpack"})
 _KINDS: Final = frozenset({"message", "join", "leave", "control"})
 _ENCODER: Final = msgspec.msgpack.Encoder()
@@ -191,6 +193,12 @@ class PostgresBroker(Broker):
         # Calls beyond pool_size wait for a free connection, within their timeout.
         self._slots = anyio.Semaphore(pool_size)
         self._pool_size = pool_size
+        # The LISTEN link's own reads (relayed publications, holes, polls) run on a
+        # connection of their own: a pool busy with publishes must not stall
+        # delivery, nor time out as an outage and tear the link down.
+        self._link_slot = anyio.Semaphore(1)
+        self._busy_logged = -math.inf
+        self._link_idle: list[AsyncConnection[Any]] = []
         self._idempotency_keys = idempotency_keys
         self._idle: list[AsyncConnection[Any]] = []
         self._handler: PublicationHandler | None = None
@@ -270,7 +278,8 @@ class PostgresBroker(Broker):
         if not await self._link_task.stop(self._timeout + 1.0):
             return
         with anyio.CancelScope(shield=True):
-            idle, self._idle = self._idle, []
+            idle, self._idle = self._idle + self._link_idle, []
+            self._link_idle = []
             for conn in idle:
                 await _close(conn)
 
@@ -602,13 +611,15 @@ class PostgresBroker(Broker):
 
     @contextlib.asynccontextmanager
     async def _connection(
-        self, waiting: list[bool]
+        self, waiting: list[bool], link: bool
     ) -> AsyncIterator[tuple[AsyncConnection[Any], bool]]:
         """A pooled autocommit connection (and whether it was reused); broken ones are
-        closed. ``waiting[0]`` stays true while every pooled connection is in use."""
-        async with self._slots:
+        closed. ``waiting[0]`` stays true while every pooled connection is in use.
+        ``link``: the LISTEN link's own connection instead of the pool's."""
+        slots, idle = (self._link_slot, self._link_idle) if link else (self._slots, self._idle)
+        async with slots:
             waiting[0] = False
-            conn = self._idle.pop() if self._idle else None
+            conn = idle.pop() if idle else None
             reused = conn is not None and not conn.closed
             if conn is None or conn.closed:
                 conn = await self._connect()
@@ -618,17 +629,23 @@ class PostgresBroker(Broker):
                 ok = True
             finally:
                 if ok and not conn.closed and not conn.broken and self._link_task.running:
-                    self._idle.append(conn)
+                    idle.append(conn)
                 else:
                     with anyio.CancelScope(shield=True):
                         await _close(conn)
 
     async def _run(
-        self, work: Callable[[AsyncConnection[Any]], Awaitable[_T]], bound: float | None = None
+        self,
+        work: Callable[[AsyncConnection[Any]], Awaitable[_T]],
+        bound: float | None = None,
+        *,
+        link: bool = False,
     ) -> _T:
         """Run ``work`` on a pooled connection within ``bound`` seconds (default:
         ``timeout``); database trouble becomes BrokerUnavailable. A reused
-        connection found dead (the database restarted) is replaced once at once."""
+        connection found dead (the database restarted) is replaced once at once,
+        and the other idle ones are dropped with it.
+        ``link``: on the LISTEN link's own connection (only the link task uses it)."""
         import psycopg
 
         timeout = self._timeout if bound is None else bound
@@ -637,18 +654,21 @@ class PostgresBroker(Broker):
             waiting = [True]
             try:
                 with anyio.fail_after(timeout):
-                    async with self._connection(waiting) as (conn, reused):
+                    async with self._connection(waiting, link) as (conn, reused):
                         return await work(conn)
             except TimeoutError:
                 if waiting[0]:
                     # Load, not an outage: every pooled connection was busy all along.
-                    logger.warning(
-                        "PostgreSQL broker busy: no pooled connection free within %s s "
-                        "(pool_size=%d)",
-                        timeout,
-                        self._pool_size,
-                        extra={"event": "broker_busy"},
-                    )
+                    now = anyio.current_time()
+                    if now >= self._busy_logged + _BUSY_LOG_EVERY:
+                        self._busy_logged = now
+                        logger.warning(
+                            "PostgreSQL broker busy: no pooled connection free within %s s "
+                            "(pool_size=%d)",
+                            timeout,
+                            self._pool_size,
+                            extra={"event": "broker_busy"},
+                        )
                     raise BrokerUnavailable(
                         f"the PostgreSQL broker is busy: no pooled connection free within "
                         f"{timeout} s"
@@ -658,6 +678,13 @@ class PostgresBroker(Broker):
                 raise BrokerUnavailable(f"PostgreSQL did not answer within {timeout} s") from None
             except psycopg.OperationalError as exc:
                 if reused and attempt == 0:
+                    # The database restarted: every idle connection of that pool is as
+                    # dead as this one. Retry once on a new connection.
+                    idle = self._link_idle if link else self._idle
+                    stale, idle[:] = list(idle), []
+                    with anyio.CancelScope(shield=True):
+                        for conn in stale:
+                            await _close(conn)
                     continue
                 logger.debug("PostgreSQL is unreachable: %s", exc)
                 raise BrokerUnavailable("PostgreSQL is unreachable") from None
@@ -782,7 +809,7 @@ class PostgresBroker(Broker):
             )
             return await cursor.fetchone()
 
-        row = await self._run(read)
+        row = await self._run(read, link=True)
         if row is None:
             logger.warning("relayed publication %d is gone (swept)", relay_id)
             return None
@@ -817,7 +844,9 @@ class PostgresBroker(Broker):
 
     async def _fill(self, channel: str, epoch: str, after: int, upto: int) -> None:
         """Deliver the kept publications ``after < offset <= upto``; report what is gone."""
-        rows = await self._run(lambda conn: self._rows(conn, channel, epoch, after, upto))
+        rows = await self._run(
+            lambda conn: self._rows(conn, channel, epoch, after, upto), link=True
+        )
         expected = after + 1
         whole = True
         for publication in rows:
@@ -849,7 +878,7 @@ class PostgresBroker(Broker):
         known = [c for c, state in self._channels.items() if state is not None]
         if not known:
             return
-        tops = await self._run(lambda conn: self._top(conn, known))
+        tops = await self._run(lambda conn: self._top(conn, known), link=True)
         for channel, (epoch, top) in tops.items():
             state = self._channels.get(channel)
             if state is None:

@@ -85,6 +85,7 @@ logger = logging.getLogger("hubbub.redis")
 # epoch this long without publications, as in the memory broker.
 _EMPTY_STREAM_TTL_MS: Final = 300_000
 _T = TypeVar("_T")
+_BUSY_LOG_EVERY: Final = 10.0
 
 MAX_CONNECTIONS: Final = 50
 """Commands in flight at once per node (:meth:`RedisBroker.from_url`'s pool size)."""
@@ -343,6 +344,7 @@ class RedisBroker(Broker):
         # (redis-py's default) would otherwise turn load into "unreachable".
         self._slots = anyio.Semaphore(min(max_connections, pool_size))
         self._idempotency_keys = idempotency_keys
+        self._busy_logged = -math.inf
         self._timeout = timeout
         self._health = health_check_interval
         self._delay = reconnect_delay
@@ -645,12 +647,15 @@ class RedisBroker(Broker):
             raise BrokerUnavailable("Redis is unreachable") from None
 
     def _busy(self) -> BrokerUnavailable:
-        logger.warning(
-            "Redis broker busy: no free connection within %s s (max_connections=%d)",
-            self._timeout,
-            self._max_connections,
-            extra={"event": "broker_busy"},
-        )
+        now = anyio.current_time()
+        if now >= self._busy_logged + _BUSY_LOG_EVERY:  # one warning per burst, not per call
+            self._busy_logged = now
+            logger.warning(
+                "Redis broker busy: no free connection within %s s (max_connections=%d)",
+                self._timeout,
+                self._max_connections,
+                extra={"event": "broker_busy"},
+            )
         return BrokerUnavailable(
             f"the Redis broker is busy: no free connection within {self._timeout} s"
         )
