@@ -415,3 +415,31 @@ async def test_a_busy_postgres_pool_does_not_take_the_listen_link_down(
             [delivered] = await recorder.wait_for("big", 1)
             assert delivered.data == big
         assert "link down" not in caplog.text and recorder.lost == []
+
+
+async def test_redis_resubscribes_50000_channels_after_the_link_drops(
+    redis: RedisServer,
+) -> None:
+    """A node subscribed to 50,000 channels gets its pub/sub link back after a kill: the
+    resubscription is confirmed batch by batch, not all within one ``timeout``."""
+    # 0.3 s is far more than one batch of 500 takes, far less than all 50,000.
+    async with started_redis_broker(
+        redis, timeout=0.3, health_check_interval=0.25, reconnect_delay=0.05
+    ) as (broker, recorder):
+        limit = anyio.CapacityLimiter(500)
+
+        async def subscribe(n: int) -> None:
+            async with limit:
+                await broker.subscribe(f"many{n}")
+
+        async with anyio.create_task_group() as tg:
+            for n in range(50_000):
+                tg.start_soon(subscribe, n)
+        redis.command("CLIENT", "KILL", "TYPE", "pubsub")
+        with anyio.fail_after(30):
+            while not recorder.lost:  # noqa: ASYNC110 - the recorder has no event for it
+                await anyio.sleep(0.05)
+        assert [len(lost or ()) for lost in recorder.lost] == [50_000]
+        await broker.publish(publication("many49999"), KEEP)
+        assert len(await recorder.wait_for("many49999", 1)) == 1
+        assert (broker.outages, broker.reconnects) == (1, 1)

@@ -754,13 +754,14 @@ class RedisBroker(Broker):
         """Connect and subscribe every channel of this node; return them once confirmed."""
         with anyio.fail_after(self._timeout):
             await link.conn.connect()  # type: ignore[no-untyped-call]
-        async with link.lock:
-            channels = sorted(self._channels)
-            waiter = None
-            for i in range(0, len(channels), _SUBSCRIBE_BATCH):
-                waiter = _Waiter()
+        channels = sorted(self._channels)
+        for i in range(0, len(channels), _SUBSCRIBE_BATCH):
+            waiter = _Waiter()
+            async with link.lock:
                 await self._send(link, "SUBSCRIBE", channels[i : i + _SUBSCRIBE_BATCH], waiter)
-        if waiter is not None:
+            # Each batch is confirmed within ``timeout``: resubscribing takes longer the
+            # more channels a node serves, so one deadline for all would, past some
+            # count, never be met and the link would never come back.
             with anyio.fail_after(self._timeout):
                 while not waiter.done.is_set():
                     await self._read_one(link)
