@@ -221,7 +221,10 @@ class Broker(ABC):
         Returns the publication with its ``offset`` and ``epoch`` set where the
         channel keeps history (``history`` is not ``None``). With
         ``idempotency``, a key seen within its window publishes nothing and
-        returns the publication first published under that key. The hub passes
+        returns ``publication`` with the offset and epoch of the one first
+        published under that key (keep only that position per key, never the
+        publication); a broker may cap the keys one publisher holds and raise
+        :class:`hubbub.RateLimited` for a new key beyond the cap. The hub passes
         ``history`` only to brokers with :attr:`Capability.HISTORY` and
         ``idempotency`` only to brokers with :attr:`Capability.IDEMPOTENCY`.
         """
