@@ -486,7 +486,7 @@ class RedisBroker(Broker):
             )
         try:
             offset, epoch = _position(position)
-        except ValueError:
+        except (ValueError, TypeError):
             raise InternalError("unreadable position under the idempotency key") from None
         if offset is None:
             return publication
@@ -860,7 +860,8 @@ def _text(value: Any) -> str:
 
 def _position(position: Any) -> tuple[int | None, str | None]:
     """``(offset, epoch)`` from ``b"<offset> <epoch>"`` (``b"- -"``: none)."""
-    offset, epoch = bytes(position).split(b" ")
+    raw = position.encode() if isinstance(position, str) else bytes(position)
+    offset, epoch = raw.split(b" ")
     if offset == b"-":
         return None, None
     return int(offset), epoch.decode()
