@@ -226,7 +226,7 @@ async def test_pubsub_connection_killed(
     assert recorder.lost == [["a"]]
     await broker.publish(publication("a"), KEEP)
     assert offsets(await recorder.wait_for("a", 2)) == [1, 2]
-    assert own_redis.command("PUBSUB", "NUMSUB", broker._key("pub", "a"))[1] == 1
+    assert own_redis.command("PUBSUB", "NUMSUB", broker._key("a", "pub"))[1] == 1
     text = caplog.text
     assert "link down" in text and "link restored" in text
 
@@ -282,21 +282,21 @@ async def test_junk_is_dropped_with_a_log_line(
     await broker.start(recorder.handler, recorder.on_lost)
     try:
         await broker.subscribe("a")
-        pub = broker._key("pub", "a")
+        pub = broker._key("a", "pub")
         for junk in (b"junk", b"h1 1 e \x00\x01", b"h1 x y " + msgspec.msgpack.encode({"a": 1})):
             redis.command("PUBLISH", pub, junk)
         other = msgspec.msgpack.encode(publication("b"))
         redis.command("PUBLISH", pub, b"h1 - - " + other)
         await broker.publish(publication("a"), KEEP)
         assert offsets(await recorder.wait_for("a", 1)) == [1]
-        redis.command("XADD", broker._key("stream", "a"), "2-0", "d", "junk")
-        redis.command("XADD", broker._key("stream", "a"), "3-0", "x", "y")
+        redis.command("XADD", broker._key("a", "stream"), "2-0", "d", "junk")
+        redis.command("XADD", broker._key("a", "stream"), "3-0", "x", "y")
         assert offsets(await broker.history("a")) == [1]
         assert (await broker.publish(publication("a"), KEEP)).offset == 2
-        redis.command("HSET", broker._key("presence", "a") + ":info", "n.9", "junk")
-        redis.command("ZADD", broker._key("presence", "a"), "99999999999999", "n.9")
+        redis.command("HSET", broker._key("a", "presence-info"), "n.9", "junk")
+        redis.command("ZADD", broker._key("a", "presence"), "99999999999999", "n.9")
         assert dict(await broker.presence("a")) == {}
-        redis.command("HSET", broker._key("meta", "b"), "offset", "not-a-number")
+        redis.command("HSET", broker._key("b", "meta"), "offset", "not-a-number")
         assert (await broker.publish(publication("b"), KEEP)).offset == 1
         assert "unreadable publication" in caplog.text
         assert "unreadable history entry" in caplog.text
@@ -334,7 +334,7 @@ async def test_history_keys_expire_with_the_stream(redis: RedisServer) -> None:
     try:
         await broker.publish(publication("a"), HistoryOptions(size=5, ttl=0.3))
         keys = redis.command("KEYS", broker._prefix + "*")
-        assert sorted(keys) == sorted([broker._key(k, "a").encode() for k in ("meta", "stream")])
+        assert sorted(keys) == sorted([broker._key("a", k).encode() for k in ("meta", "stream")])
         await anyio.sleep(0.5)
         assert redis.command("KEYS", broker._prefix + "*") == []
     finally:
@@ -394,7 +394,7 @@ async def test_a_key_of_the_wrong_type_is_an_internal_error(
     broker = new_broker(redis.url)
     await broker.start(Recorder().handler, Recorder().on_lost)
     try:
-        redis.command("SET", broker._key("meta", "a"), "not a hash")
+        redis.command("SET", broker._key("a", "meta"), "not a hash")
         with pytest.raises(InternalError):
             await broker.publish(publication("a"), KEEP)
         assert "Redis refused a command" in caplog.text

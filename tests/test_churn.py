@@ -128,14 +128,14 @@ async def settled(
     deadline = time.monotonic() + within
     while True:
         now = await asyncio.to_thread(state, server)
-        presence = redis.command("KEYS", "hubbub:presence:*")
-        channels = redis.command("PUBSUB", "CHANNELS", "hubbub:pub:*")
+        presence = redis.command("KEYS", "hubbub:{*}:presence*")
+        channels = redis.command("PUBSUB", "CHANNELS", "hubbub:*")
         if (
             now["connections"] == 0
             and now["channels"] == {}
             and now["users"] == 0
             and presence == []
-            and channels == [b"hubbub:pub:$control"]
+            and channels == [b"hubbub:{8:$control}:pub"]
             and (tasks is None or now["tasks"] <= tasks)
         ):
             return now

@@ -515,7 +515,8 @@ async def test_live_epoch_change_is_noticed_while_connected(
     ):
         await publish_slowly(publisher, channel, 3, 0)
         items = await collect(sub, 3, 10)
-        assert redis.command("DEL", f"hubbub:meta:{channel}", f"hubbub:stream:{channel}") == 2
+        tag = f"hubbub:{{{len(channel)}:{channel}}}"
+        assert redis.command("DEL", f"{tag}:meta", f"{tag}:stream") == 2
         await publisher.publish(channel, "new stream")
         with anyio.fail_after(10):
             notice = await sub.__anext__()
@@ -542,7 +543,8 @@ async def test_offsets_lost_in_the_broker_end_in_unrecovered(
     ):
         await publish_slowly(publisher, channel, 3, 0)
         items = await collect(sub, 3, 10)
-        assert redis.command("HINCRBY", f"hubbub:meta:{channel}", "offset", 2) == 5
+        tag = f"hubbub:{{{len(channel)}:{channel}}}"
+        assert redis.command("HINCRBY", f"{tag}:meta", "offset", 2) == 5
         await publisher.publish(channel, "after the hole")
         with anyio.fail_after(15):
             notice = await sub.__anext__()

@@ -239,7 +239,7 @@ async def test_subscriptions_and_keys_return_to_baseline(
 
 async def _no_channels(redis: RedisServer) -> bool:
     # Only the nodes' control channel stays subscribed.
-    return bool(redis.command("PUBSUB", "CHANNELS", "hubbub:pub:*") == [b"hubbub:pub:$control"])
+    return bool(redis.command("PUBSUB", "CHANNELS", "hubbub:*") == [b"hubbub:{8:$control}:pub"])
 
 
 async def test_demo_hub_takes_the_broker_flag(redis: RedisServer, tmp_path: Path) -> None:

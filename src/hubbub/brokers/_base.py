@@ -93,6 +93,20 @@ class HistoryPage:
     position: Position
 
 
+IDEMPOTENCY_KEYS = 10_000
+"""Idempotency keys one publisher may hold per channel within the window, by
+default, in the brokers that ship (their ``idempotency_keys`` option)."""
+
+
+def publisher(publication: Publication) -> str:
+    """Whose idempotency key budget a publication uses: its user (an anonymous
+    client: its connection), or the server's (no sender)."""
+    sender = publication.sender
+    if sender is None:
+        return "server"
+    return f"user:{sender.user}" if sender.user else f"client:{sender.client}"
+
+
 PublicationHandler = Callable[[Publication], None]
 """Receives every publication of a channel the node subscribed to.
 
@@ -207,7 +221,10 @@ class Broker(ABC):
         Returns the publication with its ``offset`` and ``epoch`` set where the
         channel keeps history (``history`` is not ``None``). With
         ``idempotency``, a key seen within its window publishes nothing and
-        returns the publication first published under that key. The hub passes
+        returns ``publication`` with the offset and epoch of the one first
+        published under that key (keep only that position per key, never the
+        publication); a broker may cap the keys one publisher holds and raise
+        :class:`hubbub.RateLimited` for a new key beyond the cap. The hub passes
         ``history`` only to brokers with :attr:`Capability.HISTORY` and
         ``idempotency`` only to brokers with :attr:`Capability.IDEMPOTENCY`.
         """

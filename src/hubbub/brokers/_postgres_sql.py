@@ -97,21 +97,21 @@ CREATE UNLOGGED TABLE IF NOT EXISTS {s}.relay (
     created_at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 
--- Idempotency keys within their window, with the publication first published.
+-- Idempotency keys within their window: the position first published under the
+-- key (only what a retry is answered with), and who holds the key (the cap).
+-- Schemas created by hubbub 0.1 also have data, codec, ts, sender, exclude and
+-- kind columns here; they are no longer written (NULL in new rows).
 CREATE TABLE IF NOT EXISTS {s}.idempotency (
     channel    text NOT NULL,
     key        text NOT NULL,
     expires_at timestamptz NOT NULL,
     epoch      text,
     "offset"   bigint,
-    data       bytea,
-    codec      text,
-    ts         bigint,
-    sender     bytea,
-    exclude    text,
-    kind       text,
     PRIMARY KEY (channel, key)
 );
+ALTER TABLE {s}.idempotency ADD COLUMN IF NOT EXISTS owner text;
+CREATE INDEX IF NOT EXISTS idempotency_owner ON {s}.idempotency (channel, owner, expires_at)
+    WHERE owner IS NOT NULL;
 
 -- Presence leases.
 CREATE UNLOGGED TABLE IF NOT EXISTS {s}.presence (
@@ -152,10 +152,13 @@ $$;
 -- The one publish path. The row lock on the stream's row (taken by the upsert)
 -- orders publishers of a channel until their transactions end, so offsets are
 -- consecutive in commit order; NOTIFY is sent at commit, never on rollback.
+-- o_hit: false published; true the key was seen (the row carries the first
+-- position, nothing published); NULL p_owner already holds p_cap keys in the
+-- channel (nothing published). No p_owner or p_cap: no cap.
 CREATE OR REPLACE FUNCTION {s}._publish(
     p_channel text, p_data bytea, p_codec text, p_ts bigint, p_sender bytea,
     p_exclude text, p_kind text, p_size integer, p_ttl interval,
-    p_key text, p_window interval
+    p_key text, p_window interval, p_owner text, p_cap integer
 )
 RETURNS TABLE (o_hit boolean, o_epoch text, o_offset bigint, o_data bytea, o_codec text,
                o_ts bigint, o_sender bytea, o_exclude text, o_kind text)
@@ -168,14 +171,26 @@ DECLARE
     v_relay bigint;
 BEGIN
     IF p_key IS NOT NULL THEN
-        INSERT INTO {s}.idempotency AS i (channel, key, expires_at)
-            VALUES (p_channel, p_key, v_now + p_window)
-            ON CONFLICT (channel, key) DO UPDATE SET expires_at = EXCLUDED.expires_at
+        INSERT INTO {s}.idempotency AS i (channel, key, expires_at, owner)
+            VALUES (p_channel, p_key, v_now + p_window, p_owner)
+            ON CONFLICT (channel, key) DO UPDATE SET expires_at = EXCLUDED.expires_at,
+                owner = EXCLUDED.owner, epoch = NULL, "offset" = NULL
             WHERE i.expires_at <= v_now;
         IF NOT FOUND THEN
-            RETURN QUERY SELECT true, i.epoch, i."offset", i.data, i.codec, i.ts, i.sender,
-                    i.exclude, i.kind
+            RETURN QUERY SELECT true, i.epoch, i."offset", p_data, p_codec, p_ts, p_sender,
+                    p_exclude, p_kind
                 FROM {s}.idempotency i WHERE i.channel = p_channel AND i.key = p_key;
+            RETURN;
+        END IF;
+        IF p_owner IS NOT NULL AND p_cap IS NOT NULL AND (
+            SELECT count(*) FROM (
+                SELECT 1 FROM {s}.idempotency i
+                    WHERE i.channel = p_channel AND i.owner = p_owner AND i.expires_at > v_now
+                    LIMIT p_cap + 1) held
+        ) > p_cap THEN
+            DELETE FROM {s}.idempotency i WHERE i.channel = p_channel AND i.key = p_key;
+            RETURN QUERY SELECT NULL::boolean, NULL::text, NULL::bigint, p_data, p_codec, p_ts,
+                p_sender, p_exclude, p_kind;
             RETURN;
         END IF;
     END IF;
@@ -199,8 +214,7 @@ BEGIN
               AND p."offset" <= v_offset - GREATEST(p_size, 1);
     END IF;
     IF p_key IS NOT NULL THEN
-        UPDATE {s}.idempotency i SET epoch = v_epoch, "offset" = v_offset, data = p_data,
-                codec = p_codec, ts = p_ts, sender = p_sender, exclude = p_exclude, kind = p_kind
+        UPDATE {s}.idempotency i SET epoch = v_epoch, "offset" = v_offset
             WHERE i.channel = p_channel AND i.key = p_key;
     END IF;
     v_payload := json_build_object(
@@ -221,6 +235,19 @@ BEGIN
 END
 $$;
 
+-- The publish path of hubbub 0.1 (no cap), kept for nodes not upgraded yet.
+CREATE OR REPLACE FUNCTION {s}._publish(
+    p_channel text, p_data bytea, p_codec text, p_ts bigint, p_sender bytea,
+    p_exclude text, p_kind text, p_size integer, p_ttl interval,
+    p_key text, p_window interval
+)
+RETURNS TABLE (o_hit boolean, o_epoch text, o_offset bigint, o_data bytea, o_codec text,
+               o_ts bigint, o_sender bytea, o_exclude text, o_kind text)
+LANGUAGE sql AS $$
+    SELECT * FROM {s}._publish(p_channel, p_data, p_codec, p_ts, p_sender, p_exclude, p_kind,
+        p_size, p_ttl, p_key, p_window, NULL::text, NULL::integer)
+$$;
+
 -- Publish from SQL, in the caller's transaction: JSON data, hubbub's wire format.
 -- Pass the channel's namespace's history size and TTL (size 0: no history).
 -- Returns the publication's offset (NULL without history, or the first
@@ -238,7 +265,7 @@ LANGUAGE sql AS $$
         channel, convert_to(data::text, 'UTF8'), 'json',
         (extract(epoch FROM clock_timestamp()) * 1000)::bigint, NULL, NULL, 'message',
         CASE WHEN history_size > 0 THEN history_size END, history_ttl,
-        idempotency_key, idempotency_window)
+        idempotency_key, idempotency_window, NULL::text, NULL::integer)
 $$;
 """
 

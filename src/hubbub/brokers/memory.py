@@ -11,9 +11,10 @@ from itertools import islice
 import msgspec
 from anyio.abc import TaskGroup
 
-from .._errors import StreamGone
+from .._errors import RateLimited, StreamGone
 from ..messages import ClientInfo, Position
 from ._base import (
+    IDEMPOTENCY_KEYS,
     Broker,
     Capability,
     HistoryOptions,
@@ -22,6 +23,7 @@ from ._base import (
     LossHandler,
     Publication,
     PublicationHandler,
+    publisher,
 )
 
 __all__ = ["MemoryBroker"]
@@ -49,18 +51,36 @@ class MemoryBroker(Broker):
     order of the calls. Streams live as long as the process (a restart starts
     new epochs) and expire ``ttl`` seconds after their last publication.
 
+    An idempotency key keeps only the position (offset and epoch) a retry is
+    answered with, and one publisher (a user, an anonymous connection, or the
+    server) holds at most ``idempotency_keys`` of them per channel within the
+    window: a publish with a new key beyond that raises
+    :class:`hubbub.RateLimited` and publishes nothing.
+
     Args:
         clock: seconds on a monotonic clock; injectable for tests.
+        idempotency_keys: the cap on keys per publisher and channel.
     """
 
     capabilities = frozenset(Capability)
 
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        idempotency_keys: int = IDEMPOTENCY_KEYS,
+    ) -> None:
+        if idempotency_keys < 1:
+            raise ValueError("idempotency_keys must be at least 1")
         self._clock = clock
         self._handler: PublicationHandler | None = None
         self._channels: set[str] = set()
         self._streams: dict[str, _Stream] = {}
-        self._idempotency: dict[tuple[str, str], tuple[float, Publication]] = {}
+        self._idempotency_keys = idempotency_keys
+        # (channel, key) → (expiry, offset, epoch): what a retry is answered with.
+        self._idempotency: dict[tuple[str, str], tuple[float, int | None, str | None]] = {}
+        # (channel, publisher) → (expiry, key) of the keys it holds, oldest first.
+        self._held_keys: dict[tuple[str, str], deque[tuple[float, str]]] = {}
         self._presence: dict[str, dict[str, tuple[float, ClientInfo]]] = {}
         self._next_sweep = 0.0
 
@@ -93,7 +113,14 @@ class MemoryBroker(Broker):
         if idempotency is not None:
             seen = self._idempotency.get((channel, idempotency.key))
             if seen is not None and seen[0] > now:
-                return seen[1]
+                return msgspec.structs.replace(publication, offset=seen[1], epoch=seen[2])
+            held = self._held_keys.setdefault((channel, publisher(publication)), deque())
+            self._expire_keys(channel, held, now)
+            if len(held) >= self._idempotency_keys:
+                raise RateLimited(
+                    f"at most {self._idempotency_keys} idempotency keys per publisher in a "
+                    "channel within the idempotency window; nothing was published"
+                )
         if history is not None:
             stream = self._stream(channel, now)
             if stream is None or stream.items.maxlen != history.size:
@@ -105,7 +132,13 @@ class MemoryBroker(Broker):
             stream.items.append(publication)
             stream.expires = now + history.ttl
         if idempotency is not None:
-            self._idempotency[(channel, idempotency.key)] = (now + idempotency.window, publication)
+            expires = now + idempotency.window
+            self._idempotency[(channel, idempotency.key)] = (
+                expires,
+                publication.offset,
+                publication.epoch,
+            )
+            held.append((expires, idempotency.key))
         if channel in self._channels:
             handler(publication)
         return publication
@@ -178,6 +211,15 @@ class MemoryBroker(Broker):
         self._streams[channel] = fresh
         return fresh
 
+    def _expire_keys(self, channel: str, held: deque[tuple[float, str]], now: float) -> None:
+        """Forget a publisher's keys whose window ended (a channel's window is its
+        namespace's, so they end in the order they were taken)."""
+        while held and held[0][0] <= now:
+            _, key = held.popleft()
+            seen = self._idempotency.get((channel, key))
+            if seen is not None and seen[0] <= now:
+                del self._idempotency[(channel, key)]
+
     def _sweep(self, now: float) -> None:
         """Drop expired streams, idempotency keys and leases; at most once a second."""
         if now < self._next_sweep:
@@ -185,8 +227,12 @@ class MemoryBroker(Broker):
         self._next_sweep = now + 1.0
         for channel in [c for c, s in self._streams.items() if s.expires <= now]:
             del self._streams[channel]
-        for key in [k for k, (expires, _) in self._idempotency.items() if expires <= now]:
+        for key in [k for k, (expires, _, _) in self._idempotency.items() if expires <= now]:
             del self._idempotency[key]
+        for owner, held in list(self._held_keys.items()):
+            self._expire_keys(owner[0], held, now)
+            if not held:
+                del self._held_keys[owner]
         for channel, entries in list(self._presence.items()):
             for client in [c for c, (expires, _) in entries.items() if expires <= now]:
                 del entries[client]

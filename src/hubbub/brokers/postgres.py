@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
@@ -49,9 +50,10 @@ import anyio
 import msgspec
 from anyio.abc import TaskGroup
 
-from .._errors import BrokerUnavailable, InternalError, StreamGone
+from .._errors import BrokerUnavailable, InternalError, RateLimited, StreamGone
 from ..messages import ClientInfo, Position
 from ._base import (
+    IDEMPOTENCY_KEYS,
     Broker,
     Capability,
     HistoryOptions,
@@ -61,6 +63,7 @@ from ._base import (
     Publication,
     PublicationHandler,
     PublicationKind,
+    publisher,
 )
 from ._link import LinkTask
 from ._postgres_sql import check_schema_name, schema_sql
@@ -80,6 +83,7 @@ _T = TypeVar("_T")
 # epoch this long without publications, as in the other brokers.
 _EMPTY_STREAM_TTL: Final = timedelta(seconds=300)
 _SWEEP_TIMEOUT: Final = 30.0
+_BUSY_LOG_EVERY: Final = 10.0  # seconds between "busy" warnings (one per burst, not per call)
 _CODECS: Final = frozenset({"json", "msgpack"})
 _KINDS: Final = frozenset({"message", "join", "leave", "control"})
 _ENCODER: Final = msgspec.msgpack.Encoder()
@@ -136,6 +140,12 @@ class PostgresBroker(Broker):
         reconnect_delay: first back-off delay after the ``LISTEN`` connection drops.
         max_reconnect_delay: the longest back-off delay.
         connect_options: more keyword arguments for ``psycopg.AsyncConnection.connect``.
+        idempotency_keys: idempotency keys one publisher (a user, an anonymous
+            connection, or the server) may hold per channel within the window,
+            through :meth:`publish`; a publish with a new key beyond it raises
+            :class:`hubbub.RateLimited` (429) and publishes nothing.
+            :meth:`publish_in` and ``<schema>.publish`` (the application's own
+            transactions) are not capped.
     """
 
     capabilities = frozenset({Capability.HISTORY, Capability.PRESENCE, Capability.IDEMPOTENCY})
@@ -155,6 +165,7 @@ class PostgresBroker(Broker):
         reconnect_delay: float = 0.1,
         max_reconnect_delay: float = 5.0,
         connect_options: Mapping[str, Any] | None = None,
+        idempotency_keys: int = IDEMPOTENCY_KEYS,
     ) -> None:
         try:
             import psycopg  # noqa: F401
@@ -163,8 +174,8 @@ class PostgresBroker(Broker):
                 f"the PostgreSQL broker needs psycopg: pip install 'hubbub[postgres]' ({exc})"
             ) from None
         self._schema = check_schema_name(schema)
-        if pool_size < 1:
-            raise ValueError("pool_size must be at least 1")
+        if pool_size < 1 or idempotency_keys < 1:
+            raise ValueError("pool_size and idempotency_keys must be at least 1")
         if min(timeout, health_check_interval, poll_interval, sweep_interval, relay_ttl) <= 0:
             raise ValueError("timeout and the intervals must be positive")
         if reconnect_delay <= 0 or max_reconnect_delay < reconnect_delay:
@@ -179,7 +190,16 @@ class PostgresBroker(Broker):
         self._delay = reconnect_delay
         self._max_delay = max_reconnect_delay
         self._connect_options = dict(connect_options or {})
+        # Calls beyond pool_size wait for a free connection, within their timeout.
         self._slots = anyio.Semaphore(pool_size)
+        self._pool_size = pool_size
+        # The LISTEN link's own reads (relayed publications, holes, polls) run on a
+        # connection of their own: a pool busy with publishes must not stall
+        # delivery, nor time out as an outage and tear the link down.
+        self._link_slot = anyio.Semaphore(1)
+        self._busy_logged = -math.inf
+        self._link_idle: list[AsyncConnection[Any]] = []
+        self._idempotency_keys = idempotency_keys
         self._idle: list[AsyncConnection[Any]] = []
         self._handler: PublicationHandler | None = None
         self._lost: LossHandler | None = None
@@ -199,8 +219,9 @@ class PostgresBroker(Broker):
     def from_url(cls, url: str, **options: Any) -> PostgresBroker:
         """A broker for ``postgresql://user:password@host:port/db`` (or ``postgres://``).
 
-        Query parameters ``schema``, ``timeout``, ``pool_size`` and
-        ``poll_interval`` set the options of the same name; the others go to libpq.
+        Query parameters ``schema``, ``timeout``, ``pool_size``, ``poll_interval``
+        and ``idempotency_keys`` set the options of the same name; the others go
+        to libpq.
         """
         from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -211,6 +232,7 @@ class PostgresBroker(Broker):
             ("timeout", float),
             ("pool_size", int),
             ("poll_interval", float),
+            ("idempotency_keys", int),
         ):
             if name in query:
                 options.setdefault(name, convert(query.pop(name)))
@@ -256,7 +278,8 @@ class PostgresBroker(Broker):
         if not await self._link_task.stop(self._timeout + 1.0):
             return
         with anyio.CancelScope(shield=True):
-            idle, self._idle = self._idle, []
+            idle, self._idle = self._idle + self._link_idle, []
+            self._link_idle = []
             for conn in idle:
                 await _close(conn)
 
@@ -280,8 +303,11 @@ class PostgresBroker(Broker):
     ) -> Publication:
         if not self._link_task.running:
             raise RuntimeError("PostgresBroker is not started")
+        owner = publisher(publication)
         return await self._run(
-            lambda conn: self._publish_on(conn, publication, history, idempotency)
+            lambda conn: self._publish_on(
+                conn, publication, history, idempotency, owner, self._idempotency_keys
+            )
         )
 
     async def publish_in(
@@ -319,8 +345,8 @@ class PostgresBroker(Broker):
             codec: ``"json"`` or ``"msgpack"``: how ``data`` bytes are encoded.
 
         Returns:
-            The publication with its offset and epoch (the first one published
-            under the idempotency key when the key was already used).
+            The publication with its offset and epoch (those of the first one
+            published under the idempotency key when the key was already used).
 
         Raises:
             TypeError: ``conn`` is not an asyncio psycopg connection.
@@ -356,9 +382,12 @@ class PostgresBroker(Broker):
         publication: Publication,
         history: HistoryOptions | None,
         idempotency: Idempotency | None,
+        owner: str | None = None,
+        cap: int | None = None,
     ) -> Publication:
         cursor = await conn.execute(
-            f"SELECT * FROM {self._schema}._publish(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            f"SELECT * FROM {self._schema}._publish("
+            "%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::text, %s::integer)",
             (
                 publication.channel,
                 publication.data,
@@ -371,17 +400,19 @@ class PostgresBroker(Broker):
                 None if history is None else timedelta(seconds=max(history.ttl, 0.001)),
                 None if idempotency is None else idempotency.key,
                 None if idempotency is None else timedelta(seconds=max(idempotency.window, 0.001)),
+                owner,
+                cap,
             ),
         )
         row = await cursor.fetchone()
         if row is None:  # pragma: no cover - the function always returns one row
             raise InternalError("the publish function returned nothing")
-        hit, epoch, offset, *fields = row
-        if hit:
-            first = _publication(publication.channel, epoch, offset, fields)
-            if first is None:
-                raise InternalError("unreadable publication under the idempotency key")
-            return first
+        hit, epoch, offset, *_ = row
+        if hit is None:
+            raise RateLimited(
+                f"at most {cap} idempotency keys per publisher in a channel within the "
+                "idempotency window; nothing was published"
+            )
         if offset is None:
             return publication
         return msgspec.structs.replace(publication, offset=int(offset), epoch=epoch)
@@ -579,10 +610,16 @@ class PostgresBroker(Broker):
         return conn
 
     @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[tuple[AsyncConnection[Any], bool]]:
-        """A pooled autocommit connection (and whether it was reused); broken ones are closed."""
-        async with self._slots:
-            conn = self._idle.pop() if self._idle else None
+    async def _connection(
+        self, waiting: list[bool], link: bool
+    ) -> AsyncIterator[tuple[AsyncConnection[Any], bool]]:
+        """A pooled autocommit connection (and whether it was reused); broken ones are
+        closed. ``waiting[0]`` stays true while every pooled connection is in use.
+        ``link``: the LISTEN link's own connection instead of the pool's."""
+        slots, idle = (self._link_slot, self._link_idle) if link else (self._slots, self._idle)
+        async with slots:
+            waiting[0] = False
+            conn = idle.pop() if idle else None
             reused = conn is not None and not conn.closed
             if conn is None or conn.closed:
                 conn = await self._connect()
@@ -592,30 +629,62 @@ class PostgresBroker(Broker):
                 ok = True
             finally:
                 if ok and not conn.closed and not conn.broken and self._link_task.running:
-                    self._idle.append(conn)
+                    idle.append(conn)
                 else:
                     with anyio.CancelScope(shield=True):
                         await _close(conn)
 
     async def _run(
-        self, work: Callable[[AsyncConnection[Any]], Awaitable[_T]], bound: float | None = None
+        self,
+        work: Callable[[AsyncConnection[Any]], Awaitable[_T]],
+        bound: float | None = None,
+        *,
+        link: bool = False,
     ) -> _T:
         """Run ``work`` on a pooled connection within ``bound`` seconds (default:
         ``timeout``); database trouble becomes BrokerUnavailable. A reused
-        connection found dead (the database restarted) is replaced once at once."""
+        connection found dead (the database restarted) is replaced once at once,
+        and the other idle ones are dropped with it.
+        ``link``: on the LISTEN link's own connection (only the link task uses it)."""
         import psycopg
 
         timeout = self._timeout if bound is None else bound
         for attempt in range(2):
             reused = False
+            waiting = [True]
             try:
                 with anyio.fail_after(timeout):
-                    async with self._connection() as (conn, reused):
+                    async with self._connection(waiting, link) as (conn, reused):
                         return await work(conn)
-            except (TimeoutError, psycopg.errors.QueryCanceled):
+            except TimeoutError:
+                if waiting[0]:
+                    # Load, not an outage: every pooled connection was busy all along.
+                    now = anyio.current_time()
+                    if now >= self._busy_logged + _BUSY_LOG_EVERY:
+                        self._busy_logged = now
+                        logger.warning(
+                            "PostgreSQL broker busy: no pooled connection free within %s s "
+                            "(pool_size=%d)",
+                            timeout,
+                            self._pool_size,
+                            extra={"event": "broker_busy"},
+                        )
+                    raise BrokerUnavailable(
+                        f"the PostgreSQL broker is busy: no pooled connection free within "
+                        f"{timeout} s"
+                    ) from None
+                raise BrokerUnavailable(f"PostgreSQL did not answer within {timeout} s") from None
+            except psycopg.errors.QueryCanceled:
                 raise BrokerUnavailable(f"PostgreSQL did not answer within {timeout} s") from None
             except psycopg.OperationalError as exc:
                 if reused and attempt == 0:
+                    # The database restarted: every idle connection of that pool is as
+                    # dead as this one. Retry once on a new connection.
+                    idle = self._link_idle if link else self._idle
+                    stale, idle[:] = list(idle), []
+                    with anyio.CancelScope(shield=True):
+                        for conn in stale:
+                            await _close(conn)
                     continue
                 logger.debug("PostgreSQL is unreachable: %s", exc)
                 raise BrokerUnavailable("PostgreSQL is unreachable") from None
@@ -740,7 +809,7 @@ class PostgresBroker(Broker):
             )
             return await cursor.fetchone()
 
-        row = await self._run(read)
+        row = await self._run(read, link=True)
         if row is None:
             logger.warning("relayed publication %d is gone (swept)", relay_id)
             return None
@@ -775,7 +844,9 @@ class PostgresBroker(Broker):
 
     async def _fill(self, channel: str, epoch: str, after: int, upto: int) -> None:
         """Deliver the kept publications ``after < offset <= upto``; report what is gone."""
-        rows = await self._run(lambda conn: self._rows(conn, channel, epoch, after, upto))
+        rows = await self._run(
+            lambda conn: self._rows(conn, channel, epoch, after, upto), link=True
+        )
         expected = after + 1
         whole = True
         for publication in rows:
@@ -807,7 +878,7 @@ class PostgresBroker(Broker):
         known = [c for c, state in self._channels.items() if state is not None]
         if not known:
             return
-        tops = await self._run(lambda conn: self._top(conn, known))
+        tops = await self._run(lambda conn: self._top(conn, known), link=True)
         for channel, (epoch, top) in tops.items():
             state = self._channels.get(channel)
             if state is None:

@@ -1,18 +1,24 @@
 """The Redis broker: many hub nodes on one Redis (asyncio only).
 
-Install with ``pip install 'hubbub[redis]'``. Keys, all under a configurable
-prefix (default ``hubbub:``):
+Install with ``pip install 'hubbub[redis]'``. Every key and pub/sub channel of a
+hub channel starts with the configurable prefix (default ``hubbub:``) and the
+channel's *tag* ``{<n>:<channel>}``, where ``<n>`` is the length of the
+channel name in UTF-8 bytes. The length makes the scheme unambiguous whatever
+the name contains (``a:b`` and ``a`` plus ``b`` can no longer meet), and the
+braces are a Redis Cluster hash tag: all keys of one channel hash to one slot.
+Under ``<prefix>{<n>:<channel>}``:
 
-- ``meta:<channel>`` hash: the stream's ``offset`` and ``epoch``; it expires
-  with the stream, so an expired stream comes back under a new epoch;
-- ``stream:<channel>`` Redis Stream: the kept history, entry id ``<offset>-0``,
-  capped at the history size (``MAXLEN``) and expiring ``ttl`` after the last
-  publish;
-- ``pub:<channel>`` pub/sub channel: live publications;
-- ``presence:<channel>`` sorted set (client → lease expiry, Redis server time
-  in ms) and ``presence:<channel>:info`` hash (client → who);
-- ``idem:<channel>:<key>``: the publication first published under an
-  idempotency key, for its window.
+- ``:meta`` hash: the stream's ``offset`` and ``epoch``; it expires with the
+  stream, so an expired stream comes back under a new epoch;
+- ``:stream`` Redis Stream: the kept history, entry id ``<offset>-0``, capped
+  at the history size (``MAXLEN``) and expiring ``ttl`` after the last publish;
+- ``:pub`` pub/sub channel: live publications;
+- ``:presence`` sorted set (client → lease expiry, Redis server time in ms) and
+  ``:presence-info`` hash (client → who);
+- ``:idem:<key>``: the position (``"<offset> <epoch>"``, ``"- -"`` without
+  history) first published under an idempotency key, for its window; and
+  ``:idem-by:<publisher>`` sorted set: the keys one publisher holds in the
+  channel (key → expiry), which caps them.
 
 One Lua script per publish checks the idempotency key, increments the offset,
 appends to the stream and publishes, so pub/sub order is stream order on every
@@ -23,6 +29,10 @@ delivered twice). The link is checked with ``PING`` every
 exponential back-off and jitter, resubscribes every channel and then tells the
 hub which channels may have lost publications, so the hub repairs them from
 history.
+
+Commands go through a pool of at most ``max_connections`` connections; a call
+that finds them all busy waits for one within ``timeout`` (redis-py's default
+pool would refuse at once, which looked like an outage under load).
 
 Everything stored or published is plain bytes in hubbub's own format (a short
 text header and the msgspec MessagePack encoding of :class:`Publication`);
@@ -37,23 +47,24 @@ import math
 import random
 import secrets
 from collections import deque
-from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Final, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import anyio
 import msgspec
 from anyio.abc import TaskGroup
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import MaxConnectionsError, RedisError, ResponseError
 
-from .._errors import BrokerUnavailable, InternalError, StreamGone
+from .._errors import BrokerUnavailable, InternalError, RateLimited, StreamGone
 from ..messages import ClientInfo, Position
 from ._base import (
+    IDEMPOTENCY_KEYS,
     Broker,
     Capability,
     HistoryOptions,
@@ -62,16 +73,22 @@ from ._base import (
     LossHandler,
     Publication,
     PublicationHandler,
+    publisher,
 )
 from ._link import LinkTask
 
-__all__ = ["RedisBroker"]
+__all__ = ["MAX_CONNECTIONS", "RedisBroker"]
 
 logger = logging.getLogger("hubbub.redis")
 
 # A stream first created by a read (a subscribe before any publish) keeps its
 # epoch this long without publications, as in the memory broker.
 _EMPTY_STREAM_TTL_MS: Final = 300_000
+_T = TypeVar("_T")
+_BUSY_LOG_EVERY: Final = 10.0
+
+MAX_CONNECTIONS: Final = 50
+"""Commands in flight at once per node (:meth:`RedisBroker.from_url`'s pool size)."""
 _SUBSCRIBE_BATCH: Final = 500
 _TAG: Final = b"h1"
 
@@ -80,17 +97,23 @@ _PUBLICATION: Final = msgspec.msgpack.Decoder(Publication)
 _CLIENT_INFO: Final = msgspec.msgpack.Decoder(ClientInfo)
 _CODECS: Final = frozenset({"json", "msgpack"})
 
-# KEYS: meta, stream, idem.  ARGV: pub/sub channel, body, history (0/1), size,
-# ttl ms, new epoch, idempotency window ms (0: none).
-# Returns {hit (0/1), envelope}: the envelope published (or first published
-# under the idempotency key), "h1 <offset> <epoch> <body>" ("-" for none).
+# KEYS: meta, stream, idem, idem-by.  ARGV: pub/sub channel, body, history (0/1),
+# size, ttl ms, new epoch, idempotency window ms (0: none), idempotency key, cap.
+# Returns {status, position}: status 0 published, 1 the key was seen (nothing
+# published), 2 the publisher holds ``cap`` keys in the channel (nothing
+# published); position "<offset> <epoch>" ("- -" without history).
 _PUBLISH: Final = """
 local window = tonumber(ARGV[7])
+local now
 if window > 0 then
   local seen = redis.call('GET', KEYS[3])
   if seen then return {1, seen} end
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+  if redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[9]) then return {2, ''} end
 end
-local envelope
+local position
 if ARGV[3] == '1' then
   local epoch = redis.call('HGET', KEYS[1], 'epoch')
   local offset = tonumber(redis.call('HGET', KEYS[1], 'offset'))
@@ -109,15 +132,18 @@ if ARGV[3] == '1' then
   end
   redis.call('PEXPIRE', KEYS[1], ARGV[5])
   redis.call('PEXPIRE', KEYS[2], ARGV[5])
-  envelope = 'h1 ' .. string.format('%d', offset) .. ' ' .. epoch .. ' ' .. ARGV[2]
+  position = string.format('%d', offset) .. ' ' .. epoch
 else
-  envelope = 'h1 - - ' .. ARGV[2]
+  position = '- -'
 end
 if window > 0 then
-  redis.call('SET', KEYS[3], envelope, 'PX', window)
+  redis.call('SET', KEYS[3], position, 'PX', window)
+  redis.call('ZADD', KEYS[4], now + window, ARGV[8])
+  local last = redis.call('ZRANGE', KEYS[4], -1, -1, 'WITHSCORES')
+  redis.call('PEXPIREAT', KEYS[4], last[2])
 end
-redis.call('PUBLISH', ARGV[1], envelope)
-return {0, envelope}
+redis.call('PUBLISH', ARGV[1], 'h1 ' .. position .. ' ' .. ARGV[2])
+return {0, position}
 """
 
 # KEYS: meta, stream.  ARGV: new epoch, empty-stream ttl ms, since epoch ("" for
@@ -150,11 +176,17 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-_SWEEP: Final = """
+# Lua's unpack() fails above ~8,000 values ("too many results to unpack"): lists
+# of clients go to variadic commands in chunks.
+_CHUNK: Final = 1000
+
+_SWEEP: Final = f"""
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
 if #expired > 0 then
-  redis.call('ZREM', KEYS[1], unpack(expired))
-  redis.call('HDEL', KEYS[2], unpack(expired))
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  for i = 1, #expired, {_CHUNK} do
+    redis.call('HDEL', KEYS[2], unpack(expired, i, math.min(i + {_CHUNK - 1}, #expired)))
+  end
 end
 """
 
@@ -184,15 +216,17 @@ return 1
 _PRESENCE_GET: Final = (
     _TIME
     + _SWEEP
-    + """
+    + f"""
 local clients = redis.call('ZRANGE', KEYS[1], 0, -1)
-if #clients == 0 then return {} end
-local infos = redis.call('HMGET', KEYS[2], unpack(clients))
-local out = {}
-for i, client in ipairs(clients) do
-  if infos[i] then
-    out[#out + 1] = client
-    out[#out + 1] = infos[i]
+local out = {{}}
+for i = 1, #clients, {_CHUNK} do
+  local last = math.min(i + {_CHUNK - 1}, #clients)
+  local infos = redis.call('HMGET', KEYS[2], unpack(clients, i, last))
+  for j = 1, last - i + 1 do
+    if infos[j] then
+      out[#out + 1] = clients[i + j - 1]
+      out[#out + 1] = infos[j]
+    end
   end
 end
 return out
@@ -250,6 +284,12 @@ class RedisBroker(Broker):
     starts even while Redis is down: :meth:`ready` reports it, and the broker
     keeps reconnecting in the background.
 
+    At most ``max_connections`` commands are in flight at once (the pub/sub
+    link is not counted); more wait for a free connection, within the same
+    ``timeout``. A call still waiting when it runs out fails with
+    :class:`hubbub.BrokerUnavailable` saying the broker is *busy*, never that
+    Redis is unreachable.
+
     Args:
         client: a ``redis.asyncio.Redis`` client; the broker closes it on
             :meth:`stop` when it built it itself (:meth:`from_url`).
@@ -260,6 +300,14 @@ class RedisBroker(Broker):
             reconnected.
         reconnect_delay: first back-off delay in seconds after the link drops.
         max_reconnect_delay: the longest back-off delay.
+        max_connections: commands in flight at once. ``None``: the client's pool
+            size (:meth:`from_url` builds a waiting pool of 50). A client you
+            pass keeps its own pool: give it at least this many connections
+            (redis-py's default pool refuses instead of waiting when full).
+        idempotency_keys: idempotency keys one publisher (a user, an
+            anonymous connection, or the server) may hold per channel within
+            the window; a publish with a new key beyond it is refused with
+            :class:`hubbub.RateLimited` (429) and publishes nothing.
     """
 
     capabilities = frozenset(Capability)
@@ -273,6 +321,8 @@ class RedisBroker(Broker):
         health_check_interval: float = 1.0,
         reconnect_delay: float = 0.1,
         max_reconnect_delay: float = 5.0,
+        max_connections: int | None = None,
+        idempotency_keys: int = IDEMPOTENCY_KEYS,
         close_client: bool = False,
     ) -> None:
         if not isinstance(client, Redis):
@@ -281,9 +331,20 @@ class RedisBroker(Broker):
             raise ValueError("timeout and health_check_interval must be positive")
         if reconnect_delay <= 0 or max_reconnect_delay < reconnect_delay:
             raise ValueError("need 0 < reconnect_delay <= max_reconnect_delay")
+        pool_size = client.connection_pool.max_connections
+        if max_connections is None:
+            max_connections = pool_size
+        if max_connections < 1 or idempotency_keys < 1:
+            raise ValueError("max_connections and idempotency_keys must be at least 1")
         self._client = client
         self._prefix = prefix
-        self._pub_prefix = (prefix + "pub:").encode()
+        self._prefix_bytes = prefix.encode()
+        self._max_connections = max_connections
+        # Never more calls in flight than the pool holds: a full pool that refuses
+        # (redis-py's default) would otherwise turn load into "unreachable".
+        self._slots = anyio.Semaphore(min(max_connections, pool_size))
+        self._idempotency_keys = idempotency_keys
+        self._busy_logged = -math.inf
         self._timeout = timeout
         self._health = health_check_interval
         self._delay = reconnect_delay
@@ -308,8 +369,10 @@ class RedisBroker(Broker):
     def from_url(cls, url: str, **options: Any) -> RedisBroker:
         """A broker for ``redis://[user:password@]host:port/db`` (or ``rediss://``, ``unix://``).
 
-        Query parameters ``prefix``, ``timeout`` and ``health_check_interval``
-        set the options of the same name; the others go to redis-py.
+        Query parameters ``prefix``, ``timeout``, ``health_check_interval``,
+        ``max_connections`` (default 50) and ``idempotency_keys`` set the
+        options of the same name; the others go to redis-py. The client's pool
+        waits (up to ``timeout``) for a free connection instead of refusing.
         """
         parts = urlsplit(url)
         query = dict(parse_qsl(parts.query))
@@ -317,20 +380,27 @@ class RedisBroker(Broker):
             ("prefix", str),
             ("timeout", float),
             ("health_check_interval", float),
+            ("max_connections", int),
+            ("idempotency_keys", int),
         ):
             if name in query:
                 options.setdefault(name, convert(query.pop(name)))
         rest = urlunsplit(parts._replace(query=urlencode(query)))
         timeout = float(options.get("timeout", 2.0))
-        client = Redis.from_url(
+        options.setdefault("max_connections", MAX_CONNECTIONS)
+        if options["max_connections"] < 1:
+            raise ValueError("max_connections must be at least 1")
+        pool = BlockingConnectionPool.from_url(
             rest,
+            max_connections=options["max_connections"],
+            timeout=timeout,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             # One immediate retry when a pooled connection turns out to be dead
             # (Redis restarted); never on a timeout, which fails the call.
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
-        return cls(client, close_client=True, **options)
+        return cls(Redis.from_pool(pool), close_client=True, **options)
 
     def __repr__(self) -> str:
         return f"<RedisBroker prefix={self._prefix!r}>"
@@ -374,7 +444,7 @@ class RedisBroker(Broker):
         if link is None or not link.up:
             return False
         try:
-            await self._call(self._client.ping())
+            await self._call(self._client.ping)
         except BrokerUnavailable:
             return False
         return True
@@ -391,25 +461,33 @@ class RedisBroker(Broker):
             raise RuntimeError("RedisBroker is not started")
         channel = publication.channel
         body = _ENCODER.encode(publication)
-        keys = [self._key("meta", channel), self._key("stream", channel)]
-        keys.append(self._key("idem", channel, idempotency.key) if idempotency else keys[0])
+        keys = [self._key(channel, "meta"), self._key(channel, "stream")]
+        if idempotency is None:
+            keys += keys
+        else:
+            keys.append(self._key(channel, "idem:" + idempotency.key))
+            keys.append(self._key(channel, "idem-by:" + publisher(publication)))
         args: list[str | bytes | int] = [
-            self._key("pub", channel),
+            self._key(channel, "pub"),
             body,
             0 if history is None else 1,
             0 if history is None else max(history.size, 1),
             0 if history is None else max(_ms(history.ttl), 1),
             secrets.token_hex(4),
             0 if idempotency is None else max(_ms(idempotency.window), 1),
+            "" if idempotency is None else idempotency.key,
+            self._idempotency_keys,
         ]
-        reply = await self._call(self._publish_script(keys=keys, args=args))
-        hit, envelope = reply
-        if int(hit):
-            first = _decode_envelope(envelope, channel)
-            if first is None:
-                raise InternalError("unreadable publication under the idempotency key")
-            return first
-        offset, epoch = _header(envelope)
+        status, position = await self._call(lambda: self._publish_script(keys=keys, args=args))
+        if int(status) == 2:
+            raise RateLimited(
+                f"at most {self._idempotency_keys} idempotency keys per publisher in a "
+                "channel within the idempotency window; nothing was published"
+            )
+        try:
+            offset, epoch = _position(position)
+        except (ValueError, TypeError):
+            raise InternalError("unreadable position under the idempotency key") from None
         if offset is None:
             return publication
         return msgspec.structs.replace(publication, offset=offset, epoch=epoch)
@@ -482,9 +560,9 @@ class RedisBroker(Broker):
             end,
             "" if limit is None else limit,
         ]
-        keys = [self._key("meta", channel), self._key("stream", channel)]
+        keys = [self._key(channel, "meta"), self._key(channel, "stream")]
         raw_epoch, raw_offset, entries = await self._call(
-            self._history_script(keys=keys, args=args)
+            lambda: self._history_script(keys=keys, args=args)
         )
         epoch = _text(raw_epoch)
         if entries is None:  # Lua false
@@ -503,20 +581,17 @@ class RedisBroker(Broker):
     # -- presence ----------------------------------------------------------------------------
 
     async def presence_set(self, channel: str, client: str, info: ClientInfo, ttl: float) -> None:
-        await self._call(
-            self._presence_set_script(
-                keys=self._presence_keys(channel),
-                args=[client, _ENCODER.encode(info), max(_ms(ttl), 1)],
-            )
-        )
+        keys = self._presence_keys(channel)
+        args: list[str | bytes | int] = [client, _ENCODER.encode(info), max(_ms(ttl), 1)]
+        await self._call(lambda: self._presence_set_script(keys=keys, args=args))
 
     async def presence_remove(self, channel: str, client: str) -> None:
-        await self._call(
-            self._presence_remove_script(keys=self._presence_keys(channel), args=[client])
-        )
+        keys = self._presence_keys(channel)
+        await self._call(lambda: self._presence_remove_script(keys=keys, args=[client]))
 
     async def presence(self, channel: str) -> Mapping[str, ClientInfo]:
-        flat = await self._call(self._presence_get_script(keys=self._presence_keys(channel)))
+        keys = self._presence_keys(channel)
+        flat = await self._call(lambda: self._presence_get_script(keys=keys))
         clients: dict[str, ClientInfo] = {}
         for i in range(0, len(flat) - 1, 2):
             client = _text(flat[i])
@@ -528,29 +603,62 @@ class RedisBroker(Broker):
 
     # -- internals: commands -----------------------------------------------------------------
 
-    def _key(self, kind: str, channel: str, extra: str | None = None) -> str:
-        key = f"{self._prefix}{kind}:{channel}"
-        return key if extra is None else f"{key}:{extra}"
+    def _key(self, channel: str, kind: str) -> str:
+        """``<prefix>{<n>:<channel>}:<kind>``: see the module's docstring."""
+        return f"{self._prefix}{{{len(channel.encode())}:{channel}}}:{kind}"
 
     def _presence_keys(self, channel: str) -> list[str]:
-        zset = self._key("presence", channel)
-        return [zset, zset + ":info"]
+        return [self._key(channel, "presence"), self._key(channel, "presence-info")]
 
-    async def _call(self, call: Any) -> Any:
-        """Await one Redis call within ``timeout``; Redis trouble becomes BrokerUnavailable."""
+    def _channel_of(self, name: bytes) -> str | None:
+        """The channel of a pub/sub channel name ``<prefix>{<n>:<channel>}:pub``, or None."""
+        start = len(self._prefix_bytes)
+        if not name.startswith(self._prefix_bytes) or name[start : start + 1] != b"{":
+            return None
+        length, colon, rest = name[start + 1 :].partition(b":")
+        if not colon or not length.isdigit() or rest[int(length) :] != b"}:pub":
+            return None
+        return rest[: int(length)].decode(errors="replace")
+
+    async def _call(self, make: Callable[[], Awaitable[_T]]) -> _T:
+        """Run one Redis call (``make()``) within ``timeout``, waiting for a free
+        connection first; Redis trouble becomes BrokerUnavailable."""
+        waiting = True
         try:
             with anyio.fail_after(self._timeout):
-                return await call
+                async with self._slots:
+                    waiting = False
+                    return await make()
         except TimeoutError:
+            if waiting:
+                raise self._busy() from None
             raise BrokerUnavailable(f"Redis did not answer within {self._timeout} s") from None
         except ResponseError as exc:
             logger.warning("Redis refused a command: %s", exc)
             raise InternalError("Redis refused a command") from None
         except (RedisError, OSError) as exc:
+            if isinstance(exc, MaxConnectionsError) or str(exc) == "No connection available.":
+                # The client's pool is full (shared with other code, or smaller than
+                # max_connections): load, not an outage.
+                raise self._busy() from None
             # The detail (host, port, errno) stays in the (debug) log, out of 503 replies;
             # the link task logs the outage itself once, at WARNING.
             logger.debug("Redis is unreachable: %s", exc)
             raise BrokerUnavailable("Redis is unreachable") from None
+
+    def _busy(self) -> BrokerUnavailable:
+        now = anyio.current_time()
+        if now >= self._busy_logged + _BUSY_LOG_EVERY:  # one warning per burst, not per call
+            self._busy_logged = now
+            logger.warning(
+                "Redis broker busy: no free connection within %s s (max_connections=%d)",
+                self._timeout,
+                self._max_connections,
+                extra={"event": "broker_busy"},
+            )
+        return BrokerUnavailable(
+            f"the Redis broker is busy: no free connection within {self._timeout} s"
+        )
 
     # -- internals: the pub/sub link ---------------------------------------------------------
 
@@ -560,7 +668,7 @@ class RedisBroker(Broker):
         """Send a (UN)SUBSCRIBE on the link; the caller holds ``link.lock``."""
         if not link.conn.is_connected:
             raise BrokerUnavailable("the Redis pub/sub link is down")
-        names = [self._key("pub", c) for c in channels]
+        names = [self._key(c, "pub") for c in channels]
         kind = b"subscribe" if command == "SUBSCRIBE" else b"unsubscribe"
         for i in range(len(names)):
             link.pending.append((kind, waiter if i == len(names) - 1 else None))
@@ -646,13 +754,14 @@ class RedisBroker(Broker):
         """Connect and subscribe every channel of this node; return them once confirmed."""
         with anyio.fail_after(self._timeout):
             await link.conn.connect()  # type: ignore[no-untyped-call]
-        async with link.lock:
-            channels = sorted(self._channels)
-            waiter = None
-            for i in range(0, len(channels), _SUBSCRIBE_BATCH):
-                waiter = _Waiter()
+        channels = sorted(self._channels)
+        for i in range(0, len(channels), _SUBSCRIBE_BATCH):
+            waiter = _Waiter()
+            async with link.lock:
                 await self._send(link, "SUBSCRIBE", channels[i : i + _SUBSCRIBE_BATCH], waiter)
-        if waiter is not None:
+            # Each batch is confirmed within ``timeout``: resubscribing takes longer the
+            # more channels a node serves, so one deadline for all would, past some
+            # count, never be met and the link would never come back.
             with anyio.fail_after(self._timeout):
                 while not waiter.done.is_set():
                     await self._read_one(link)
@@ -719,10 +828,8 @@ class RedisBroker(Broker):
         handler = self._handler
         if handler is None or not isinstance(raw_channel, bytes):
             return
-        if not raw_channel.startswith(self._pub_prefix):
-            return
-        channel = raw_channel[len(self._pub_prefix) :].decode(errors="replace")
-        if channel not in self._channels:
+        channel = self._channel_of(raw_channel)
+        if channel is None or channel not in self._channels:
             return  # unsubscribed while it was in flight
         publication = _decode_envelope(envelope, channel)
         if publication is None:
@@ -751,8 +858,10 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _header(envelope: bytes) -> tuple[int | None, str | None]:
-    _, offset, epoch, _ = envelope.split(b" ", 3)
+def _position(position: Any) -> tuple[int | None, str | None]:
+    """``(offset, epoch)`` from ``b"<offset> <epoch>"`` (``b"- -"``: none)."""
+    raw = position.encode() if isinstance(position, str) else bytes(position)
+    offset, epoch = raw.split(b" ")
     if offset == b"-":
         return None, None
     return int(offset), epoch.decode()

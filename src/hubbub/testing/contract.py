@@ -706,15 +706,14 @@ class BrokerContract:
 
     @requires(Capability.HISTORY, Capability.IDEMPOTENCY)
     async def test_idempotent_retry_is_not_delivered_again(self, broker: RunningBroker) -> None:
-        """The same key within the window publishes nothing and returns the first publication."""
+        """The same key within the window publishes nothing and answers the first position."""
         channel = broker.channel("a")
         await broker.broker.subscribe(channel)
         key = Idempotency(key="k1", window=self.TTL)
         first = await broker.publish(channel, b'"first"', idempotency=key)
         await broker.advance(self.TTL * 0.5)
         retry = await broker.publish(channel, b'"retry"', idempotency=key)
-        assert retry == first
-        assert retry.offset == 1 and retry.data == b'"first"'
+        assert (retry.offset, retry.epoch) == (first.offset, first.epoch) == (1, first.epoch)
         other = await broker.publish(channel, b'"other"')
         assert other.offset == 2
         await broker.settle()
@@ -749,6 +748,19 @@ class BrokerContract:
         assert len(broker.recorder.on(a)) == len(broker.recorder.on(b)) == 1
 
     @requires(Capability.HISTORY, Capability.IDEMPOTENCY)
+    async def test_idempotency_keys_do_not_collide_across_channels(
+        self, broker: RunningBroker
+    ) -> None:
+        """Channel ``a`` with key ``b:c`` and channel ``a:b`` with key ``c`` are two keys."""
+        a, ab = broker.channel("a"), broker.channel("a:b")
+        await broker.broker.subscribe(ab)
+        one = await broker.publish(a, b'"1"', idempotency=Idempotency(key="b:c", window=60.0))
+        two = await broker.publish(ab, b'"2"', idempotency=Idempotency(key="c", window=60.0))
+        assert (one.channel, one.offset) == (a, 1) and (two.channel, two.offset) == (ab, 1)
+        await broker.settle()
+        assert data_of(broker.recorder.on(ab)) == [b'"2"']
+
+    @requires(Capability.HISTORY, Capability.IDEMPOTENCY)
     async def test_different_keys_publish_separately(self, broker: RunningBroker) -> None:
         """Distinct keys in one channel are distinct publications."""
         channel = broker.channel("a")
@@ -764,7 +776,7 @@ class BrokerContract:
         key = Idempotency(key="k", window=self.TTL)
         first = await broker.publish(channel, b'"first"', history=None, idempotency=key)
         retry = await broker.publish(channel, b'"retry"', history=None, idempotency=key)
-        assert retry == first and retry.offset is None
+        assert first.offset is None and retry.offset is None and retry.epoch is None
         await broker.settle()
         assert [p.data for p in broker.recorder.on(channel)] == [b'"first"']
 
@@ -833,6 +845,30 @@ class BrokerContract:
         await broker.broker.presence_set(b, "n.1", ann, 3600.0)
         await broker.broker.presence_remove(b, "n.1")
         assert dict(await broker.broker.presence(a)) == {"n.1": ann}
+
+    @requires(Capability.PRESENCE)
+    async def test_presence_of_names_that_extend_each_other(self, broker: RunningBroker) -> None:
+        """``x``, ``x:info`` and ``x:info:info`` keep separate presence, whatever the order."""
+        x = broker.channel("x")
+        ann = ClientInfo(user="u1", client="n.1")
+        bob = ClientInfo(user="u2", client="n.2")
+        cat = ClientInfo(user="u3", client="n.3")
+        await broker.broker.presence_set(x + ":info", "n.1", ann, 60.0)
+        await broker.broker.presence_set(x, "n.2", bob, 60.0)
+        await broker.broker.presence_set(x + ":info:info", "n.3", cat, 60.0)
+        assert dict(await broker.broker.presence(x)) == {"n.2": bob}
+        assert dict(await broker.broker.presence(x + ":info")) == {"n.1": ann}
+        assert dict(await broker.broker.presence(x + ":info:info")) == {"n.3": cat}
+
+    @requires(Capability.HISTORY)
+    async def test_streams_of_names_that_look_like_keys(self, broker: RunningBroker) -> None:
+        """Names shaped like another channel's internal keys keep their own streams."""
+        a = broker.channel("a")
+        names = [a, a + ":meta", "stream:" + a, a + "}:stream", "{" + a]
+        for n, name in enumerate(names):
+            await broker.publish(name, str(n).encode())
+        for n, name in enumerate(names):
+            assert data_of((await broker.broker.history(name)).publications) == [str(n).encode()]
 
     @requires(Capability.PRESENCE)
     async def test_removing_an_absent_client_is_harmless(self, broker: RunningBroker) -> None:
