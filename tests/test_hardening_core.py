@@ -113,7 +113,8 @@ HUGE = 2**53 - 100
 async def huge_stream(redis: RedisServer, client: Client, channel: str) -> str:
     """Make ``channel``'s stream sit at offset ``HUGE + 3`` with three kept publications."""
     first = await client.publish(channel, {"n": 0})
-    redis.command("HSET", f"hubbub:meta:{channel}", "offset", HUGE)
+    # The Redis broker's key scheme (docs/scaling.md): "hubbub:{<byte length>:<channel>}:meta".
+    redis.command("HSET", f"hubbub:{{{len(channel.encode())}:{channel}}}:meta", "offset", HUGE)
     for n in (1, 2, 3):
         ack = await client.publish(channel, {"n": n})
         assert ack["offset"] == HUGE + n and ack["epoch"] == first["epoch"]
