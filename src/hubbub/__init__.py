@@ -35,6 +35,10 @@ from ._errors import StreamGone as StreamGone
 from ._errors import Unavailable as Unavailable
 from ._errors import UnknownNamespace as UnknownNamespace
 from ._jwt import JWTAuthenticator as JWTAuthenticator
+from ._redact import RedactTokens as RedactTokens
+from ._redact import install_log_redaction as install_log_redaction
+from ._stats import HubStats as HubStats
+from ._version import __version__ as __version__
 from .api import HubAPI as HubAPI
 from .app import HubApp as HubApp
 from .auth import Authenticator as Authenticator
@@ -49,18 +53,13 @@ from .brokers import UnsupportedCapability as UnsupportedCapability
 from .chat import ChatMessage as ChatMessage
 from .chat import Notification as Notification
 from .hub import Hub as Hub
-from .hub import HubStats as HubStats
 from .limits import Limits as Limits
 from .limits import LocalRateLimiter as LocalRateLimiter
 from .limits import RateLimiter as RateLimiter
 from .messages import Position as Position
 from .middleware import AuthMiddleware as AuthMiddleware
 from .middleware import HubbubUser as HubbubUser
-from .middleware import RedactTokens as RedactTokens
-from .middleware import install_log_redaction as install_log_redaction
 from .namespaces import Namespace as Namespace
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AlreadySubscribed",

@@ -31,6 +31,8 @@ from ._errors import (
     PermissionDenied,
     RateLimited,
 )
+from ._redact import redact
+from ._stats import HubStats
 from .auth import Identity, check_identity
 from .limits import client_ip
 from .messages import (
@@ -53,7 +55,7 @@ from .protocol import (
 )
 
 if TYPE_CHECKING:
-    from .hub import Hub, HubStats
+    from .hub import Hub
 
 __all__ = ["Connection"]
 
@@ -641,8 +643,6 @@ def auth_failure(stats: HubStats | None, reason: str, exc: HubbubError, **fields
     The log carries the error's own reason (a fixed phrase such as "token
     expired") with any token-shaped text removed; the token itself never.
     """
-    from .middleware import redact  # here: middleware imports this module
-
     if stats is not None:
         stats.auth_failures[reason] = stats.auth_failures.get(reason, 0) + 1
     auth_logger.info(

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from ._version import __version__
+
 if TYPE_CHECKING:
     from opentelemetry.trace import Span, TracerProvider
 
@@ -39,7 +41,6 @@ class Tracing:
                 "Hub(tracing=...) needs the opentelemetry-api package: "
                 "pip install 'hubbub[otel]' (and configure the OpenTelemetry SDK)"
             ) from exc
-        from . import __version__
 
         self._tracer = trace.get_tracer(INSTRUMENTATION, __version__, tracer_provider=provider)
         self._kind = trace.SpanKind

@@ -37,6 +37,7 @@ from ._errors import (
 )
 from ._keys import KeyGuard, check_key, validate_key
 from ._openapi import Endpoint, build_document
+from ._version import __version__
 from .auth import Identity
 from .chat import Notification
 from .hub import MAX_HISTORY_LIMIT, Hub, _message
@@ -602,7 +603,6 @@ def _document(base: str) -> bytes:
     Bounded: ``base`` comes from the request path, and a mount whose prefix holds
     a path parameter would otherwise grow the cache with every new value.
     """
-    from . import __version__
 
     document = build_document(
         {name: spec for name, (spec, _) in _ROUTES.items()},

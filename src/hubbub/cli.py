@@ -26,12 +26,13 @@ import uvicorn
 from ._admin import AdminPage
 from ._jwt import JWTAuthenticator
 from ._keys import validate_key
+from ._redact import install_log_redaction
 from .api import DEFAULT_MAX_BODY, HubAPI
 from .app import HubApp
 from .brokers import broker_from_url
 from .hub import Hub, running_hubs
 from .limits import Limits
-from .middleware import AuthMiddleware, install_log_redaction
+from .middleware import AuthMiddleware
 from .namespaces import Namespace
 from .protocol import SERVICE_RESTART
 

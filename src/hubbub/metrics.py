@@ -38,7 +38,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from ._connection import AUTH_FAILURE_REASONS
-from .hub import BROKER_BUCKETS, Hub, LatencyHistogram
+from ._stats import BROKER_BUCKETS, LatencyHistogram
+from .hub import Hub
 from .messages import Command, ServerMessage
 
 __all__ = ["GAUGE_MAX_AGE", "HubCollector", "LinkHealth", "render"]

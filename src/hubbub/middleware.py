@@ -12,10 +12,7 @@ uvicorn logs the full query string of every request, ``?token=`` included.
 
 from __future__ import annotations
 
-import dataclasses
-import logging
-import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -32,6 +29,10 @@ from ._connection import (
     handshake_refused,
 )
 from ._errors import AuthenticationFailed, HubbubError, PermissionDenied, RateLimited
+from ._redact import RedactTokens as RedactTokens
+from ._redact import install_log_redaction as install_log_redaction
+from ._redact import redact as redact
+from ._stats import HubStats
 from .app import HubApp, route_path
 from .auth import (
     ALLOWED_ORIGINS,
@@ -42,7 +43,6 @@ from .auth import (
     find_credentials,
     normalise_origin,
 )
-from .hub import HubStats
 from .limits import Admission, client_ip
 
 __all__ = ["AuthMiddleware", "HubbubUser", "RedactTokens", "install_log_redaction"]
@@ -269,122 +269,3 @@ async def _http_error(send: SendCallable, exc: HubbubError, retry_after: int | N
         headers.append((b"www-authenticate", b'Bearer error="invalid_token"'))
     await send({"type": "http.response.start", "status": exc.http_status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
-
-
-# -- logging ------------------------------------------------------------------------------
-
-_REDACTIONS = (
-    # ?token=... / &access_token=... in paths and URLs, hubbub_token=... in a Cookie header
-    (
-        re.compile(r"((?:^|[?&;\s])(?:access_|hubbub_)?token=)[^&;\s\"']*", re.IGNORECASE),
-        r"\1[redacted]",
-    ),
-    # Authorization: Bearer ..., and the bearer.<token> subprotocol
-    (re.compile(r"(bearer[ :.])[A-Za-z0-9\-_.~+/]+=*", re.IGNORECASE), r"\1[redacted]"),
-    # "token": "..." in a JSON frame (refresh, subscribe with a channel token)
-    (re.compile(r"(\"(?:access_)?token\"\s*:\s*\")[^\"]*", re.IGNORECASE), r"\1[redacted]"),
-    # the same in a msgpack frame (read as latin-1): "token", a str header, printable ASCII
-    (
-        re.compile(r"(\xa5token(?:[\xa0-\xbf]|\xd9[\s\S]|\xda[\s\S]{2}))[\x21-\x7e]*"),
-        r"\1[redacted]",
-    ),
-    # anything shaped like a JWS (three base64url parts, the first a JSON header)
-    (re.compile(r"eyJ[A-Za-z0-9_\-]*\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*"), "[redacted]"),
-)
-
-
-def redact(text: str) -> str:
-    """``text`` with every token it may hold replaced by ``[redacted]``."""
-    for pattern, replacement in _REDACTIONS:
-        text = pattern.sub(replacement, text)
-    return text
-
-
-def _redacted_argument(argument: Any) -> Any:
-    """``argument`` unchanged when it shows no token, else a string without it.
-
-    A WebSocket frame (websockets' ``Frame``, logged at DEBUG as ``"< %s"``) shows
-    only the start and end of its payload, a token's header and the end of its
-    signature among them, where no pattern can recognise it: its whole payload is
-    redacted first, then shown the same elided way.
-    """
-    if isinstance(argument, str):
-        return redact(argument)
-    if isinstance(argument, int | float | bool | None):
-        return argument
-    if _is_frame(argument):
-        # latin-1 maps bytes to characters one to one, so binary (msgpack) frames too.
-        payload = bytes(argument.data).decode("latin-1")
-        cleaned = redact(payload)
-        if cleaned != payload and dataclasses.is_dataclass(argument):
-            argument = dataclasses.replace(argument, data=cleaned.encode("latin-1"))  # type: ignore[type-var]
-    try:
-        text = str(argument)
-    except Exception:  # a broken __str__ is not ours to fix
-        return argument
-    cleaned = redact(text)
-    return argument if cleaned == text else cleaned
-
-
-def _is_frame(argument: Any) -> bool:
-    return hasattr(argument, "opcode") and isinstance(
-        getattr(argument, "data", None), bytes | bytearray | memoryview
-    )
-
-
-class RedactTokens(logging.Filter):
-    """A logging filter that removes tokens from log records (never drops a record).
-
-    uvicorn writes the full path of every request with its query string at INFO,
-    so ``?token=<jwt>`` would land in the access log; ``hubbub serve`` installs
-    this filter on every handler. With your own uvicorn, call
-    :func:`install_log_redaction` after logging is configured.
-
-    Tokens are redacted inside ``record.args``, which keep their shape: uvicorn's
-    access formatter unpacks them as a 5-tuple, so replacing them would turn every
-    access line into a ``--- Logging error ---`` traceback. Only a token split
-    between the format string and an argument (which no logger here writes) makes
-    the filter fall back to the formatted, redacted message without arguments.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # a broken record is not ours to fix
-            return True
-        args = record.args
-        frames = isinstance(args, tuple) and any(_is_frame(argument) for argument in args)
-        if not frames and redact(message) == message:
-            return True
-        if isinstance(record.msg, str):
-            record.msg = redact(record.msg)
-        if isinstance(args, tuple):
-            record.args = tuple(_redacted_argument(argument) for argument in args)
-        elif isinstance(args, Mapping):
-            record.args = {key: _redacted_argument(value) for key, value in args.items()}
-        try:
-            cleaned = record.getMessage()
-        except Exception:
-            cleaned = message
-        if redact(cleaned) != cleaned:
-            record.msg, record.args = redact(message), ()
-        return True
-
-
-def install_log_redaction(
-    loggers: Iterable[str] = ("", "uvicorn", "uvicorn.error", "uvicorn.access", "hubbub"),
-) -> RedactTokens:
-    """Add one :class:`RedactTokens` to every handler of ``loggers`` (and to the loggers).
-
-    Filters on a logger see only records logged on it directly, while handler
-    filters see everything the handler writes, propagated records included.
-    """
-    redactor = RedactTokens()
-    for name in loggers:
-        logger = logging.getLogger(name)
-        if redactor not in logger.filters:
-            logger.addFilter(redactor)
-        for handler in logger.handlers:
-            if redactor not in handler.filters:
-                handler.addFilter(redactor)
-    return redactor

@@ -44,7 +44,7 @@ from .messages import (
 from .namespaces import Namespace, NamespaceRegistry, personal_owner
 
 if TYPE_CHECKING:
-    from .hub import HubStats
+    from ._stats import HubStats
 
 __all__ = ["ClientProtocol", "Close", "Execute", "Send"]
 
