@@ -168,6 +168,14 @@ def test_client_all_is_sorted_and_true() -> None:
     assert [name for name in names if not hasattr(hubbub.client, name)] == []
 
 
+def test_gaps_counter_stays_assignable() -> None:
+    """``client.gaps`` starts at 0 and can be reset, as the plain attribute of 0.1 could."""
+    client = Client("ws://127.0.0.1:1/ws")
+    assert client.gaps == 0
+    client.gaps = 5
+    assert client.gaps == 5
+
+
 def test_import_hubbub_does_not_import_the_client_dependencies() -> None:
     """``import hubbub`` loads neither httpx nor httpx-ws (the ``client`` extra is optional)."""
     code = (

@@ -24,10 +24,18 @@ The modules, inside out:
 - ``_wire``: commands out and server messages in, on ``hubbub.messages``;
 - ``_types``: what the application gets (``Publication``, ``Unrecovered``,
   ``HistoryResult``) and the ``Backoff`` policy;
-- ``_subscription``: one channel's bounded, ordered iterator;
-- ``_client``: the supervised session — connect, read, resubscribe with
-  ``recover``, refresh the token, reconnect with back-off;
+- ``_subscription``: one channel's bounded, ordered iterator, which reaches
+  the client only through the ``SubscriptionHost`` protocol it declares;
+- ``_requests``: commands out and replies matched back by id, with timeouts;
+- ``_registry``: the open subscriptions and their (re)subscription with
+  ``recover``: where each publication is delivered, dropped or recovered;
+- ``_client``: the ``Client`` façade and the supervised session — connect,
+  read, refresh the token, reconnect with back-off;
 - ``_errors``: the ``ClientError`` tree.
+
+The imports run one way, with no cycle (``_client`` → ``_registry`` →
+``_requests``/``_subscription`` → the leaves), and outside the package reach
+only ``hubbub.messages``: nothing of the server.
 """
 
 from __future__ import annotations

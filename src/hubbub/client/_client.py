@@ -1,4 +1,9 @@
-"""The client: one supervised WebSocket session at a time, reconnecting and recovering.
+"""The client: the public façade over one supervised WebSocket session at a time.
+
+:class:`Client` owns the lifecycle (``async with``), the application's
+commands and the session loop with its close-code policy; command/reply
+matching lives in ``_requests`` and the subscriptions with their recovery in
+``_registry``, both driven from here.
 
 Tasks, all in the client's own task group (structured concurrency):
 
@@ -9,9 +14,9 @@ Tasks, all in the client's own task group (structured concurrency):
   every frame in order: it answers ``ping``, hands replies to the waiting
   command and applies ``subscribed`` replies in place, so a subscription's
   replayed publications always come before the live ones that follow them;
-- the **syncer** (:meth:`_syncer`) (re)subscribes channels with ``recover``,
-  one task per channel so the round trips overlap: all of them after a
-  reconnect, one when a gap, an epoch change or a buffer overflow was seen;
+- the **syncer** (``Subscriptions.syncer``) (re)subscribes channels with
+  ``recover``, one task per channel so the round trips overlap: all of them
+  after a reconnect, one when a gap, an epoch change or a buffer overflow was seen;
 - the **refresher** sends ``refresh`` with a token from the provider before the
   connection's token expires.
 """
@@ -19,21 +24,18 @@ Tasks, all in the client's own task group (structured concurrency):
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import time
-from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import httpx
 import msgspec
 import wsproto.events
-from anyio.abc import TaskGroup
 from httpx_ws import (
     AsyncWebSocketSession,
     HTTPXWSException,
@@ -44,7 +46,6 @@ from httpx_ws import (
 
 from ..messages import (
     Ack,
-    Command,
     Disconnect,
     Error,
     GetHistory,
@@ -59,10 +60,7 @@ from ..messages import (
     Presence,
     Publish,
     Refresh,
-    ServerMessage,
-    Subscribe,
     Subscribed,
-    Unsubscribe,
     Unsubscribed,
     Welcome,
 )
@@ -73,11 +71,11 @@ from ._errors import (
     ConnectionLost,
     Disconnected,
     RequestFailed,
-    RequestTimeout,
 )
-from ._stream import Verdict, classify
+from ._registry import Subscriptions, subscribed_position
+from ._requests import Requests
 from ._subscription import Subscription
-from ._types import Backoff, HistoryResult, TokenProvider, Unrecovered
+from ._types import Backoff, HistoryResult, TokenProvider
 from ._wire import WIRES, Wire
 
 __all__ = ["Client"]
@@ -91,8 +89,6 @@ _FINAL_CLOSES: Final = frozenset({1000, 1002, 1003, 1007, 1008, 1009, 1010, 4403
 _RETRY_STATUSES: Final = frozenset({429, 500, 502, 503, 504})
 _TOKEN_EXPIRED: Final = 4401
 
-_R = TypeVar("_R", bound=ServerMessage)
-
 
 @dataclass(slots=True)
 class _Ending:
@@ -102,18 +98,6 @@ class _Ending:
     reason: str
     reconnect: bool
     welcomed: bool = False
-
-
-class _Waiter:
-    """A command waiting for its reply; ``apply`` runs in the reader, in frame order."""
-
-    __slots__ = ("apply", "error", "event", "reply")
-
-    def __init__(self, apply: Callable[[ServerMessage], None] | None) -> None:
-        self.apply = apply
-        self.event = anyio.Event()
-        self.reply: ServerMessage | None = None
-        self.error: ClientError | None = None
 
 
 class Client:
@@ -178,22 +162,20 @@ class Client:
         self._carrier = token_carrier
         self._wire: Wire = WIRES[codec]
         self._backoff = backoff
-        self._request_timeout = request_timeout
         self._connect_timeout = connect_timeout
         self._refresh_margin = refresh_margin
         self._buffer_size = buffer_size
         self._headers = dict(headers or {})
         self._params = dict(params or {})
 
-        self._subs: dict[str, Subscription] = {}
-        self._to_sync: dict[str, None] = {}  # ordered set of channels to (re)subscribe
-        self._sync_wake = anyio.Event()
-        self._ids = itertools.count(1)
-        self._pending: dict[int, _Waiter] = {}
-        # Channels the server subscribed this connection to, with the position it gave.
-        self._server_side: dict[str, Position | None] = {}
-        self._ws: AsyncWebSocketSession | None = None
-        self._connected = anyio.Event()
+        self._requests = Requests(self._wire, request_timeout, self._check_running)
+        self._subscriptions = Subscriptions(
+            self._requests,
+            self._wire,
+            backoff=backoff,
+            buffer_size=buffer_size,
+            abort_session=self._abort_session,
+        )
         self._first = anyio.Event()
         self._session_scope: anyio.CancelScope | None = None
         self._stack: AsyncExitStack | None = None
@@ -206,8 +188,6 @@ class Client:
         """The ``welcome`` of the current (or last) connection."""
         self.connections = 0
         """Connections that reached ``welcome`` (1 + the number of reconnects)."""
-        self.gaps = 0
-        """Gaps, epoch changes and buffer overflows seen while connected (each one recovered)."""
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -258,18 +238,16 @@ class Client:
         if stack is not None:
             await stack.aclose()
         closed = ClientClosed("the client is closed")
-        for sub in list(self._subs.values()):
-            sub.finish(self._failure)
-        self._subs.clear()
-        self._fail_pending(closed)
+        self._subscriptions.finish_all(self._failure)
+        self._subscriptions.clear()
         if self._failure is None:
             self._failure = closed
-        self._connected.set()
+        self._requests.release(closed)
 
     @property
     def connected(self) -> bool:
         """Whether a session is open right now."""
-        return self._ws is not None and self._connected.is_set()
+        return self._requests.connected
 
     @property
     def client_id(self) -> str | None:
@@ -285,6 +263,15 @@ class Client:
     def failure(self) -> ClientError | None:
         """Why the client stopped, once it has (``None`` while it runs)."""
         return self._failure
+
+    @property
+    def gaps(self) -> int:
+        """Gaps, epoch changes and buffer overflows seen while connected (each one recovered)."""
+        return self._subscriptions.gaps
+
+    @gaps.setter
+    def gaps(self, value: int) -> None:
+        self._subscriptions.gaps = value
 
     # -- the application's commands ----------------------------------------------------------
 
@@ -304,14 +291,18 @@ class Client:
         :class:`RequestTimeout`.
         """
         return Subscription(
-            self, channel, history=history, token=token, buffer_size=self._buffer_size
+            self._subscriptions,
+            channel,
+            history=history,
+            token=token,
+            buffer_size=self._buffer_size,
         )
 
     async def unsubscribe(self, channel: str) -> None:
         """End this client's subscription to ``channel`` (nothing if there is none)."""
-        sub = self._subs.get(channel)
+        sub = self._subscriptions.get(channel)
         if sub is not None:
-            await self._close_subscription(sub)
+            await self._subscriptions.close(sub)
 
     async def publish(
         self,
@@ -327,7 +318,7 @@ class Client:
         may have been executed: give an ``idempotency_key`` to retry safely.
         """
         raw = self._wire.raw(data)
-        ack = await self._call(
+        ack = await self._requests.call(
             lambda id: Publish(
                 channel=channel, data=raw, id=id, echo=echo, idempotency_key=idempotency_key
             ),
@@ -335,10 +326,9 @@ class Client:
         )
         if ack.offset is None or ack.epoch is None:
             return None
-        sub = self._subs.get(channel)
-        if sub is not None:
-            sub.own_publication(ack.offset, ack.epoch)
-        return Position(offset=ack.offset, epoch=ack.epoch)
+        position = Position(offset=ack.offset, epoch=ack.epoch)
+        self._subscriptions.own_publication(channel, position)
+        return position
 
     async def history(
         self,
@@ -352,7 +342,7 @@ class Client:
 
         A ``since`` under another epoch raises :class:`RequestFailed` with code 410.
         """
-        reply = await self._call(
+        reply = await self._requests.call(
             lambda id: GetHistory(
                 channel=channel, id=id, limit=limit, since=since, reverse=reverse
             ),
@@ -366,7 +356,7 @@ class Client:
 
     async def presence(self, channel: str) -> Presence:
         """Who is subscribed to ``channel`` (``clients`` by client id, ``users`` count)."""
-        return await self._call(lambda id: GetPresence(channel=channel, id=id), Presence)
+        return await self._requests.call(lambda id: GetPresence(channel=channel, id=id), Presence)
 
     async def refresh(self, token: str | None = None) -> None:
         """Send ``refresh`` with ``token`` (default: a new one from the token provider)."""
@@ -375,30 +365,12 @@ class Client:
                 raise ValueError("refresh() needs a token when there is no token_provider")
             token = await self._provider()
         new = token
-        ack = await self._call(lambda id: Refresh(token=new, id=id), Ack)
+        ack = await self._requests.call(lambda id: Refresh(token=new, id=id), Ack)
         if self._provider is None:
             self._token = new  # used on the next reconnect too
         self._expires = ack.expires
 
-    # -- requests ----------------------------------------------------------------------------
-
-    async def _call(
-        self, build: Callable[[int], Command], expect: type[_R], limit: float | None = None
-    ) -> _R:
-        """Send a command once connected and wait for its reply, all within the timeout."""
-        limit = self._request_timeout if limit is None else limit
-        try:
-            with anyio.fail_after(limit):
-                while not self.connected:
-                    self._check_running()
-                    await self._connected.wait()
-                self._check_running()
-                reply = await self._request(build)
-        except TimeoutError:
-            raise RequestTimeout(f"no reply within {limit} s") from None
-        if not isinstance(reply, expect):
-            raise ClientError(f"unexpected reply {type(reply).__name__}")
-        return reply
+    # -- the client's state -------------------------------------------------------------------
 
     def _check_running(self) -> None:
         if self._failure is not None:
@@ -406,259 +378,13 @@ class Client:
         if not self._running:
             raise ClientClosed("the client is not running (use `async with Client(...)`)")
 
-    async def _request(
-        self, build: Callable[[int], Command], apply: Callable[[ServerMessage], None] | None = None
-    ) -> ServerMessage:
-        ws = self._ws
-        if ws is None:
-            raise ConnectionLost("not connected")
-        command_id = next(self._ids)
-        waiter = _Waiter(apply)
-        self._pending[command_id] = waiter
-        try:
-            await self._send(ws, build(command_id))
-            await waiter.event.wait()
-        finally:
-            self._pending.pop(command_id, None)
-        if waiter.error is not None:
-            raise waiter.error
-        reply = waiter.reply
-        if isinstance(reply, Error):
-            raise RequestFailed(reply.code, reply.reason)
-        assert reply is not None
-        return reply
-
-    async def _send(self, ws: AsyncWebSocketSession, command: Command) -> None:
-        frame = self._wire.encode(command)
-        try:
-            if isinstance(frame, str):
-                await ws.send_text(frame)
-            else:
-                await ws.send_bytes(frame)
-        except (HTTPXWSException, OSError, httpx.HTTPError, anyio.BrokenResourceError) as exc:
-            raise ConnectionLost(f"connection lost while sending: {exc!r}") from None
-        except Exception as exc:  # wsproto refuses to send on a closing connection
-            if type(exc).__module__.startswith("wsproto"):
-                raise ConnectionLost("the connection is closing") from None
-            raise
-
-    def _fail_pending(self, error: ClientError) -> None:
-        pending, self._pending = self._pending, {}
-        for waiter in pending.values():
-            waiter.error = error
-            waiter.event.set()
-
     def _fail(self, error: ClientError) -> None:
         """The session ended for good: every subscription and command learns why."""
         if self._failure is None:
             self._failure = error
-        for sub in list(self._subs.values()):
-            sub.finish(error)
-        self._fail_pending(error)
-        self._connected.set()
+        self._subscriptions.finish_all(error)
+        self._requests.release(error)
         self._first.set()
-
-    # -- subscriptions -----------------------------------------------------------------------
-
-    async def _open(self, sub: Subscription) -> None:
-        self._check_running()
-        if sub.channel in self._subs:
-            # The server would answer 409 (one subscription per channel and
-            # connection): refuse the same way without a round trip.
-            raise RequestFailed(409, f"already subscribed to {sub.channel!r}")
-        self._subs[sub.channel] = sub
-        self._resync(sub)
-        with anyio.move_on_after(self._request_timeout):
-            await sub.ready.wait()
-        if sub.ready.is_set() and sub.error is None:
-            return
-        if self._subs.get(sub.channel) is sub:
-            del self._subs[sub.channel]
-        error = sub.error
-        sub.finish(error)
-        if error is None:
-            raise RequestTimeout(f"no subscribed reply within {self._request_timeout} s")
-        raise error
-
-    async def _close_subscription(self, sub: Subscription) -> None:
-        if self._subs.get(sub.channel) is not sub:
-            sub.finish()
-            return
-        del self._subs[sub.channel]
-        self._to_sync.pop(sub.channel, None)
-        # A subscribe may be in flight: the unsubscribe follows it in command order.
-        held = sub.held or sub.syncing
-        sub.finish()
-        if held and self.connected:
-            with contextlib.suppress(ClientError):
-                await self._call(lambda id: Unsubscribe(channel=sub.channel, id=id), Unsubscribed)
-
-    def _resync(self, sub: Subscription) -> None:
-        """(Re)subscribe ``sub`` with ``recover``; its live messages wait meanwhile."""
-        if self._subs.get(sub.channel) is not sub or sub.closed:
-            return
-        if sub.first_done and not sub.syncing:
-            self.gaps += 1
-        sub.overflowed = False
-        sub.syncing = True
-        sub.attempts += 1
-        self._to_sync[sub.channel] = None
-        self._sync_wake.set()
-
-    async def _syncer(self, tg: TaskGroup) -> None:
-        """Start a (re)subscription per queued channel: overlapping, one at a time per channel."""
-        while True:
-            for channel in list(self._to_sync):
-                sub = self._subs.get(channel)
-                if sub is None:
-                    del self._to_sync[channel]
-                elif not sub.in_sync:  # else it stays queued; its task wakes us when done
-                    del self._to_sync[channel]
-                    sub.in_sync = True
-                    tg.start_soon(self._sync_task, sub)
-            self._sync_wake = anyio.Event()
-            await self._sync_wake.wait()
-
-    async def _sync_task(self, sub: Subscription) -> None:
-        try:
-            if sub.attempts > 2:
-                # Recovering again and again without progress: something is wrong upstream;
-                # do not hammer the server meanwhile.
-                await anyio.sleep((self._backoff or Backoff()).delay(sub.attempts))
-            await self._sync(sub)
-        finally:
-            sub.in_sync = False
-            if sub.channel in self._to_sync:
-                self._sync_wake.set()
-
-    async def _sync(self, sub: Subscription) -> None:
-        recover = sub.position if sub.first_done else None
-        if sub.channel in self._server_side:
-            sub.held = sub.server_side = True
-        try:
-            if sub.held and not sub.server_side:
-                # A client-made subscription cannot be re-asked (409): leave it first.
-                with contextlib.suppress(RequestFailed):
-                    with anyio.fail_after(self._request_timeout):
-                        await self._request(lambda id: Unsubscribe(channel=sub.channel, id=id))
-                sub.held = False
-            if sub.held and recover is None:
-                # Server-made and never positioned: start from where the server put it.
-                recover = self._server_side.get(sub.channel)
-                if recover is None:  # no history: nothing to ask, it is live already
-                    self._apply_subscribed(
-                        sub, Subscribed(channel=sub.channel, publications=[]), None
-                    )
-                    return
-
-            asked = recover
-
-            def apply(reply: ServerMessage) -> None:
-                if isinstance(reply, Subscribed):
-                    self._apply_subscribed(sub, reply, asked)
-
-            with anyio.fail_after(self._request_timeout):
-                await self._request(
-                    lambda id: Subscribe(
-                        channel=sub.channel,
-                        id=id,
-                        recover=asked,
-                        history=None if asked is not None or sub.first_done else sub.history,
-                        token=sub.token,
-                    ),
-                    apply,
-                )
-        except RequestFailed as exc:
-            if exc.code == 409 and sub.channel in self._server_side:
-                # The server subscribed us meanwhile (its `subscribed` came before this 409):
-                # ask again, now as a server-made subscription.
-                self._resync(sub)
-                return
-            if exc.code in (429, 503) and sub.first_done:
-                # Not executed; try again after a pause (the session goes on meanwhile).
-                await anyio.sleep(self._retry_delay())
-                self._resync(sub)
-                return
-            logger.warning("subscribe %s refused: %s", sub.channel, exc)
-            if self._subs.get(sub.channel) is sub:
-                del self._subs[sub.channel]
-            sub.finish(exc)
-        except TimeoutError:
-            # The reply may still come, to nobody: only a new session is sure to be clean.
-            logger.warning("no reply to subscribe %s: reconnecting", sub.channel)
-            self._abort_session()
-        except ConnectionLost:
-            pass  # the next session resubscribes everything
-
-    def _apply_subscribed(
-        self, sub: Subscription, reply: Subscribed, asked: Position | None
-    ) -> None:
-        """Take a ``subscribed`` in frame order: replayed publications, then held live ones."""
-        if self._subs.get(sub.channel) is not sub:
-            return
-        top = _position(reply)
-        sub.held = True
-        sub.overflowed = False
-        if asked is not None and not reply.recovered:
-            if sub.first_done:  # else the position was the server's, not one the app had seen
-                sub.push(Unrecovered(channel=sub.channel, previous=asked, position=top), force=True)
-            sub.position = top
-        elif asked is not None:
-            sub.position = asked
-            for message in reply.publications:
-                self._accept(sub, message, replay=True)
-        else:
-            for message in reply.publications:
-                if sub.overflowed:
-                    break
-                self._deliver(sub, message)
-            if not sub.overflowed:
-                sub.position = top
-        sub.first_done = True
-        sub.ready.set()
-        if sub.channel in self._to_sync:
-            return  # the replay itself had a hole: keep holding live messages for the next try
-        sub.syncing = False
-        backlog, sub.backlog = sub.backlog, []
-        for message in backlog:
-            if sub.syncing:
-                sub.backlog.append(message)
-            else:
-                self._accept(sub, message)
-
-    def _accept(self, sub: Subscription, message: Message, *, replay: bool = False) -> None:
-        """A publication for a positioned subscription: deliver, drop a duplicate, or recover."""
-        verdict = classify(sub.position, message)
-        if verdict is Verdict.DUPLICATE:
-            return
-        if sub.overflowed and message.offset is not None:
-            return  # recovered from history once the application has caught up
-        if verdict is Verdict.GAP and sub.explains(message):
-            verdict = Verdict.DELIVER  # the hole is our own publications, not echoed to us
-        if verdict is Verdict.GAP:
-            logger.info(
-                "%s: %s at offset %s (epoch %s) after %s: recovering",
-                sub.channel,
-                "gap" if replay else "gap or new epoch",
-                message.offset,
-                message.epoch,
-                sub.position,
-            )
-            self._resync(sub)
-            sub.backlog.append(message)
-            return
-        self._deliver(sub, message)
-
-    def _deliver(self, sub: Subscription, message: Message) -> None:
-        if not sub.push(self._wire.publication(message)):
-            if message.offset is None:
-                sub.dropped += 1
-            else:
-                sub.overflowed = True
-            return
-        sub.attempts = 0
-        if message.offset is not None and message.epoch is not None:
-            sub.position = Position(offset=message.offset, epoch=message.epoch)
 
     # -- the session -------------------------------------------------------------------------
 
@@ -683,9 +409,6 @@ class Client:
             attempt += 1
             logger.info("reconnecting in %.2f s (%s)", delay, ending.reason)
             await anyio.sleep(delay)
-
-    def _retry_delay(self) -> float:
-        return (self._backoff or Backoff()).delay(2)
 
     async def _connect_once(self, http: httpx.AsyncClient, refused_401: bool) -> _Ending:
         try:
@@ -744,32 +467,24 @@ class Client:
         self.welcome = first
         self._expires = first.expires
         self.connections += 1
-        server_side = self._server_side = {s.channel: _position(s) for s in first.subscribed}
-        for sub in self._subs.values():
-            sub.held = sub.channel in server_side
-            sub.server_side = sub.held
-            sub.syncing = True
-            sub.backlog = []
-            self._to_sync[sub.channel] = None
-        self._ws = ws
-        self._sync_wake.set()
+        self._subscriptions.begin({s.channel: subscribed_position(s) for s in first.subscribed})
+        self._requests.attach(ws)
+        self._subscriptions.wake()
         ending = _Ending(None, "connection lost", reconnect=True, welcomed=True)
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._syncer, tg)
+                tg.start_soon(self._subscriptions.syncer, tg)
                 if self._provider is not None:
                     tg.start_soon(self._refresher)
-                self._connected.set()
+                self._requests.open()
                 self._first.set()
                 with anyio.CancelScope() as scope:
                     self._session_scope = scope
                     await self._read(ws, first, ending)
                 tg.cancel_scope.cancel()
         finally:
-            self._ws = None
             self._session_scope = None
-            self._connected = anyio.Event()
-            self._fail_pending(ConnectionLost(f"connection lost: {ending.reason}"))
+            self._requests.detach(ConnectionLost(f"connection lost: {ending.reason}"))
         return ending
 
     def _abort_session(self) -> None:
@@ -809,22 +524,20 @@ class Client:
                 logger.warning("ignoring a frame the client cannot decode: %s", exc)
                 continue
             if isinstance(message, Message):
-                self._on_message(message)
+                self._subscriptions.on_message(message)
             elif isinstance(message, Ping):
                 with contextlib.suppress(ConnectionLost):
-                    await self._send(ws, Pong())
+                    await self._requests.send(ws, Pong())
             elif isinstance(message, Join | Leave):
-                sub = self._subs.get(message.channel)
-                if sub is not None and not sub.push(self._wire.presence_event(message)):
-                    sub.dropped += 1
+                self._subscriptions.on_presence(message)
             elif isinstance(message, Disconnect):
                 said = message
             elif isinstance(message, Subscribed | Unsubscribed) and message.id is None:
-                self._on_server_subscription(message)
+                self._subscriptions.on_server_subscription(message)
             elif isinstance(message, Welcome):
                 continue
             elif message.id is not None:
-                self._on_reply(message.id, message)
+                self._requests.on_reply(message.id, message)
             elif isinstance(message, Error):
                 logger.warning("server error %d: %s", message.code, message.reason)
 
@@ -834,43 +547,6 @@ class Client:
             ending.code, ending.reason, ending.reconnect = said.code, said.reason, said.reconnect
         if ending.code == _TOKEN_EXPIRED:
             ending.reconnect = self._provider is not None  # with a new token only
-
-    def _on_reply(self, command_id: int, reply: ServerMessage) -> None:
-        waiter = self._pending.pop(command_id, None)
-        if waiter is None:
-            return
-        waiter.reply = reply
-        if waiter.apply is not None:
-            waiter.apply(reply)
-        waiter.event.set()
-
-    def _on_message(self, message: Message) -> None:
-        sub = self._subs.get(message.channel)
-        if sub is None or sub.closed:
-            return
-        if sub.syncing:
-            # Held until its `subscribed` arrives; bounded: what is cut off is recovered.
-            if len(sub.backlog) < self._buffer_size:
-                sub.backlog.append(message)
-            return
-        self._accept(sub, message)
-
-    def _on_server_subscription(self, message: Subscribed | Unsubscribed) -> None:
-        if isinstance(message, Unsubscribed):
-            self._server_side.pop(message.channel, None)
-        else:
-            self._server_side[message.channel] = _position(message)
-        sub = self._subs.get(message.channel)
-        if sub is None:
-            return
-        if isinstance(message, Unsubscribed):
-            # The server removed it (API unsubscribe, permission change): the iterator ends.
-            del self._subs[message.channel]
-            sub.held = False
-            sub.finish()
-        else:
-            sub.held = True
-            sub.server_side = True
 
     async def _refresher(self) -> None:
         """Refresh the token from the provider ahead of its expiry (only with a provider)."""
@@ -897,12 +573,6 @@ class Client:
                 logger.info("token refresh failed: %s", exc)
             except Exception as exc:
                 logger.warning("token provider failed: %r", exc)
-
-
-def _position(subscribed: Subscribed) -> Position | None:
-    if subscribed.offset is None or subscribed.epoch is None:
-        return None
-    return Position(offset=subscribed.offset, epoch=subscribed.epoch)
 
 
 def _payload(event: wsproto.events.Event) -> str | bytes:

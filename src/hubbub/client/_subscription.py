@@ -1,20 +1,38 @@
-"""A subscription: the application's ordered, bounded view of one channel."""
+"""A subscription: the application's ordered, bounded view of one channel.
+
+It knows the rest of the client only through :class:`SubscriptionHost`, the
+three calls it makes (open, close, resync), which the client's subscription
+registry (``_registry.Subscriptions``) implements: the dependency runs one way.
+"""
 
 from __future__ import annotations
 
 from collections import deque
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import anyio
 
 from ..messages import Message, Position
 from ._types import Item, Publication
 
-if TYPE_CHECKING:
-    from ._client import Client
+__all__ = ["Subscription", "SubscriptionHost"]
 
-__all__ = ["Subscription"]
+
+class SubscriptionHost(Protocol):
+    """What a :class:`Subscription` asks of the client that keeps it in sync."""
+
+    async def open(self, sub: Subscription) -> None:
+        """Subscribe ``sub`` and wait for its first ``subscribed`` (raises why not)."""
+        ...
+
+    async def close(self, sub: Subscription) -> None:
+        """End ``sub`` and tell the server; never raises."""
+        ...
+
+    def resync(self, sub: Subscription) -> None:
+        """Resubscribe ``sub`` with ``recover`` from its position (its buffer overflowed)."""
+        ...
 
 
 class Subscription:
@@ -38,7 +56,7 @@ class Subscription:
 
     def __init__(
         self,
-        client: Client,
+        host: SubscriptionHost,
         channel: str,
         *,
         history: int | None,
@@ -48,7 +66,7 @@ class Subscription:
         self.channel = channel
         self.dropped = 0
         """Publications of a channel without history dropped because the buffer was full."""
-        self._client = client
+        self._host = host
         self._history = history
         self._token = token
         self._limit = buffer_size
@@ -57,7 +75,7 @@ class Subscription:
         self._finished = False
         self._error: BaseException | None = None
         self._ready = anyio.Event()
-        # State driven by the client's connection (see Client._sync / _accept).
+        # State driven by the client's connection (see _registry.Subscriptions).
         self.position: Position | None = None
         """The last position handed to the buffer (``None`` before ``subscribed``)."""
         self.first_done = False
@@ -79,7 +97,7 @@ class Subscription:
         if self._opened:
             raise RuntimeError("a Subscription can be entered only once")
         self._opened = True
-        await self._client._open(self)
+        await self._host.open(self)
         return self
 
     async def __aexit__(
@@ -88,7 +106,7 @@ class Subscription:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self._client._close_subscription(self)
+        await self._host.close(self)
 
     def __aiter__(self) -> Subscription:
         return self
@@ -100,14 +118,14 @@ class Subscription:
             if self._items:
                 item = self._items.popleft()
                 if self.overflowed and not self._items:
-                    self._client._resync(self)
+                    self._host.resync(self)
                 return item
             if self._finished:
                 if self._error is not None:
                     raise self._error
                 raise StopAsyncIteration
             if self.overflowed:
-                self._client._resync(self)
+                self._host.resync(self)
             self._wake = anyio.Event()
             await self._wake.wait()
 
