@@ -28,6 +28,7 @@ from ._errors import InternalError as InternalError
 from ._errors import InvalidData as InvalidData
 from ._errors import InvalidMessage as InvalidMessage
 from ._errors import MessageTooLarge as MessageTooLarge
+from ._errors import MethodNotAllowed as MethodNotAllowed
 from ._errors import NotFound as NotFound
 from ._errors import PermissionDenied as PermissionDenied
 from ._errors import RateLimited as RateLimited
@@ -87,6 +88,7 @@ __all__ = [
     "LocalRateLimiter",
     "MemoryBroker",
     "MessageTooLarge",
+    "MethodNotAllowed",
     "Namespace",
     "NotFound",
     "Notification",

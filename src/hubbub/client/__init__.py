@@ -27,7 +27,9 @@ The modules, inside out:
 - ``_subscription``: one channel's bounded, ordered iterator;
 - ``_client``: the supervised session — connect, read, resubscribe with
   ``recover``, refresh the token, reconnect with back-off;
-- ``_errors``: the ``ClientError`` tree.
+- ``_errors``: the ``ClientError`` tree;
+- ``api``: ``HubbubAPI``/``AsyncHubbubAPI``, the server HTTP API (PROTOCOL §8)
+  from other Python services (``hubbub.api_client`` before 0.2).
 """
 
 from __future__ import annotations
@@ -50,8 +52,12 @@ from ._types import Item as Item
 from ._types import Publication as Publication
 from ._types import TokenProvider as TokenProvider
 from ._types import Unrecovered as Unrecovered
+from .api import AsyncHubbubAPI as AsyncHubbubAPI
+from .api import HubbubAPI as HubbubAPI
+from .api import HubbubAPIError as HubbubAPIError
 
 __all__ = [
+    "AsyncHubbubAPI",
     "Backoff",
     "Client",
     "ClientClosed",
@@ -61,6 +67,8 @@ __all__ = [
     "ConnectionLost",
     "Disconnected",
     "HistoryResult",
+    "HubbubAPI",
+    "HubbubAPIError",
     "Item",
     "Position",
     "Presence",
