@@ -30,8 +30,8 @@ from hubbub import (
     Namespace,
     Publication,
 )
-from hubbub._connection import query_param
 from hubbub._demo import demo_user_id
+from hubbub._http import query_param
 
 from .apps.wsclient import Client, open_client
 from .servers import Server, run_server

@@ -1,4 +1,4 @@
-"""``HubbubAPI`` and ``AsyncHubbubAPI`` (hubbub.api_client) against a real uvicorn.
+"""``HubbubAPI`` and ``AsyncHubbubAPI`` (hubbub.client.api) against a real uvicorn.
 
 ``hubbub serve api_app:app --api-key`` serves the API; a WebSocket client (the
 asyncio-only test client) sees what the helper's calls do, and the async
@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from hubbub import Notification, Position
-from hubbub.api_client import (
+from hubbub.client.api import (
     AsyncHubbubAPI,
     BroadcastOutcome,
     HubbubAPI,

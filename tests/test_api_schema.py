@@ -110,12 +110,14 @@ def test_document_lists_the_statuses(document: dict[str, Any]) -> None:
 def test_document_schemas_are_the_msgspec_types(document: dict[str, Any]) -> None:
     """The schemas are msgspec's own for the types the API decodes and encodes, with the
     two rules the hub adds: integers are 64-bit, free-form ``data`` is a ``JSONValue``."""
-    types = [api.Publish, api.UserChannel, api.HistoryResult, api.StatsResult]
+    types = [api.PublishRequest, api.UserChannel, api.HistoryPageResult, api.StatsResult]
     _, expected = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
     schemas = document["components"]["schemas"]
     for name, schema in expected.items():
         assert schemas[name] == _as_served(schema)
-    assert schemas["Publish"]["properties"]["data"] == {"$ref": "#/components/schemas/JSONValue"}
+    assert schemas["PublishRequest"]["properties"]["data"] == {
+        "$ref": "#/components/schemas/JSONValue"
+    }
     assert schemas["StatsResult"]["properties"]["deliveries"]["maximum"] == 2**63 - 1
     integer = next(s for s in schemas["JSONValue"]["anyOf"] if s["type"] == "integer")
     assert (integer["minimum"], integer["maximum"]) == (-(2**63), 2**64 - 1)

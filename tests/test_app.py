@@ -395,7 +395,7 @@ def test_root_path_of_the_server(hub: Hub) -> None:
 
 def test_query_strings_never_break_the_handshake() -> None:
     """Many, repeated, blank or odd query parameters are tolerated; the last ``name`` wins."""
-    from hubbub._connection import query_param
+    from hubbub._http import query_param
 
     many = "&".join(f"k{i}=v" for i in range(500)).encode()
     scope = {"query_string": many + b"&name=a&name=%C5%81ovelace&batch&=x&%zz=1"}

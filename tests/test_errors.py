@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import re
+from pathlib import Path
 
 import pytest
 
@@ -104,10 +105,26 @@ def test_error_reason_defaults(name: str) -> None:
     assert str(given) == "something specific"
 
 
+# Errors only an HTTP request can cause, never sent in an `error` frame: their
+# codes are HTTP statuses of PROTOCOL §1 (SSE) and §8 (the HTTP API), not §3's.
+HTTP_ONLY = {"MethodNotAllowed": 405}
+
+
 def test_error_codes_are_wire_codes() -> None:
-    """Every error.code is one of the codes PROTOCOL §3 lists."""
+    """Every error.code but the HTTP-only ones is one of the codes PROTOCOL §3 lists."""
     documented = {400, 401, 403, 404, 409, 410, 413, 422, 429, 500, 503}
-    assert {cls.code for cls in ERROR_CLASSES.values()} <= documented
+    sent = {cls.code for name, cls in ERROR_CLASSES.items() if name not in HTTP_ONLY}
+    assert sent <= documented
+
+
+@pytest.mark.parametrize("name", sorted(HTTP_ONLY))
+def test_http_only_errors_are_documented_statuses(name: str) -> None:
+    """An HTTP-only error has its status as code, and PROTOCOL names that status."""
+    protocol = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
+    cls = ERROR_CLASSES[name]
+    assert cls.code == cls.http_status == HTTP_ONLY[name]
+    assert f"{HTTP_ONLY[name]} " in protocol
+    assert name in (_errors.__doc__ or "").split("Configuration mistakes")[-2]
 
 
 def test_close_codes_are_documented() -> None:

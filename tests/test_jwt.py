@@ -25,7 +25,14 @@ from hubbub import (
     find_token,
 )
 from hubbub._jwt import identity_from_claims
-from hubbub.auth import ANONYMOUS, check_identity, cookie_allowed, find_credentials
+from hubbub.auth import (
+    ANONYMOUS,
+    ChannelTokenAuthenticator,
+    RefreshingAuthenticator,
+    check_identity,
+    cookie_allowed,
+    find_credentials,
+)
 from hubbub.limits import Admission, LocalRateLimiter, client_ip
 from hubbub.messages import JSON
 from hubbub.namespaces import Namespace, NamespaceRegistry
@@ -576,3 +583,20 @@ def test_jwks_without_kid_uses_its_only_key() -> None:
     with pytest.raises(AuthenticationFailed, match="malformed"):
         two._jwks_keys("garbage")
     assert "RS256" in repr(one)
+
+
+def test_jwt_authenticator_has_the_optional_capabilities() -> None:
+    """JWTAuthenticator is a RefreshingAuthenticator and a ChannelTokenAuthenticator."""
+    authenticator = JWTAuthenticator(secret=SECRET)
+    assert isinstance(authenticator, RefreshingAuthenticator)
+    assert isinstance(authenticator, ChannelTokenAuthenticator)
+
+
+def test_a_plain_authenticator_has_neither_capability() -> None:
+    """A bare async callable offers neither ``verify`` nor ``verify_channel_token``."""
+
+    async def authenticate(scope: Any) -> Identity | None:
+        return None
+
+    assert not isinstance(authenticate, RefreshingAuthenticator)
+    assert not isinstance(authenticate, ChannelTokenAuthenticator)

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from types import ModuleType
 
+import pytest
+
 import hubbub
 
 
@@ -81,3 +83,62 @@ def test_testing_does_not_import_pytest() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert result.stdout.split() == ["False", "True"]
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("Publish", "PublishRequest"),
+        ("Broadcast", "BroadcastRequest"),
+        ("Notify", "NotifyRequest"),
+        ("Disconnect", "DisconnectRequest"),
+        ("HistoryResult", "HistoryPageResult"),
+    ],
+)
+def test_renamed_api_structs_warn(old: str, new: str) -> None:
+    """The 0.1 names of the HTTP API's structs still resolve, with a DeprecationWarning."""
+    import hubbub.api
+
+    with pytest.warns(DeprecationWarning, match=f"hubbub.api.{new}"):
+        value = getattr(hubbub.api, old)
+    assert value is getattr(hubbub.api, new)
+
+
+def test_api_module_unknown_name_is_attribute_error() -> None:
+    """A name ``hubbub.api`` never had is an AttributeError, not a warning."""
+    import hubbub.api
+
+    with pytest.raises(AttributeError):
+        hubbub.api.NoSuchThing  # noqa: B018
+
+
+def test_api_client_module_is_a_deprecated_alias() -> None:
+    """``hubbub.api_client`` names resolve to ``hubbub.client.api``'s, with a warning."""
+    import hubbub.api_client
+    import hubbub.client
+    import hubbub.client.api
+
+    for name in ("HubbubAPI", "AsyncHubbubAPI", "HubbubAPIError", "BroadcastOutcome", "Stats"):
+        with pytest.warns(DeprecationWarning, match="hubbub.client.api"):
+            value = getattr(hubbub.api_client, name)
+        assert value is getattr(hubbub.client.api, name)
+    for name in ("HubbubAPI", "AsyncHubbubAPI", "HubbubAPIError"):
+        assert getattr(hubbub.client, name) is getattr(hubbub.client.api, name)
+    with pytest.raises(AttributeError):
+        hubbub.api_client.NoSuchThing  # noqa: B018
+
+
+def test_importing_the_api_client_alias_does_not_warn() -> None:
+    """Only reading a name from ``hubbub.api_client`` warns, not importing the module."""
+    code = (
+        "import warnings\n"
+        "warnings.simplefilter('error')\n"
+        "import hubbub.api_client\n"
+        "from hubbub.api_client import HubbubAPI\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1
+    assert "DeprecationWarning: hubbub.api_client is deprecated" in result.stderr
+    assert "line 4" in result.stderr

@@ -2,6 +2,9 @@
 
 The modules follow the path a message takes, inside out:
 
+- leaves that every layer may import: ``_errors`` (the error tree), ``_closes``
+  (the close-code table), ``_http`` (ASGI types, request helpers, the one JSON
+  error answer), ``_stats``, ``_redact``, ``_version``;
 - ``messages``: msgspec Structs for every wire message and the two codecs;
 - ``protocol``: the per-client state machine, pure and synchronous;
 - ``namespaces``, ``limits``, ``auth``, ``chat``: the rules it applies and the
@@ -12,7 +15,9 @@ The modules follow the path a message takes, inside out:
   joining a stream without gap or duplicate;
 - ``brokers``: how publications move between nodes (``Broker``, ``MemoryBroker``);
 - ``app``, ``api``, ``middleware`` and ``cli``: the ASGI shells (``HubApp``,
-  the server HTTP API ``HubAPI``, ``AuthMiddleware``) and ``hubbub serve``.
+  the server HTTP API ``HubAPI``, ``AuthMiddleware``) and ``hubbub serve``;
+- ``client``: the Python client and the HTTP API's client (``client.api``),
+  which use ``messages``, ``chat`` and ``_api_wire`` but never the server.
 
 Inner modules never import the shells.
 """
@@ -28,6 +33,7 @@ from ._errors import InternalError as InternalError
 from ._errors import InvalidData as InvalidData
 from ._errors import InvalidMessage as InvalidMessage
 from ._errors import MessageTooLarge as MessageTooLarge
+from ._errors import MethodNotAllowed as MethodNotAllowed
 from ._errors import NotFound as NotFound
 from ._errors import PermissionDenied as PermissionDenied
 from ._errors import RateLimited as RateLimited
@@ -87,6 +93,7 @@ __all__ = [
     "LocalRateLimiter",
     "MemoryBroker",
     "MessageTooLarge",
+    "MethodNotAllowed",
     "Namespace",
     "NotFound",
     "Notification",

@@ -32,7 +32,15 @@ from urllib.parse import parse_qsl
 import anyio
 import msgspec
 
-from ._connection import Receive, Scope, SendCallable
+from ._errors import (
+    AuthenticationFailed,
+    HubbubError,
+    InvalidMessage,
+    MethodNotAllowed,
+    NotFound,
+    RateLimited,
+)
+from ._http import APIKEY_CHALLENGE, JSON_TYPE, Receive, Scope, SendCallable, respond, send_error
 from ._keys import KeyGuard, check_key, validate_key
 from .hub import Hub
 
@@ -49,7 +57,8 @@ MAX_TOP_CHANNELS: Final = 500
 """The most channels one stats answer lists (``?top=`` above it is 400)."""
 
 _TOP: Final = re.compile(r"[0-9]{1,4}")
-_JSON: Final = b"application/json"
+# Every JSON answer of the admin page, figures and refusals alike, is never cached.
+_JSON_HEADERS: Final = ((b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff"))
 _PAGE_HEADERS: Final = (
     (b"x-frame-options", b"DENY"),
     (b"cache-control", b"no-store"),
@@ -196,14 +205,6 @@ def _rate(before: int, after: int, elapsed: float) -> float:
     return round(max(0, after - before) / elapsed, 3)
 
 
-class _Refusal(Exception):
-    def __init__(self, status: int, reason: str, headers: tuple[tuple[bytes, bytes], ...] = ()):
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-        self.headers = headers
-
-
 class AdminPage:
     """Serves the admin page and its stats under ``<prefix>/admin`` (see the module docstring).
 
@@ -238,34 +239,31 @@ class AdminPage:
     ) -> None:
         """Answer one HTTP request for ``<prefix>/admin<subpath>``."""
         method = scope.get("method", "GET")
+        retry_after: int | None = None
         try:
             if subpath == "":
                 if method not in ("GET", "HEAD"):
-                    raise _Refusal(405, "use GET", ((b"allow", b"GET, HEAD"),))
-                await _send(send, 200, _page(), b"text/html; charset=utf-8", _page_headers())
+                    raise MethodNotAllowed("use GET", allow="GET, HEAD")
+                await respond(send, 200, _page(), b"text/html; charset=utf-8", _page_headers())
                 return
             if subpath != "/stats":
-                raise _Refusal(404, "not found")
+                raise NotFound("not found")
             if method != "GET":
-                raise _Refusal(405, "use GET", ((b"allow", b"GET"),))
-            self._authenticate(scope)
+                raise MethodNotAllowed("use GET", allow="GET")
+            check = check_key(scope, (self._key,), self.guard)
+            retry_after = check.retry_after
+            _refuse_key(check.outcome)
             body = msgspec.json.encode(await self.stats(_top(scope)))
-        except _Refusal as refusal:
-            error = msgspec.json.encode({"code": refusal.status, "reason": refusal.reason})
-            await _send(send, refusal.status, error, _JSON, refusal.headers)
+        except HubbubError as exc:
+            await send_error(
+                send,
+                exc,
+                retry_after=retry_after,
+                challenge=APIKEY_CHALLENGE,
+                headers=_JSON_HEADERS,
+            )
             return
-        await _send(send, 200, body, _JSON)
-
-    def _authenticate(self, scope: Scope) -> None:
-        check = check_key(scope, (self._key,), self.guard)
-        challenge = ((b"www-authenticate", b"apikey"),)
-        if check.outcome == "locked":
-            retry = ((b"retry-after", str(check.retry_after).encode()),)
-            raise _Refusal(429, "too many wrong admin keys from this address; retry later", retry)
-        if check.outcome == "missing":
-            raise _Refusal(401, "send Authorization: apikey <admin key>", challenge)
-        if check.outcome == "wrong":
-            raise _Refusal(401, "wrong admin key", challenge)
+        await respond(send, 200, body, JSON_TYPE, _JSON_HEADERS)
 
     async def stats(self, top: int = TOP_CHANNELS) -> dict[str, Any]:
         """What the page shows, as one JSON-ready dict (``GET <prefix>/admin/stats``)."""
@@ -293,6 +291,16 @@ class AdminPage:
         }
 
 
+def _refuse_key(outcome: str) -> None:
+    """Raise the refusal for a key check that did not pass (429 while locked out, else 401)."""
+    if outcome == "locked":
+        raise RateLimited("too many wrong admin keys from this address; retry later")
+    if outcome == "missing":
+        raise AuthenticationFailed("send Authorization: apikey <admin key>")
+    if outcome == "wrong":
+        raise AuthenticationFailed("wrong admin key")
+
+
 def _counters(hub: Hub) -> dict[str, int]:
     """The hub's plain counters (the per-type tallies are on ``/metrics``)."""
     counters: dict[str, int] = {}
@@ -308,13 +316,13 @@ def _top(scope: Scope) -> int:
     try:
         query = dict(parse_qsl(raw.decode(), keep_blank_values=True))
     except UnicodeDecodeError:
-        raise _Refusal(400, "the query string is not UTF-8") from None
+        raise InvalidMessage("the query string is not UTF-8") from None
     value = query.get("top")
     if value is None:
         return TOP_CHANNELS
     # ASCII digits only: str.isdigit() also passes "²", which int() refuses.
     if not _TOP.fullmatch(value) or not 1 <= int(value) <= MAX_TOP_CHANNELS:
-        raise _Refusal(400, f"top must be an integer from 1 to {MAX_TOP_CHANNELS}")
+        raise InvalidMessage(f"top must be an integer from 1 to {MAX_TOP_CHANNELS}")
     return int(value)
 
 
@@ -341,18 +349,3 @@ def _page_headers() -> tuple[tuple[bytes, bytes], ...]:
         "form-action 'none'; frame-ancestors 'none'"
     )
     return ((b"content-security-policy", policy.encode()), *_PAGE_HEADERS)
-
-
-async def _send(
-    send: SendCallable,
-    status: int,
-    body: bytes,
-    content_type: bytes,
-    headers: tuple[tuple[bytes, bytes], ...] = (),
-) -> None:
-    from .app import _respond
-
-    all_headers = [*headers]
-    if content_type == _JSON:
-        all_headers += [(b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff")]
-    await _respond(send, status, body, content_type, all_headers)

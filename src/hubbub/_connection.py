@@ -16,13 +16,12 @@ import dataclasses
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Generator, MutableMapping
+from collections.abc import Coroutine, Generator
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import parse_qsl
 
 import anyio
-import msgspec
 
+from ._closes import close_label
 from ._errors import (
     AuthenticationFailed,
     HubbubError,
@@ -31,6 +30,8 @@ from ._errors import (
     PermissionDenied,
     RateLimited,
 )
+from ._http import Receive, Scope, SendCallable, deny
+from ._http import query_param as query_param
 from ._redact import redact
 from ._stats import HubStats
 from .auth import Identity, check_identity
@@ -61,11 +62,6 @@ __all__ = ["Connection"]
 
 ADMITTED = "hubbub.admitted"
 """Scope key set by AuthMiddleware once it has counted the handshake (its value: the IP)."""
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-SendCallable = Callable[[Message], Awaitable[None]]
 
 logger = logging.getLogger("hubbub.connection")
 
@@ -623,12 +619,6 @@ class Connection:
         return 1006, "connection lost"
 
 
-# Close codes counted by value in ``HubStats.closes``; a client may send any
-# other code, which is counted as ``other`` so the label set stays bounded.
-_KNOWN_CLOSE_CODES = frozenset(
-    {1000, 1001, 1005, 1006, 1008, 1009, 1011, 1012, 1013, 4401, 4403, 4408, 4429}
-)
-
 auth_logger = logging.getLogger("hubbub.auth")
 
 AUTH_FAILURE_REASONS = frozenset(
@@ -770,7 +760,7 @@ async def serve_websocket(hub: Hub, scope: Scope, receive: Receive, send: SendCa
             admission.closed(ip)
         hub._forget(connection)
         code, reason = connection.ending()
-        label = str(code) if code in _KNOWN_CLOSE_CODES else "other"
+        label = close_label(code)
         closes = hub.stats.closes
         closes[label] = closes.get(label, 0) + 1
         logger.info(
@@ -800,44 +790,6 @@ def _error(exc: HubbubError) -> ServerMessage:
     return Error(code=exc.code, reason=exc.reason)
 
 
-def query_param(scope: Scope, name: str) -> str | None:
-    """The last value of query parameter ``name`` in the handshake, or ``None``.
-
-    Never raises, whatever the query string holds.
-    """
-    query = scope.get("query_string", b"").decode("latin-1")
-    found = None
-    for key, value in parse_qsl(query, keep_blank_values=True):
-        if key == name:
-            found = value
-    return found
-
-
 def _query_flag(scope: Scope, name: str) -> bool:
     value = query_param(scope, name)
     return value is not None and value.lower() in ("1", "true", "yes")
-
-
-async def deny(
-    scope: Scope, send: SendCallable, exc: HubbubError, *, retry_after: int | None = None
-) -> None:
-    """Refuse a WebSocket before accepting it, with ``exc``'s HTTP status where possible.
-
-    Uses the ASGI WebSocket denial-response extension where the server offers it
-    (uvicorn does); elsewhere the only answer is a bare close, which servers turn
-    into 403.
-    """
-    if "websocket.http.response" in (scope.get("extensions") or {}):
-        body = msgspec.json.encode({"code": exc.code, "reason": exc.reason})
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ]
-        if retry_after is not None:
-            headers.append((b"retry-after", str(retry_after).encode()))
-        await send(
-            {"type": "websocket.http.response.start", "status": exc.http_status, "headers": headers}
-        )
-        await send({"type": "websocket.http.response.body", "body": body})
-    else:
-        await send({"type": "websocket.close", "code": 1008, "reason": exc.reason[:120]})

@@ -14,8 +14,8 @@ from typing import Any
 
 import msgspec
 
-from ._connection import Receive, SendCallable, query_param
-from ._errors import HubbubError, InvalidMessage
+from ._errors import HubbubError, InvalidMessage, MessageTooLarge
+from ._http import JSON_TYPE, Receive, SendCallable, query_param, respond, send_error
 from .auth import Identity
 from .chat import Notification
 from .hub import Hub
@@ -67,7 +67,7 @@ async def handle_notify(hub: Hub, receive: Receive, send: SendCallable) -> None:
         body += message.get("body", b"")
         more = message.get("more_body", False)
         if len(body) > MAX_BODY:
-            await _reply(send, 413, {"code": 413, "reason": "body too large"})
+            await send_error(send, MessageTooLarge("body too large"))
             return
     try:
         try:
@@ -82,15 +82,9 @@ async def handle_notify(hub: Hub, receive: Receive, send: SendCallable) -> None:
         )
         position = await hub.notify(demo_user_id(name), notification)
     except HubbubError as exc:
-        await _reply(send, exc.http_status, {"code": exc.code, "reason": exc.reason})
+        await send_error(send, exc)
         return
     result: dict[str, Any] = {"id": notification.id}
     if position is not None:
         result.update(offset=position.offset, epoch=position.epoch)
-    await _reply(send, 200, result)
-
-
-async def _reply(send: SendCallable, status: int, body: dict[str, Any]) -> None:
-    from .app import _respond
-
-    await _respond(send, status, msgspec.json.encode(body), b"application/json")
+    await respond(send, 200, msgspec.json.encode(result), JSON_TYPE)

@@ -12,6 +12,7 @@ close code (used where the failure ends the connection) and one HTTP status
     ├── PermissionDenied             403   4403   403
     ├── NotFound                     404   1008   404
     │   └── UnknownNamespace         404   1008   404
+    ├── MethodNotAllowed             405   1008   405
     ├── AlreadySubscribed            409   1008   409
     ├── StreamGone                   410   1008   410
     ├── InvalidData                  422   1008   422
@@ -20,6 +21,9 @@ close code (used where the failure ends the connection) and one HTTP status
     └── Unavailable                  503   1013   503
         ├── BrokerUnavailable        503   1013   503
         └── HubNotRunning            503   1013   503
+
+``MethodNotAllowed`` is for HTTP only (the API, the admin page, SSE): no
+WebSocket command can cause it.
 
 Configuration mistakes are not part of this tree: they raise ``ValueError`` or
 ``TypeError`` when the object is built.
@@ -39,6 +43,7 @@ __all__ = [
     "InvalidData",
     "InvalidMessage",
     "MessageTooLarge",
+    "MethodNotAllowed",
     "NotFound",
     "PermissionDenied",
     "RateLimited",
@@ -117,6 +122,24 @@ class UnknownNamespace(NotFound):
     """The channel's namespace is not configured on this hub."""
 
     default_reason = "unknown namespace"
+
+
+class MethodNotAllowed(HubbubError):
+    """An HTTP request used a method the endpoint does not take (answered with ``Allow``).
+
+    Args:
+        reason: as for every error.
+        allow: the ``Allow`` header's value, the methods the endpoint takes.
+    """
+
+    code = 405
+    close_code = 1008
+    http_status = 405
+    default_reason = "method not allowed"
+
+    def __init__(self, reason: str | None = None, *, allow: str = "GET") -> None:
+        super().__init__(reason)
+        self.allow = allow
 
 
 class AlreadySubscribed(HubbubError):

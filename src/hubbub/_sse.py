@@ -34,26 +34,24 @@ import anyio
 import msgspec
 from msgspec import Meta, Struct
 
+from ._closes import close_label
 from ._connection import (
     _GONE,
-    _KNOWN_CLOSE_CODES,
     ADMITTED,
     Connection,
-    Receive,
-    Scope,
-    SendCallable,
     auth_failure,
     handshake_failure_reason,
     handshake_refused,
-    query_param,
 )
 from ._errors import (
     HubbubError,
     HubNotRunning,
     InvalidMessage,
+    MethodNotAllowed,
     PermissionDenied,
     RateLimited,
 )
+from ._http import BEARER_CHALLENGE, Receive, Scope, SendCallable, header, query_param, send_error
 from .auth import check_identity
 from .limits import client_ip
 from .messages import JSON, Disconnect, Position, Subscribe, Subscribed
@@ -343,12 +341,6 @@ class SSEStream(Connection):
 # -- the request ------------------------------------------------------------------------------
 
 
-class _MethodNotAllowed(HubbubError):
-    code = 405
-    http_status = 405
-    default_reason = "method not allowed"
-
-
 async def serve_sse(hub: Hub, scope: Scope, receive: Receive, send: SendCallable) -> None:
     """Answer ``GET <prefix>/sse``: refuse it with a JSON error, or stream until it ends.
 
@@ -371,12 +363,12 @@ async def _serve(
     ip: str | None = None
     try:
         if scope.get("method", "GET") != "GET":
-            raise _MethodNotAllowed("use GET for /sse")
+            raise MethodNotAllowed("use GET for /sse", allow="GET")
         if not hub.running:
             raise HubNotRunning(f"hub is {hub.state}")
         channels = _channels(scope)
         wanted = [(channel, hub.namespaces.resolve(channel)) for channel in channels]
-        event_id = _header(scope, b"last-event-id") or query_param(scope, "last_event_id")
+        event_id = header(scope, b"last-event-id") or query_param(scope, "last_event_id")
         positions = decode_event_id(event_id, channels) if event_id else None
         admission = hub.admission
         admitted = scope.get(ADMITTED)
@@ -418,7 +410,7 @@ async def _serve(
             exc.reason,
             extra={"event": "refused", "reason": exc.reason, "ip": ip, "transport": "sse"},
         )
-        await _refuse(send, exc, retry_after)
+        await send_error(send, exc, retry_after=retry_after, challenge=BEARER_CHALLENGE)
         return
     stream = hub._open(identity, JSON, False, kind=SSEStream)
     assert isinstance(stream, SSEStream)
@@ -441,7 +433,7 @@ async def _serve(
                 )
         except HubbubError as exc:
             logger.info("refused an SSE stream (%d): %s", exc.http_status, exc.reason)
-            await _refuse(send, exc, None)
+            await send_error(send, exc, challenge=BEARER_CHALLENGE)
             return
         headers = [
             (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -464,7 +456,7 @@ async def _serve(
         stream.close(Close(NORMAL, "stream ended", flush=False))
         hub._forget(stream)
         closes = hub.stats.closes
-        label = str(code) if code in _KNOWN_CLOSE_CODES else "other"
+        label = close_label(code)
         closes[label] = closes.get(label, 0) + 1
         logger.info(
             "client disconnected (%d): %s",
@@ -531,23 +523,3 @@ def _check_access(hub: Hub, identity: Identity, wanted: list[tuple[str, Namespac
     cap = min(hub.limits.max_channels, MAX_SSE_CHANNELS)
     if counted > cap:
         raise RateLimited(f"at most {cap} channels per stream")
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers") or ():
-        if key.lower() == name:
-            return str(value.decode("latin-1"))
-    return None
-
-
-async def _refuse(send: SendCallable, exc: HubbubError, retry_after: int | None) -> None:
-    body = msgspec.json.encode({"code": exc.code, "reason": exc.reason})
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-    if retry_after is not None:
-        headers.append((b"retry-after", str(retry_after).encode()))
-    if exc.http_status == 401:
-        headers.append((b"www-authenticate", b'Bearer error="invalid_token"'))
-    if exc.http_status == 405:
-        headers.append((b"allow", b"GET"))
-    await send({"type": "http.response.start", "status": exc.http_status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from collections.abc import Awaitable, Callable, Iterable
 from functools import lru_cache
 from typing import Annotated, Any, Final
@@ -23,7 +24,16 @@ import anyio
 import msgspec
 from msgspec import UNSET, Meta, Raw, Struct, UnsetType
 
-from ._connection import Receive, Scope, SendCallable, deny
+from ._api_wire import (
+    BroadcastResult,
+    ChannelCount,
+    ChannelResult,
+    ChannelsResult,
+    DisconnectResult,
+    Empty,
+    ErrorBody,
+    PositionResult,
+)
 from ._errors import (
     AuthenticationFailed,
     HubbubError,
@@ -31,9 +41,21 @@ from ._errors import (
     InternalError,
     InvalidMessage,
     MessageTooLarge,
+    MethodNotAllowed,
     NotFound,
     PermissionDenied,
     RateLimited,
+)
+from ._http import (
+    APIKEY_CHALLENGE,
+    JSON_TYPE,
+    Receive,
+    Scope,
+    SendCallable,
+    deny,
+    respond,
+    route_path,
+    send_error,
 )
 from ._keys import KeyGuard, check_key, validate_key
 from ._openapi import Endpoint, build_document
@@ -55,12 +77,34 @@ from .protocol import KICKED
 
 __all__ = ["DEFAULT_MAX_BODY", "HubAPI"]
 
+# The request bodies' names before 0.2, when they collided with the wire messages
+# (``hubbub.messages.Publish``, ``Disconnect``) and the client's ``HistoryResult``.
+_RENAMED: Final = {
+    "Publish": "PublishRequest",
+    "Broadcast": "BroadcastRequest",
+    "Notify": "NotifyRequest",
+    "Disconnect": "DisconnectRequest",
+    "HistoryResult": "HistoryPageResult",
+}
+
+
+def __getattr__(name: str) -> Any:
+    new = _RENAMED.get(name)
+    if new is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(
+        f"hubbub.api.{name} is deprecated; use hubbub.api.{new}",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return globals()[new]
+
+
 logger = logging.getLogger("hubbub")
 
 DEFAULT_MAX_BODY: Final = 64 * 1024
 """The default largest request body, in bytes."""
 
-_JSON_TYPE: Final = b"application/json"
 _MAX_BROADCAST: Final = 1000
 _DOCUMENT: Final = "openapi.json"
 
@@ -77,7 +121,7 @@ NotifiedUser = Annotated[
 # -- request and result bodies: the API's wire types (and the OpenAPI schemas) ------------------
 
 
-class Publish(Struct):
+class PublishRequest(Struct):
     """Publish `data` (any JSON value) into one channel from the server."""
 
     channel: Channel
@@ -85,21 +129,21 @@ class Publish(Struct):
     idempotency_key: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
 
 
-class Broadcast(Struct):
+class BroadcastRequest(Struct):
     """Publish the same `data` into several channels; each gets its own result."""
 
     channels: Annotated[list[str], Meta(min_length=1, max_length=_MAX_BROADCAST)]
     data: Raw
 
 
-class Notify(Struct):
+class NotifyRequest(Struct):
     """Push a notification into the user's personal channel."""
 
     user: NotifiedUser
     notification: Notification
 
 
-class Disconnect(Struct):
+class DisconnectRequest(Struct):
     """Close every connection of the user, on every node."""
 
     user: User
@@ -155,54 +199,6 @@ class NoQuery(Struct, forbid_unknown_fields=True):
     pass
 
 
-class ErrorBody(Struct):
-    """Every error: `code` equals the HTTP status."""
-
-    code: int
-    reason: str
-
-
-class PositionResult(Struct):
-    """The publication's position; empty for a channel without history."""
-
-    offset: int | UnsetType = UNSET
-    epoch: str | UnsetType = UNSET
-
-
-class ChannelResult(Struct):
-    """One channel of a broadcast: its position, or the error that kept it out."""
-
-    channel: str
-    offset: int | UnsetType = UNSET
-    epoch: str | UnsetType = UNSET
-    error: ErrorBody | UnsetType = UNSET
-
-
-class BroadcastResult(Struct):
-    results: list[ChannelResult]
-
-
-class DisconnectResult(Struct):
-    """How many connections were closed on this node (every node closes the user's)."""
-
-    disconnected: int
-
-
-class Empty(Struct):
-    pass
-
-
-class ChannelCount(Struct):
-    channel: str
-    subscribers: int
-
-
-class ChannelsResult(Struct):
-    """This node's channels that have local subscribers."""
-
-    channels: list[ChannelCount]
-
-
 class PresenceResult(Struct):
     """The WebSocket `presence` reply without `type`/`id`."""
 
@@ -211,7 +207,7 @@ class PresenceResult(Struct):
     users: int
 
 
-class HistoryResult(Struct):
+class HistoryPageResult(Struct):
     """The WebSocket `history` reply without `type`/`id`."""
 
     channel: str
@@ -231,12 +227,6 @@ class StatsResult(Struct):
     deliveries: int
     dropped: int
     slow_consumer_closes: int
-
-
-class _MethodNotAllowed(HubbubError):
-    code = 405
-    http_status = 405
-    default_reason = "method not allowed"
 
 
 class _BodyTimeout(HubbubError):
@@ -306,8 +296,6 @@ class HubAPI:
         return bool(self._keys)
 
     async def __call__(self, scope: Scope, receive: Receive, send: SendCallable) -> None:
-        from .app import route_path
-
         if scope["type"] == "http":
             await self.handle(route_path(scope).lstrip("/"), scope, receive, send)
         elif scope["type"] == "websocket":
@@ -323,15 +311,15 @@ class HubAPI:
             if not self._keys:
                 raise NotFound("not found")
             if endpoint == _DOCUMENT:
-                self._check_method(scope, "GET", headers)
-                await _respond(send, 200, _document(_base(scope)), headers)
+                self._check_method(scope, "GET")
+                await respond(send, 200, _document(_base(scope)), JSON_TYPE, headers)
                 return
             self._authenticate(scope, headers)
             route = _ROUTES.get(endpoint)
             if route is None:
                 raise NotFound(f"no API endpoint {endpoint!r}")
             spec, handler = route
-            self._check_method(scope, spec.method, headers)
+            self._check_method(scope, spec.method)
             if spec.body is not None:
                 argument: Any = _decode(await self._read_body(scope, receive), spec.body)
             else:
@@ -340,20 +328,19 @@ class HubAPI:
                 raise HubNotRunning()
             result = await handler(self, argument)
         except HubbubError as exc:
-            await _error(send, exc, headers)
+            await send_error(send, exc, challenge=APIKEY_CHALLENGE, headers=headers)
             return
         except Exception:
             # A bug (or a failing user hook) must still answer JSON, not a bare 500.
             logger.exception("the HTTP API failed on %r", endpoint)
-            await _error(send, InternalError("internal error"), headers)
+            await send_error(send, InternalError("internal error"), headers=headers)
             return
-        await _respond(send, 200, msgspec.json.encode(result), headers)
+        await respond(send, 200, msgspec.json.encode(result), JSON_TYPE, headers)
 
     @staticmethod
-    def _check_method(scope: Scope, method: str, headers: list[tuple[bytes, bytes]]) -> None:
+    def _check_method(scope: Scope, method: str) -> None:
         if scope.get("method", "GET") != method:
-            headers.append((b"allow", method.encode()))
-            raise _MethodNotAllowed(f"use {method} here")
+            raise MethodNotAllowed(f"use {method} here", allow=method)
 
     def _authenticate(self, scope: Scope, headers: list[tuple[bytes, bytes]]) -> None:
         check = check_key(scope, self._keys, self.guard)
@@ -395,13 +382,13 @@ class HubAPI:
 
     # -- endpoints -------------------------------------------------------------------------
 
-    async def _publish(self, request: Publish) -> PositionResult:
+    async def _publish(self, request: PublishRequest) -> PositionResult:
         position = await self.hub.publish(
             request.channel, json=bytes(request.data), idempotency_key=request.idempotency_key
         )
         return _position(position)
 
-    async def _broadcast(self, request: Broadcast) -> BroadcastResult:
+    async def _broadcast(self, request: BroadcastRequest) -> BroadcastResult:
         # Data no channel could take is refused as a whole, not once per channel.
         JSON.check_data(request.data)
         data = bytes(request.data)
@@ -421,10 +408,10 @@ class HubAPI:
                 )
         return BroadcastResult(results=results)
 
-    async def _notify(self, request: Notify) -> PositionResult:
+    async def _notify(self, request: NotifyRequest) -> PositionResult:
         return _position(await self.hub.notify(request.user, request.notification))
 
-    async def _disconnect(self, request: Disconnect) -> DisconnectResult:
+    async def _disconnect(self, request: DisconnectRequest) -> DisconnectResult:
         if not _allowed_close_code(request.code):
             raise InvalidMessage("code must be 1000, 1001, 1008, 1011-1013 or 3000-4999")
         if len(request.reason.encode()) > 120:
@@ -470,7 +457,7 @@ class HubAPI:
         users = {info.user or client for client, info in clients.items()}
         return PresenceResult(channel=query.channel, clients=clients, users=len(users))
 
-    async def _history(self, query: HistoryQuery) -> HistoryResult:
+    async def _history(self, query: HistoryQuery) -> HistoryPageResult:
         since: Position | None = None
         if query.since is not UNSET:
             offset, _, epoch = query.since.partition(":")
@@ -478,7 +465,7 @@ class HubAPI:
         page = await self.hub.history(
             query.channel, limit=query.limit, since=since, reverse=query.reverse
         )
-        result = HistoryResult(
+        result = HistoryPageResult(
             channel=query.channel, publications=[_message(p, JSON) for p in page.publications]
         )
         if self.hub.namespaces.resolve(query.channel).history_size:
@@ -508,7 +495,7 @@ _ROUTES: Final[dict[str, tuple[Endpoint, _Handler]]] = {
             "POST",
             "Publish into a channel",
             PositionResult,
-            body=Publish,
+            body=PublishRequest,
             errors=(*_BODY_ERRORS, 404, 422),
             description="A retry with the same `idempotency_key` within the namespace's "
             "window is not delivered again and answers the first position.",
@@ -520,7 +507,7 @@ _ROUTES: Final[dict[str, tuple[Endpoint, _Handler]]] = {
             "POST",
             "Publish into several channels",
             BroadcastResult,
-            body=Broadcast,
+            body=BroadcastRequest,
             errors=_BODY_ERRORS,
             description="One result per channel, in order; a channel's failure is reported "
             "in its result and the others are still published.",
@@ -528,12 +515,18 @@ _ROUTES: Final[dict[str, tuple[Endpoint, _Handler]]] = {
         HubAPI._broadcast,
     ),
     "notify": (
-        Endpoint("POST", "Notify a user", PositionResult, body=Notify, errors=(*_BODY_ERRORS, 422)),
+        Endpoint(
+            "POST", "Notify a user", PositionResult, body=NotifyRequest, errors=(*_BODY_ERRORS, 422)
+        ),
         HubAPI._notify,
     ),
     "disconnect": (
         Endpoint(
-            "POST", "Disconnect a user", DisconnectResult, body=Disconnect, errors=_BODY_ERRORS
+            "POST",
+            "Disconnect a user",
+            DisconnectResult,
+            body=DisconnectRequest,
+            errors=_BODY_ERRORS,
         ),
         HubAPI._disconnect,
     ),
@@ -579,7 +572,7 @@ _ROUTES: Final[dict[str, tuple[Endpoint, _Handler]]] = {
         Endpoint(
             "GET",
             "A channel's kept publications",
-            HistoryResult,
+            HistoryPageResult,
             query=HistoryQuery,
             errors=(400, 404, 410, 503),
             description="Without `since`: the newest `limit`; with `since=<offset>:<epoch>`: "
@@ -689,16 +682,3 @@ def _query(scope: Scope, query_type: type[Struct]) -> Any:
         return msgspec.convert(pairs, query_type, strict=False)
     except msgspec.ValidationError as exc:
         raise InvalidMessage(f"invalid query: {exc}") from None
-
-
-async def _error(send: SendCallable, exc: HubbubError, headers: list[Any]) -> None:
-    if isinstance(exc, AuthenticationFailed):
-        headers.append((b"www-authenticate", b"apikey"))
-    body = msgspec.json.encode(ErrorBody(code=exc.http_status, reason=exc.reason))
-    await _respond(send, exc.http_status, body, headers)
-
-
-async def _respond(send: SendCallable, status: int, body: bytes, headers: list[Any]) -> None:
-    from .app import _respond as respond
-
-    await respond(send, status, body, _JSON_TYPE, headers)

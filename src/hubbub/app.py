@@ -13,35 +13,20 @@ import hashlib
 from collections.abc import Iterable
 from functools import cache
 from importlib import resources
-from typing import Any
-
-import msgspec
 
 from ._admin import AdminPage
-from ._connection import Receive, Scope, SendCallable, deny, serve_websocket
-from ._errors import NotFound
+from ._connection import serve_websocket
+from ._demo import handle_notify
+from ._errors import AuthenticationFailed, NotFound, RateLimited
+from ._http import JSON_TYPE, Receive, Scope, SendCallable, deny, respond, send_error, send_refusal
+from ._http import route_path as route_path
 from ._keys import KeyGuard, check_key, validate_key
 from ._sse import serve_sse
 from .api import DEFAULT_MAX_BODY, HubAPI
 from .hub import Hub
+from .metrics import render
 
 __all__ = ["HubApp", "route_path"]
-
-
-def route_path(scope: Scope) -> str:
-    """The path relative to where the app is mounted.
-
-    ``scope["path"]`` includes ``root_path`` (Starlette >= 0.35, uvicorn >= 0.26);
-    the app's own path is what follows it.
-    """
-    path: str = scope.get("path") or "/"
-    root: str = scope.get("root_path") or ""
-    if root and path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/"):
-        path = path[len(root) :]
-    if len(path) > 1 and path.endswith("/"):
-        # Litestar's mounts hand the app "/ws/" for "<prefix>/ws".
-        path = path[:-1]
-    return path or "/"
 
 
 @cache
@@ -79,7 +64,7 @@ async def _client_file(scope: Scope, send: SendCallable, path: str) -> None:
             await send({"type": "http.response.start", "status": 304, "headers": headers})
             await send({"type": "http.response.body", "body": b""})
             return
-    await _respond(send, 200, _static(name), _CLIENT_FILES[path], headers)
+    await respond(send, 200, _static(name), _CLIENT_FILES[path], headers)
 
 
 class HubApp:
@@ -147,23 +132,21 @@ class HubApp:
         path = route_path(scope)
         method = scope.get("method", "GET")
         if path == "/health" and method in ("GET", "HEAD"):
-            await _respond(send, 200, b'{"status":"ok"}', b"application/json")
+            await respond(send, 200, b'{"status":"ok"}', JSON_TYPE)
         elif path == "/ready" and method in ("GET", "HEAD"):
             # Ready: the hub runs and its broker answers (Redis reachable).
             ready = self.hub.running and await self.hub.broker_ready()
             status, body = (
                 (200, b'{"status":"ready"}') if ready else (503, b'{"status":"unavailable"}')
             )
-            await _respond(send, status, body, b"application/json")
+            await respond(send, status, body, JSON_TYPE)
         elif path == "/metrics" and method in ("GET", "HEAD") and self.metrics:
             await self._metrics(scope, send)
         elif path == "/" and self.demo and method in ("GET", "HEAD"):
-            await _respond(send, 200, _static("demo.html"), b"text/html; charset=utf-8")
+            await respond(send, 200, _static("demo.html"), b"text/html; charset=utf-8")
         elif path in _CLIENT_FILES and method in ("GET", "HEAD"):
             await _client_file(scope, send, path)
         elif path == "/demo/notify" and self.demo and method == "POST":
-            from ._demo import handle_notify
-
             await handle_notify(self.hub, receive, send)
         elif self.admin is not None and (path == "/admin" or path.startswith("/admin/")):
             await self.admin.handle(path[len("/admin") :], scope, receive, send)
@@ -172,20 +155,11 @@ class HubApp:
         elif path == "/sse":
             await serve_sse(self.hub, scope, receive, send)
         elif path == "/ws":
-            await _respond(
-                send,
-                426,
-                msgspec.json.encode({"code": 426, "reason": "use a WebSocket to connect here"}),
-                b"application/json",
-                [(b"upgrade", b"websocket")],
+            await send_refusal(
+                send, 426, "use a WebSocket to connect here", headers=[(b"upgrade", b"websocket")]
             )
         else:
-            await _respond(
-                send,
-                404,
-                msgspec.json.encode({"code": 404, "reason": "not found"}),
-                b"application/json",
-            )
+            await send_error(send, NotFound("not found"))
 
     async def _metrics(self, scope: Scope, send: SendCallable) -> None:
         """Prometheus text; open unless ``metrics_key`` asks for ``Authorization: apikey``."""
@@ -193,17 +167,12 @@ class HubApp:
             check = check_key(scope, (self.metrics_key.encode(),), self.metrics_guard)
             if check.outcome == "locked":
                 reason = "too many wrong metrics keys from this address; retry later"
-                body = msgspec.json.encode({"code": 429, "reason": reason})
-                retry = [(b"retry-after", str(check.retry_after).encode())]
-                await _respond(send, 429, body, b"application/json", retry)
+                await send_error(send, RateLimited(reason), retry_after=check.retry_after)
                 return
             if not check.ok:
-                body = msgspec.json.encode({"code": 401, "reason": "metrics need an API key"})
-                await _respond(send, 401, body, b"application/json")
+                await send_error(send, AuthenticationFailed("metrics need an API key"))
                 return
-        from .metrics import render
-
-        await _respond(send, 200, render(self.hub), b"text/plain; version=0.0.4; charset=utf-8")
+        await respond(send, 200, render(self.hub), b"text/plain; version=0.0.4; charset=utf-8")
 
     async def _lifespan(self, receive: Receive, send: SendCallable) -> None:
         message = await receive()
@@ -228,19 +197,3 @@ class HubApp:
             )
             return
         await send({"type": "lifespan.shutdown.complete"})
-
-
-async def _respond(
-    send: SendCallable,
-    status: int,
-    body: bytes,
-    content_type: bytes,
-    headers: list[tuple[bytes, bytes]] | None = None,
-) -> None:
-    all_headers: list[Any] = [
-        (b"content-type", content_type),
-        (b"content-length", str(len(body)).encode()),
-        *(headers or []),
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": all_headers})
-    await send({"type": "http.response.body", "body": body})

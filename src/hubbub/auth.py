@@ -10,8 +10,9 @@ whether a token from the ambient cookie may be used (design notes in ``docs/auth
 :func:`check_identity` holds every identity to what both codecs can carry.
 
 An authenticator may also offer ``async verify(token) -> Identity`` (used for the
-``refresh`` command) and ``async verify_channel_token(token, *, user, channel)``
-(channel tokens, protocol §4); the hub uses them where present.
+``refresh`` command; :class:`RefreshingAuthenticator`) and ``async
+verify_channel_token(token, *, user, channel)`` (channel tokens, protocol §4;
+:class:`ChannelTokenAuthenticator`); the hub uses them where present.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from http.cookies import CookieError, SimpleCookie
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, urlsplit
 
 import msgspec
@@ -32,7 +33,9 @@ __all__ = [
     "ANONYMOUS",
     "DEFAULT_COOKIE",
     "Authenticator",
+    "ChannelTokenAuthenticator",
     "Identity",
+    "RefreshingAuthenticator",
     "check_identity",
     "cookie_allowed",
     "find_credentials",
@@ -89,6 +92,33 @@ class Authenticator(Protocol):
     """
 
     async def __call__(self, scope: Mapping[str, Any]) -> Identity | None: ...
+
+
+@runtime_checkable
+class RefreshingAuthenticator(Protocol):
+    """An authenticator that can also verify a bare connection token (the ``refresh`` command).
+
+    ``verify`` returns the token's :class:`Identity` or raises
+    :class:`hubbub.AuthenticationFailed` (401). Without it the hub verifies a
+    refreshed token by calling the authenticator with a scope that carries only
+    ``Authorization: Bearer <token>``. :class:`hubbub.JWTAuthenticator` is one.
+    """
+
+    async def verify(self, token: str) -> Identity: ...
+
+
+@runtime_checkable
+class ChannelTokenAuthenticator(Protocol):
+    """An authenticator that can check channel tokens (protocol §4).
+
+    ``verify_channel_token`` returns when ``token`` grants ``user`` a
+    subscription to ``channel`` that the namespace would refuse, and raises
+    :class:`hubbub.PermissionDenied` (403) otherwise. Without it a ``subscribe``
+    carrying a channel token is refused like one without.
+    :class:`hubbub.JWTAuthenticator` is one.
+    """
+
+    async def verify_channel_token(self, token: str, *, user: str, channel: str) -> None: ...
 
 
 def find_token(

@@ -24,6 +24,7 @@ import msgspec
 import uvicorn
 
 from ._admin import AdminPage
+from ._demo import DemoAuthenticator
 from ._jwt import JWTAuthenticator
 from ._keys import validate_key
 from ._redact import install_log_redaction
@@ -50,8 +51,6 @@ def build_demo_hub(**options: Any) -> Hub:
     (chat schema, the last 100 messages replayed on join, presence, join/leave
     events) for the demo page's rooms.
     """
-    from ._demo import DemoAuthenticator
-
     options.setdefault("anonymous", True)
     options.setdefault("authenticator", DemoAuthenticator())
     return Hub(namespaces=[Namespace(), Namespace.chat("chat")], **options)

@@ -15,25 +15,30 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import msgspec
 from starlette.authentication import AuthCredentials, BaseUser
 
 from ._connection import (
     ADMITTED,
-    Receive,
-    Scope,
-    SendCallable,
     auth_failure,
-    deny,
     handshake_failure_reason,
     handshake_refused,
 )
 from ._errors import AuthenticationFailed, HubbubError, PermissionDenied, RateLimited
+from ._http import (
+    BEARER_CHALLENGE,
+    Receive,
+    Scope,
+    SendCallable,
+    deny,
+    header,
+    route_path,
+    send_error,
+)
 from ._redact import RedactTokens as RedactTokens
 from ._redact import install_log_redaction as install_log_redaction
 from ._redact import redact as redact
 from ._stats import HubStats
-from .app import HubApp, route_path
+from .app import HubApp
 from .auth import (
     ALLOWED_ORIGINS,
     DEFAULT_COOKIE,
@@ -185,7 +190,7 @@ class AuthMiddleware:
                     if message["type"] == "websocket.connect":
                         await deny(scope, send, exc, retry_after=retry_after)
                 else:
-                    await _http_error(send, exc, retry_after)
+                    await send_error(send, exc, retry_after=retry_after, challenge=BEARER_CHALLENGE)
                 return
             if identity is not None:
                 scope["user"] = HubbubUser(identity)
@@ -244,28 +249,10 @@ class AuthMiddleware:
         """Raise PermissionDenied (403) unless the WebSocket's ``Origin`` is allowed."""
         if self.allowed_origins is None:
             return
-        origin = _header(scope, b"origin")
+        origin = header(scope, b"origin")
         if origin is None:
             if self.require_origin:
                 raise PermissionDenied("an Origin header is required")
             return
         if normalise_origin(origin, strict=False) not in self.allowed_origins:
             raise PermissionDenied("origin not allowed")
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers") or ():
-        if key.lower() == name:
-            return str(value.decode("latin-1"))
-    return None
-
-
-async def _http_error(send: SendCallable, exc: HubbubError, retry_after: int | None) -> None:
-    body = msgspec.json.encode({"code": exc.code, "reason": exc.reason})
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-    if retry_after is not None:
-        headers.append((b"retry-after", str(retry_after).encode()))
-    if exc.http_status == 401:
-        headers.append((b"www-authenticate", b'Bearer error="invalid_token"'))
-    await send({"type": "http.response.start", "status": exc.http_status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

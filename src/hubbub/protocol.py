@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Final
 
 from msgspec import Raw
 
+from ._closes import RECONNECT as _RECONNECT
 from ._errors import (
     AlreadySubscribed,
     HubbubError,
@@ -61,10 +62,8 @@ KICKED: Final = 4403
 HEARTBEAT_TIMEOUT: Final = 4408
 FLOODING: Final = 4429
 
-RECONNECT: Final = frozenset(
-    {GOING_AWAY, INTERNAL_ERROR, SERVICE_RESTART, TRY_AGAIN_LATER, HEARTBEAT_TIMEOUT, FLOODING}
-)
-"""Close codes after which a client should reconnect (docs/protocol.md §7)."""
+RECONNECT: Final = _RECONNECT
+"""Close codes after which a client should reconnect (docs/protocol.md §7, ``hubbub._closes``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,11 +31,14 @@ The modules, inside out:
   ``recover``: where each publication is delivered, dropped or recovered;
 - ``_client``: the ``Client`` façade and the supervised session — connect,
   read, refresh the token, reconnect with back-off;
-- ``_errors``: the ``ClientError`` tree.
+- ``_errors``: the ``ClientError`` tree;
+- ``api``: ``HubbubAPI``/``AsyncHubbubAPI``, the server HTTP API (PROTOCOL §8)
+  from other Python services (``hubbub.api_client`` before 0.2).
 
 The imports run one way, with no cycle (``_client`` → ``_registry`` →
 ``_requests``/``_subscription`` → the leaves), and outside the package reach
-only ``hubbub.messages``: nothing of the server.
+only the shared wire types (``hubbub.messages``, ``hubbub.chat``,
+``hubbub._api_wire``): nothing of the server.
 """
 
 from __future__ import annotations
@@ -58,8 +61,12 @@ from ._types import Item as Item
 from ._types import Publication as Publication
 from ._types import TokenProvider as TokenProvider
 from ._types import Unrecovered as Unrecovered
+from .api import AsyncHubbubAPI as AsyncHubbubAPI
+from .api import HubbubAPI as HubbubAPI
+from .api import HubbubAPIError as HubbubAPIError
 
 __all__ = [
+    "AsyncHubbubAPI",
     "Backoff",
     "Client",
     "ClientClosed",
@@ -69,6 +76,8 @@ __all__ = [
     "ConnectionLost",
     "Disconnected",
     "HistoryResult",
+    "HubbubAPI",
+    "HubbubAPIError",
     "Item",
     "Position",
     "Presence",

@@ -21,8 +21,10 @@
 export const PROTOCOL_VERSION = 1;
 export const SUBPROTOCOL = "hubbub.v1.json";
 
-// Closes that §7 says not to retry unless a `disconnect` message said otherwise.
-const FINAL_CLOSE_CODES = new Set([1000, 1008, 1009, 4401, 4403]);
+// Closes after which reconnecting cannot help (§7), unless a `disconnect` message said
+// otherwise; 4401 is decided apart (a token function can give the new token it needs).
+// The server's table (hubbub/_closes.py) is the source: a test checks this list against it.
+const FINAL_CLOSE_CODES = new Set([1000, 1002, 1003, 1007, 1008, 1009, 1010, 4403]);
 const TOKEN_EXPIRED = 4401;
 // Subscribe errors worth retrying on the same connection: the command was not executed.
 const RETRY_CODES = new Set([429, 500, 503]);
@@ -388,7 +390,7 @@ export class HubbubClient extends EventTarget {
     this.#ws = null;
     const hint = this.#disconnectHint;
     this.#teardown(new HubbubConnectionError(code, reason || "connection closed"));
-    let retry = hint ?? !FINAL_CLOSE_CODES.has(code);
+    let retry = hint ?? (code !== TOKEN_EXPIRED && !FINAL_CLOSE_CODES.has(code));
     if (code === TOKEN_EXPIRED && typeof this.#options.token === "function") {
       retry = true; // a token function can give us the new token §7 asks for
     }
