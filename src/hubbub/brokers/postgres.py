@@ -262,13 +262,21 @@ class PostgresBroker(Broker):
     ) -> None:
         """Connect the ``LISTEN`` connection (creating the schema first) and keep it up.
 
-        Returns once the first connection attempt succeeded or failed; without
-        ``task_group`` the link runs in a task of its own that :meth:`stop` ends.
+        Returns once the first connection attempt succeeded or failed. The
+        link runs in ``task_group`` (the hub's); used on its own, enter ``async
+        with broker.run(handler, lost):`` instead.
+
+        Raises:
+            RuntimeError: already started, or no ``task_group``.
         """
         if self._link_task.running:
             raise RuntimeError("PostgresBroker is already started (one hub per broker)")
         self._handler, self._lost = handler, lost
-        await self._link_task.start(task_group)
+        try:
+            await self._link_task.start(task_group, "PostgresBroker")
+        except RuntimeError:
+            self._handler = self._lost = None
+            raise
 
     async def stop(self) -> None:
         self._handler = self._lost = None

@@ -420,14 +420,20 @@ class RedisBroker(Broker):
         link keeps reconnecting in the background.
 
         Args:
-            task_group: where to run the link's task. Without one (the
-                :class:`Broker` interface gives none), the broker runs it in a
-                task of its own, which :meth:`stop` cancels and awaits.
+            task_group: where the link's task runs (the hub's). Used on its
+                own, enter ``async with broker.run(handler, lost):`` instead.
+
+        Raises:
+            RuntimeError: already started, or no ``task_group``.
         """
         if self._link_task.running:
             raise RuntimeError("RedisBroker is already started (one hub per broker)")
         self._handler, self._lost = handler, lost
-        await self._link_task.start(task_group)
+        try:
+            await self._link_task.start(task_group, "RedisBroker")
+        except RuntimeError:
+            self._handler = self._lost = None
+            raise
 
     async def stop(self) -> None:
         self._handler = self._lost = None

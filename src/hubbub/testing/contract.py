@@ -264,7 +264,8 @@ class BrokerContract:
     async def broker(
         self, make_broker: BrokerFactory, request: pytest.FixtureRequest
     ) -> AsyncIterator[RunningBroker]:
-        """A started broker with a recorder as its handler; stopped after the test.
+        """A broker started in a task group, as the hub starts it, with a recorder as its
+        handler; stopped (within :data:`WAIT`) after the test.
 
         Skips the test when the broker lacks a capability it :func:`requires`.
         """
@@ -274,12 +275,15 @@ class BrokerContract:
         if missing:
             pytest.skip(f"the broker does not declare {', '.join(sorted(missing))}")
         recorder = Recorder()
-        await built.broker.start(recorder.handler, recorder.on_lost)
-        try:
-            yield RunningBroker(built.broker, recorder, built.advance)
-        finally:
-            with anyio.fail_after(WAIT):
-                await built.broker.stop()
+        # Started as the hub starts it: in a task group that owns its background tasks.
+        async with anyio.create_task_group() as tg:
+            await built.broker.start(recorder.handler, recorder.on_lost, tg)
+            try:
+                yield RunningBroker(built.broker, recorder, built.advance)
+            finally:
+                with anyio.fail_after(WAIT):
+                    await built.broker.stop()
+                tg.cancel_scope.cancel()
 
     # -- capabilities ------------------------------------------------------------------------
 
@@ -896,32 +900,27 @@ class BrokerContract:
         """Starting a started broker raises; the broker keeps working."""
         built = await make_broker()
         recorder = Recorder()
-        await built.broker.start(recorder.handler, recorder.on_lost)
-        try:
+        async with built.broker.run(recorder.handler, recorder.on_lost):
             with pytest.raises(self.LIFECYCLE_ERROR):
-                await built.broker.start(recorder.handler, recorder.on_lost)
+                async with built.broker.run(recorder.handler, recorder.on_lost):
+                    pass  # pragma: no cover - never entered
             channel = f"contract-{secrets.token_hex(4)}-a"
             await built.broker.subscribe(channel)
             await built.broker.publish(publication(channel), default_history(built.broker))
             await recorder.wait_for(channel, 1)
-        finally:
-            await built.broker.stop()
 
     async def test_restart_after_stop(self, make_broker: BrokerFactory) -> None:
-        """A stopped broker can be started again and delivers to its new handler."""
+        """A stopped broker can be started again and delivers to its new handler
+        (used on its own, through :meth:`Broker.run`)."""
         built = await make_broker()
         first, second = Recorder(), Recorder()
         channel = f"contract-{secrets.token_hex(4)}-a"
-        await built.broker.start(first.handler, first.on_lost)
-        await built.broker.subscribe(channel)
-        await built.broker.publish(publication(channel), default_history(built.broker))
-        await first.wait_for(channel, 1)
-        await built.broker.stop()
-        await built.broker.start(second.handler, second.on_lost)
-        try:
+        async with built.broker.run(first.handler, first.on_lost):
+            await built.broker.subscribe(channel)
+            await built.broker.publish(publication(channel), default_history(built.broker))
+            await first.wait_for(channel, 1)
+        async with built.broker.run(second.handler, second.on_lost):
             await built.broker.subscribe(channel)
             await built.broker.publish(publication(channel), default_history(built.broker))
             await second.wait_for(channel, 1)
             assert len(first.on(channel)) == 1
-        finally:
-            await built.broker.stop()
