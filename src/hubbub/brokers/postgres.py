@@ -44,14 +44,14 @@ import math
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar, get_args
 
 import anyio
 import msgspec
 from anyio.abc import TaskGroup
 
 from .._errors import BrokerUnavailable, InternalError, RateLimited, StreamGone
-from ..messages import ClientInfo, Position
+from ..messages import CODECS_BY_NAME, ClientInfo, Position
 from ._base import (
     IDEMPOTENCY_KEYS,
     Broker,
@@ -84,8 +84,7 @@ _T = TypeVar("_T")
 _EMPTY_STREAM_TTL: Final = timedelta(seconds=300)
 _SWEEP_TIMEOUT: Final = 30.0
 _BUSY_LOG_EVERY: Final = 10.0  # seconds between "busy" warnings (one per burst, not per call)
-_CODECS: Final = frozenset({"json", "msgpack"})
-_KINDS: Final = frozenset({"message", "join", "leave", "control"})
+_KINDS: Final = frozenset(get_args(PublicationKind))
 _ENCODER: Final = msgspec.msgpack.Encoder()
 _CLIENT_INFO: Final = msgspec.msgpack.Decoder(ClientInfo)
 _COLUMNS: Final = "data, codec, ts, sender, exclude, kind"
@@ -364,7 +363,7 @@ class PostgresBroker(Broker):
         """
         import time
 
-        if codec not in _CODECS:
+        if codec not in CODECS_BY_NAME:
             raise ValueError(f"codec must be 'json' or 'msgpack', not {codec!r}")
         if not isinstance(data, bytes):
             data, codec = msgspec.json.encode(data), "json"
@@ -923,7 +922,7 @@ def _publication(
     """A publication from a row's ``data, codec, ts, sender, exclude, kind``, or None (logged)."""
     data, codec, ts, sender, exclude, kind = fields
     try:
-        if codec not in _CODECS or kind not in _KINDS:
+        if codec not in CODECS_BY_NAME or kind not in _KINDS:
             raise ValueError(f"codec {codec!r} or kind {kind!r} is not hubbub's")
         kind_: PublicationKind = kind
         return Publication(

@@ -62,7 +62,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError, RedisError, ResponseError
 
 from .._errors import BrokerUnavailable, InternalError, RateLimited, StreamGone
-from ..messages import ClientInfo, Position
+from ..messages import CODECS_BY_NAME, ClientInfo, Position
 from ._base import (
     IDEMPOTENCY_KEYS,
     Broker,
@@ -95,7 +95,6 @@ _TAG: Final = b"h1"
 _ENCODER: Final = msgspec.msgpack.Encoder()
 _PUBLICATION: Final = msgspec.msgpack.Decoder(Publication)
 _CLIENT_INFO: Final = msgspec.msgpack.Decoder(ClientInfo)
-_CODECS: Final = frozenset({"json", "msgpack"})
 
 # KEYS: meta, stream, idem, idem-by.  ARGV: pub/sub channel, body, history (0/1),
 # size, ttl ms, new epoch, idempotency window ms (0: none), idempotency key, cap.
@@ -880,7 +879,7 @@ def _decode_envelope(envelope: Any, channel: str) -> Publication | None:
         if tag != _TAG:
             raise ValueError("not a hubbub envelope")
         publication = _PUBLICATION.decode(body)
-        if publication.channel != channel or publication.codec not in _CODECS:
+        if publication.channel != channel or publication.codec not in CODECS_BY_NAME:
             raise ValueError("channel or codec does not match")
         if offset != b"-":
             publication = msgspec.structs.replace(
@@ -900,7 +899,7 @@ def _decode_entry(entry: Any, channel: str, epoch: str) -> Publication | None:
         if seq != b"0" or len(fields) != 2 or fields[0] != b"d":
             raise ValueError("not a hubbub stream entry")
         publication = _PUBLICATION.decode(fields[1])
-        if publication.channel != channel or publication.codec not in _CODECS:
+        if publication.channel != channel or publication.codec not in CODECS_BY_NAME:
             raise ValueError("channel or codec does not match")
         return msgspec.structs.replace(publication, offset=int(offset), epoch=epoch)
     except (AttributeError, ValueError, TypeError, RecursionError, msgspec.DecodeError) as exc:
