@@ -8,7 +8,7 @@ import logging
 import secrets
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import anyio
@@ -18,7 +18,7 @@ from anyio.abc import TaskGroup
 from hubbub import BrokerUnavailable, Namespace
 from hubbub.brokers import Capability, HistoryOptions, Idempotency, broker_from_url
 from hubbub.brokers.postgres import PostgresBroker
-from hubbub.messages import ClientInfo
+from hubbub.messages import ClientInfo, Position
 
 from .broker_contract import (
     KEEP,
@@ -539,42 +539,63 @@ async def test_subscribe_during_a_publish_storm_has_no_hole(
     assert got[0] > 1 and recorder.lost == []
 
 
-async def test_killed_listen_connection_is_repaired_from_the_table(
+async def until(predicate: Callable[[], bool], within: float = WAIT) -> None:
+    """Check ``predicate`` every 50 ms until it holds; fail after ``within`` seconds."""
+    with anyio.fail_after(within):
+        while True:
+            if predicate():
+                return
+            await anyio.sleep(0.05)
+
+
+async def test_killed_listen_connection_reports_what_it_missed(
     pg: PgServer,
     pair: tuple[PostgresBroker, Recorder, str],
     task_group: TaskGroup,
 ) -> None:
-    """LISTEN connections killed (``pg_terminate_backend``) mid-stream: nothing lost or doubled."""
+    """LISTEN connections killed (``pg_terminate_backend``) mid-stream: both nodes reconnect,
+    deliver nothing twice or out of order, and report the channel lost if they missed any
+    of it (the hub repairs it from history: ``test_e2e_postgres``)."""
     broker, recorder, schema = pair
     channel = "feed"
     await broker.subscribe(channel)
     other = new_broker(pg.url, schema=schema)
     await other.start(Recorder().handler, Recorder().on_lost, task_group)
+    listeners = "SELECT pid FROM pg_stat_activity WHERE application_name = %s"
+    name = [f"hubbub-listen:{schema}"]
     try:
         for _ in range(5):
             await other.publish(publication(channel), KEEP)
         await recorder.wait_for(channel, 5)
-        killed = pg.sql(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
-            [f"hubbub-listen:{schema}"],
-        )
+        before = set(pg.sql(listeners, name))
+        killed = pg.sql(f"SELECT pg_terminate_backend(pid) FROM ({listeners}) AS l", name)
         assert killed == [(True,), (True,)]  # both nodes' LISTEN connections
         for _ in range(20):
             await other.publish(publication(channel), KEEP)
-        delivered = await recorder.wait_for(channel, 25)
+        # Both links back (new backends), then one more: it must arrive.
+        await until(lambda: len(set(pg.sql(listeners, name)) - before) == 2)
+        await until(lambda: broker._up)
+        await broker.publish(publication(channel), KEEP)
+        await until(lambda: offsets(recorder.on(channel))[-1] == 26)
         await anyio.sleep(0.6)  # a poll interval: nothing more may arrive
     finally:
         await other.stop()
-    assert offsets(recorder.on(channel)) == list(range(1, 26))
+    delivered = recorder.on(channel)
+    got = offsets(delivered)
+    assert got[:5] == [1, 2, 3, 4, 5] and got[-1] == 26
+    assert got == sorted(set(got)), got  # type: ignore[type-var]
     assert len({p.epoch for p in delivered}) == 1
-    assert recorder.lost == []
+    if got != list(range(1, 27)):
+        assert [channel] in recorder.lost, recorder.lost
+    assert all(lost == [channel] for lost in recorder.lost), recorder.lost
     assert await broker.ready()
 
 
-async def test_a_lost_notification_is_found_by_polling(
+async def test_a_lost_notification_is_reported_by_polling(
     pg: PgServer, pair: tuple[PostgresBroker, Recorder, str]
 ) -> None:
-    """A row written without its notification (as by a lost one) is delivered by the poll."""
+    """A row written without its notification (as by a lost one) is reported lost by the
+    poll, once; the hub then reads it from history (``test_e2e_postgres``)."""
     broker, recorder, schema = pair
     channel = "quiet"
     await broker.subscribe(channel)
@@ -588,6 +609,12 @@ async def test_a_lost_notification_is_found_by_polling(
         " SELECT channel, epoch, 2, '\"silent\"', 'json', 0, 'message' FROM s",
         [channel],
     )
-    delivered = await recorder.wait_for(channel, 2)
-    assert [(p.offset, p.data) for p in delivered] == [(1, b'"x"'), (2, b'"silent"')]
-    assert recorder.lost == []
+    await until(lambda: bool(recorder.lost))
+    assert recorder.lost == [[channel]]
+    await anyio.sleep(1.2)  # two more polls: reported once
+    assert recorder.lost == [[channel]]
+    assert offsets(recorder.on(channel)) == [1]
+    page = await broker.history(
+        channel, since=Position(offset=1, epoch=recorder.on(channel)[0].epoch or "")
+    )
+    assert [(p.offset, p.data) for p in page.publications] == [(2, b'"silent"')]

@@ -24,16 +24,20 @@ Delivery: each node holds one ``LISTEN`` connection on the channel named like
 the schema. A notification carries the whole publication (JSON, payload base64)
 when it fits in :data:`~hubbub.brokers._postgres_sql.NOTIFY_LIMIT` bytes, so a
 node needs no query per publication; a larger one carries an id into ``relay``
-and is fetched. The node remembers the newest offset it delivered per channel:
-anything already seen is dropped, and a hole (offsets skipped) is filled from
-the ``publications`` table before the newer one is delivered. Polling is the
-safety net: after every reconnect of the ``LISTEN`` connection, and every
-``poll_interval``, the node compares each subscribed stream's top offset with
-what it delivered and reads the difference from the table (on a periodic poll
-only what is still missing one interval later, so it never races notifications
-in flight). A lost notification or a database restart therefore loses nothing
-that the history still keeps; only what it no longer keeps is reported to the
-hub through ``lost``.
+and is fetched. Publications are handed to the hub as they arrive, in commit
+order, which is offset order per channel (``_publish`` holds the stream's row
+lock until commit).
+
+Order and gap repair belong to the hub, as with every broker: this broker only
+*reports* that publications may have been lost (``lost``), and the hub reads
+what its clients missed from the history. To know when to report, the node
+remembers the newest offset it has seen per subscribed channel (read from the
+stream when it subscribes, then advanced by each notification) and compares it
+with each stream's top: after every reconnect of the ``LISTEN`` connection
+(notifications sent while it was down are gone) and every ``poll_interval``,
+where only a stream still behind one interval later is reported, so a
+notification merely in flight is never mistaken for a lost one (a row written
+without its notification, a relayed publication swept before it was read).
 """
 
 from __future__ import annotations
@@ -205,14 +209,14 @@ class PostgresBroker(Broker):
         self._link_task = LinkTask(self._service, "PostgreSQL LISTEN", logger)
         self._up = False
         self._schema_ready = not create_schema
-        # Subscribed channels → (epoch, newest offset delivered); None while
-        # subscribe() is still reading the stream's position.
+        # Subscribed channels → (epoch, newest offset seen); None while subscribe()
+        # reads the stream's position.
         self._channels: dict[str, tuple[str, int] | None] = {}
-        # Stream tops the last poll found ahead of this node: filled from the table at
-        # the next poll if their notifications still have not arrived by then.
-        self._suspects: dict[str, tuple[str, int]] = {}
         # Publications of channels whose subscribe() is still reading the position.
         self._held: dict[str, list[Publication]] = {}
+        # Stream tops the last poll found ahead of this node: reported lost at the
+        # next poll if their notifications still have not arrived by then.
+        self._suspects: dict[str, tuple[str, int]] = {}
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> PostgresBroker:
@@ -431,6 +435,9 @@ class PostgresBroker(Broker):
             raise RuntimeError("PostgresBroker is not started")
         if not self._up:
             raise BrokerUnavailable("the PostgreSQL LISTEN connection is down")
+        # The subscription starts at the stream's position read here, as a Redis
+        # SUBSCRIBE starts at its confirmation: LISTEN hears every channel, so a
+        # notification of a publication from before it may still be in flight.
         self._channels.setdefault(channel, None)
         try:
             position = await self._run(lambda conn: self._top(conn, [channel]))
@@ -440,14 +447,9 @@ class PostgresBroker(Broker):
             self._held.pop(channel, None)
             raise
         if channel in self._channels and self._channels[channel] is None:
-            epoch, last = self._channels[channel] = position.get(channel, ("", 0))
-            # Publications that arrived while the position was read: those after it,
-            # consecutive, are delivered now (anything else the next poll fills).
-            for held in sorted(self._held.pop(channel, []), key=lambda p: p.offset or 0):
-                if held.epoch == epoch and held.offset == last + 1:
-                    last = held.offset
-                    self._channels[channel] = (epoch, last)
-                    self._deliver(held)
+            self._channels[channel] = position.get(channel, ("", 0))
+            for held in self._held.pop(channel, []):
+                self._pass_on(held)
         self._held.pop(channel, None)
 
     async def unsubscribe(self, channel: str) -> None:
@@ -744,7 +746,7 @@ class PostgresBroker(Broker):
                 self._link_task.attempted()
                 if outage is not None:
                     logger.warning(
-                        "PostgreSQL LISTEN link restored after %.1f s; catching up %d channel(s)",
+                        "PostgreSQL LISTEN link restored after %.1f s; checking %d channel(s)",
                         anyio.current_time() - outage,
                         len(self._channels),
                     )
@@ -757,7 +759,8 @@ class PostgresBroker(Broker):
                 if outage is None:
                     outage = anyio.current_time()
                     logger.warning(
-                        "PostgreSQL LISTEN link down (%s); catching up from the tables when back",
+                        "PostgreSQL LISTEN link down (%s); "
+                        "publications may be lost until it is back",
                         str(exc).strip() or type(exc).__name__,
                     )
             except Exception:
@@ -776,7 +779,7 @@ class PostgresBroker(Broker):
 
     async def _listen(self, conn: AsyncConnection[Any]) -> None:
         """Deliver notifications; check the link and poll every stream now and then."""
-        await self._catch_up(at_once=True)  # notifications sent while down are gone
+        await self._check_streams(reconnected=True)  # notifications sent while down are gone
         next_poll = anyio.current_time() + self._poll
         while True:
             async for notify in conn.notifies(timeout=self._health):
@@ -787,7 +790,7 @@ class PostgresBroker(Broker):
             except TimeoutError:
                 raise _LinkDown(f"no answer within {self._timeout} s") from None
             if anyio.current_time() >= next_poll:
-                await self._catch_up()
+                await self._check_streams()
                 next_poll = anyio.current_time() + self._poll
 
     async def _on_notify(self, payload: str) -> None:
@@ -800,12 +803,15 @@ class PostgresBroker(Broker):
             return  # not subscribed here (a relayed one carries at most 1000 characters)
         if wire.r is not None:
             publication = await self._relayed(wire.r)
+            if publication is None:
+                self._report_lost([wire.c] if wire.c in self._channels else None)
+                return
         else:
             publication = _publication(
                 wire.c, wire.e, wire.o, [wire.d, wire.f, wire.t, wire.s, wire.x, wire.k]
             )
         if publication is not None:
-            await self._accept(publication)
+            self._pass_on(publication)
 
     async def _relayed(self, relay_id: int) -> Publication | None:
         async def read(conn: AsyncConnection[Any]) -> tuple[Any, ...] | None:
@@ -823,83 +829,75 @@ class PostgresBroker(Broker):
         channel, epoch, offset, *fields = row
         return _publication(str(channel), epoch, offset, fields)
 
-    async def _accept(self, publication: Publication) -> None:
-        """Deliver one publication once, in offset order, filling a hole from the table first."""
+    def _pass_on(self, publication: Publication) -> None:
+        """Hand a publication to the hub in arrival order, noting the newest offset seen.
+
+        Nothing here orders or repairs (the hub does): notifications arrive in
+        offset order, and one at or below the newest offset seen is from before
+        the subscription started, or was already reported lost, and is dropped.
+        """
         channel = publication.channel
-        if publication.offset is None or publication.epoch is None:
-            if channel in self._channels:
-                self._deliver(publication)
-            return
         if channel not in self._channels:
             return
-        state = self._channels[channel]
-        if state is None:  # subscribe() is still reading the stream's position
-            self._held.setdefault(channel, []).append(publication)
-            return
-        last = state[1] if state[0] == publication.epoch else 0
-        if publication.offset <= last:
-            return  # seen already (a catch-up delivered it)
-        if publication.offset > last + 1:
-            await self._fill(channel, publication.epoch, last, publication.offset - 1)
-            state = self._channels.get(channel)
-            if state is None:
+        offset, epoch = publication.offset, publication.epoch
+        if offset is not None and epoch is not None:
+            seen = self._channels[channel]
+            if seen is None:  # subscribe() is still reading where the subscription starts
+                self._held.setdefault(channel, []).append(publication)
                 return
-            if state[0] == publication.epoch and publication.offset <= state[1]:
+            if seen[0] == epoch and offset <= seen[1]:
                 return
-        self._channels[channel] = (publication.epoch, publication.offset)
+            self._channels[channel] = (epoch, offset)
         self._deliver(publication)
 
-    async def _fill(self, channel: str, epoch: str, after: int, upto: int) -> None:
-        """Deliver the kept publications ``after < offset <= upto``; report what is gone."""
-        rows = await self._run(
-            lambda conn: self._rows(conn, channel, epoch, after, upto), link=True
-        )
-        expected = after + 1
-        whole = True
-        for publication in rows:
-            if channel not in self._channels:
-                return
-            if publication.offset != expected:
-                whole = False
-            expected = (publication.offset or 0) + 1
-            self._channels[channel] = (epoch, publication.offset or 0)
-            self._deliver(publication)
-        if expected != upto + 1:
-            whole = False
-        if not whole:
-            logger.warning("publications of %r were lost (no longer kept); recover", channel)
-            self._channels[channel] = (epoch, upto)
-            if self._lost is not None:
-                self._lost([channel])
+    async def _check_streams(self, *, reconnected: bool = False) -> None:
+        """Compare every subscribed stream's top with the newest offset seen; report loss.
 
-    async def _catch_up(self, *, at_once: bool = False) -> None:
-        """Compare every subscribed stream with what this node delivered; fill the difference.
-
-        After a reconnect (``at_once``) the difference is filled at once. On a
-        periodic poll a stream ahead of this node is only noted: its
-        notifications may be on their way (a busy node lags), and filling early
-        would race them to rows the history may already have trimmed. What is
-        still missing at the next poll, one ``poll_interval`` later, is filled.
+        After a reconnect every stream ahead is reported at once. On a periodic
+        poll a stream ahead of this node is only noted: its notifications may be
+        on their way (a busy node lags). One still behind what was noted at the
+        next poll, one ``poll_interval`` later, is reported. Either way the hub
+        repairs from the history; the seen offset moves to the reported top so
+        one loss is reported once.
         """
         suspects, self._suspects = self._suspects, {}
         known = [c for c, state in self._channels.items() if state is not None]
         if not known:
             return
         tops = await self._run(lambda conn: self._top(conn, known), link=True)
+        lost = []
         for channel, (epoch, top) in tops.items():
             state = self._channels.get(channel)
             if state is None:
                 continue
-            last = state[1] if state[0] == epoch else 0
-            if top <= last:
+            seen = state[1] if state[0] == epoch else 0
+            if top <= seen:
                 continue
-            if at_once:
-                await self._fill(channel, epoch, last, top)
+            if reconnected:
+                lost.append(channel)
+                self._channels[channel] = (epoch, top)
                 continue
             noted = suspects.get(channel)
-            if noted is not None and noted[0] == epoch and noted[1] > last:
-                await self._fill(channel, epoch, last, noted[1])
+            if noted is not None and noted[0] == epoch and noted[1] > seen:
+                lost.append(channel)
+                self._channels[channel] = (epoch, noted[1])
             self._suspects[channel] = (epoch, top)
+        if lost:
+            logger.warning(
+                "publications of %d channel(s) may have been lost on their way here; "
+                "the hub repairs them from history",
+                len(lost),
+            )
+            self._report_lost(lost)
+
+    def _report_lost(self, channels: list[str] | None) -> None:
+        lost = self._lost
+        if lost is None:
+            return
+        try:
+            lost(channels)
+        except Exception:
+            logger.exception("the hub's loss handler failed")
 
     def _deliver(self, publication: Publication) -> None:
         handler = self._handler
