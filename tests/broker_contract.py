@@ -1,9 +1,16 @@
 """The broker contract suite, now public as :mod:`hubbub.testing.contract`.
 
-Kept as a re-export so broker test modules import it unchanged.
+Kept as a re-export so broker test modules import it unchanged; ``task_group``
+(``task_group_fixture``) is a fixture for tests that start a networked broker themselves.
 """
 
 from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import anyio
+import pytest
+from anyio.abc import TaskGroup
 
 from hubbub.testing.contract import KEEP as KEEP
 from hubbub.testing.contract import WAIT as WAIT
@@ -19,6 +26,16 @@ from hubbub.testing.contract import offsets as offsets
 from hubbub.testing.contract import publication as publication
 from hubbub.testing.contract import requires as requires
 
+
+@pytest.fixture(name="task_group")
+async def task_group_fixture() -> AsyncIterator[TaskGroup]:
+    """A task group that owns the background tasks of brokers a test starts (the hub's
+    role); cancelled when the test ends."""
+    async with anyio.create_task_group() as tg:
+        yield tg
+        tg.cancel_scope.cancel()
+
+
 __all__ = [
     "KEEP",
     "WAIT",
@@ -33,4 +50,5 @@ __all__ = [
     "offsets",
     "publication",
     "requires",
+    "task_group_fixture",
 ]

@@ -8,16 +8,17 @@ import logging
 import secrets
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import anyio
 import pytest
+from anyio.abc import TaskGroup
 
 from hubbub import BrokerUnavailable, Namespace
 from hubbub.brokers import Capability, HistoryOptions, Idempotency, broker_from_url
 from hubbub.brokers.postgres import PostgresBroker
-from hubbub.messages import ClientInfo
+from hubbub.messages import ClientInfo, Position
 
 from .broker_contract import (
     KEEP,
@@ -28,6 +29,7 @@ from .broker_contract import (
     Recorder,
     offsets,
     publication,
+    task_group_fixture,  # noqa: F401 (the task_group fixture)
 )
 from .pg_server import PgServer, pg_server
 
@@ -78,12 +80,14 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-async def pair(pg: PgServer) -> AsyncIterator[tuple[PostgresBroker, Recorder, str]]:
+async def pair(
+    pg: PgServer, task_group: TaskGroup
+) -> AsyncIterator[tuple[PostgresBroker, Recorder, str]]:
     """A started broker under a schema of this test alone, its recorder, and the schema."""
     schema = f"t_{secrets.token_hex(4)}"
     broker = new_broker(pg.url, schema=schema)
     recorder = Recorder()
-    await broker.start(recorder.handler, recorder.on_lost)
+    await broker.start(recorder.handler, recorder.on_lost, task_group)
     try:
         yield broker, recorder, schema
     finally:
@@ -110,7 +114,9 @@ def test_import_hubbub_does_not_import_psycopg() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
 
 
-async def test_broker_from_url_builds_a_postgres_broker(pg: PgServer) -> None:
+async def test_broker_from_url_builds_a_postgres_broker(
+    pg: PgServer, task_group: TaskGroup
+) -> None:
     """``postgresql://`` and ``postgres://`` URLs give a PostgresBroker; query options apply."""
     broker = broker_from_url(pg.url + "?schema=from_url&timeout=1.5&pool_size=2")
     assert isinstance(broker, PostgresBroker)
@@ -118,12 +124,25 @@ async def test_broker_from_url_builds_a_postgres_broker(pg: PgServer) -> None:
     assert broker.capabilities == frozenset(Capability)
     assert isinstance(broker_from_url(pg.url.replace("postgresql", "postgres")), PostgresBroker)
     recorder = Recorder()
-    await broker.start(recorder.handler, recorder.on_lost)
+    await broker.start(recorder.handler, recorder.on_lost, task_group)
     try:
         assert await broker.ready()
         assert pg.sql("SELECT count(*) FROM pg_namespace WHERE nspname = 'from_url'") == [(1,)]
     finally:
         await broker.stop()
+
+
+async def test_start_without_a_task_group_raises_and_run_owns_one(pg: PgServer) -> None:
+    """``start`` without a task group raises (no task nobody owns); ``run()`` owns one."""
+    broker = new_broker(pg.url, schema=f"r_{secrets.token_hex(4)}")
+    recorder = Recorder()
+    with pytest.raises(RuntimeError, match=r"broker\.run\(handler, lost\)"):
+        await broker.start(recorder.handler, recorder.on_lost)
+    async with broker.run(recorder.handler, recorder.on_lost):
+        await broker.subscribe("a")
+        await broker.publish(publication("a"), KEEP)
+        assert offsets(await recorder.wait_for("a", 1)) == [1]
+    assert not broker._link_task.running and not broker._up
 
 
 def test_bad_options_are_refused_at_construction() -> None:
@@ -165,12 +184,12 @@ def test_schema_names_postgresql_cannot_create_are_refused(pg: PgServer) -> None
         pg.sql(f"DROP SCHEMA {schema} CASCADE")
 
 
-async def test_database_down_gives_broker_unavailable(pg: PgServer) -> None:
+async def test_database_down_gives_broker_unavailable(pg: PgServer, task_group: TaskGroup) -> None:
     """Nothing listening: start returns, ready is False, calls raise BrokerUnavailable in time."""
     from .servers import free_port
 
     broker = new_broker(f"postgresql://postgres@127.0.0.1:{free_port()}/postgres", timeout=1.0)
-    await broker.start(Recorder().handler, Recorder().on_lost)
+    await broker.start(Recorder().handler, Recorder().on_lost, task_group)
     try:
         assert await broker.ready() is False
         with anyio.fail_after(5):
@@ -184,7 +203,7 @@ async def test_database_down_gives_broker_unavailable(pg: PgServer) -> None:
         await broker.stop()
 
 
-async def test_schema_sql_for_your_own_migrations(pg: PgServer) -> None:
+async def test_schema_sql_for_your_own_migrations(pg: PgServer, task_group: TaskGroup) -> None:
     """The script runs twice by hand; a broker with ``create_schema=False`` then works on it."""
     schema = f"m_{secrets.token_hex(4)}"
     script = PostgresBroker.schema_sql(schema)
@@ -195,7 +214,7 @@ async def test_schema_sql_for_your_own_migrations(pg: PgServer) -> None:
                 await conn.execute(script)
     broker = new_broker(pg.url, schema=schema, create_schema=False)
     recorder = Recorder()
-    await broker.start(recorder.handler, recorder.on_lost)
+    await broker.start(recorder.handler, recorder.on_lost, task_group)
     try:
         await broker.subscribe("m")
         await broker.publish(publication("m"), KEEP)
@@ -204,11 +223,13 @@ async def test_schema_sql_for_your_own_migrations(pg: PgServer) -> None:
         await broker.stop()
 
 
-async def test_more_concurrent_calls_than_pooled_connections(pg: PgServer) -> None:
+async def test_more_concurrent_calls_than_pooled_connections(
+    pg: PgServer, task_group: TaskGroup
+) -> None:
     """With one pooled connection, 20 racing publishes queue for it and all succeed in order."""
     broker = new_broker(pg.url, schema=f"p_{secrets.token_hex(4)}", pool_size=1)
     recorder = Recorder()
-    await broker.start(recorder.handler, recorder.on_lost)
+    await broker.start(recorder.handler, recorder.on_lost, task_group)
     try:
         await broker.subscribe("pooled")
         returned: list[int | None] = []
@@ -316,14 +337,16 @@ async def test_an_open_transaction_holds_the_channel_until_it_ends(
 
 
 async def test_a_call_blocked_past_the_timeout_is_broker_unavailable(
-    pg: PgServer, pair: tuple[PostgresBroker, Recorder, str]
+    pg: PgServer,
+    pair: tuple[PostgresBroker, Recorder, str],
+    task_group: TaskGroup,
 ) -> None:
     """A publish waiting longer than ``timeout`` for a channel's lock gives up with 503;
     the broker's next calls work (the stuck connection was dropped)."""
     _, _, schema = pair
     broker = new_broker(pg.url, schema=schema, timeout=0.5, pool_size=1)
     recorder = Recorder()
-    await broker.start(recorder.handler, recorder.on_lost)
+    await broker.start(recorder.handler, recorder.on_lost, task_group)
     try:
         conn = await connect(pg)
         async with conn:
@@ -437,12 +460,14 @@ async def test_large_publications_travel_through_the_relay_table(
 
 
 async def test_relayed_publications_are_swept_after_their_ttl(
-    pg: PgServer, pair: tuple[PostgresBroker, Recorder, str]
+    pg: PgServer,
+    pair: tuple[PostgresBroker, Recorder, str],
+    task_group: TaskGroup,
 ) -> None:
     """Relay rows older than ``relay_ttl`` go at the next sweep; younger ones stay."""
     _, _, schema = pair
     broker = new_broker(pg.url, schema=schema, relay_ttl=0.3)
-    await broker.start(Recorder().handler, Recorder().on_lost)
+    await broker.start(Recorder().handler, Recorder().on_lost, task_group)
     try:
         big = b'"' + b"y" * 9_000 + b'"'
         await broker.publish(publication("relay", big), None)
@@ -473,14 +498,16 @@ async def test_foreign_notifications_are_dropped(
 
 
 async def test_subscribe_during_a_publish_storm_has_no_hole(
-    pg: PgServer, pair: tuple[PostgresBroker, Recorder, str]
+    pg: PgServer,
+    pair: tuple[PostgresBroker, Recorder, str],
+    task_group: TaskGroup,
 ) -> None:
     """Subscribing while another node publishes: from the first delivered offset on, every
     offset once, in order, up to the last (none held back past the subscribe)."""
     broker, recorder, schema = pair
     channel = "storm"
     other = new_broker(pg.url, schema=schema)
-    await other.start(Recorder().handler, Recorder().on_lost)
+    await other.start(Recorder().handler, Recorder().on_lost, task_group)
     try:
         started = anyio.Event()
         subscribed = anyio.Event()
@@ -512,40 +539,63 @@ async def test_subscribe_during_a_publish_storm_has_no_hole(
     assert got[0] > 1 and recorder.lost == []
 
 
-async def test_killed_listen_connection_is_repaired_from_the_table(
-    pg: PgServer, pair: tuple[PostgresBroker, Recorder, str]
+async def until(predicate: Callable[[], bool], within: float = WAIT) -> None:
+    """Check ``predicate`` every 50 ms until it holds; fail after ``within`` seconds."""
+    with anyio.fail_after(within):
+        while True:
+            if predicate():
+                return
+            await anyio.sleep(0.05)
+
+
+async def test_killed_listen_connection_reports_what_it_missed(
+    pg: PgServer,
+    pair: tuple[PostgresBroker, Recorder, str],
+    task_group: TaskGroup,
 ) -> None:
-    """LISTEN connections killed (``pg_terminate_backend``) mid-stream: nothing lost or doubled."""
+    """LISTEN connections killed (``pg_terminate_backend``) mid-stream: both nodes reconnect,
+    deliver nothing twice or out of order, and report the channel lost if they missed any
+    of it (the hub repairs it from history: ``test_e2e_postgres``)."""
     broker, recorder, schema = pair
     channel = "feed"
     await broker.subscribe(channel)
     other = new_broker(pg.url, schema=schema)
-    await other.start(Recorder().handler, Recorder().on_lost)
+    await other.start(Recorder().handler, Recorder().on_lost, task_group)
+    listeners = "SELECT pid FROM pg_stat_activity WHERE application_name = %s"
+    name = [f"hubbub-listen:{schema}"]
     try:
         for _ in range(5):
             await other.publish(publication(channel), KEEP)
         await recorder.wait_for(channel, 5)
-        killed = pg.sql(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
-            [f"hubbub-listen:{schema}"],
-        )
+        before = set(pg.sql(listeners, name))
+        killed = pg.sql(f"SELECT pg_terminate_backend(pid) FROM ({listeners}) AS l", name)
         assert killed == [(True,), (True,)]  # both nodes' LISTEN connections
         for _ in range(20):
             await other.publish(publication(channel), KEEP)
-        delivered = await recorder.wait_for(channel, 25)
+        # Both links back (new backends), then one more: it must arrive.
+        await until(lambda: len(set(pg.sql(listeners, name)) - before) == 2)
+        await until(lambda: broker._up)
+        await broker.publish(publication(channel), KEEP)
+        await until(lambda: offsets(recorder.on(channel))[-1] == 26)
         await anyio.sleep(0.6)  # a poll interval: nothing more may arrive
     finally:
         await other.stop()
-    assert offsets(recorder.on(channel)) == list(range(1, 26))
+    delivered = recorder.on(channel)
+    got = offsets(delivered)
+    assert got[:5] == [1, 2, 3, 4, 5] and got[-1] == 26
+    assert got == sorted(set(got)), got  # type: ignore[type-var]
     assert len({p.epoch for p in delivered}) == 1
-    assert recorder.lost == []
+    if got != list(range(1, 27)):
+        assert [channel] in recorder.lost, recorder.lost
+    assert all(lost == [channel] for lost in recorder.lost), recorder.lost
     assert await broker.ready()
 
 
-async def test_a_lost_notification_is_found_by_polling(
+async def test_a_lost_notification_is_reported_by_polling(
     pg: PgServer, pair: tuple[PostgresBroker, Recorder, str]
 ) -> None:
-    """A row written without its notification (as by a lost one) is delivered by the poll."""
+    """A row written without its notification (as by a lost one) is reported lost by the
+    poll, once; the hub then reads it from history (``test_e2e_postgres``)."""
     broker, recorder, schema = pair
     channel = "quiet"
     await broker.subscribe(channel)
@@ -559,6 +609,12 @@ async def test_a_lost_notification_is_found_by_polling(
         " SELECT channel, epoch, 2, '\"silent\"', 'json', 0, 'message' FROM s",
         [channel],
     )
-    delivered = await recorder.wait_for(channel, 2)
-    assert [(p.offset, p.data) for p in delivered] == [(1, b'"x"'), (2, b'"silent"')]
-    assert recorder.lost == []
+    await until(lambda: bool(recorder.lost))
+    assert recorder.lost == [[channel]]
+    await anyio.sleep(1.2)  # two more polls: reported once
+    assert recorder.lost == [[channel]]
+    assert offsets(recorder.on(channel)) == [1]
+    page = await broker.history(
+        channel, since=Position(offset=1, epoch=recorder.on(channel)[0].epoch or "")
+    )
+    assert [(p.offset, p.data) for p in page.publications] == [(2, b'"silent"')]

@@ -12,6 +12,7 @@ from pathlib import Path
 import anyio
 import msgspec
 import pytest
+from anyio.abc import TaskGroup
 
 from hubbub import BrokerUnavailable, InternalError
 from hubbub.brokers import HistoryOptions, Publication, broker_from_url
@@ -26,6 +27,7 @@ from .broker_contract import (
     Recorder,
     offsets,
     publication,
+    task_group_fixture,  # noqa: F401 (the task_group fixture)
 )
 from .redis_server import RedisServer, redis_server
 
@@ -81,11 +83,13 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-async def started(own_redis: RedisServer) -> AsyncIterator[tuple[RedisBroker, Recorder]]:
+async def started(
+    own_redis: RedisServer, task_group: TaskGroup
+) -> AsyncIterator[tuple[RedisBroker, Recorder]]:
     """A started broker on this test's own redis-server."""
     broker = new_broker(own_redis.url)
     recorder = Recorder()
-    await broker.start(recorder.handler, recorder.on_lost)
+    await broker.start(recorder.handler, recorder.on_lost, task_group)
     try:
         yield broker, recorder
     finally:
@@ -129,12 +133,14 @@ def test_import_hubbub_does_not_import_redis() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
 
 
-async def test_broker_from_url_builds_a_redis_broker(redis: RedisServer) -> None:
+async def test_broker_from_url_builds_a_redis_broker(
+    redis: RedisServer, task_group: TaskGroup
+) -> None:
     """``redis://`` URLs give a RedisBroker; query options set its prefix and timeouts."""
     broker = broker_from_url(redis.url + "?prefix=app1:&timeout=0.5&health_check_interval=2")
     assert isinstance(broker, RedisBroker)
     assert broker._prefix == "app1:" and broker._timeout == 0.5 and broker._health == 2.0
-    await broker.start(Recorder().handler, Recorder().on_lost)
+    await broker.start(Recorder().handler, Recorder().on_lost, task_group)
     try:
         assert await broker.ready()
     finally:
@@ -151,13 +157,15 @@ def test_bad_options_are_refused_at_construction() -> None:
         RedisBroker(object())  # type: ignore[arg-type]
 
 
-async def test_two_brokers_share_streams_and_deliver_once(redis: RedisServer) -> None:
+async def test_two_brokers_share_streams_and_deliver_once(
+    redis: RedisServer, task_group: TaskGroup
+) -> None:
     """Two nodes on one Redis: each gets every publication once, in offset order."""
     prefix = f"t{secrets.token_hex(3)}:"
     one, two = new_broker(redis.url, prefix=prefix), new_broker(redis.url, prefix=prefix)
     got_one, got_two = Recorder(), Recorder()
-    await one.start(got_one.handler, got_one.on_lost)
-    await two.start(got_two.handler, got_two.on_lost)
+    await one.start(got_one.handler, got_one.on_lost, task_group)
+    await two.start(got_two.handler, got_two.on_lost, task_group)
     try:
         await one.subscribe("room")
         await two.subscribe("room")
@@ -182,13 +190,13 @@ async def test_two_brokers_share_streams_and_deliver_once(redis: RedisServer) ->
         await two.stop()
 
 
-async def test_redis_down_at_start(own_redis: RedisServer) -> None:
+async def test_redis_down_at_start(own_redis: RedisServer, task_group: TaskGroup) -> None:
     """Started while Redis is down: not ready, commands fail fast, then it connects alone."""
     own_redis.stop()
     broker = new_broker(own_redis.url)
     recorder = Recorder()
     with anyio.fail_after(3):
-        await broker.start(recorder.handler, recorder.on_lost)
+        await broker.start(recorder.handler, recorder.on_lost, task_group)
     try:
         assert not await broker.ready()
         with anyio.fail_after(1.5):
@@ -274,12 +282,14 @@ async def test_redis_frozen(own_redis: RedisServer, started: tuple[RedisBroker, 
 
 
 async def test_junk_is_dropped_with_a_log_line(
-    redis: RedisServer, caplog: pytest.LogCaptureFixture
+    redis: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+    task_group: TaskGroup,
 ) -> None:
     """Junk in hubbub's channel, stream and presence keys is logged and dropped, never fatal."""
     broker = new_broker(redis.url)
     recorder = Recorder()
-    await broker.start(recorder.handler, recorder.on_lost)
+    await broker.start(recorder.handler, recorder.on_lost, task_group)
     try:
         await broker.subscribe("a")
         pub = broker._key("a", "pub")
@@ -306,10 +316,12 @@ async def test_junk_is_dropped_with_a_log_line(
         await broker.stop()
 
 
-async def test_subscriptions_and_keys_return_to_baseline(redis: RedisServer) -> None:
+async def test_subscriptions_and_keys_return_to_baseline(
+    redis: RedisServer, task_group: TaskGroup
+) -> None:
     """Many subscribe/unsubscribe and presence cycles leave no subscription or key behind."""
     broker = new_broker(redis.url)
-    await broker.start(Recorder().handler, Recorder().on_lost)
+    await broker.start(Recorder().handler, Recorder().on_lost, task_group)
     prefix = broker._prefix
     who = ClientInfo(user="u", client="n.1")
     try:
@@ -327,10 +339,12 @@ async def test_subscriptions_and_keys_return_to_baseline(redis: RedisServer) -> 
         await broker.stop()
 
 
-async def test_history_keys_expire_with_the_stream(redis: RedisServer) -> None:
+async def test_history_keys_expire_with_the_stream(
+    redis: RedisServer, task_group: TaskGroup
+) -> None:
     """The meta hash and the stream expire together; nothing of the channel stays."""
     broker = new_broker(redis.url)
-    await broker.start(Recorder().handler, Recorder().on_lost)
+    await broker.start(Recorder().handler, Recorder().on_lost, task_group)
     try:
         await broker.publish(publication("a"), HistoryOptions(size=5, ttl=0.3))
         keys = redis.command("KEYS", broker._prefix + "*")
@@ -355,6 +369,19 @@ async def test_runs_in_a_given_task_group(redis: RedisServer) -> None:
     assert broker._link is None
 
 
+async def test_start_without_a_task_group_raises_and_run_owns_one(redis: RedisServer) -> None:
+    """``start`` without a task group raises (no task nobody owns); ``run()`` owns one."""
+    broker = new_broker(redis.url)
+    recorder = Recorder()
+    with pytest.raises(RuntimeError, match=r"broker\.run\(handler, lost\)"):
+        await broker.start(recorder.handler, recorder.on_lost)
+    async with broker.run(recorder.handler, recorder.on_lost):
+        await broker.subscribe("a")
+        await broker.publish(publication("a"), KEEP)
+        assert offsets(await recorder.wait_for("a", 1)) == [1]
+    assert broker._link is None and not broker._link_task.running
+
+
 async def test_commands_before_start_raise(redis: RedisServer) -> None:
     """Subscribing before ``start`` is a lifecycle error, not a Redis one."""
     broker = new_broker(redis.url)
@@ -365,7 +392,9 @@ async def test_commands_before_start_raise(redis: RedisServer) -> None:
 
 
 async def test_a_failing_handler_does_not_stop_delivery(
-    redis: RedisServer, caplog: pytest.LogCaptureFixture
+    redis: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+    task_group: TaskGroup,
 ) -> None:
     """An exception in the hub's handler is logged; later publications still arrive."""
     broker = new_broker(redis.url)
@@ -376,7 +405,7 @@ async def test_a_failing_handler_does_not_stop_delivery(
         if p.offset == 1:
             raise ValueError("boom")
 
-    await broker.start(handler, recorder.on_lost)
+    await broker.start(handler, recorder.on_lost, task_group)
     try:
         await broker.subscribe("a")
         await broker.publish(publication("a"), KEEP)
@@ -388,11 +417,13 @@ async def test_a_failing_handler_does_not_stop_delivery(
 
 
 async def test_a_key_of_the_wrong_type_is_an_internal_error(
-    redis: RedisServer, caplog: pytest.LogCaptureFixture
+    redis: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+    task_group: TaskGroup,
 ) -> None:
     """A foreign value of the wrong type under a hubbub key fails the call with 500, logged."""
     broker = new_broker(redis.url)
-    await broker.start(Recorder().handler, Recorder().on_lost)
+    await broker.start(Recorder().handler, Recorder().on_lost, task_group)
     try:
         redis.command("SET", broker._key("a", "meta"), "not a hash")
         with pytest.raises(InternalError):
@@ -416,10 +447,10 @@ def test_missing_redis_server_fails_in_ci(monkeypatch: pytest.MonkeyPatch) -> No
         module.redis_server_binary()
 
 
-async def test_history_since_extreme_offsets(redis: RedisServer) -> None:
+async def test_history_since_extreme_offsets(redis: RedisServer, task_group: TaskGroup) -> None:
     """``since`` below zero reads from the start; far beyond the top reads nothing."""
     broker = new_broker(redis.url)
-    await broker.start(Recorder().handler, Recorder().on_lost)
+    await broker.start(Recorder().handler, Recorder().on_lost, task_group)
     try:
         published = await broker.publish(publication("a"), KEEP)
         epoch = published.epoch or ""

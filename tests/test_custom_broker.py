@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import pytest
 from examples.custom_broker import Bus, BusBroker
 
 from hubbub import Capability, Hub, Namespace, UnsupportedCapability
-from hubbub.brokers import HistoryOptions, Idempotency
+from hubbub.brokers import HistoryOptions, Idempotency, Publication
 from hubbub.testing import HubTester
 from hubbub.testing.contract import (
     BrokerContract,
@@ -17,6 +18,7 @@ from hubbub.testing.contract import (
     ManualClock,
     publication,
 )
+from hubbub.testing.contract import publication as make_publication
 
 
 class TestBusBroker(BrokerContract):
@@ -88,12 +90,33 @@ async def test_a_hub_with_history_is_refused_at_start(anyio_backend: str) -> Non
     assert hub.state == "stopped"
 
 
+async def test_run_starts_and_stops_a_broker_written_for_0_1(anyio_backend: str) -> None:
+    """``Broker.run`` (the guide's way to use a broker on its own) starts a broker that
+    ignores ``task_group``, and stops it on exit even when the block raises."""
+    broker = BusBroker()
+    delivered: list[Publication] = []
+    handler, lost = delivered.append, lambda channels: None
+    publication = make_publication("news")
+    history = None
+    async with broker.run(handler, lost):
+        await broker.subscribe("news")
+        await broker.publish(publication, history)
+    assert [p.channel for p in delivered] == ["news"]
+    assert broker not in broker.bus.nodes
+    with pytest.raises(KeyError):
+        async with broker.run(handler, lost):
+            assert broker in broker.bus.nodes
+            raise KeyError("the caller's own error, unwrapped")
+    assert broker not in broker.bus.nodes
+
+
 def test_the_guide_quotes_this_code() -> None:
     """Every Python block of ``docs/brokers.md`` is quoted verbatim from the tested files."""
     root = Path(__file__).parent.parent
     guide = (root / "docs" / "brokers.md").read_text()
     blocks = [part.split("```", 1)[0] for part in guide.split("```python\n")[1:]]
     sources = (root / "examples" / "custom_broker.py").read_text() + Path(__file__).read_text()
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     for block in blocks:
-        assert block in sources, block
+        # A block may be quoted from inside a test function (one level in).
+        assert block in sources or textwrap.indent(block, "    ") in sources, block

@@ -19,6 +19,7 @@ from typing import Any
 
 import anyio
 import pytest
+from anyio.abc import TaskGroup
 from redis.asyncio import ConnectionPool, Redis
 
 from hubbub import BrokerUnavailable, RateLimited
@@ -28,7 +29,12 @@ from hubbub.brokers.redis import RedisBroker
 from hubbub.messages import ClientInfo
 
 from .apps.wsclient import Client, open_client, open_clients
-from .broker_contract import KEEP, Recorder, publication
+from .broker_contract import (
+    KEEP,
+    Recorder,
+    publication,
+    task_group_fixture,  # noqa: F401 (the task_group fixture)
+)
 from .pg_server import PgServer, pg_server
 from .redis_server import RedisServer, redis_server
 from .servers import Server, run_server
@@ -70,12 +76,8 @@ async def started_redis_broker(
     options.setdefault("prefix", f"h{secrets.token_hex(3)}:")
     broker = RedisBroker.from_url(redis.url, **options)
     recorder = Recorder()
-    await broker.start(recorder.handler, recorder.on_lost)
-    try:
+    async with broker.run(recorder.handler, recorder.on_lost):
         yield broker, recorder
-    finally:
-        with anyio.fail_after(5):
-            await broker.stop()
 
 
 def no_tracebacks(server: Server) -> None:
@@ -128,13 +130,15 @@ async def test_a_full_redis_pool_waits_instead_of_failing(redis: RedisServer) ->
         assert len(await recorder.wait_for("pooled", 200)) == 200
 
 
-async def test_a_full_shared_pool_says_busy_not_unreachable(redis: RedisServer) -> None:
+async def test_a_full_shared_pool_says_busy_not_unreachable(
+    redis: RedisServer, task_group: TaskGroup
+) -> None:
     """A client whose refusing pool is full (other code holds it) gives 503 "busy", not
     "unreachable"; the next call after it is freed works."""
     pool = ConnectionPool.from_url(redis.url, max_connections=1)
     broker = RedisBroker(Redis(connection_pool=pool), prefix=f"h{secrets.token_hex(3)}:")
     recorder = Recorder()
-    await broker.start(recorder.handler, recorder.on_lost)
+    await broker.start(recorder.handler, recorder.on_lost, task_group)
     try:
         held = await pool.get_connection()
         try:
@@ -327,12 +331,8 @@ async def started_pg_broker(
     """A started PostgreSQL broker under a schema of its own."""
     broker = PostgresBroker(pg.url, schema=f"h_{secrets.token_hex(4)}", **options)
     recorder = recorder or Recorder()
-    await broker.start(recorder.handler, recorder.on_lost)
-    try:
+    async with broker.run(recorder.handler, recorder.on_lost):
         yield broker
-    finally:
-        with anyio.fail_after(5):
-            await broker.stop()
 
 
 @contextlib.asynccontextmanager

@@ -462,6 +462,11 @@ def too_large(limit: int) -> MessageTooLarge:
 JSON: Final = Codec("json")
 MSGPACK: Final = Codec("msgpack")
 CODECS: Final = {JSON.subprotocol: JSON, MSGPACK.subprotocol: MSGPACK}
+CODECS_BY_NAME: Final[dict[str, Codec]] = {JSON.name: JSON, MSGPACK.name: MSGPACK}
+"""Every codec by its name, as ``Publication.codec`` carries it: the one table of
+codec names, which the hub (to re-encode a publication for each client's codec)
+and the brokers (to refuse a stored or relayed publication in a codec hubbub does
+not speak) both read. Treat it as read-only."""
 
 
 def codec_for_subprotocol(name: str) -> Codec | None:

@@ -10,11 +10,13 @@ the hub then fans it out to its local clients.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
+import anyio
 from anyio.abc import TaskGroup
 from msgspec import Struct
 
@@ -161,8 +163,10 @@ class UnsupportedCapability(ValueError):
 class Broker(ABC):
     """Moves publications between hub nodes and keeps streams and presence.
 
-    Lifecycle: the hub calls :meth:`start` once when it starts and :meth:`stop`
-    once when it stops. Between them it calls :meth:`subscribe` once per
+    Lifecycle: the hub calls :meth:`start` once when it starts, with its task
+    group, and :meth:`stop` once when it stops; code that uses a broker on its
+    own enters :meth:`run` instead, which owns a task group for the broker's
+    life. Between them it calls :meth:`subscribe` once per
     channel however many local clients listen (it reference-counts) and
     :meth:`unsubscribe` when the last one leaves. Calls for one channel may
     overlap (a subscribe issued while an unsubscribe is still awaiting); a
@@ -200,14 +204,47 @@ class Broker(ABC):
     ) -> None:
         """Connect; deliver publications of subscribed channels to ``handler``.
 
-        ``task_group`` is the hub's: a broker that needs background tasks (a
-        pub/sub reader) starts them there, so they live and die with the hub.
-        Without one (a broker used on its own) it must manage its own.
+        ``task_group`` is the hub's (or :meth:`run`'s): a broker that needs
+        background tasks (a pub/sub reader) starts them there, so they live and
+        die with their owner. Such a broker raises :class:`RuntimeError` when
+        given none, rather than start a task nobody owns; a broker without
+        background tasks may ignore it (brokers written for 0.1 default it to
+        ``None`` and keep working).
         """
 
     @abstractmethod
     async def stop(self) -> None:
         """Disconnect and release every resource; publications stop arriving."""
+
+    @asynccontextmanager
+    async def run(self, handler: PublicationHandler, lost: LossHandler) -> AsyncIterator[None]:
+        """Use the broker on its own: started on entry, stopped on exit.
+
+        The context owns a task group for the broker's background tasks, so
+        none outlives it (``async with broker.run(handler, lost): ...``). The
+        hub does not need it: it passes its own task group to :meth:`start`.
+        Works with every broker, those written for 0.1 included, since it only
+        calls :meth:`start` and :meth:`stop`.
+
+        Raises:
+            RuntimeError: the broker is already started.
+        """
+        try:
+            async with anyio.create_task_group() as tg:
+                await self.start(handler, lost, tg)
+                try:
+                    yield
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await self.stop()
+                    tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # The task group wraps what start() or the caller's block raised; the
+            # broker's own tasks never fail (they log and retry), so unwrap it.
+            if len(group.exceptions) == 1:
+                exc = group.exceptions[0]
+                raise exc from exc.__cause__
+            raise
 
     @abstractmethod
     async def publish(

@@ -1,16 +1,16 @@
 """The background task that keeps a networked broker's link up (Redis pub/sub, PostgreSQL LISTEN).
 
-Both brokers run one long-lived task per node: in the hub's task group when
-``Broker.start`` is given one, else in a supervised asyncio task of its own
-(the interface passes no task group, and a task group entered in ``start``
-could not be exited from ``stop``: the caller's cancel scopes sit in between).
-``start`` returns once the first connection attempt has succeeded or failed;
-``stop`` cancels the task and waits, bounded, for it to end.
+Both brokers run one long-lived task per node, always in a task group that
+someone owns: the hub's, or the one :meth:`Broker.run` enters. There is no
+fallback task of the broker's own (a task group entered in ``start`` could not
+be exited from ``stop``: the caller's cancel scopes sit in between), so
+``start`` without a task group raises. ``start`` returns once the first
+connection attempt has succeeded or failed; ``stop`` cancels the task and
+waits, bounded, for it to end.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -37,7 +37,6 @@ class LinkTask:
         self._what = what
         self._logger = logger
         self._scope: anyio.CancelScope | None = None
-        self._task: asyncio.Task[None] | None = None
         self._attempted = self._done = anyio.Event()
 
     @property
@@ -49,15 +48,22 @@ class LinkTask:
         """The first connection attempt is over (either way): :meth:`start` may return."""
         self._attempted.set()
 
-    async def start(self, task_group: TaskGroup | None) -> None:
-        """Start the task (the broker checked :attr:`running` first) and await the first attempt."""
+    async def start(self, task_group: TaskGroup | None, broker: str) -> None:
+        """Start the task in ``task_group`` (the broker checked :attr:`running` first)
+        and await the first attempt.
+
+        Raises:
+            RuntimeError: no task group: nobody would own the task.
+        """
+        if task_group is None:
+            raise RuntimeError(
+                f"{broker} runs a background task and needs a task group to own it: "
+                f"use 'async with broker.run(handler, lost):' or pass one to start()"
+            )
         assert self._scope is None, "the link task is already running"
         self._scope = anyio.CancelScope()
         self._attempted, self._done = anyio.Event(), anyio.Event()
-        if task_group is not None:
-            task_group.start_soon(self._service, self._scope)
-        else:
-            self._task = asyncio.get_running_loop().create_task(self._service(self._scope))
+        task_group.start_soon(self._service, self._scope)
         await self._attempted.wait()
 
     async def stop(self, grace: float) -> bool:
@@ -68,7 +74,6 @@ class LinkTask:
         scope.cancel()
         with anyio.CancelScope(shield=True), anyio.move_on_after(grace):
             await self._done.wait()
-        self._task = None
         return True
 
     async def _service(self, scope: anyio.CancelScope) -> None:

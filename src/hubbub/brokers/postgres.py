@@ -24,34 +24,36 @@ Delivery: each node holds one ``LISTEN`` connection on the channel named like
 the schema. A notification carries the whole publication (JSON, payload base64)
 when it fits in :data:`~hubbub.brokers._postgres_sql.NOTIFY_LIMIT` bytes, so a
 node needs no query per publication; a larger one carries an id into ``relay``
-and is fetched. The node remembers the newest offset it delivered per channel:
-anything already seen is dropped, and a hole (offsets skipped) is filled from
-the ``publications`` table before the newer one is delivered. Polling is the
-safety net: after every reconnect of the ``LISTEN`` connection, and every
-``poll_interval``, the node compares each subscribed stream's top offset with
-what it delivered and reads the difference from the table (on a periodic poll
-only what is still missing one interval later, so it never races notifications
-in flight). A lost notification or a database restart therefore loses nothing
-that the history still keeps; only what it no longer keeps is reported to the
-hub through ``lost``.
+and is fetched. Publications are handed to the hub as they arrive, in commit
+order, which is offset order per channel (``_publish`` holds the stream's row
+lock until commit).
+
+Order and gap repair belong to the hub, as with every broker: this broker only
+*reports* that publications may have been lost (``lost``), and the hub reads
+what its clients missed from the history. To know when to report, the node
+remembers the newest offset it has seen per subscribed channel (read from the
+stream when it subscribes, then advanced by each notification) and compares it
+with each stream's top: after every reconnect of the ``LISTEN`` connection
+(notifications sent while it was down are gone) and every ``poll_interval``,
+where only a stream still behind one interval later is reported, so a
+notification merely in flight is never mistaken for a lost one (a row written
+without its notification, a relayed publication swept before it was read).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import msgspec
 from anyio.abc import TaskGroup
 
 from .._errors import BrokerUnavailable, InternalError, RateLimited, StreamGone
-from ..messages import ClientInfo, Position
+from ..messages import CODECS_BY_NAME, ClientInfo, Position
 from ._base import (
     IDEMPOTENCY_KEYS,
     Broker,
@@ -62,10 +64,11 @@ from ._base import (
     LossHandler,
     Publication,
     PublicationHandler,
-    PublicationKind,
     publisher,
 )
 from ._link import LinkTask
+from ._postgres_conn import CLIENT_INFO, ENCODER, close
+from ._postgres_listen import ListenLink
 from ._postgres_sql import check_schema_name, schema_sql
 
 if TYPE_CHECKING:
@@ -77,43 +80,14 @@ __all__ = ["PostgresBroker"]
 
 logger = logging.getLogger("hubbub.postgres")
 
-_T = TypeVar("_T")
 
 # A stream first created by a read (a subscribe before any publish) keeps its
 # epoch this long without publications, as in the other brokers.
 _EMPTY_STREAM_TTL: Final = timedelta(seconds=300)
 _SWEEP_TIMEOUT: Final = 30.0
-_BUSY_LOG_EVERY: Final = 10.0  # seconds between "busy" warnings (one per burst, not per call)
-_CODECS: Final = frozenset({"json", "msgpack"})
-_KINDS: Final = frozenset({"message", "join", "leave", "control"})
-_ENCODER: Final = msgspec.msgpack.Encoder()
-_CLIENT_INFO: Final = msgspec.msgpack.Decoder(ClientInfo)
-_COLUMNS: Final = "data, codec, ts, sender, exclude, kind"
 
 
-class _Wire(msgspec.Struct, frozen=True):
-    """A notification's payload, as ``<schema>._publish`` builds it."""
-
-    c: str
-    e: str | None = None
-    o: int | None = None
-    d: bytes = b""
-    f: str = "json"
-    t: int = 0
-    s: bytes | None = None
-    x: str | None = None
-    k: str = "message"
-    r: int | None = None  # an id in <schema>.relay: the publication was too large
-
-
-_WIRE: Final = msgspec.json.Decoder(_Wire)
-
-
-class _LinkDown(Exception):
-    """The LISTEN connection failed its health check; the link reconnects."""
-
-
-class PostgresBroker(Broker):
+class PostgresBroker(ListenLink, Broker):
     """Carries publications between hub nodes through one PostgreSQL database.
 
     Every database call is bounded by ``timeout`` and raises
@@ -206,14 +180,14 @@ class PostgresBroker(Broker):
         self._link_task = LinkTask(self._service, "PostgreSQL LISTEN", logger)
         self._up = False
         self._schema_ready = not create_schema
-        # Subscribed channels → (epoch, newest offset delivered); None while
-        # subscribe() is still reading the stream's position.
+        # Subscribed channels → (epoch, newest offset seen); None while subscribe()
+        # reads the stream's position.
         self._channels: dict[str, tuple[str, int] | None] = {}
-        # Stream tops the last poll found ahead of this node: filled from the table at
-        # the next poll if their notifications still have not arrived by then.
-        self._suspects: dict[str, tuple[str, int]] = {}
         # Publications of channels whose subscribe() is still reading the position.
         self._held: dict[str, list[Publication]] = {}
+        # Stream tops the last poll found ahead of this node: reported lost at the
+        # next poll if their notifications still have not arrived by then.
+        self._suspects: dict[str, tuple[str, int]] = {}
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> PostgresBroker:
@@ -262,13 +236,21 @@ class PostgresBroker(Broker):
     ) -> None:
         """Connect the ``LISTEN`` connection (creating the schema first) and keep it up.
 
-        Returns once the first connection attempt succeeded or failed; without
-        ``task_group`` the link runs in a task of its own that :meth:`stop` ends.
+        Returns once the first connection attempt succeeded or failed. The
+        link runs in ``task_group`` (the hub's); used on its own, enter ``async
+        with broker.run(handler, lost):`` instead.
+
+        Raises:
+            RuntimeError: already started, or no ``task_group``.
         """
         if self._link_task.running:
             raise RuntimeError("PostgresBroker is already started (one hub per broker)")
         self._handler, self._lost = handler, lost
-        await self._link_task.start(task_group)
+        try:
+            await self._link_task.start(task_group, "PostgresBroker")
+        except RuntimeError:
+            self._handler = self._lost = None
+            raise
 
     async def stop(self) -> None:
         self._handler = self._lost = None
@@ -281,7 +263,7 @@ class PostgresBroker(Broker):
             idle, self._idle = self._idle + self._link_idle, []
             self._link_idle = []
             for conn in idle:
-                await _close(conn)
+                await close(conn)
 
     async def ready(self) -> bool:
         """Whether the ``LISTEN`` connection is up and the database answers in time."""
@@ -356,7 +338,7 @@ class PostgresBroker(Broker):
         """
         import time
 
-        if codec not in _CODECS:
+        if codec not in CODECS_BY_NAME:
             raise ValueError(f"codec must be 'json' or 'msgpack', not {codec!r}")
         if not isinstance(data, bytes):
             data, codec = msgspec.json.encode(data), "json"
@@ -393,7 +375,7 @@ class PostgresBroker(Broker):
                 publication.data,
                 publication.codec,
                 publication.ts,
-                None if publication.sender is None else _ENCODER.encode(publication.sender),
+                None if publication.sender is None else ENCODER.encode(publication.sender),
                 publication.exclude,
                 publication.kind,
                 None if history is None else max(history.size, 1),
@@ -424,6 +406,9 @@ class PostgresBroker(Broker):
             raise RuntimeError("PostgresBroker is not started")
         if not self._up:
             raise BrokerUnavailable("the PostgreSQL LISTEN connection is down")
+        # The subscription starts at the stream's position read here, as a Redis
+        # SUBSCRIBE starts at its confirmation: LISTEN hears every channel, so a
+        # notification of a publication from before it may still be in flight.
         self._channels.setdefault(channel, None)
         try:
             position = await self._run(lambda conn: self._top(conn, [channel]))
@@ -433,14 +418,9 @@ class PostgresBroker(Broker):
             self._held.pop(channel, None)
             raise
         if channel in self._channels and self._channels[channel] is None:
-            epoch, last = self._channels[channel] = position.get(channel, ("", 0))
-            # Publications that arrived while the position was read: those after it,
-            # consecutive, are delivered now (anything else the next poll fills).
-            for held in sorted(self._held.pop(channel, []), key=lambda p: p.offset or 0):
-                if held.epoch == epoch and held.offset == last + 1:
-                    last = held.offset
-                    self._channels[channel] = (epoch, last)
-                    self._deliver(held)
+            self._channels[channel] = position.get(channel, ("", 0))
+            for held in self._held.pop(channel, []):
+                self._pass_on(held)
         self._held.pop(channel, None)
 
     async def unsubscribe(self, channel: str) -> None:
@@ -483,43 +463,6 @@ class PostgresBroker(Broker):
 
         return await self._run(read)
 
-    async def _rows(
-        self,
-        conn: AsyncConnection[Any],
-        channel: str,
-        epoch: str,
-        after: int,
-        upto: int,
-        limit: int | None = None,
-        *,
-        newest: bool = False,
-    ) -> list[Publication]:
-        """Kept publications of the stream with ``after < offset <= upto``, in offset order
-        (newest first with ``newest``), at most ``limit``."""
-        cursor = await conn.execute(
-            f'SELECT "offset", {_COLUMNS} FROM {self._schema}.publications'
-            ' WHERE channel = %s AND epoch = %s AND "offset" > %s AND "offset" <= %s'
-            f' ORDER BY "offset" {"DESC" if newest else "ASC"} LIMIT %s',
-            (channel, epoch, max(after, 0), upto, limit),
-        )
-        publications = []
-        for offset, *fields in await cursor.fetchall():
-            publication = _publication(channel, epoch, offset, fields)
-            if publication is not None:
-                publications.append(publication)
-        return publications
-
-    async def _top(
-        self, conn: AsyncConnection[Any], channels: Sequence[str]
-    ) -> dict[str, tuple[str, int]]:
-        """The living streams' positions among ``channels`` (a missing one: no stream)."""
-        cursor = await conn.execute(
-            f"SELECT channel, epoch, top FROM {self._schema}.streams"
-            " WHERE channel = ANY(%s) AND expires_at > clock_timestamp()",
-            (list(channels),),
-        )
-        return {str(c): (str(e), int(t)) for c, e, t in await cursor.fetchall()}
-
     # -- presence ----------------------------------------------------------------------------
 
     async def presence_set(self, channel: str, client: str, info: ClientInfo, ttl: float) -> None:
@@ -529,7 +472,7 @@ class PostgresBroker(Broker):
                 " VALUES (%s, %s, %s, clock_timestamp() + %s)"
                 " ON CONFLICT (channel, client) DO UPDATE"
                 " SET info = EXCLUDED.info, expires_at = EXCLUDED.expires_at",
-                (channel, client, _ENCODER.encode(info), timedelta(seconds=max(ttl, 0.001))),
+                (channel, client, ENCODER.encode(info), timedelta(seconds=max(ttl, 0.001))),
             )
         )
 
@@ -553,7 +496,7 @@ class PostgresBroker(Broker):
         clients: dict[str, ClientInfo] = {}
         for client, info in await self._run(read):
             try:
-                clients[str(client)] = _CLIENT_INFO.decode(info)
+                clients[str(client)] = CLIENT_INFO.decode(info)
             except (msgspec.DecodeError, RecursionError):
                 logger.warning("dropped an unreadable presence entry in %r", channel)
         return clients
@@ -588,347 +531,3 @@ class PostgresBroker(Broker):
                 )
 
         await self._run(work, bound=_SWEEP_TIMEOUT)
-
-    # -- internals: connections --------------------------------------------------------------
-
-    async def _connect(self, name: str = "hubbub") -> AsyncConnection[Any]:
-        from psycopg import AsyncConnection
-
-        options: dict[str, Any] = {
-            "connect_timeout": max(int(self._timeout + 0.999), 1),
-            "application_name": name,
-        }
-        options.update(self._connect_options)
-        # The server gives up on a statement a little before the client does: a call
-        # the client abandoned (a publish stuck behind a channel's lock) must not run
-        # later on its own and publish after the caller was told 503.
-        server_timeout = f"-c statement_timeout={max(int(self._timeout * 900), 1)}"
-        options["options"] = f"{server_timeout} {options.get('options', '')}".strip()
-        conn: AsyncConnection[Any] = await AsyncConnection.connect(
-            self._conninfo, autocommit=True, **options
-        )
-        return conn
-
-    @contextlib.asynccontextmanager
-    async def _connection(
-        self, waiting: list[bool], link: bool
-    ) -> AsyncIterator[tuple[AsyncConnection[Any], bool]]:
-        """A pooled autocommit connection (and whether it was reused); broken ones are
-        closed. ``waiting[0]`` stays true while every pooled connection is in use.
-        ``link``: the LISTEN link's own connection instead of the pool's."""
-        slots, idle = (self._link_slot, self._link_idle) if link else (self._slots, self._idle)
-        async with slots:
-            waiting[0] = False
-            conn = idle.pop() if idle else None
-            reused = conn is not None and not conn.closed
-            if conn is None or conn.closed:
-                conn = await self._connect()
-            ok = False
-            try:
-                yield conn, reused
-                ok = True
-            finally:
-                if ok and not conn.closed and not conn.broken and self._link_task.running:
-                    idle.append(conn)
-                else:
-                    with anyio.CancelScope(shield=True):
-                        await _close(conn)
-
-    async def _run(
-        self,
-        work: Callable[[AsyncConnection[Any]], Awaitable[_T]],
-        bound: float | None = None,
-        *,
-        link: bool = False,
-    ) -> _T:
-        """Run ``work`` on a pooled connection within ``bound`` seconds (default:
-        ``timeout``); database trouble becomes BrokerUnavailable. A reused
-        connection found dead (the database restarted) is replaced once at once,
-        and the other idle ones are dropped with it.
-        ``link``: on the LISTEN link's own connection (only the link task uses it)."""
-        import psycopg
-
-        timeout = self._timeout if bound is None else bound
-        for attempt in range(2):
-            reused = False
-            waiting = [True]
-            try:
-                with anyio.fail_after(timeout):
-                    async with self._connection(waiting, link) as (conn, reused):
-                        return await work(conn)
-            except TimeoutError:
-                if waiting[0]:
-                    # Load, not an outage: every pooled connection was busy all along.
-                    now = anyio.current_time()
-                    if now >= self._busy_logged + _BUSY_LOG_EVERY:
-                        self._busy_logged = now
-                        logger.warning(
-                            "PostgreSQL broker busy: no pooled connection free within %s s "
-                            "(pool_size=%d)",
-                            timeout,
-                            self._pool_size,
-                            extra={"event": "broker_busy"},
-                        )
-                    raise BrokerUnavailable(
-                        f"the PostgreSQL broker is busy: no pooled connection free within "
-                        f"{timeout} s"
-                    ) from None
-                raise BrokerUnavailable(f"PostgreSQL did not answer within {timeout} s") from None
-            except psycopg.errors.QueryCanceled:
-                raise BrokerUnavailable(f"PostgreSQL did not answer within {timeout} s") from None
-            except psycopg.OperationalError as exc:
-                if reused and attempt == 0:
-                    # The database restarted: every idle connection of that pool is as
-                    # dead as this one. Retry once on a new connection.
-                    idle = self._link_idle if link else self._idle
-                    stale, idle[:] = list(idle), []
-                    with anyio.CancelScope(shield=True):
-                        for conn in stale:
-                            await _close(conn)
-                    continue
-                logger.debug("PostgreSQL is unreachable: %s", exc)
-                raise BrokerUnavailable("PostgreSQL is unreachable") from None
-            except psycopg.Error as exc:
-                logger.warning("PostgreSQL refused a command: %s", exc)
-                raise InternalError("PostgreSQL refused a command") from None
-            except OSError as exc:
-                logger.debug("PostgreSQL is unreachable: %s", exc)
-                raise BrokerUnavailable("PostgreSQL is unreachable") from None
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    # -- internals: the LISTEN link ----------------------------------------------------------
-
-    async def _service(self) -> None:
-        """The LISTEN link and, beside it, the periodic sweep of expired rows."""
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._sweeper)
-                await self._run_link()
-        finally:
-            self._up = False
-
-    async def _sweeper(self) -> None:
-        while True:
-            await anyio.sleep(self._sweep_every * random.uniform(0.5, 1.0))
-            if not self._schema_ready:
-                continue
-            try:
-                await self.sweep()
-            except (BrokerUnavailable, InternalError) as exc:
-                logger.info("PostgreSQL sweep skipped: %s", exc)
-
-    async def _run_link(self) -> None:
-        """Keep the LISTEN connection up: connect, listen, catch up, deliver, check, repeat."""
-        import psycopg
-
-        attempt = 0
-        outage: float | None = None
-        while True:
-            conn: AsyncConnection[Any] | None = None
-            try:
-                with anyio.fail_after(self._timeout * 2):
-                    conn = await self._connect(f"hubbub-listen:{self._schema}")
-                    if not self._schema_ready:
-                        async with conn.transaction():
-                            await conn.execute(self.schema_sql(self._schema))
-                        self._schema_ready = True
-                    await conn.execute(f"LISTEN {self._schema}")
-                self._up = True
-                self._link_task.attempted()
-                if outage is not None:
-                    logger.warning(
-                        "PostgreSQL LISTEN link restored after %.1f s; catching up %d channel(s)",
-                        anyio.current_time() - outage,
-                        len(self._channels),
-                    )
-                    outage = None
-                else:
-                    logger.info("PostgreSQL LISTEN link up")
-                attempt = 0
-                await self._listen(conn)
-            except (_LinkDown, TimeoutError, psycopg.Error, OSError, BrokerUnavailable) as exc:
-                if outage is None:
-                    outage = anyio.current_time()
-                    logger.warning(
-                        "PostgreSQL LISTEN link down (%s); catching up from the tables when back",
-                        str(exc).strip() or type(exc).__name__,
-                    )
-            except Exception:
-                # A bug (or a refused catch-up query) must not leave the node deaf.
-                outage = outage if outage is not None else anyio.current_time()
-                logger.exception("PostgreSQL LISTEN link failed unexpectedly; reconnecting")
-            finally:
-                self._up = False
-                if conn is not None:
-                    with anyio.CancelScope(shield=True):
-                        await _close(conn)
-            self._link_task.attempted()
-            delay = min(self._max_delay, self._delay * 2**attempt)
-            attempt = min(attempt + 1, 30)
-            await anyio.sleep(delay * random.uniform(0.5, 1.0))
-
-    async def _listen(self, conn: AsyncConnection[Any]) -> None:
-        """Deliver notifications; check the link and poll every stream now and then."""
-        await self._catch_up(at_once=True)  # notifications sent while down are gone
-        next_poll = anyio.current_time() + self._poll
-        while True:
-            async for notify in conn.notifies(timeout=self._health):
-                await self._on_notify(notify.payload)
-            try:
-                with anyio.fail_after(self._timeout):
-                    await conn.execute("SELECT 1")
-            except TimeoutError:
-                raise _LinkDown(f"no answer within {self._timeout} s") from None
-            if anyio.current_time() >= next_poll:
-                await self._catch_up()
-                next_poll = anyio.current_time() + self._poll
-
-    async def _on_notify(self, payload: str) -> None:
-        try:
-            wire = _WIRE.decode(payload)
-        except (msgspec.DecodeError, RecursionError) as exc:
-            logger.warning("dropped an unreadable notification: %s", exc)
-            return
-        if wire.c not in self._channels and (wire.r is None or len(wire.c) < 1000):
-            return  # not subscribed here (a relayed one carries at most 1000 characters)
-        if wire.r is not None:
-            publication = await self._relayed(wire.r)
-        else:
-            publication = _publication(
-                wire.c, wire.e, wire.o, [wire.d, wire.f, wire.t, wire.s, wire.x, wire.k]
-            )
-        if publication is not None:
-            await self._accept(publication)
-
-    async def _relayed(self, relay_id: int) -> Publication | None:
-        async def read(conn: AsyncConnection[Any]) -> tuple[Any, ...] | None:
-            cursor = await conn.execute(
-                f'SELECT channel, epoch, "offset", {_COLUMNS} FROM {self._schema}.relay'
-                " WHERE id = %s",
-                (relay_id,),
-            )
-            return await cursor.fetchone()
-
-        row = await self._run(read, link=True)
-        if row is None:
-            logger.warning("relayed publication %d is gone (swept)", relay_id)
-            return None
-        channel, epoch, offset, *fields = row
-        return _publication(str(channel), epoch, offset, fields)
-
-    async def _accept(self, publication: Publication) -> None:
-        """Deliver one publication once, in offset order, filling a hole from the table first."""
-        channel = publication.channel
-        if publication.offset is None or publication.epoch is None:
-            if channel in self._channels:
-                self._deliver(publication)
-            return
-        if channel not in self._channels:
-            return
-        state = self._channels[channel]
-        if state is None:  # subscribe() is still reading the stream's position
-            self._held.setdefault(channel, []).append(publication)
-            return
-        last = state[1] if state[0] == publication.epoch else 0
-        if publication.offset <= last:
-            return  # seen already (a catch-up delivered it)
-        if publication.offset > last + 1:
-            await self._fill(channel, publication.epoch, last, publication.offset - 1)
-            state = self._channels.get(channel)
-            if state is None:
-                return
-            if state[0] == publication.epoch and publication.offset <= state[1]:
-                return
-        self._channels[channel] = (publication.epoch, publication.offset)
-        self._deliver(publication)
-
-    async def _fill(self, channel: str, epoch: str, after: int, upto: int) -> None:
-        """Deliver the kept publications ``after < offset <= upto``; report what is gone."""
-        rows = await self._run(
-            lambda conn: self._rows(conn, channel, epoch, after, upto), link=True
-        )
-        expected = after + 1
-        whole = True
-        for publication in rows:
-            if channel not in self._channels:
-                return
-            if publication.offset != expected:
-                whole = False
-            expected = (publication.offset or 0) + 1
-            self._channels[channel] = (epoch, publication.offset or 0)
-            self._deliver(publication)
-        if expected != upto + 1:
-            whole = False
-        if not whole:
-            logger.warning("publications of %r were lost (no longer kept); recover", channel)
-            self._channels[channel] = (epoch, upto)
-            if self._lost is not None:
-                self._lost([channel])
-
-    async def _catch_up(self, *, at_once: bool = False) -> None:
-        """Compare every subscribed stream with what this node delivered; fill the difference.
-
-        After a reconnect (``at_once``) the difference is filled at once. On a
-        periodic poll a stream ahead of this node is only noted: its
-        notifications may be on their way (a busy node lags), and filling early
-        would race them to rows the history may already have trimmed. What is
-        still missing at the next poll, one ``poll_interval`` later, is filled.
-        """
-        suspects, self._suspects = self._suspects, {}
-        known = [c for c, state in self._channels.items() if state is not None]
-        if not known:
-            return
-        tops = await self._run(lambda conn: self._top(conn, known), link=True)
-        for channel, (epoch, top) in tops.items():
-            state = self._channels.get(channel)
-            if state is None:
-                continue
-            last = state[1] if state[0] == epoch else 0
-            if top <= last:
-                continue
-            if at_once:
-                await self._fill(channel, epoch, last, top)
-                continue
-            noted = suspects.get(channel)
-            if noted is not None and noted[0] == epoch and noted[1] > last:
-                await self._fill(channel, epoch, last, noted[1])
-            self._suspects[channel] = (epoch, top)
-
-    def _deliver(self, publication: Publication) -> None:
-        handler = self._handler
-        if handler is None:
-            return
-        try:
-            handler(publication)
-        except Exception:
-            logger.exception("the hub's handler failed on a publication of %r", publication.channel)
-
-
-async def _close(conn: AsyncConnection[Any]) -> None:
-    with contextlib.suppress(Exception), anyio.move_on_after(1.0):
-        await conn.close()
-
-
-def _publication(
-    channel: str, epoch: Any, offset: Any, fields: Sequence[Any]
-) -> Publication | None:
-    """A publication from a row's ``data, codec, ts, sender, exclude, kind``, or None (logged)."""
-    data, codec, ts, sender, exclude, kind = fields
-    try:
-        if codec not in _CODECS or kind not in _KINDS:
-            raise ValueError(f"codec {codec!r} or kind {kind!r} is not hubbub's")
-        kind_: PublicationKind = kind
-        return Publication(
-            channel=channel,
-            data=bytes(data),
-            codec=str(codec),
-            ts=int(ts),
-            sender=None if sender is None else _CLIENT_INFO.decode(bytes(sender)),
-            exclude=exclude,
-            offset=None if offset is None else int(offset),
-            epoch=None if epoch is None else str(epoch),
-            kind=kind_,
-        )
-    except (ValueError, TypeError, RecursionError, msgspec.DecodeError) as exc:
-        logger.warning("dropped an unreadable publication of %r: %s", channel, exc)
-        return None

@@ -44,10 +44,8 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import secrets
-from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -55,7 +53,6 @@ import anyio
 import msgspec
 from anyio.abc import TaskGroup
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -76,203 +73,35 @@ from ._base import (
     publisher,
 )
 from ._link import LinkTask
+from ._redis_format import (
+    CLIENT_INFO,
+    EMPTY_STREAM_TTL_MS,
+    ENCODER,
+    HISTORY,
+    PRESENCE_GET,
+    PRESENCE_REMOVE,
+    PRESENCE_SET,
+    PUBLISH,
+    decode_entry,
+    key,
+    ms,
+    position_of,
+    text,
+)
+from ._redis_link import Link, PubSubLink, Waiter
 
 __all__ = ["MAX_CONNECTIONS", "RedisBroker"]
 
 logger = logging.getLogger("hubbub.redis")
 
-# A stream first created by a read (a subscribe before any publish) keeps its
-# epoch this long without publications, as in the memory broker.
-_EMPTY_STREAM_TTL_MS: Final = 300_000
 _T = TypeVar("_T")
 _BUSY_LOG_EVERY: Final = 10.0
 
 MAX_CONNECTIONS: Final = 50
 """Commands in flight at once per node (:meth:`RedisBroker.from_url`'s pool size)."""
-_SUBSCRIBE_BATCH: Final = 500
-_TAG: Final = b"h1"
-
-_ENCODER: Final = msgspec.msgpack.Encoder()
-_PUBLICATION: Final = msgspec.msgpack.Decoder(Publication)
-_CLIENT_INFO: Final = msgspec.msgpack.Decoder(ClientInfo)
-_CODECS: Final = frozenset({"json", "msgpack"})
-
-# KEYS: meta, stream, idem, idem-by.  ARGV: pub/sub channel, body, history (0/1),
-# size, ttl ms, new epoch, idempotency window ms (0: none), idempotency key, cap.
-# Returns {status, position}: status 0 published, 1 the key was seen (nothing
-# published), 2 the publisher holds ``cap`` keys in the channel (nothing
-# published); position "<offset> <epoch>" ("- -" without history).
-_PUBLISH: Final = """
-local window = tonumber(ARGV[7])
-local now
-if window > 0 then
-  local seen = redis.call('GET', KEYS[3])
-  if seen then return {1, seen} end
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
-  if redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[9]) then return {2, ''} end
-end
-local position
-if ARGV[3] == '1' then
-  local epoch = redis.call('HGET', KEYS[1], 'epoch')
-  local offset = tonumber(redis.call('HGET', KEYS[1], 'offset'))
-  if not epoch or not offset then
-    epoch = ARGV[6]
-    offset = 0
-    redis.call('DEL', KEYS[2])
-  end
-  offset = offset + 1
-  local id = string.format('%d-0', offset)
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', offset)
-  local ok = redis.pcall('XADD', KEYS[2], 'MAXLEN', ARGV[4], id, 'd', ARGV[2])
-  if type(ok) == 'table' and ok.err then
-    redis.call('DEL', KEYS[2])
-    redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], id, 'd', ARGV[2])
-  end
-  redis.call('PEXPIRE', KEYS[1], ARGV[5])
-  redis.call('PEXPIRE', KEYS[2], ARGV[5])
-  position = string.format('%d', offset) .. ' ' .. epoch
-else
-  position = '- -'
-end
-if window > 0 then
-  redis.call('SET', KEYS[3], position, 'PX', window)
-  redis.call('ZADD', KEYS[4], now + window, ARGV[8])
-  local last = redis.call('ZRANGE', KEYS[4], -1, -1, 'WITHSCORES')
-  redis.call('PEXPIREAT', KEYS[4], last[2])
-end
-redis.call('PUBLISH', ARGV[1], 'h1 ' .. position .. ' ' .. ARGV[2])
-return {0, position}
-"""
-
-# KEYS: meta, stream.  ARGV: new epoch, empty-stream ttl ms, since epoch ("" for
-# none), range command (XRANGE, XREVRANGE or "" for none), start, end, count
-# ("" for all).  Returns {epoch, offset, entries}.
-_HISTORY: Final = """
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-local offset = tonumber(redis.call('HGET', KEYS[1], 'offset'))
-if not epoch or not offset then
-  epoch = ARGV[1]
-  offset = 0
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-local top = string.format('%d', offset)
-if ARGV[3] ~= '' and ARGV[3] ~= epoch then return {epoch, top, false} end
-if ARGV[4] == '' then return {epoch, top, {}} end
-local entries
-if ARGV[7] == '' then
-  entries = redis.call(ARGV[4], KEYS[2], ARGV[5], ARGV[6])
-else
-  entries = redis.call(ARGV[4], KEYS[2], ARGV[5], ARGV[6], 'COUNT', ARGV[7])
-end
-return {epoch, top, entries}
-"""
-
-_TIME: Final = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-"""
-
-# Lua's unpack() fails above ~8,000 values ("too many results to unpack"): lists
-# of clients go to variadic commands in chunks.
-_CHUNK: Final = 1000
-
-_SWEEP: Final = f"""
-local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
-if #expired > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-  for i = 1, #expired, {_CHUNK} do
-    redis.call('HDEL', KEYS[2], unpack(expired, i, math.min(i + {_CHUNK - 1}, #expired)))
-  end
-end
-"""
-
-# KEYS: zset, hash.  ARGV: client, info, ttl ms.
-_PRESENCE_SET: Final = (
-    _TIME
-    + _SWEEP
-    + """
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-redis.call('PEXPIREAT', KEYS[1], last[2])
-redis.call('PEXPIREAT', KEYS[2], last[2])
-return 1
-"""
-)
-
-# KEYS: zset, hash.  ARGV: client.
-_PRESENCE_REMOVE: Final = """
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[1])
-if redis.call('ZCARD', KEYS[1]) == 0 then redis.call('DEL', KEYS[1], KEYS[2]) end
-return 1
-"""
-
-# KEYS: zset, hash.  Returns {client, info, client, info, ...}.
-_PRESENCE_GET: Final = (
-    _TIME
-    + _SWEEP
-    + f"""
-local clients = redis.call('ZRANGE', KEYS[1], 0, -1)
-local out = {{}}
-for i = 1, #clients, {_CHUNK} do
-  local last = math.min(i + {_CHUNK - 1}, #clients)
-  local infos = redis.call('HMGET', KEYS[2], unpack(clients, i, last))
-  for j = 1, last - i + 1 do
-    if infos[j] then
-      out[#out + 1] = clients[i + j - 1]
-      out[#out + 1] = infos[j]
-    end
-  end
-end
-return out
-"""
-)
 
 
-class _LinkDown(Exception):
-    """The pub/sub link failed; the reader reconnects."""
-
-
-class _Waiter:
-    """A pub/sub command waiting for Redis to confirm it."""
-
-    __slots__ = ("done", "failed")
-
-    def __init__(self) -> None:
-        self.done = anyio.Event()
-        self.failed = False
-
-
-class _Link:
-    """One connected pub/sub connection and what it is waiting for."""
-
-    __slots__ = ("conn", "lock", "pending", "pong", "received", "up")
-
-    def __init__(self, conn: AbstractConnection) -> None:
-        self.conn = conn
-        self.lock = anyio.Lock()
-        # Redis confirms (un)subscriptions in the order they were sent.
-        self.pending: deque[tuple[bytes, _Waiter | None]] = deque()
-        self.pong = anyio.Event()
-        self.received = 0  # replies read: a link busy delivering is alive
-        self.up = False
-
-    def fail(self) -> None:
-        self.up = False
-        for _, waiter in self.pending:
-            if waiter is not None:
-                waiter.failed = True
-                waiter.done.set()
-        self.pending.clear()
-        self.pong.set()
-
-
-class RedisBroker(Broker):
+class RedisBroker(PubSubLink, Broker):
     """Carries publications between hub nodes through one Redis (asyncio only).
 
     hubbub's core runs on asyncio and trio; this broker uses ``redis.asyncio``
@@ -350,11 +179,11 @@ class RedisBroker(Broker):
         self._delay = reconnect_delay
         self._max_delay = max_reconnect_delay
         self._close_client = close_client
-        self._publish_script = client.register_script(_PUBLISH)
-        self._history_script = client.register_script(_HISTORY)
-        self._presence_set_script = client.register_script(_PRESENCE_SET)
-        self._presence_remove_script = client.register_script(_PRESENCE_REMOVE)
-        self._presence_get_script = client.register_script(_PRESENCE_GET)
+        self._publish_script = client.register_script(PUBLISH)
+        self._history_script = client.register_script(HISTORY)
+        self._presence_set_script = client.register_script(PRESENCE_SET)
+        self._presence_remove_script = client.register_script(PRESENCE_REMOVE)
+        self._presence_get_script = client.register_script(PRESENCE_GET)
         self._handler: PublicationHandler | None = None
         self._lost: LossHandler | None = None
         self.outages = 0
@@ -363,7 +192,7 @@ class RedisBroker(Broker):
         """Times the pub/sub link came back after an outage (read by ``/metrics``)."""
         self._link_task = LinkTask(self._run_link, "Redis pub/sub link", logger)
         self._channels: set[str] = set()
-        self._link: _Link | None = None
+        self._link: Link | None = None
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisBroker:
@@ -420,14 +249,20 @@ class RedisBroker(Broker):
         link keeps reconnecting in the background.
 
         Args:
-            task_group: where to run the link's task. Without one (the
-                :class:`Broker` interface gives none), the broker runs it in a
-                task of its own, which :meth:`stop` cancels and awaits.
+            task_group: where the link's task runs (the hub's). Used on its
+                own, enter ``async with broker.run(handler, lost):`` instead.
+
+        Raises:
+            RuntimeError: already started, or no ``task_group``.
         """
         if self._link_task.running:
             raise RuntimeError("RedisBroker is already started (one hub per broker)")
         self._handler, self._lost = handler, lost
-        await self._link_task.start(task_group)
+        try:
+            await self._link_task.start(task_group, "RedisBroker")
+        except RuntimeError:
+            self._handler = self._lost = None
+            raise
 
     async def stop(self) -> None:
         self._handler = self._lost = None
@@ -460,7 +295,7 @@ class RedisBroker(Broker):
         if not self._link_task.running:
             raise RuntimeError("RedisBroker is not started")
         channel = publication.channel
-        body = _ENCODER.encode(publication)
+        body = ENCODER.encode(publication)
         keys = [self._key(channel, "meta"), self._key(channel, "stream")]
         if idempotency is None:
             keys += keys
@@ -472,9 +307,9 @@ class RedisBroker(Broker):
             body,
             0 if history is None else 1,
             0 if history is None else max(history.size, 1),
-            0 if history is None else max(_ms(history.ttl), 1),
+            0 if history is None else max(ms(history.ttl), 1),
             secrets.token_hex(4),
-            0 if idempotency is None else max(_ms(idempotency.window), 1),
+            0 if idempotency is None else max(ms(idempotency.window), 1),
             "" if idempotency is None else idempotency.key,
             self._idempotency_keys,
         ]
@@ -485,7 +320,7 @@ class RedisBroker(Broker):
                 "channel within the idempotency window; nothing was published"
             )
         try:
-            offset, epoch = _position(position)
+            offset, epoch = position_of(position)
         except (ValueError, TypeError):
             raise InternalError("unreadable position under the idempotency key") from None
         if offset is None:
@@ -500,7 +335,7 @@ class RedisBroker(Broker):
         link = self._link
         if link is None or not link.up:
             raise BrokerUnavailable("the Redis pub/sub link is down")
-        waiter = _Waiter()
+        waiter = Waiter()
         async with link.lock:
             self._channels.add(channel)
             try:
@@ -553,7 +388,7 @@ class RedisBroker(Broker):
             command, start, end = "XRANGE", "-", "+"
         args: list[str | int] = [
             secrets.token_hex(4),
-            _EMPTY_STREAM_TTL_MS,
+            EMPTY_STREAM_TTL_MS,
             "" if since is None else since.epoch or "\x00",
             command,
             start,
@@ -564,12 +399,12 @@ class RedisBroker(Broker):
         raw_epoch, raw_offset, entries = await self._call(
             lambda: self._history_script(keys=keys, args=args)
         )
-        epoch = _text(raw_epoch)
+        epoch = text(raw_epoch)
         if entries is None:  # Lua false
             raise StreamGone(f"epoch {since.epoch if since else ''!r} is not the stream's epoch")
         publications = []
         for entry in entries:
-            publication = _decode_entry(entry, channel, epoch)
+            publication = decode_entry(entry, channel, epoch)
             if publication is not None:
                 publications.append(publication)
         if command == "XREVRANGE" and not reverse:
@@ -582,7 +417,7 @@ class RedisBroker(Broker):
 
     async def presence_set(self, channel: str, client: str, info: ClientInfo, ttl: float) -> None:
         keys = self._presence_keys(channel)
-        args: list[str | bytes | int] = [client, _ENCODER.encode(info), max(_ms(ttl), 1)]
+        args: list[str | bytes | int] = [client, ENCODER.encode(info), max(ms(ttl), 1)]
         await self._call(lambda: self._presence_set_script(keys=keys, args=args))
 
     async def presence_remove(self, channel: str, client: str) -> None:
@@ -594,9 +429,9 @@ class RedisBroker(Broker):
         flat = await self._call(lambda: self._presence_get_script(keys=keys))
         clients: dict[str, ClientInfo] = {}
         for i in range(0, len(flat) - 1, 2):
-            client = _text(flat[i])
+            client = text(flat[i])
             try:
-                clients[client] = _CLIENT_INFO.decode(flat[i + 1])
+                clients[client] = CLIENT_INFO.decode(flat[i + 1])
             except (msgspec.DecodeError, RecursionError):
                 logger.warning("dropped an unreadable presence entry in %r", channel)
         return clients
@@ -605,20 +440,10 @@ class RedisBroker(Broker):
 
     def _key(self, channel: str, kind: str) -> str:
         """``<prefix>{<n>:<channel>}:<kind>``: see the module's docstring."""
-        return f"{self._prefix}{{{len(channel.encode())}:{channel}}}:{kind}"
+        return key(self._prefix, channel, kind)
 
     def _presence_keys(self, channel: str) -> list[str]:
         return [self._key(channel, "presence"), self._key(channel, "presence-info")]
-
-    def _channel_of(self, name: bytes) -> str | None:
-        """The channel of a pub/sub channel name ``<prefix>{<n>:<channel>}:pub``, or None."""
-        start = len(self._prefix_bytes)
-        if not name.startswith(self._prefix_bytes) or name[start : start + 1] != b"{":
-            return None
-        length, colon, rest = name[start + 1 :].partition(b":")
-        if not colon or not length.isdigit() or rest[int(length) :] != b"}:pub":
-            return None
-        return rest[: int(length)].decode(errors="replace")
 
     async def _call(self, make: Callable[[], Awaitable[_T]]) -> _T:
         """Run one Redis call (``make()``) within ``timeout``, waiting for a free
@@ -659,244 +484,3 @@ class RedisBroker(Broker):
         return BrokerUnavailable(
             f"the Redis broker is busy: no free connection within {self._timeout} s"
         )
-
-    # -- internals: the pub/sub link ---------------------------------------------------------
-
-    async def _send(
-        self, link: _Link, command: str, channels: Sequence[str], waiter: _Waiter | None
-    ) -> None:
-        """Send a (UN)SUBSCRIBE on the link; the caller holds ``link.lock``."""
-        if not link.conn.is_connected:
-            raise BrokerUnavailable("the Redis pub/sub link is down")
-        names = [self._key(c, "pub") for c in channels]
-        kind = b"subscribe" if command == "SUBSCRIBE" else b"unsubscribe"
-        for i in range(len(names)):
-            link.pending.append((kind, waiter if i == len(names) - 1 else None))
-        try:
-            with anyio.fail_after(self._timeout):
-                await link.conn.send_command(command, *names, check_health=False)
-        except (TimeoutError, RedisError, OSError) as exc:
-            link.fail()
-            logger.debug("the Redis pub/sub link failed: %s", exc)
-            raise BrokerUnavailable("the Redis pub/sub link failed") from None
-
-    async def _run_link(self) -> None:
-        """Keep the pub/sub link up for the broker's life: connect, resubscribe, read, repeat."""
-        attempt = 0
-        outage: float | None = None
-        while True:
-            conn = self._pubsub_connection()
-            link = _Link(conn)
-            try:
-                channels = await self._connect(link)
-                self._link = link
-                self._link_task.attempted()
-                if outage is not None:
-                    self.reconnects += 1
-                    down = anyio.current_time() - outage
-                    logger.warning(
-                        "Redis pub/sub link restored after %.1f s; resubscribed %d channel(s)",
-                        down,
-                        len(channels),
-                        extra={"event": "broker_up", "outage": round(down, 3)},
-                    )
-                    outage = None
-                    if channels and self._lost is not None:
-                        self._lost(channels)
-                else:
-                    logger.info("Redis pub/sub link up")
-                attempt = 0
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._pinger, link)
-                    await self._reader(link)
-            except* _LINK_ERRORS as group:
-                if outage is None:
-                    outage = anyio.current_time()
-                    self.outages += 1
-                    exc = _first(group)
-                    logger.warning(
-                        "Redis pub/sub link down (%s); publications may be lost until it is back",
-                        str(exc) or type(exc).__name__,
-                        extra={"event": "broker_down", "error": type(exc).__name__},
-                    )
-            except* Exception:
-                # A bug must not leave the node deaf: log it and rebuild the link.
-                if outage is None:
-                    outage = anyio.current_time()
-                    self.outages += 1
-                logger.exception("Redis pub/sub link failed unexpectedly; reconnecting")
-            finally:
-                link.fail()
-                if self._link is link:
-                    self._link = None
-                with anyio.CancelScope(shield=True):
-                    await conn.disconnect(nowait=True)
-            self._link_task.attempted()
-            delay = min(self._max_delay, self._delay * 2**attempt)
-            attempt = min(attempt + 1, 30)
-            await anyio.sleep(delay * random.uniform(0.5, 1.0))
-
-    def _pubsub_connection(self) -> AbstractConnection:
-        """A new, unconnected connection like the client's, speaking RESP2.
-
-        RESP2 delivers pub/sub messages as plain replies; under RESP3 redis-py
-        would hand them to its push handler instead of to our reader.
-        """
-        pool = self._client.connection_pool
-        kwargs = {
-            k: v for k, v in pool.connection_kwargs.items() if not k.startswith("maint_notif")
-        }
-        kwargs["protocol"] = 2
-        conn: AbstractConnection = pool.connection_class(**kwargs)
-        return conn
-
-    async def _connect(self, link: _Link) -> list[str]:
-        """Connect and subscribe every channel of this node; return them once confirmed."""
-        with anyio.fail_after(self._timeout):
-            await link.conn.connect()  # type: ignore[no-untyped-call]
-        channels = sorted(self._channels)
-        for i in range(0, len(channels), _SUBSCRIBE_BATCH):
-            waiter = _Waiter()
-            async with link.lock:
-                await self._send(link, "SUBSCRIBE", channels[i : i + _SUBSCRIBE_BATCH], waiter)
-            # Each batch is confirmed within ``timeout``: resubscribing takes longer the
-            # more channels a node serves, so one deadline for all would, past some
-            # count, never be met and the link would never come back.
-            with anyio.fail_after(self._timeout):
-                while not waiter.done.is_set():
-                    await self._read_one(link)
-            if waiter.failed:
-                raise _LinkDown("resubscribing failed")
-        async with link.lock:
-            # Channels unsubscribed while the link was coming up.
-            stale = [c for c in channels if c not in self._channels]
-            if stale:
-                await self._send(link, "UNSUBSCRIBE", stale, None)
-            link.up = True
-        return [c for c in channels if c in self._channels]
-
-    async def _pinger(self, link: _Link) -> None:
-        """PING the link every ``health_check_interval``; nothing back within ``timeout``: down.
-
-        Any reply counts, not only the PONG: on a link busy with publications the
-        PONG may queue behind them for longer than ``timeout``.
-        """
-        while True:
-            await anyio.sleep(self._health)
-            link.pong = anyio.Event()
-            received = link.received
-            async with link.lock:
-                try:
-                    with anyio.fail_after(self._timeout):
-                        await link.conn.send_command("PING", check_health=False)
-                except (TimeoutError, RedisError, OSError) as exc:
-                    raise _LinkDown(f"PING failed: {exc}") from None
-            with anyio.move_on_after(self._timeout):
-                await link.pong.wait()
-            if link.up and (link.pong.is_set() or link.received != received):
-                continue
-            raise _LinkDown(f"no PONG within {self._timeout} s")
-
-    async def _reader(self, link: _Link) -> None:
-        while True:
-            await self._read_one(link)
-
-    async def _read_one(self, link: _Link) -> None:
-        try:
-            reply = await link.conn.read_response(timeout=math.inf, disconnect_on_error=False)
-        except (RedisError, OSError) as exc:
-            raise _LinkDown(str(exc) or type(exc).__name__) from None
-        link.received += 1
-        if reply == b"PONG":  # a PING answered before the first subscription
-            link.pong.set()
-            return
-        if not isinstance(reply, list) or not reply:
-            logger.warning("dropped an unexpected reply on the pub/sub link: %.80r", reply)
-            return
-        kind = reply[0]
-        if kind == b"message" and len(reply) == 3:
-            self._deliver(reply[1], reply[2])
-        elif kind in (b"subscribe", b"unsubscribe"):
-            if link.pending and link.pending[0][0] == kind:
-                _, waiter = link.pending.popleft()
-                if waiter is not None:
-                    waiter.done.set()
-        elif kind == b"pong":
-            link.pong.set()
-
-    def _deliver(self, raw_channel: Any, envelope: Any) -> None:
-        handler = self._handler
-        if handler is None or not isinstance(raw_channel, bytes):
-            return
-        channel = self._channel_of(raw_channel)
-        if channel is None or channel not in self._channels:
-            return  # unsubscribed while it was in flight
-        publication = _decode_envelope(envelope, channel)
-        if publication is None:
-            return
-        try:
-            handler(publication)
-        except Exception:
-            logger.exception("the hub's handler failed on a publication of %r", channel)
-
-
-_LINK_ERRORS: Final = (_LinkDown, TimeoutError, RedisError, OSError, BrokerUnavailable)
-
-
-def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    exc: BaseException = group
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return exc
-
-
-def _ms(seconds: float) -> int:
-    return int(seconds * 1000)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _position(position: Any) -> tuple[int | None, str | None]:
-    """``(offset, epoch)`` from ``b"<offset> <epoch>"`` (``b"- -"``: none)."""
-    raw = position.encode() if isinstance(position, str) else bytes(position)
-    offset, epoch = raw.split(b" ")
-    if offset == b"-":
-        return None, None
-    return int(offset), epoch.decode()
-
-
-def _decode_envelope(envelope: Any, channel: str) -> Publication | None:
-    """A publication from hubbub's pub/sub format, or None (logged) for anything else."""
-    try:
-        tag, offset, epoch, body = envelope.split(b" ", 3)
-        if tag != _TAG:
-            raise ValueError("not a hubbub envelope")
-        publication = _PUBLICATION.decode(body)
-        if publication.channel != channel or publication.codec not in _CODECS:
-            raise ValueError("channel or codec does not match")
-        if offset != b"-":
-            publication = msgspec.structs.replace(
-                publication, offset=int(offset), epoch=epoch.decode()
-            )
-    except (AttributeError, ValueError, TypeError, RecursionError, msgspec.DecodeError) as exc:
-        logger.warning("dropped an unreadable publication on %r: %s", channel, exc)
-        return None
-    return publication
-
-
-def _decode_entry(entry: Any, channel: str, epoch: str) -> Publication | None:
-    """A publication from one stream entry ``[b"<offset>-0", [b"d", body]]``, or None."""
-    try:
-        entry_id, fields = entry
-        offset, _, seq = entry_id.partition(b"-")
-        if seq != b"0" or len(fields) != 2 or fields[0] != b"d":
-            raise ValueError("not a hubbub stream entry")
-        publication = _PUBLICATION.decode(fields[1])
-        if publication.channel != channel or publication.codec not in _CODECS:
-            raise ValueError("channel or codec does not match")
-        return msgspec.structs.replace(publication, offset=int(offset), epoch=epoch)
-    except (AttributeError, ValueError, TypeError, RecursionError, msgspec.DecodeError) as exc:
-        logger.warning("dropped an unreadable history entry in %r: %s", channel, exc)
-        return None
