@@ -25,6 +25,7 @@ SCANNED = ("src", "tests", "examples", "benchmarks")
 TOOLS: dict[str, tuple[str, str]] = {
     "mypy": ("scripts/test", ".venv/bin/mypy"),
     "ruff": ("scripts/test", ".venv/bin/ruff check"),
+    "import-linter": ("scripts/test", ".venv/bin/lint-imports"),
     "pytest-cov": ("scripts/test", "--cov"),
     "pytest-timeout": ("pyproject.toml", "\ntimeout = "),
     # anyio runs every async test on trio too, by backend name.
