@@ -56,7 +56,7 @@ from ._errors import (
 )
 from .auth import check_identity
 from .limits import client_ip
-from .messages import JSON, Disconnect, Position, Subscribe, Subscribed
+from .messages import JSON, Disconnect, Position, Subscribed
 from .namespaces import Namespace, personal_owner, validate_channel
 from .protocol import NORMAL, TOKEN_EXPIRED, Close
 
@@ -436,9 +436,7 @@ async def _serve(
                     if recover is None and not namespace.history_size:
                         # Resuming: a channel without history cannot be recovered; say so.
                         recover = Position(offset=0, epoch="")
-                await hub._client_subscribe(
-                    stream, Subscribe(channel=channel, recover=recover), namespace
-                )
+                await hub._joins.subscribe(stream, channel, namespace, recover=recover)
         except HubbubError as exc:
             logger.info("refused an SSE stream (%d): %s", exc.http_status, exc.reason)
             await _refuse(send, exc, None)
