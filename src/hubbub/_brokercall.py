@@ -21,10 +21,26 @@ import anyio
 
 from ._errors import BrokerUnavailable, HubbubError, InternalError
 from ._stats import HubStats, LatencyHistogram
-from .brokers import Broker, HistoryOptions, HistoryPage, Idempotency, Publication
+from .brokers import (
+    Broker,
+    Capability,
+    HistoryOptions,
+    HistoryPage,
+    Idempotency,
+    Publication,
+    UnsupportedCapability,
+)
 from .messages import ClientInfo, Position
+from .namespaces import NamespaceRegistry
 
-__all__ = ["BACKGROUND_BROKER_CALLS", "BrokerCalls", "BrokerOp", "Spawn", "now_ms"]
+__all__ = [
+    "BACKGROUND_BROKER_CALLS",
+    "BrokerCalls",
+    "BrokerOp",
+    "Spawn",
+    "check_capabilities",
+    "now_ms",
+]
 
 logger = logging.getLogger("hubbub")
 
@@ -102,6 +118,21 @@ class BrokerCalls:
                 histogram = histograms[op] = LatencyHistogram()
             histogram.observe(time.perf_counter() - started)
 
+    async def ready(self) -> bool:
+        """``broker.ready()`` within the timeout, for ``/ready`` and the admin page.
+
+        A custom broker's check may raise or hang; either answers ``False``
+        (logged) instead of an error or a request that never ends.
+        """
+        with anyio.move_on_after(self.timeout):
+            try:
+                return await self.broker.ready()
+            except Exception:
+                logger.warning("the broker's readiness check failed", exc_info=True)
+                return False
+        logger.warning("the broker's readiness check took over %s s", self.timeout)
+        return False
+
     async def publish(
         self,
         publication: Publication,
@@ -152,3 +183,22 @@ class BrokerCalls:
 def now_ms() -> int:
     """A publication's ``ts``: wall-clock milliseconds."""
     return time.time_ns() // 1_000_000
+
+
+def check_capabilities(broker: Broker, namespaces: NamespaceRegistry) -> None:
+    """Refuse to start with a namespace that needs what the broker cannot do.
+
+    Raises:
+        UnsupportedCapability: naming the first such namespace and capability.
+    """
+    for namespace in (*namespaces, namespaces.personal):
+        personal = " (personal channels)" if namespace is namespaces.personal else ""
+        needs = []
+        if namespace.history_size:
+            why = f"{personal} keeps history (history_size={namespace.history_size})"
+            needs.append((Capability.HISTORY, why))
+        if namespace.presence:
+            needs.append((Capability.PRESENCE, f"{personal} tracks presence (presence=True)"))
+        for capability, why in needs:
+            if capability not in broker.capabilities:
+                raise UnsupportedCapability(broker, namespace.name, capability, why.lstrip())

@@ -1,7 +1,8 @@
 """What a client's commands do, other than joining a stream (:mod:`hubbub._join`).
 
-One handler per command — ``publish``, ``history``, ``presence``, ``refresh``
-and a subscribe's channel token — each of which answers the connection or
+Also how a connecting client is authenticated. One handler per command —
+``publish``, ``history``, ``presence``, ``refresh`` and a subscribe's channel
+token — each of which answers the connection or
 raises from the :class:`~hubbub.HubbubError` tree (which the hub's dispatch
 turns into an ``error`` reply). :meth:`Commands.publish` is also the path of
 the server's own ``Hub.publish``: the history and idempotency options of the
@@ -11,12 +12,13 @@ namespace, the publication count, the optional trace span, one broker call.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Final, cast
+from typing import Any, Final, cast
 
+import msgspec
 from msgspec import Raw
 
 from ._brokercall import BrokerCalls, now_ms
-from ._connection import Connection, auth_failure
+from ._connection import Connection, auth_failure, query_param
 from ._errors import AuthenticationFailed, HubbubError, InvalidMessage, PermissionDenied
 from ._join import REPLY_FRAME_BYTES, encode_all, send_reply
 from ._stats import HubStats
@@ -24,6 +26,7 @@ from ._tracing import Tracing
 from .auth import Authenticator, Identity, check_identity
 from .brokers import Capability, HistoryOptions, Idempotency, Publication
 from .messages import (
+    JSON,
     Ack,
     ClientInfo,
     GetHistory,
@@ -37,7 +40,7 @@ from .messages import (
 )
 from .namespaces import Namespace
 
-__all__ = ["MAX_HISTORY_LIMIT", "Commands"]
+__all__ = ["MAX_HISTORY_LIMIT", "Commands", "server_publication"]
 
 MAX_HISTORY_LIMIT: Final = 100
 """The default and largest ``limit`` of the ``history`` command."""
@@ -59,6 +62,24 @@ class Commands:
         self.stats = stats
         self.tracing = tracing
         self.authenticator = authenticator
+
+    async def authenticate(self, scope: Any, *, anonymous: bool) -> Identity:
+        """The identity of a connecting client: the middleware's, the authenticator's, or
+        anonymous where allowed.
+
+        Raises:
+            AuthenticationFailed: no credentials, and anonymous clients are not admitted.
+        """
+        # An AuthMiddleware in front already verified the request: use its identity.
+        found = getattr(scope.get("user"), "hubbub_identity", None)
+        if isinstance(found, Identity) and found.user:
+            return found
+        identity = await self.authenticator(scope) if self.authenticator is not None else None
+        if identity is None:
+            if not anonymous:
+                raise AuthenticationFailed("credentials required")
+            identity = Identity(name=_anonymous_name(scope))
+        return identity
 
     async def publish(
         self, publication: Publication, namespace: Namespace, idempotency_key: str | None = None
@@ -193,3 +214,36 @@ class Commands:
             extra = connection._extra()
             auth_failure(self.stats, "channel_token", exc, channel=command.channel, **extra)
             raise
+
+
+def _anonymous_name(scope: Any) -> str | None:
+    """The display name an anonymous client asked for with ``?name=``, cleaned up."""
+    value = query_param(scope, "name")
+    if value is None:
+        return None
+    name = "".join(ch for ch in value if ch.isprintable()).strip()[:64]
+    return name or None
+
+
+def server_publication(
+    channel: str, namespace: Namespace, data: Any, json: bytes | None
+) -> Publication:
+    """What ``Hub.publish`` sends: ``data`` encoded (or ``json`` checked) and validated.
+
+    Raises:
+        InvalidMessage: the data cannot be encoded, or ``json`` is not a JSON document.
+        InvalidData: the data does not match the namespace's schema.
+    """
+    if json is None:
+        try:
+            json = msgspec.json.encode(data)
+        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+            raise InvalidMessage(f"data cannot be encoded as JSON: {exc}") from None
+    else:
+        try:
+            msgspec.json.decode(json)
+        except (msgspec.DecodeError, RecursionError):
+            raise InvalidMessage("json is not a valid JSON document") from None
+    JSON.check_data(Raw(json))
+    json = namespace.validate(json, JSON.name)
+    return Publication(channel=channel, data=json, codec="json", ts=now_ms())

@@ -22,6 +22,7 @@ import anyio
 from ._brokercall import BrokerCalls, Spawn
 from ._errors import HubbubError
 from .brokers import Publication
+from .limits import Limits
 from .messages import ClientInfo, Position
 from .namespaces import Namespace
 
@@ -87,6 +88,21 @@ class Registry:
         self.channels: dict[str, Channel] = {}
         self.connections: dict[Connection, None] = {}
         self.users: dict[str, dict[Connection, None]] = {}
+
+    async def heartbeats(self, limits: Limits) -> None:
+        """Drive pings and idle deadlines for every connection from one task.
+
+        One task for all connections instead of one per connection: idle clients
+        are the common case, and a task per client costs memory. The tick is a
+        quarter of the shorter of ``ping_interval`` and ``pong_timeout``
+        (between 50 ms and 1 s), so deadlines are kept to within that.
+        """
+        tick = min(max(min(limits.ping_interval, limits.pong_timeout) / 4, 0.05), 1.0)
+        while True:
+            await anyio.sleep(tick)
+            now = anyio.current_time()
+            for connection in tuple(self.connections):
+                connection.heartbeat(now)
 
     def add(self, connection: Connection) -> None:
         """Count an opened connection (and its user's)."""

@@ -36,49 +36,26 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 import msgspec
 from anyio.abc import TaskGroup
-from msgspec import Raw
 
-from ._brokercall import BACKGROUND_BROKER_CALLS, BrokerCalls, now_ms
+from ._brokercall import BACKGROUND_BROKER_CALLS, BrokerCalls, check_capabilities
 from ._commands import MAX_HISTORY_LIMIT as MAX_HISTORY_LIMIT
-from ._commands import Commands
-from ._connection import Connection, query_param
-from ._control import (
-    CONTROL_CHANNEL,
-    ControlCommand,
-    DisconnectUser,
-    SubscribeUser,
-    UnsubscribeUser,
-    decode_control,
-    encode_control,
-)
-from ._errors import (
-    AuthenticationFailed,
-    HubbubError,
-    InvalidMessage,
-    PermissionDenied,
-    RateLimited,
-)
+from ._commands import Commands, server_publication
+from ._connection import Connection
+from ._control import CONTROL_CHANNEL, Control
+from ._errors import HubbubError, InvalidMessage, PermissionDenied, RateLimited
 from ._fanout import Fanout, message
 from ._join import REPLY_BACKLOG as REPLY_BACKLOG
 from ._join import REPLY_FRAME_BYTES as REPLY_FRAME_BYTES
 from ._join import Joins, at_channel_limit
 from ._presence import Presence
-from ._registry import Channel, Registry
+from ._registry import Registry
 from ._stats import BROKER_BUCKETS, HubStats, LatencyHistogram
 from ._tracing import Tracing
 from .auth import Authenticator, Identity
-from .brokers import (
-    Broker,
-    Capability,
-    HistoryPage,
-    MemoryBroker,
-    Publication,
-    UnsupportedCapability,
-)
+from .brokers import Broker, HistoryPage, MemoryBroker
 from .chat import Notification
 from .limits import Admission, Limits
 from .messages import (
-    JSON,
     ClientInfo,
     Codec,
     Error,
@@ -187,7 +164,7 @@ class Hub:
             self.stats,
             calls,
             self._spawn,
-            self._control,
+            lambda publication: self._nodes.receive(publication),
             self._tracing,
             self.node,
         )
@@ -200,6 +177,9 @@ class Hub:
             self.namespaces,
             self.limits,
             self.stats,
+        )
+        self._nodes = Control(
+            self.node, self._registry, self._joins, calls, self.namespaces, self._spawn
         )
 
     def __repr__(self) -> str:
@@ -250,19 +230,12 @@ class Hub:
         A custom broker's check may raise or hang; either answers ``False``
         (logged) instead of an error or a request that never ends.
         """
-        with anyio.move_on_after(self.broker_timeout):
-            try:
-                return await self.broker.ready()
-            except Exception:
-                logger.warning("the broker's readiness check failed", exc_info=True)
-                return False
-        logger.warning("the broker's readiness check took over %s s", self.broker_timeout)
-        return False
+        return await self._calls.ready()
 
     async def __aenter__(self) -> Hub:
         if self._state != "stopped":
             raise RuntimeError(f"the hub is {self._state}; a hub runs once at a time")
-        _check_capabilities(self.broker, self.namespaces)
+        check_capabilities(self.broker, self.namespaces)
         self._state = "starting"
         self._calls.reset()
         self._presence.reset()
@@ -270,7 +243,7 @@ class Hub:
         try:
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             await self.broker.start(self._fanout.dispatch, self._fanout.lost, self._tg)
-            self._tg.start_soon(self._heartbeats)
+            self._tg.start_soon(self._registry.heartbeats, self.limits)
             self._tg.start_soon(self._presence.renew_forever, self._registry.connections)
             try:
                 await self._calls.subscribe(CONTROL_CHANNEL)
@@ -356,22 +329,6 @@ class Hub:
                 extra={"node": self.node},
             )
 
-    async def _heartbeats(self) -> None:
-        """Drive pings and idle deadlines for every connection from one task.
-
-        One task for all connections instead of one per connection: idle clients
-        are the common case, and a task per client costs memory. The tick is a
-        quarter of the shorter of ``ping_interval`` and ``pong_timeout``
-        (between 50 ms and 1 s), so deadlines are kept to within that.
-        """
-        limits = self.limits
-        tick = min(max(min(limits.ping_interval, limits.pong_timeout) / 4, 0.05), 1.0)
-        while True:
-            await anyio.sleep(tick)
-            now = anyio.current_time()
-            for connection in tuple(self._registry.connections):
-                connection.heartbeat(now)
-
     def _require_running(self) -> None:
         if self._state not in ("running", "draining"):
             raise RuntimeError(
@@ -411,21 +368,11 @@ class Hub:
         self._require_running()
         validate_channel(channel)
         namespace = self.namespaces.resolve(channel)
-        if json is None:
-            try:
-                json = msgspec.json.encode(data)
-            except (TypeError, ValueError, OverflowError, RecursionError) as exc:
-                raise InvalidMessage(f"data cannot be encoded as JSON: {exc}") from None
-        else:
-            try:
-                msgspec.json.decode(json)
-            except (msgspec.DecodeError, RecursionError):
-                raise InvalidMessage("json is not a valid JSON document") from None
-        JSON.check_data(Raw(json))
-        json = namespace.validate(json, JSON.name)
-        publication = Publication(channel=channel, data=json, codec="json", ts=now_ms())
+        publication = server_publication(channel, namespace, data, json)
         published = await self._commands.publish(publication, namespace, idempotency_key)
-        return _position(published)
+        if published.offset is None or published.epoch is None:
+            return None
+        return Position(offset=published.offset, epoch=published.epoch)
 
     async def notify(self, user: str, notification: Notification) -> Position | None:
         """Push ``notification`` to every connection of ``user``, on every node.
@@ -487,15 +434,7 @@ class Hub:
             BrokerUnavailable: the other nodes could not be told (this node's
                 connections are closed regardless).
         """
-        closed = self._disconnect_here(user, reason, code)
-        await self._send_control(DisconnectUser(self.node, user, reason, code))
-        return closed
-
-    def _disconnect_here(self, user: str, reason: str, code: int) -> int:
-        connections = list(self._registry.users.get(user, ()))
-        for connection in connections:
-            connection.close(Close(code, reason, flush=True))
-        return len(connections)
+        return await self._nodes.disconnect(user, reason, code)
 
     async def subscribe_user(self, user: str, channel: str) -> None:
         """Subscribe every connection of ``user``, on every node, to ``channel``.
@@ -523,8 +462,7 @@ class Hub:
                 f"at most {self.limits.max_channels} channels per connection: a connection "
                 f"of {user!r} on this node is full"
             )
-        await self._joins.subscribe_user(self._registry.users.get(user, ()), channel, namespace)
-        await self._send_control(SubscribeUser(self.node, user, channel))
+        await self._nodes.subscribe(user, channel, namespace)
 
     async def unsubscribe_user(self, user: str, channel: str) -> None:
         """Remove ``channel`` from every connection of ``user``, on every node.
@@ -540,43 +478,7 @@ class Hub:
         if not user:
             raise InvalidMessage("unsubscribe needs a user id")
         validate_channel(channel)
-        self._unsubscribe_here(user, channel)
-        await self._send_control(UnsubscribeUser(self.node, user, channel))
-
-    async def _send_control(self, command: ControlCommand) -> None:
-        await self._calls.publish(encode_control(command), None)
-
-    def _unsubscribe_here(self, user: str, channel: str) -> None:
-        for connection in list(self._registry.users.get(user, ())):
-            if channel in connection.protocol.channels:
-                self._registry.detach(connection, channel)
-                connection.send_message(Unsubscribed(channel=channel))
-
-    async def _control_subscribe(self, user: str, channel: str) -> None:
-        try:
-            validate_channel(channel)
-            async with self._calls.limiter():
-                await self._joins.subscribe_user(
-                    self._registry.users.get(user, ()), channel, self.namespaces.resolve(channel)
-                )
-        except HubbubError as exc:
-            logger.warning("control subscribe to %r failed: %s", channel, exc.reason)
-
-    def _control(self, publication: Publication) -> None:
-        """A command from another node (or junk, which is logged and dropped)."""
-        command = decode_control(publication.data)
-        if command is None:
-            logger.warning("dropped a malformed control command")
-            return
-        if command.node == self.node:
-            return
-        match command:
-            case DisconnectUser(user=user, reason=reason, code=code):
-                self._disconnect_here(user, reason, code)
-            case SubscribeUser(user=user, channel=channel):
-                self._spawn(lambda: self._control_subscribe(user, channel))
-            case UnsubscribeUser(user=user, channel=channel):
-                self._unsubscribe_here(user, channel)
+        await self._nodes.unsubscribe(user, channel)
 
     def channels(self) -> dict[str, int]:
         """Channels with local subscribers on this node, and how many each has."""
@@ -603,16 +505,7 @@ class Hub:
     # -- what a connection calls -------------------------------------------------------------
 
     async def _authenticate(self, scope: Any) -> Identity:
-        # An AuthMiddleware in front already verified the request: use its identity.
-        found = getattr(scope.get("user"), "hubbub_identity", None)
-        if isinstance(found, Identity) and found.user:
-            return found
-        identity = await self.authenticator(scope) if self.authenticator is not None else None
-        if identity is None:
-            if not self.anonymous:
-                raise AuthenticationFailed("credentials required")
-            identity = Identity(name=_anonymous_name(scope))
-        return identity
+        return await self._commands.authenticate(scope, anonymous=self.anonymous)
 
     def _open(
         self,
@@ -689,62 +582,9 @@ class Hub:
         self._tg.start_soon(task)
         return True
 
-    # -- kept for tests and tools that reach inside ------------------------------------------
-
-    @property
-    def _channels(self) -> dict[str, Channel]:
-        return self._registry.channels
-
-    @property
-    def _connections(self) -> dict[Connection, None]:
-        return self._registry.connections
-
     @property
     def _users(self) -> dict[str, dict[Connection, None]]:
-        return self._registry.users
-
-    def _dispatch(self, publication: Publication) -> None:
-        self._fanout.dispatch(publication)
-
-    async def _ensure(self, channel: str, namespace: Namespace) -> Channel:
-        return await self._registry.ensure(channel, namespace)
-
-    async def _refresh_leases(self) -> None:
-        await self._presence.renew(self._registry.connections)
-
-
-def _anonymous_name(scope: Any) -> str | None:
-    """The display name an anonymous client asked for with ``?name=``, cleaned up."""
-    value = query_param(scope, "name")
-    if value is None:
-        return None
-    name = "".join(ch for ch in value if ch.isprintable()).strip()[:64]
-    return name or None
-
-
-def _check_capabilities(broker: Broker, namespaces: NamespaceRegistry) -> None:
-    """Refuse to start with a namespace that needs what the broker cannot do.
-
-    Raises:
-        UnsupportedCapability: naming the first such namespace and capability.
-    """
-    for namespace in (*namespaces, namespaces.personal):
-        personal = " (personal channels)" if namespace is namespaces.personal else ""
-        needs = []
-        if namespace.history_size:
-            why = f"{personal} keeps history (history_size={namespace.history_size})"
-            needs.append((Capability.HISTORY, why))
-        if namespace.presence:
-            needs.append((Capability.PRESENCE, f"{personal} tracks presence (presence=True)"))
-        for capability, why in needs:
-            if capability not in broker.capabilities:
-                raise UnsupportedCapability(broker, namespace.name, capability, why.lstrip())
-
-
-def _position(publication: Publication) -> Position | None:
-    if publication.offset is None or publication.epoch is None:
-        return None
-    return Position(offset=publication.offset, epoch=publication.epoch)
+        return self._registry.users  # a user's connections (the per-user cap)
 
 
 def running_hubs() -> list[Hub]:
