@@ -177,7 +177,7 @@ class Commands:
         try:
             await self._refresh(connection, command)
         except HubbubError as exc:
-            auth_failure(self.stats, "refresh", exc, **connection._extra())
+            auth_failure(self.stats, "refresh", exc, **connection.log_fields())
             raise
 
     async def _refresh(self, connection: Connection, command: Refresh) -> None:
@@ -211,7 +211,7 @@ class Commands:
         try:
             await verify(command.token, user=connection.identity.user, channel=command.channel)
         except HubbubError as exc:
-            extra = connection._extra()
+            extra = connection.log_fields()
             auth_failure(self.stats, "channel_token", exc, channel=command.channel, **extra)
             raise
 

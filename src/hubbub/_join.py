@@ -80,7 +80,6 @@ class Stream:
     namespace: Namespace
     recover: Position | None = None
     last: int | None = None
-    entry: Channel | None = None
     page: HistoryPage | None = None
     top: Position | None = None
     leased: bool = False
@@ -134,57 +133,54 @@ class Joins:
     ) -> None:
         """Join ``streams``: read them, merge, attach and ``reply`` at once, then announce.
 
+        ``keep`` is asked again after every await (the connection may have
+        closed, or been subscribed meanwhile); a stream it drops is released.
         ``strict``: a failed presence lease fails the join (a client's
         ``subscribe``); otherwise it is logged and renewed later. If anything
         fails or is cancelled, the channels and leases taken are released.
         """
-        registry = self._registry
-        kept: list[Stream] = []
+        registry, presence = self._registry, self._presence
+        taken: list[tuple[Stream, Channel]] = []
         try:
             for stream in streams:
-                stream.entry = await registry.ensure(stream.channel, stream.namespace)
-                kept.append(stream)
-            for stream in list(kept):
+                entry = await registry.ensure(stream.channel, stream.namespace)
+                taken.append((stream, entry))
+            for stream, entry in list(taken):
                 if not keep(stream):
-                    kept.remove(stream)
-                    registry.release_if_unused(stream.channel, stream.entry)  # type: ignore[arg-type]
+                    taken.remove((stream, entry))
+                    registry.release_if_unused(stream.channel, entry)
             # Live publications are buffered from here to the merge, so the reads and the
             # leases may await: nothing that arrives meanwhile is missed.
-            for stream in kept:
-                stream.entry.recovering[connection] = []  # type: ignore[union-attr]
+            for _, entry in taken:
+                entry.recovering[connection] = []
             try:
-                for stream in kept:
+                for stream, _ in taken:
                     await self._read(stream)
                 # Leased before the reply lists them (presence is read-after-subscribe).
-                for stream in kept:
-                    leased = await self._presence.lease(
+                for stream, _ in taken:
+                    stream.leased = await presence.lease(
                         connection, stream.channel, stream.namespace, strict=strict
                     )
-                    stream.leased = leased
             finally:
-                for stream in kept:
-                    stream.buffered = stream.entry.recovering.pop(connection, [])  # type: ignore[union-attr]
+                for stream, entry in taken:
+                    stream.buffered = entry.recovering.pop(connection, [])
         except BaseException:
-            for stream in kept:
-                registry.release_if_unused(stream.channel, stream.entry)  # type: ignore[arg-type]
+            for stream, entry in taken:
+                registry.release_if_unused(stream.channel, entry)
                 if stream.leased:
-                    self._presence.drop_lease(connection, stream.channel)
+                    presence.drop_lease(connection, stream.channel)
             raise
-        joined: list[Stream] = []
-        for stream in kept:
-            entry = stream.entry
-            assert entry is not None
+        wanted: list[tuple[Stream, Channel]] = []
+        for stream, entry in taken:
             if keep(stream):
-                joined.append(stream)
+                wanted.append((stream, entry))
                 continue
             registry.release_if_unused(stream.channel, entry)
             if stream.leased and stream.channel not in connection.protocol.channels:
-                self._presence.drop_lease(connection, stream.channel)  # not a lease it holds
+                presence.drop_lease(connection, stream.channel)  # not a lease it holds
         # From the merge to the end of the reply nothing awaits: no publication can
         # fall between the read and the attach, and none is delivered twice.
-        for stream in joined:
-            entry = stream.entry
-            assert entry is not None
+        for stream, entry in wanted:
             registry.attach(
                 connection, stream.channel, stream.namespace, entry, server_side=server_side
             )
@@ -197,11 +193,12 @@ class Joins:
                     last=stream.last,
                 )
                 set_floor(entry, connection, stream.joined)
+        joined = [stream for stream, _ in wanted]
         if not reply(joined):
             return
         for stream in joined:
             if stream.namespace.presence:
-                await self._presence.announce_arrival(connection, stream.channel, stream.namespace)
+                await presence.announce_arrival(connection, stream.channel, stream.namespace)
 
     async def _read(self, stream: Stream) -> None:
         namespace = stream.namespace
@@ -433,7 +430,7 @@ class Joins:
         if joined.recovered:
             logger.info(
                 "recovery larger than the connection's reply allowance: not recovered",
-                extra={**connection._extra(), "publications": len(encoded)},
+                extra={**connection.log_fields(), "publications": len(encoded)},
             )
             return replace(joined, publications=[], recovered=False), []
         kept = used = 0
@@ -493,7 +490,7 @@ def at_channel_limit(connection: Connection, channel: str) -> bool:
     protocol = connection.protocol
     if channel in protocol.channels or channel == personal_channel(connection.identity.user):
         return False
-    return protocol._counted() >= protocol.limits.max_channels
+    return protocol.counted_channels() >= protocol.limits.max_channels
 
 
 def send_reply(connection: Connection, reply: Subscribed | History, stats: HubStats) -> None:

@@ -452,7 +452,7 @@ async def _serve(
         await send({"type": "http.response.body", "body": retry, "more_body": True})
         logger.info(
             "client connected",
-            extra={**stream._extra(), "event": "connect", "ip": ip, "transport": "sse"},
+            extra={**stream.log_fields(), "event": "connect", "ip": ip, "transport": "sse"},
         )
         await stream.run(receive, send)
     except _GONE:
@@ -469,7 +469,7 @@ async def _serve(
             code,
             reason,
             extra={
-                **stream._extra(),
+                **stream.log_fields(),
                 "event": "disconnect",
                 "code": code,
                 "reason": reason,
