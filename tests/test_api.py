@@ -354,7 +354,7 @@ def test_control_commands_from_another_node_act_here(client: TestClient, hub: Hu
             channel="$control", data=data.encode(), codec="json", ts=0, kind="control"
         )
         assert client.portal is not None
-        client.portal.call(hub._dispatch, publication)
+        client.portal.call(hub._fanout.dispatch, publication)
 
     with client.websocket_connect("/ws?user=hal") as ws:
         ws.receive_json()  # welcome
@@ -387,7 +387,7 @@ def test_a_full_connection_is_skipped_on_every_node() -> None:
             assert response.status_code == 429 and response.json()["code"] == 429
             # What a control command from another node runs, awaited to its end.
             assert client.portal is not None
-            client.portal.call(hub._control_subscribe, "ivy", "room:c")
+            client.portal.call(hub._nodes.subscribe_commanded, "ivy", "room:c")
             assert hub.channels() == {"#ivy": 1, "room:a": 1}
             ws.send_json({"type": "history", "id": 2, "channel": "room:a"})
             assert ws.receive_json()["id"] == 2

@@ -728,7 +728,7 @@ async def test_a_subscribe_whose_lease_fails_is_refused_and_leaves_nothing(
         ws, _ = await clients.connect()
         reply = await ws.command({"type": "subscribe", "channel": "room:a", "id": 7})
         assert (reply["type"], reply["code"], reply["id"]) == ("error", 500, 7)
-        await wait_until(lambda: "room:a" not in hub._channels)
+        await wait_until(lambda: "room:a" not in hub._registry.channels)
         assert hub.channels() == {}
 
 
@@ -791,7 +791,7 @@ async def test_lease_renewals_run_a_few_at_a_time(anyio_backend: str) -> None:
         for n in range(40):
             await ws.subscribe(f"room:{n}", id=n + 1)
         broker.renewals = broker.most_in_flight = 0
-        await hub._refresh_leases()
+        await hub._presence.renew(hub._registry.connections)
         assert broker.renewals == 40
         assert 1 < broker.most_in_flight <= BACKGROUND_BROKER_CALLS
 
@@ -806,7 +806,7 @@ async def test_an_unreachable_broker_ends_the_renewal_round(anyio_backend: str) 
             await ws.subscribe(f"room:{n}", id=n + 1)
         broker.renewals = 0
         broker.unreachable = True
-        await hub._refresh_leases()
+        await hub._presence.renew(hub._registry.connections)
         assert broker.renewals <= BACKGROUND_BROKER_CALLS
         broker.unreachable = False
 
@@ -850,5 +850,5 @@ async def test_written_replies_are_forgotten(anyio_backend: str) -> None:
         for n in range(1, 201):
             reply = await ws.command({"type": "history", "channel": "h:x", "id": n})
             assert reply["type"] == "history"
-        (connection,) = hub._connections
+        (connection,) = hub._registry.connections
         assert len(connection._replies or ()) <= 1

@@ -360,7 +360,7 @@ async def test_broker_outage_and_reconnect_are_counted(anyio_backend: str, tmp_p
         hub = Hub(anonymous=True, broker=broker, namespaces=[Namespace(name="h", history_size=5)])
         async with hub:
             await until(broker.ready)
-            await hub._ensure("h:x", hub.namespaces.resolve("h:x"))
+            await hub._registry.ensure("h:x", hub.namespaces.resolve("h:x"))
             scraped = samples(render(hub).decode())
             assert scraped["hubbub_broker_outages_total"] == 0
             assert scraped["hubbub_broker_reconnects_total"] == 0

@@ -299,7 +299,7 @@ class Connection:
                 logger.warning(
                     "closing a slow consumer (1013): its send queue is full",
                     extra={
-                        **self._extra(),
+                        **self.log_fields(),
                         "event": "slow_consumer",
                         "queued": len(queue),
                         "queued_bytes": self._queued_bytes,
@@ -394,7 +394,7 @@ class Connection:
             self._wake()
             return
         except Exception:
-            logger.exception("ASGI send failed", extra=self._extra())
+            logger.exception("ASGI send failed", extra=self.log_fields())
             self._gone = True
             self._wake()
             return
@@ -483,7 +483,9 @@ class Connection:
                     for event in protocol.receive(frame, anyio.current_time()):
                         await self._perform(event)
                 except Exception:
-                    logger.exception("internal error while handling a frame", extra=self._extra())
+                    logger.exception(
+                        "internal error while handling a frame", extra=self.log_fields()
+                    )
                     self.close(Close(INTERNAL_ERROR, "internal error", flush=True))
                 # Back-pressure on the client's own commands: a pipelined burst must not
                 # fill its queue with replies faster than the writer sends them (receive()
@@ -510,7 +512,7 @@ class Connection:
                     "refused a command (429): %s",
                     message.reason,
                     extra={
-                        **self._extra(),
+                        **self.log_fields(),
                         "event": "rate_limited",
                         "kind": "command"
                         if message.reason.startswith("rate limited")
@@ -606,7 +608,8 @@ class Connection:
             except _GONE:
                 self._gone = True
 
-    def _extra(self) -> dict[str, Any]:
+    def log_fields(self) -> dict[str, Any]:
+        """The ``extra`` fields that name this connection in a log record."""
         return {"client": self.id, "user": self.identity.user, "node": self.hub.node}
 
     def ending(self) -> tuple[int, str]:
@@ -740,7 +743,7 @@ async def serve_websocket(hub: Hub, scope: Scope, receive: Receive, send: SendCa
         logger.info(
             "client connected",
             extra={
-                **connection._extra(),
+                **connection.log_fields(),
                 "event": "connect",
                 "ip": ip,
                 "codec": codec.name,
@@ -767,7 +770,12 @@ async def serve_websocket(hub: Hub, scope: Scope, receive: Receive, send: SendCa
             "client disconnected (%d): %s",
             code,
             reason,
-            extra={**connection._extra(), "event": "disconnect", "code": code, "reason": reason},
+            extra={
+                **connection.log_fields(),
+                "event": "disconnect",
+                "code": code,
+                "reason": reason,
+            },
         )
 
 

@@ -54,7 +54,7 @@ from ._errors import (
 from ._http import BEARER_CHALLENGE, Receive, Scope, SendCallable, header, query_param, send_error
 from .auth import check_identity
 from .limits import client_ip
-from .messages import JSON, Disconnect, Position, Subscribe, Subscribed
+from .messages import JSON, Disconnect, Position, Subscribed
 from .namespaces import Namespace, personal_owner, validate_channel
 from .protocol import NORMAL, TOKEN_EXPIRED, Close
 
@@ -428,9 +428,7 @@ async def _serve(
                     if recover is None and not namespace.history_size:
                         # Resuming: a channel without history cannot be recovered; say so.
                         recover = Position(offset=0, epoch="")
-                await hub._client_subscribe(
-                    stream, Subscribe(channel=channel, recover=recover), namespace
-                )
+                await hub._joins.subscribe(stream, channel, namespace, recover=recover)
         except HubbubError as exc:
             logger.info("refused an SSE stream (%d): %s", exc.http_status, exc.reason)
             await send_error(send, exc, challenge=BEARER_CHALLENGE)
@@ -446,7 +444,7 @@ async def _serve(
         await send({"type": "http.response.body", "body": retry, "more_body": True})
         logger.info(
             "client connected",
-            extra={**stream._extra(), "event": "connect", "ip": ip, "transport": "sse"},
+            extra={**stream.log_fields(), "event": "connect", "ip": ip, "transport": "sse"},
         )
         await stream.run(receive, send)
     except _GONE:
@@ -463,7 +461,7 @@ async def _serve(
             code,
             reason,
             extra={
-                **stream._extra(),
+                **stream.log_fields(),
                 "event": "disconnect",
                 "code": code,
                 "reason": reason,

@@ -241,7 +241,7 @@ class ClientProtocol:
                 allowed = namespace.may_subscribe(self.identity, channel)
                 if not allowed and command.token is None:
                     raise PermissionDenied(f"not allowed to subscribe to {channel!r}")
-                if self._counted() >= self.limits.max_channels:
+                if self.counted_channels() >= self.limits.max_channels:
                     raise RateLimited(f"at most {self.limits.max_channels} channels per connection")
                 if not allowed:
                     return Execute(command, namespace, channel_token=True)
@@ -300,7 +300,8 @@ class ClientProtocol:
             events.extend(self._close(FLOODING, "kept sending after rate-limit errors"))
         return events
 
-    def _counted(self) -> int:
+    def counted_channels(self) -> int:
+        """Channels held that count against ``max_channels`` (the personal one does not)."""
         count = len(self.channels)
         own = "#" + self.identity.user if self.identity.user else None
         if own is not None and own in self.channels:
