@@ -113,3 +113,25 @@ async def test_a_hole_history_no_longer_covers_closes_1013() -> None:
                 assert message["type"] != "message" or message["offset"] == 6
         assert message["code"] == 1013
         assert message["reconnect"] is True
+
+
+async def test_a_loss_before_the_first_delivery_is_repaired() -> None:
+    """A loss reported before the node delivered anything on a channel is still repaired.
+
+    The node's starting point is the position its first joiner read, so a
+    publication lost right after the first subscribe is filled from history
+    instead of going unnoticed until (or unless) a newer one arrives.
+    """
+    broker = LossyBroker()
+    hub = Hub(broker=broker, anonymous=True, namespaces=[Namespace(name="h", history_size=50)])
+    async with serving(hub) as clients:
+        await hub.publish("h:x", "before")  # the stream is at offset 1
+        a, _ = await clients.connect()
+        reply = await a.command({"type": "subscribe", "channel": "h:x", "id": 1})
+        assert reply["type"] == "subscribed" and reply["offset"] == 1
+        broker.drop = {2}
+        await hub.publish("h:x", "lost")  # stored, never delivered to the node
+        broker.report_loss(["h:x"])
+        with anyio.fail_after(5):
+            message = await a.receive_json()
+        assert (message["type"], message["offset"], message["data"]) == ("message", 2, "lost")

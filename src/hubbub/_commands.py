@@ -23,7 +23,13 @@ from ._errors import AuthenticationFailed, HubbubError, InvalidMessage, Permissi
 from ._join import REPLY_FRAME_BYTES, encode_all, send_reply
 from ._stats import HubStats
 from ._tracing import Tracing
-from .auth import Authenticator, Identity, check_identity
+from .auth import (
+    Authenticator,
+    ChannelTokenAuthenticator,
+    Identity,
+    RefreshingAuthenticator,
+    check_identity,
+)
 from .brokers import Capability, HistoryOptions, Idempotency, Publication
 from .messages import (
     JSON,
@@ -183,16 +189,16 @@ class Commands:
     async def _refresh(self, connection: Connection, command: Refresh) -> None:
         if connection.identity.anonymous:
             raise PermissionDenied("an anonymous connection has no token to refresh")
-        verify = getattr(self.authenticator, "verify", None)
-        if callable(verify):
-            identity = await verify(command.token)
-        elif self.authenticator is not None:
+        authenticator = self.authenticator
+        if isinstance(authenticator, RefreshingAuthenticator):
+            identity = await authenticator.verify(command.token)
+        elif authenticator is not None:
             # Any authenticator reading the Authorization header can verify a bare token.
             scope = {
                 "type": "websocket",
                 "headers": [(b"authorization", b"Bearer " + command.token.encode())],
             }
-            identity = await self.authenticator(scope)
+            identity = await authenticator(scope)
         else:
             identity = None
         if not isinstance(identity, Identity) or not identity.user:
@@ -205,11 +211,17 @@ class Commands:
 
     async def check_channel_token(self, connection: Connection, command: Subscribe) -> None:
         """Verify a channel token granting a subscription the namespace forbids (§4)."""
-        verify = getattr(self.authenticator, "verify_channel_token", None)
-        if command.token is None or not callable(verify) or connection.identity.anonymous:
+        authenticator = self.authenticator
+        if (
+            command.token is None
+            or not isinstance(authenticator, ChannelTokenAuthenticator)
+            or connection.identity.anonymous
+        ):
             raise PermissionDenied(f"not allowed to subscribe to {command.channel!r}")
         try:
-            await verify(command.token, user=connection.identity.user, channel=command.channel)
+            await authenticator.verify_channel_token(
+                command.token, user=connection.identity.user, channel=command.channel
+            )
         except HubbubError as exc:
             extra = connection.log_fields()
             auth_failure(self.stats, "channel_token", exc, channel=command.channel, **extra)

@@ -32,7 +32,7 @@ from ._registry import Channel
 from ._stats import HubStats
 from ._tracing import Tracing
 from .brokers import Publication
-from .messages import JSON, MSGPACK, Codec, Join, Leave, Message, Position
+from .messages import CODECS_BY_NAME, Codec, Join, Leave, Message, Position
 from .namespaces import Namespace
 from .protocol import TRY_AGAIN_LATER, Close
 
@@ -43,7 +43,8 @@ __all__ = ["CODECS", "Fanout", "encode", "encode_bytes", "message", "set_floor"]
 
 logger = logging.getLogger("hubbub")
 
-CODECS: Final[dict[str, Codec]] = {JSON.name: JSON, MSGPACK.name: MSGPACK}
+CODECS: Final = CODECS_BY_NAME
+"""Codecs by name (``Publication.codec``): ``hubbub.messages.CODECS_BY_NAME``."""
 
 
 class Fanout:

@@ -193,6 +193,11 @@ class Joins:
                     last=stream.last,
                 )
                 set_floor(entry, connection, stream.joined)
+                if entry.last_epoch is None:
+                    # Nothing dispatched on this channel since the node subscribed:
+                    # the position just read is where the node's stream starts, so
+                    # a loss reported before the first delivery is repaired from it.
+                    entry.last_offset, entry.last_epoch = stream.top.offset, stream.top.epoch
         joined = [stream for stream, _ in wanted]
         if not reply(joined):
             return
