@@ -555,3 +555,9 @@ def test_unrecovered_is_an_item_the_application_must_handle() -> None:
     )
     assert notice.epoch_changed
     assert not hasattr(notice, "data")
+
+
+def test_batching_is_refused_when_the_client_is_built() -> None:
+    """``params={"batch": "1"}`` is a ValueError at construction, not undecodable frames later."""
+    with pytest.raises(ValueError, match="batch"):
+        Client("http://127.0.0.1:1", params={"batch": "1"})

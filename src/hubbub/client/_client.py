@@ -156,6 +156,9 @@ class Client:
             raise ValueError("token_carrier must be 'header' or 'subprotocol'")
         if min(request_timeout, connect_timeout, buffer_size) <= 0 or refresh_margin < 0:
             raise ValueError("timeouts and buffer_size must be > 0, refresh_margin >= 0")
+        if params and "batch" in params:
+            # A batched frame carries several messages; this client reads one per frame.
+            raise ValueError("the client reads one message per frame: leave out batch")
         self.url = _http_url(url)
         self._token = token
         self._provider = token_provider
