@@ -449,3 +449,33 @@ def test_ready_is_503_when_the_broker_check_fails_or_stalls(
         assert response.json() == {"status": "unavailable"}
         assert client.get("/health").status_code == 200
     assert any("readiness check" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.anyio
+async def test_a_dripped_demo_notify_body_is_408(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``POST /demo/notify`` whose body stops arriving is refused 408, not held for ever."""
+    from hubbub import _demo
+
+    monkeypatch.setattr(_demo, "BODY_TIMEOUT", 0.2)
+    hub = Hub(anonymous=True)
+    app = HubApp(hub, demo=True)
+    sent: list[Mapping[str, Any]] = []
+    first = True
+
+    async def receive() -> Mapping[str, Any]:
+        nonlocal first
+        if first:
+            first = False
+            return {"type": "http.request", "body": b'{"to": "ada", ', "more_body": True}
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def send(message: Mapping[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/demo/notify", "headers": []}
+    async with hub:
+        with anyio.fail_after(5):
+            await app(scope, receive, send)
+    assert sent[0]["status"] == 408
+    assert msgspec.json.decode(sent[1]["body"])["code"] == 408

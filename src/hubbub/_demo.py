@@ -14,8 +14,17 @@ from typing import Any
 
 import msgspec
 
-from ._errors import HubbubError, InvalidMessage, MessageTooLarge
-from ._http import JSON_TYPE, Receive, SendCallable, query_param, respond, send_error
+from ._errors import HubbubError, InvalidMessage
+from ._http import (
+    DEFAULT_BODY_TIMEOUT,
+    JSON_TYPE,
+    Receive,
+    SendCallable,
+    query_param,
+    read_body,
+    respond,
+    send_error,
+)
 from .auth import Identity
 from .chat import Notification
 from .hub import Hub
@@ -24,6 +33,8 @@ __all__ = ["DemoAuthenticator", "demo_user_id", "handle_notify"]
 
 _SLUG = re.compile(r"[^a-z0-9]+")
 MAX_BODY = 16 * 1024
+BODY_TIMEOUT = DEFAULT_BODY_TIMEOUT
+"""Seconds the notify body may take to arrive (408 after): no request is held for ever."""
 
 
 def demo_user_id(name: str) -> str:
@@ -58,17 +69,11 @@ _decoder = msgspec.json.Decoder(_NotifyRequest)
 
 async def handle_notify(hub: Hub, receive: Receive, send: SendCallable) -> None:
     """``POST /demo/notify {to, title, message}``: notify the visitor named ``to``."""
-    body = b""
-    more = True
-    while more:
-        message = await receive()
-        if message["type"] != "http.request":
-            return
-        body += message.get("body", b"")
-        more = message.get("more_body", False)
-        if len(body) > MAX_BODY:
-            await send_error(send, MessageTooLarge("body too large"))
-            return
+    try:
+        body = await read_body({}, receive, MAX_BODY, BODY_TIMEOUT)
+    except HubbubError as exc:
+        await send_error(send, exc)
+        return
     try:
         try:
             request = _decoder.decode(body)

@@ -16,14 +16,17 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any, Final
 from urllib.parse import parse_qsl
 
+import anyio
 import msgspec
 
-from ._errors import HubbubError, MethodNotAllowed
+from ._errors import HubbubError, InvalidMessage, MessageTooLarge, MethodNotAllowed
 
 __all__ = [
     "APIKEY_CHALLENGE",
     "BEARER_CHALLENGE",
+    "DEFAULT_BODY_TIMEOUT",
     "JSON_TYPE",
+    "BodyTimeout",
     "Message",
     "Receive",
     "Scope",
@@ -33,6 +36,7 @@ __all__ = [
     "error_body",
     "header",
     "query_param",
+    "read_body",
     "respond",
     "route_path",
     "send_error",
@@ -193,3 +197,54 @@ async def deny(
         await send({"type": "websocket.http.response.body", "body": body})
     else:
         await send({"type": "websocket.close", "code": 1008, "reason": exc.reason[:120]})
+
+
+class BodyTimeout(HubbubError):
+    """A request body that stopped arriving: 408 (HTTP only)."""
+
+    code = 408
+    http_status = 408
+    default_reason = "the request body did not arrive in time"
+
+
+DEFAULT_BODY_TIMEOUT: Final = 10.0
+"""Seconds a request body may take to arrive in full (408 after)."""
+
+
+async def read_body(scope: Scope, receive: Receive, max_body: int, seconds: float) -> bytes:
+    """The whole request body, at most ``max_body`` bytes, within ``seconds``.
+
+    uvicorn has no deadline for a request body, so a client dripping one byte a
+    second would otherwise hold the request (and its task) open for ever.
+
+    Raises:
+        MessageTooLarge: the body (or its ``Content-Length``) is over ``max_body``.
+        BodyTimeout: it did not arrive in full within ``seconds``.
+        InvalidMessage: a bad ``Content-Length``, or the client went away.
+    """
+    for name, value in scope.get("headers", ()):
+        if name.lower() == b"content-length":
+            try:
+                declared = int(value)
+            except ValueError:
+                raise InvalidMessage("invalid Content-Length") from None
+            if declared > max_body:
+                raise MessageTooLarge(f"the body is over {max_body} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    more = True
+    deadline = anyio.current_time() + seconds
+    while more:
+        with anyio.move_on_after(deadline - anyio.current_time()) as waited:
+            message = await receive()
+        if waited.cancelled_caught:
+            raise BodyTimeout(f"the body did not arrive within {seconds:g} s")
+        if message["type"] != "http.request":
+            raise InvalidMessage("the client went away")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > max_body:
+            raise MessageTooLarge(f"the body is over {max_body} bytes")
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return b"".join(chunks)

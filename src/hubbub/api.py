@@ -20,7 +20,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from functools import lru_cache
 from typing import Annotated, Any, Final
 
-import anyio
 import msgspec
 from msgspec import UNSET, Meta, Raw, Struct, UnsetType
 
@@ -40,7 +39,6 @@ from ._errors import (
     HubNotRunning,
     InternalError,
     InvalidMessage,
-    MessageTooLarge,
     MethodNotAllowed,
     NotFound,
     PermissionDenied,
@@ -48,11 +46,13 @@ from ._errors import (
 )
 from ._http import (
     APIKEY_CHALLENGE,
+    DEFAULT_BODY_TIMEOUT,
     JSON_TYPE,
     Receive,
     Scope,
     SendCallable,
     deny,
+    read_body,
     respond,
     route_path,
     send_error,
@@ -229,16 +229,6 @@ class StatsResult(Struct):
     slow_consumer_closes: int
 
 
-class _BodyTimeout(HubbubError):
-    code = 408
-    http_status = 408
-    default_reason = "the request body did not arrive in time"
-
-
-DEFAULT_BODY_TIMEOUT: Final = 10.0
-"""Seconds a request body may take to arrive in full (408 after)."""
-
-
 _Handler = Callable[["HubAPI", Any], Awaitable[Struct]]
 
 
@@ -353,32 +343,7 @@ class HubAPI:
             raise AuthenticationFailed("wrong API key")
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
-        for name, value in scope.get("headers", ()):
-            if name.lower() == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    raise InvalidMessage("invalid Content-Length") from None
-                if declared > self.max_body:
-                    raise MessageTooLarge(f"the body is over {self.max_body} bytes")
-        chunks: list[bytes] = []
-        size = 0
-        more = True
-        deadline = anyio.current_time() + self.body_timeout
-        while more:
-            with anyio.move_on_after(deadline - anyio.current_time()) as scope_:
-                message = await receive()
-            if scope_.cancelled_caught:
-                raise _BodyTimeout(f"the body did not arrive within {self.body_timeout:g} s")
-            if message["type"] != "http.request":
-                raise InvalidMessage("the client went away")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                raise MessageTooLarge(f"the body is over {self.max_body} bytes")
-            chunks.append(chunk)
-            more = message.get("more_body", False)
-        return b"".join(chunks)
+        return await read_body(scope, receive, self.max_body, self.body_timeout)
 
     # -- endpoints -------------------------------------------------------------------------
 
