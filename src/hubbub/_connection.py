@@ -21,29 +21,18 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio
 
-from ._closes import close_label
 from ._errors import (
-    AuthenticationFailed,
-    HubbubError,
-    HubNotRunning,
-    InvalidMessage,
-    PermissionDenied,
     RateLimited,
 )
-from ._http import Receive, Scope, SendCallable, deny
+from ._http import Receive, SendCallable
 from ._http import query_param as query_param
-from ._redact import redact
-from ._stats import HubStats
-from .auth import Identity, check_identity
-from .limits import client_ip
+from .auth import Identity
 from .messages import (
-    JSON,
     ClientInfo,
     Codec,
     Disconnect,
     Error,
     ServerMessage,
-    codec_for_subprotocol,
 )
 from .protocol import (
     INTERNAL_ERROR,
@@ -56,12 +45,9 @@ from .protocol import (
 )
 
 if TYPE_CHECKING:
-    from .hub import Hub
+    from ._host import SessionHost
 
 __all__ = ["Connection"]
-
-ADMITTED = "hubbub.admitted"
-"""Scope key set by AuthMiddleware once it has counted the handshake (its value: the IP)."""
 
 logger = logging.getLogger("hubbub.connection")
 
@@ -196,7 +182,7 @@ class Connection:
         "_wakeup",
         "close_code",
         "codec",
-        "hub",
+        "host",
         "id",
         "identity",
         "info",
@@ -208,15 +194,15 @@ class Connection:
 
     def __init__(
         self,
-        hub: Hub,
+        host: SessionHost,
         *,
         client_id: str,
         identity: Identity,
         codec: Codec,
         batch: bool,
     ) -> None:
-        limits = hub.limits
-        self.hub = hub
+        limits = host.limits
+        self.host = host
         self.id = client_id
         self.identity = identity
         self.codec = codec
@@ -229,10 +215,10 @@ class Connection:
         self.protocol = ClientProtocol(
             identity=identity,
             codec=codec,
-            namespaces=hub.namespaces,
+            namespaces=host.namespaces,
             limits=limits,
             now=anyio.current_time(),
-            stats=hub.stats,
+            stats=host.stats,
         )
         self._set_expiry(identity.expires)
         self.close_code: int | None = None
@@ -267,7 +253,7 @@ class Connection:
         if expires is None:
             self.protocol.expiry = None
         else:
-            left = expires - time.time() + self.hub.limits.expiry_grace
+            left = expires - time.time() + self.host.limits.expiry_grace
             self.protocol.expiry = anyio.current_time() + left
 
     def refresh(self, identity: Identity) -> None:
@@ -295,7 +281,7 @@ class Connection:
             if not self._make_room(size, *self._reply_share()):
                 if droppable:
                     return
-                self.hub.stats.slow_consumer_closes += 1
+                self.host.stats.slow_consumer_closes += 1
                 logger.warning(
                     "closing a slow consumer (1013): its send queue is full",
                     extra={
@@ -411,7 +397,7 @@ class Connection:
                 if item[2]:
                     del queue[index]
                     self._queued_bytes -= item[1]
-                    self.hub.stats.dropped += 1
+                    self.host.stats.dropped += 1
                     break
             else:
                 return False
@@ -421,7 +407,7 @@ class Connection:
         """Encode and queue one server message (a reply, an event)."""
         frame = self.codec.encode(message)
         size = len(frame)
-        stats = self.hub.stats
+        stats = self.host.stats
         kind: str = message.__struct_config__.tag  # type: ignore[assignment]
         stats.sent[kind] = stats.sent.get(kind, 0) + 1
         stats.bytes_out += size
@@ -435,7 +421,7 @@ class Connection:
         self.protocol.closed = True
         # Nothing more will be queued for it: leave every channel now, so a frozen
         # client does not linger in the registry for the close timeout.
-        self.hub._detach_all(self)
+        self.host.detach_all(self)
         scope = self._send_scope
         if not event.flush:
             self._queue.clear()
@@ -444,7 +430,7 @@ class Connection:
                 scope.cancel()
         elif scope is not None:
             scope.deadline = min(
-                scope.deadline, anyio.current_time() + self.hub.limits.close_timeout
+                scope.deadline, anyio.current_time() + self.host.limits.close_timeout
             )
         self._wake()
 
@@ -478,7 +464,7 @@ class Connection:
                 text = message.get("text")
                 frame = text if text is not None else message.get("bytes")
                 if frame is not None:
-                    self.hub.stats.bytes_in += len(frame)
+                    self.host.stats.bytes_in += len(frame)
                 try:
                     for event in protocol.receive(frame, anyio.current_time()):
                         await self._perform(event)
@@ -521,7 +507,7 @@ class Connection:
                 )
             self.send_message(message)
         elif isinstance(event, Execute):
-            await self.hub._execute(self, event)
+            await self.host.execute(self, event)
         else:
             self.close(event)
 
@@ -541,7 +527,7 @@ class Connection:
         queue = self._queue
         batch = self._batch
         text = not self.codec.binary
-        batch_bytes = self.hub.limits.batch_bytes
+        batch_bytes = self.host.limits.batch_bytes
         with anyio.CancelScope() as scope:
             self._send_scope = scope
             try:
@@ -591,13 +577,13 @@ class Connection:
         if self._gone or close is None:
             return
         self.close_code = close.code
-        with anyio.move_on_after(self.hub.limits.close_timeout):
+        with anyio.move_on_after(self.host.limits.close_timeout):
             try:
                 goodbye = Disconnect(
                     code=close.code, reason=close.reason, reconnect=close.reconnect
                 )
                 frame = self.codec.encode(goodbye)
-                stats = self.hub.stats
+                stats = self.host.stats
                 stats.sent["disconnect"] = stats.sent.get("disconnect", 0) + 1
                 stats.bytes_out += len(frame)
                 if text:
@@ -610,7 +596,7 @@ class Connection:
 
     def log_fields(self) -> dict[str, Any]:
         """The ``extra`` fields that name this connection in a log record."""
-        return {"client": self.id, "user": self.identity.user, "node": self.hub.node}
+        return {"client": self.id, "user": self.identity.user, "node": self.host.node}
 
     def ending(self) -> tuple[int, str]:
         """The close code and reason the connection ended with, ours or the client's."""
@@ -620,184 +606,3 @@ class Connection:
         if self.close_code is not None:
             return self.close_code, "closed by the client"
         return 1006, "connection lost"
-
-
-auth_logger = logging.getLogger("hubbub.auth")
-
-AUTH_FAILURE_REASONS = frozenset(
-    {"missing", "invalid_token", "forbidden", "origin", "refresh", "channel_token"}
-)
-"""The ``reason`` label of ``hubbub_auth_failures_total`` (docs/design.md, Observability)."""
-
-
-def auth_failure(stats: HubStats | None, reason: str, exc: HubbubError, **fields: Any) -> None:
-    """Count and log refused credentials: ``reason`` is a fixed label, never client data.
-
-    The log carries the error's own reason (a fixed phrase such as "token
-    expired") with any token-shaped text removed; the token itself never.
-    """
-    if stats is not None:
-        stats.auth_failures[reason] = stats.auth_failures.get(reason, 0) + 1
-    auth_logger.info(
-        "refused credentials (%d): %s",
-        exc.http_status,
-        redact(exc.reason),
-        extra={
-            "event": "auth_failed",
-            "reason": reason,
-            "status": exc.http_status,
-            "detail": redact(exc.reason),
-            **fields,
-        },
-    )
-
-
-def handshake_refused(stats: HubStats | None, kind: str, why: str, ip: str | None) -> None:
-    """Count and log a handshake refused 429 (``kind``: ``handshake`` or ``user_connections``)."""
-    if stats is not None:
-        stats.rate_limited[kind] = stats.rate_limited.get(kind, 0) + 1
-    extra = {"event": "rate_limited", "kind": kind, "ip": ip}
-    logger.info("refused a WebSocket (429): %s", why, extra=extra)
-
-
-def handshake_failure_reason(exc: HubbubError) -> str:
-    """The ``auth_failures`` label of a refused handshake."""
-    if isinstance(exc, PermissionDenied):
-        return "forbidden"
-    if isinstance(exc, AuthenticationFailed) and exc.reason == "credentials required":
-        return "missing"
-    return "invalid_token"
-
-
-# -- the handshake ----------------------------------------------------------------------------
-
-
-async def serve_websocket(hub: Hub, scope: Scope, receive: Receive, send: SendCallable) -> None:
-    """Run one WebSocket from handshake to close: refuse it with an HTTP status, or serve it."""
-
-    message = await receive()
-    if message["type"] != "websocket.connect":
-        return
-    if not hub.running:
-        if hub.state in ("draining", "stopping"):
-            logger.info("refused a WebSocket (503): the hub is %s", hub.state)
-        else:
-            logger.error(
-                "refused a WebSocket (503): the hub is %s. Start it with `async with hub:`, "
-                "`lifespan=hub.lifespan` in the parent app, or serve HubApp(hub) as the "
-                "top-level app",
-                hub.state,
-            )
-        await deny(scope, send, HubNotRunning(f"hub is {hub.state}"))
-        return
-    codec, chosen = _negotiate(list(scope.get("subprotocols") or ()))
-    if codec is None:
-        await deny(
-            scope,
-            send,
-            InvalidMessage(
-                "no supported subprotocol offered: use hubbub.v1.json or hubbub.v1.msgpack"
-            ),
-        )
-        return
-    admission = hub.admission
-    refused = None
-    ip = scope.get(ADMITTED)
-    # Set when this function holds a per-IP place (AuthMiddleware releases its own).
-    reserved = False
-    if not isinstance(ip, str) or admission is not scope.get(ADMITTED + ".by"):
-        peer = scope.get("client")
-        ip = client_ip(
-            peer[0] if peer else None, scope.get("headers") or (), hub.limits.trusted_proxies
-        )
-        # check_ip reserves the place at once: handshakes awaiting the authenticator
-        # together cannot all pass the per-IP cap. Every path below releases it.
-        refused = await admission.check_ip(ip)
-        reserved = refused is None
-    if refused is not None:
-        handshake_refused(hub.stats, "handshake", refused[0], ip)
-        await deny(scope, send, RateLimited(refused[0]), retry_after=refused[1])
-        return
-    try:
-        identity = check_identity(await hub._authenticate(scope))
-        if identity.user:
-            # No await from here to hub._open: the per-user count is exact.
-            refused = admission.check_user(len(hub._users.get(identity.user, ())))
-            if refused is not None:
-                raise RateLimited(refused[0])
-    except BaseException as exc:
-        if reserved:
-            admission.closed(ip)
-        if not isinstance(exc, HubbubError):
-            raise
-        if isinstance(exc, RateLimited):
-            handshake_refused(hub.stats, "user_connections", exc.reason, ip)
-        else:
-            auth_failure(hub.stats, handshake_failure_reason(exc), exc, ip=ip)
-        await deny(scope, send, exc, retry_after=refused[1] if refused else None)
-        return
-    batch = codec is JSON and _query_flag(scope, "batch")
-    connection = hub._open(identity, codec, batch)
-    try:
-        await send({"type": "websocket.accept", "subprotocol": chosen})
-        logger.info(
-            "client connected",
-            extra={
-                **connection.log_fields(),
-                "event": "connect",
-                "ip": ip,
-                "codec": codec.name,
-                "transport": "websocket",
-            },
-        )
-        try:
-            await hub._welcome(connection)
-        except HubbubError as exc:
-            connection.send_message(_error(exc))
-            connection.close(Close(exc.close_code, exc.reason))
-        await connection.run(receive, send)
-    except _GONE:
-        pass
-    finally:
-        if reserved:
-            admission.closed(ip)
-        hub._forget(connection)
-        code, reason = connection.ending()
-        label = close_label(code)
-        closes = hub.stats.closes
-        closes[label] = closes.get(label, 0) + 1
-        logger.info(
-            "client disconnected (%d): %s",
-            code,
-            reason,
-            extra={
-                **connection.log_fields(),
-                "event": "disconnect",
-                "code": code,
-                "reason": reason,
-            },
-        )
-
-
-def _negotiate(subprotocols: list[str]) -> tuple[Codec | None, str | None]:
-    """The codec and the subprotocol to echo; ``(None, None)`` when nothing offered is usable.
-
-    ``bearer.<jwt>`` entries carry a token, never a codec, and are never echoed.
-    """
-    if not subprotocols:
-        return JSON, None
-    for name in subprotocols:
-        if not name.startswith("bearer."):
-            codec = codec_for_subprotocol(name)
-            if codec is not None:
-                return codec, name
-    return None, None
-
-
-def _error(exc: HubbubError) -> ServerMessage:
-    return Error(code=exc.code, reason=exc.reason)
-
-
-def _query_flag(scope: Scope, name: str) -> bool:
-    value = query_param(scope, name)
-    return value is not None and value.lower() in ("1", "true", "yes")
