@@ -1,12 +1,16 @@
-"""Connection I/O: the only code that awaits ASGI ``receive``/``send`` for a client.
+"""A client's connection, whatever its transport: protocol state, bounded send queue, close.
 
-Each accepted client gets one :class:`Connection`: a reader task (frames in →
-:class:`~hubbub.protocol.ClientProtocol` → hub) in the connection's task group,
-and a writer draining a bounded send queue in the ASGI call's own task. Pings
-and idle deadlines are driven for all connections by one hub task, so an idle
-connection costs no task of its own for liveness. The hub hands
-messages over with :meth:`Connection.enqueue`, which never awaits: a full queue
-applies the slow-consumer policy instead of slowing the publisher down.
+Each accepted client gets one :class:`Connection`, of one of two transports:
+:class:`~hubbub._websocket.WebSocketConnection` (a reader task: frames in →
+:class:`~hubbub.protocol.ClientProtocol` → hub) and
+:class:`~hubbub._sse.SSEStream` (no reader: it only watches for the client
+leaving). What they share lives here: the hub hands messages over with
+:meth:`Connection.enqueue`, which never awaits (a full queue applies the
+slow-consumer policy instead of slowing the publisher down), and each
+transport's writer drains the queue in the ASGI call's own task. Pings and idle
+deadlines are driven for all connections by one hub task, so an idle
+connection costs no task of its own for liveness. A connection asks the hub
+for nothing but what :class:`~hubbub._host.SessionHost` offers.
 """
 
 from __future__ import annotations
@@ -16,43 +20,25 @@ import dataclasses
 import logging
 import time
 from collections import deque
-from collections.abc import Coroutine, Generator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio
 
-from ._errors import (
-    RateLimited,
-)
 from ._http import Receive, SendCallable
 from ._http import query_param as query_param
 from .auth import Identity
-from .messages import (
-    ClientInfo,
-    Codec,
-    Disconnect,
-    Error,
-    ServerMessage,
-)
-from .protocol import (
-    INTERNAL_ERROR,
-    TRY_AGAIN_LATER,
-    ClientProtocol,
-    Close,
-    Event,
-    Execute,
-    Send,
-)
+from .messages import ClientInfo, Codec, ServerMessage
+from .protocol import TRY_AGAIN_LATER, ClientProtocol, Close
 
 if TYPE_CHECKING:
     from ._host import SessionHost
 
-__all__ = ["Connection"]
+__all__ = ["PEER_GONE", "AsyncioSignal", "Connection", "Signal", "new_signal"]
 
 logger = logging.getLogger("hubbub.connection")
 
 
-class _Signal:
+class Signal:
     """Wakes one waiting task; reusable. The portable version, built on anyio.Event."""
 
     __slots__ = ("_event",)
@@ -71,7 +57,7 @@ class _Signal:
         await event.wait()
 
 
-class _AsyncioSignal(_Signal):
+class AsyncioSignal(Signal):
     """The same on asyncio with a bare future: the writer's wake-up is on the fan-out path.
 
     ``anyio.Event()`` costs a backend lookup per creation, and the writer needs a
@@ -98,72 +84,29 @@ class _AsyncioSignal(_Signal):
         await future
 
 
-class _Resume:
-    """Finishes, in the awaiting task, a send coroutine that was started elsewhere.
-
-    The inline fast path (see :meth:`Connection.enqueue`) starts a send in the
-    publisher's task; if it suspends (the socket's buffer is full), the writer
-    task takes over here: the same protocol as ``yield from``, entered midway.
-    """
-
-    __slots__ = ("_coro", "_yielded")
-
-    def __init__(self, coro: Coroutine[Any, Any, None], yielded: Any) -> None:
-        self._coro = coro
-        self._yielded = yielded
-
-    def __await__(self) -> Generator[Any, Any, None]:
-        coro, yielded = self._coro, self._yielded
-        while True:
-            try:
-                value = yield yielded
-            except BaseException as exc:  # cancellation thrown into the waiting task
-                try:
-                    yielded = coro.throw(exc)
-                except StopIteration:
-                    return
-            else:
-                try:
-                    yielded = coro.send(value)
-                except StopIteration:
-                    return
-
-
-# ASGI servers whose WebSocket ``send`` may be started in one task and finished in
-# another: it only awaits an asyncio.Event for write flow control, then writes to
-# the transport synchronously, and uses nothing bound to the calling task.
-_INLINE_SENDERS = frozenset(
-    {
-        "uvicorn.protocols.websockets.websockets_sansio_impl",
-        "uvicorn.protocols.websockets.wsproto_impl",
-    }
-)
-
-
-def _can_send_inline(send: SendCallable, signal: _Signal) -> bool:
-    owner = getattr(send, "__self__", None)
-    return isinstance(signal, _AsyncioSignal) and type(owner).__module__ in _INLINE_SENDERS
-
-
-def _signal() -> _Signal:
+def new_signal() -> Signal:
+    """The fastest :class:`Signal` for the running event loop."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:  # not on asyncio (trio)
-        return _Signal()
-    return _AsyncioSignal()
+        return Signal()
+    return AsyncioSignal()
 
 
 # What a send raises once the peer has gone (ASGI spec 2.4: OSError; anyio streams
 # in some servers). A normal end of a connection, not an error to log.
-_GONE = (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError)
+PEER_GONE = (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError)
 
 
 class Connection:
-    """One client's connection: its protocol state, send queue and tasks."""
+    """One client's connection: its protocol state and send queue; a transport adds its tasks.
+
+    A transport implements :meth:`run` (its writer drains ``_queue``, and sets
+    ``_waiting`` before it waits on ``_wakeup``), :meth:`heartbeat`, and
+    ``_send_inline`` if it sets ``_inline``.
+    """
 
     __slots__ = (
-        "_asgi_send",
-        "_batch",
         "_close",
         "_enqueued_bytes",
         "_enqueued_items",
@@ -171,12 +114,9 @@ class Connection:
         "_inline",
         "_max_bytes",
         "_max_messages",
-        "_pending",
         "_queue",
         "_queued_bytes",
-        "_reader_waiting",
         "_replies",
-        "_room",
         "_send_scope",
         "_waiting",
         "_wakeup",
@@ -189,8 +129,8 @@ class Connection:
         "protocol",
     )
 
-    transport: ClassVar[str] = "websocket"
-    """``websocket``, or ``sse`` for a Server-Sent Events stream (``hubbub._sse``)."""
+    transport: ClassVar[str]
+    """``websocket``, or ``sse`` for a Server-Sent Events stream."""
 
     def __init__(
         self,
@@ -199,7 +139,6 @@ class Connection:
         client_id: str,
         identity: Identity,
         codec: Codec,
-        batch: bool,
     ) -> None:
         limits = host.limits
         self.host = host
@@ -222,7 +161,6 @@ class Connection:
         )
         self._set_expiry(identity.expires)
         self.close_code: int | None = None
-        self._batch = batch
         self._max_messages = limits.queue_messages
         self._max_bytes = limits.queue_bytes
         self._queue: deque[tuple[str | bytes, int, bool]] = deque()
@@ -234,13 +172,10 @@ class Connection:
         # Join replies still queued, as (start bytes, end bytes, start item, end item) marks
         # on those totals; None until the first (a list per idle client costs memory).
         self._replies: list[tuple[int, int, int, int]] | None = None
-        self._wakeup = _signal()
+        self._wakeup = new_signal()
         self._waiting = False
-        self._asgi_send: SendCallable | None = None
+        # Set by a transport whose writer may be bypassed: see WebSocketConnection.enqueue.
         self._inline = False
-        self._pending: _Resume | None = None
-        self._room = _signal()
-        self._reader_waiting = False
         self._close: Close | None = None
         self._gone = False
         self._send_scope: anyio.CancelScope | None = None
@@ -357,35 +292,8 @@ class Connection:
         return items, held
 
     def _send_inline(self, frame: str | bytes) -> None:
-        """Send while the writer is idle, without waking it: the fan-out fast path.
-
-        Waking a writer task per delivery costs a task switch each; when the
-        writer is idle and the server's ``send`` completes without suspending
-        (its socket buffer has room), the publisher's task does the write
-        directly, as a hand-written fan-out loop would. If ``send`` suspends,
-        the writer finishes it (:class:`_Resume`) before anything queued later,
-        so order is kept and the publisher never waits.
-        """
-        assert self._asgi_send is not None
-        if self.codec.binary:
-            coro = self._asgi_send({"type": "websocket.send", "bytes": frame})
-        else:
-            coro = self._asgi_send({"type": "websocket.send", "text": frame})
-        try:
-            yielded = coro.send(None)  # type: ignore[attr-defined]
-        except StopIteration:
-            return
-        except _GONE:
-            self._gone = True
-            self._wake()
-            return
-        except Exception:
-            logger.exception("ASGI send failed", extra=self.log_fields())
-            self._gone = True
-            self._wake()
-            return
-        self._pending = _Resume(coro, yielded)  # type: ignore[arg-type]
-        self._wake()
+        """Write ``frame`` now, in the caller's task (only a transport that sets ``_inline``)."""
+        raise NotImplementedError
 
     def _make_room(self, size: int, exempt_items: int = 0, exempt_bytes: int = 0) -> bool:
         queue = self._queue
@@ -439,160 +347,25 @@ class Connection:
             self._waiting = False
             self._wakeup.set()
 
+    def _peer_left(self) -> None:
+        """The client has gone: stop writing at once (a transport's reader calls this)."""
+        self._gone = True
+        if self._send_scope is not None:
+            self._send_scope.cancel()
+        self._wake()
+
     @property
     def queued(self) -> int:
         """Messages waiting in the send queue."""
         return len(self._queue)
 
-    # -- tasks ------------------------------------------------------------------------------
-
     async def run(self, receive: Receive, send: SendCallable) -> None:
         """Serve the accepted connection until it ends; never raises for client behaviour."""
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._reader, receive)
-            await self._writer(send)
-            tg.cancel_scope.cancel()
-
-    async def _reader(self, receive: Receive) -> None:
-        protocol = self.protocol
-        while True:
-            message = await receive()
-            kind = message["type"]
-            if kind == "websocket.receive":
-                if self._close is not None:
-                    continue
-                text = message.get("text")
-                frame = text if text is not None else message.get("bytes")
-                if frame is not None:
-                    self.host.stats.bytes_in += len(frame)
-                try:
-                    for event in protocol.receive(frame, anyio.current_time()):
-                        await self._perform(event)
-                except Exception:
-                    logger.exception(
-                        "internal error while handling a frame", extra=self.log_fields()
-                    )
-                    self.close(Close(INTERNAL_ERROR, "internal error", flush=True))
-                # Back-pressure on the client's own commands: a pipelined burst must not
-                # fill its queue with replies faster than the writer sends them (receive()
-                # returns buffered frames without yielding). Wait for room instead.
-                if (
-                    len(self._queue) * 2 >= self._max_messages
-                    or self._queued_bytes * 2 >= self._max_bytes
-                ):
-                    self._reader_waiting = True
-                    await self._room.wait()
-            elif kind == "websocket.disconnect":
-                self._gone = True
-                self.close_code = message.get("code", 1005)
-                if self._send_scope is not None:
-                    self._send_scope.cancel()
-                self._wake()
-                return
-
-    async def _perform(self, event: Event) -> None:
-        if isinstance(event, Send):
-            message = event.message
-            if type(message) is Error and message.code == RateLimited.code:
-                logger.info(
-                    "refused a command (429): %s",
-                    message.reason,
-                    extra={
-                        **self.log_fields(),
-                        "event": "rate_limited",
-                        "kind": "command"
-                        if message.reason.startswith("rate limited")
-                        else "channels",
-                    },
-                )
-            self.send_message(message)
-        elif isinstance(event, Execute):
-            await self.host.execute(self, event)
-        else:
-            self.close(event)
+        raise NotImplementedError
 
     def heartbeat(self, now: float) -> None:
-        """Send a due ``ping`` or close an idle client (called by the hub's heartbeat task)."""
-        for event in self.protocol.heartbeat(now):
-            if isinstance(event, Send):
-                self.send_message(event.message)
-            elif isinstance(event, Close):
-                self.close(event)
-
-    async def _writer(self, send: SendCallable) -> None:
-        self._asgi_send = send
-        # Batching clients keep the queue: messages that pile up between the writer's
-        # wake-ups leave in one frame, which is the point of asking for batching.
-        self._inline = not self._batch and _can_send_inline(send, self._wakeup)
-        queue = self._queue
-        batch = self._batch
-        text = not self.codec.binary
-        batch_bytes = self.host.limits.batch_bytes
-        with anyio.CancelScope() as scope:
-            self._send_scope = scope
-            try:
-                while True:
-                    pending = self._pending
-                    if pending is not None:
-                        self._pending = None
-                        await pending
-                        continue
-                    if not queue:
-                        if self._close is not None or self._gone:
-                            break
-                        if self._reader_waiting:
-                            self._reader_waiting = False
-                            self._room.set()
-                        self._waiting = True
-                        await self._wakeup.wait()
-                        continue
-                    if self._gone or (self._close is not None and not self._close.flush):
-                        break
-                    if self._reader_waiting and (
-                        len(queue) * 4 <= self._max_messages
-                        and self._queued_bytes * 4 <= self._max_bytes
-                    ):
-                        self._reader_waiting = False
-                        self._room.set()
-                    if batch and len(queue) > 1:
-                        parts: list[str] = []
-                        total = 0
-                        while queue and (not parts or total + queue[0][1] <= batch_bytes):
-                            frame, size, _ = queue.popleft()
-                            total += size
-                            parts.append(frame)  # type: ignore[arg-type]
-                        self._queued_bytes -= total
-                        await send({"type": "websocket.send", "text": "\n".join(parts)})
-                    else:
-                        frame, size, _ = queue.popleft()
-                        self._queued_bytes -= size
-                        if text:
-                            await send({"type": "websocket.send", "text": frame})
-                        else:
-                            await send({"type": "websocket.send", "bytes": frame})
-            except _GONE:
-                self._gone = True
-        self._send_scope = None
-        close = self._close
-        if self._gone or close is None:
-            return
-        self.close_code = close.code
-        with anyio.move_on_after(self.host.limits.close_timeout):
-            try:
-                goodbye = Disconnect(
-                    code=close.code, reason=close.reason, reconnect=close.reconnect
-                )
-                frame = self.codec.encode(goodbye)
-                stats = self.host.stats
-                stats.sent["disconnect"] = stats.sent.get("disconnect", 0) + 1
-                stats.bytes_out += len(frame)
-                if text:
-                    await send({"type": "websocket.send", "text": frame})
-                else:
-                    await send({"type": "websocket.send", "bytes": frame})
-                await send({"type": "websocket.close", "code": close.code, "reason": close.reason})
-            except _GONE:
-                self._gone = True
+        """What liveness requires at ``now`` (called by the hub's heartbeat task)."""
+        raise NotImplementedError
 
     def log_fields(self) -> dict[str, Any]:
         """The ``extra`` fields that name this connection in a log record."""

@@ -20,7 +20,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._closes import close_label
-from ._connection import _GONE, Connection
+from ._connection import PEER_GONE, Connection
 from ._errors import AuthenticationFailed, HubbubError, PermissionDenied, RateLimited
 from ._http import Receive, Scope, SendCallable
 from ._redact import redact
@@ -186,7 +186,7 @@ async def serve_session(
             )
             await transport.welcome(host, connection)
             await connection.run(receive, send)
-        except _GONE:
+        except PEER_GONE:
             pass
         finally:
             code, reason = connection.ending()

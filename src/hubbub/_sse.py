@@ -34,12 +34,12 @@ import anyio
 import msgspec
 from msgspec import Meta, Struct
 
-from ._connection import _GONE, Connection
+from ._connection import PEER_GONE, Connection
 from ._errors import HubbubError, HubNotRunning, InvalidMessage, MethodNotAllowed, RateLimited
 from ._http import BEARER_CHALLENGE, Receive, Scope, SendCallable, header, query_param, send_error
 from ._permissions import may_subscribe, subscribe_refused
 from ._session import serve_session
-from .messages import JSON, Disconnect, Position, Subscribed
+from .messages import JSON, Codec, Disconnect, Position, Subscribed
 from .namespaces import Namespace, validate_channel
 from .protocol import NORMAL, TOKEN_EXPIRED, Close
 
@@ -179,8 +179,10 @@ class SSEStream(Connection):
 
     transport = "sse"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self, host: SessionHost, *, client_id: str, identity: Identity, codec: Codec
+    ) -> None:
+        super().__init__(host, client_id=client_id, identity=identity, codec=codec)
         limits = self.protocol.limits
         if limits.max_channels > MAX_SSE_CHANNELS:
             # Server-side subscriptions (Hub.subscribe_user) honour this cap too.
@@ -273,10 +275,7 @@ class SSEStream(Connection):
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                self._gone = True
-                if self._send_scope is not None:
-                    self._send_scope.cancel()
-                self._wake()
+                self._peer_left()
                 return
 
     async def _stream(self, send: SendCallable) -> None:
@@ -305,7 +304,7 @@ class SSEStream(Connection):
                         parts.append(self.frame_event(frame))  # type: ignore[arg-type]
                     body = "".join(parts).encode()
                     await send({"type": "http.response.body", "body": body, "more_body": True})
-            except _GONE:
+            except PEER_GONE:
                 self._gone = True
         self._send_scope = None
         if self._gone:
@@ -319,7 +318,7 @@ class SSEStream(Connection):
         with anyio.move_on_after(self.host.limits.close_timeout):
             try:
                 await send({"type": "http.response.body", "body": goodbye, "more_body": False})
-            except _GONE:
+            except PEER_GONE:
                 self._gone = True
 
 
@@ -374,9 +373,7 @@ class _SSE:
         await send_error(self.send, exc, retry_after=retry_after, challenge=BEARER_CHALLENGE)
 
     def connection(self, host: SessionHost, identity: Identity) -> Connection:
-        return SSEStream(
-            host, client_id=host.client_id(), identity=identity, codec=JSON, batch=False
-        )
+        return SSEStream(host, client_id=host.client_id(), identity=identity, codec=JSON)
 
     async def begin(self, host: SessionHost, connection: Connection) -> bool:
         assert isinstance(connection, SSEStream)
