@@ -2,10 +2,11 @@
 
 The :class:`Hub` keeps the lifecycle (the one task group that owns every
 background task), the server-side Python API (``publish``, ``notify``,
-``history``, ``presence``, ``disconnect``, ``subscribe_user``, …), the hooks a
-connection calls (authenticate, open, welcome, execute a command, forget) and
-the dispatch of commands and node control commands with ``match``. What it
-dispatches to lives one module each:
+``history``, ``presence``, ``disconnect``, ``subscribe_user``, …), the
+:class:`~hubbub._host.SessionHost` it hands its connections
+(``Hub.session_host``: authenticate, open, welcome, join, execute a command,
+forget) and the dispatch of commands and node control commands with
+``match``. What it dispatches to lives one module each:
 
 - :mod:`hubbub._registry`: connections, users, channel → local subscribers,
   and the node's reference-counted broker subscriptions;
@@ -503,7 +504,7 @@ class Hub:
         """Messages waiting in this node's send queues (a slow-consumer signal)."""
         return sum(connection.queued for connection in self._registry.connections)
 
-    # -- what a connection calls (through ``session_host``) ---------------------------------
+    # -- command dispatch (a connection reaches it through ``session_host.execute``) ---------
 
     async def _execute(self, connection: Connection, event: Execute) -> None:
         """Run one validated client command; a refusal is answered ``error`` with its id."""
