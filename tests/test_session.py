@@ -20,7 +20,7 @@ from hubbub.hub import Hub
 from hubbub.limits import Admission
 
 KEY = "k-0123456789abcdef"
-SESSION_MODULES = ("_connection", "_host", "_session", "_sse", "_websocket")
+SESSION_MODULES = ("_connection", "_session", "_sse", "_websocket")
 
 
 async def _user_from_query(scope: Mapping[str, Any]) -> Identity | None:
@@ -82,7 +82,7 @@ def test_connection_modules_never_reach_into_the_hub(module: str) -> None:
 
 def test_the_hub_hands_its_connections_a_session_host() -> None:
     """``Hub.session_host`` offers every member of the SessionHost protocol."""
-    from hubbub._host import SessionHost
+    from hubbub._connection import SessionHost
 
     members = {
         name

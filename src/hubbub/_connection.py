@@ -10,7 +10,8 @@ slow-consumer policy instead of slowing the publisher down), and each
 transport's writer drains the queue in the ASGI call's own task. Pings and idle
 deadlines are driven for all connections by one hub task, so an idle
 connection costs no task of its own for liveness. A connection asks the hub
-for nothing but what :class:`~hubbub._host.SessionHost` offers.
+for nothing but what :class:`SessionHost` offers: the hub hands it one
+(``Hub.session_host``), so calls run one way, shells → hub → connection.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import dataclasses
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import anyio
 
@@ -31,11 +32,92 @@ from .messages import ClientInfo, Codec, ServerMessage
 from .protocol import TRY_AGAIN_LATER, ClientProtocol, Close
 
 if TYPE_CHECKING:
-    from ._host import SessionHost
+    from ._stats import HubStats
+    from .limits import Admission, Limits
+    from .messages import Position
+    from .namespaces import Namespace, NamespaceRegistry
+    from .protocol import Execute
 
-__all__ = ["PEER_GONE", "AsyncioSignal", "Connection", "Signal", "new_signal"]
+__all__ = ["PEER_GONE", "AsyncioSignal", "Connection", "SessionHost", "Signal", "new_signal"]
 
 logger = logging.getLogger("hubbub.connection")
+
+
+class SessionHost(Protocol):
+    """The hub as one connection sees it, from admission to the last accounting.
+
+    ``stats`` and ``node`` are read on the delivery path: implement them as
+    plain attributes.
+    """
+
+    stats: HubStats
+    """The hub's counters (commands, messages and bytes sent, closes...)."""
+
+    node: str
+    """This node's id (log records, client ids)."""
+
+    @property
+    def limits(self) -> Limits:
+        """Per-connection limits."""
+        ...
+
+    @property
+    def namespaces(self) -> NamespaceRegistry:
+        """The hub's channel namespaces."""
+        ...
+
+    @property
+    def admission(self) -> Admission:
+        """Handshake rate and connection caps per IP and user."""
+        ...
+
+    @property
+    def state(self) -> str:
+        """The hub's lifecycle state (``running``, ``draining``...)."""
+        ...
+
+    @property
+    def running(self) -> bool:
+        """Whether new connections are accepted."""
+        ...
+
+    async def authenticate(self, scope: Any) -> Identity:
+        """The connecting client's identity (raises from the ``HubbubError`` tree)."""
+        ...
+
+    def user_connections(self, user: str) -> int:
+        """Connections ``user`` holds open on this node (the per-user cap)."""
+        ...
+
+    def client_id(self) -> str:
+        """A new client id, unique on this node."""
+        ...
+
+    def open(self, connection: Connection) -> None:
+        """Register an accepted connection: it receives fan-out and is drained from now on."""
+        ...
+
+    async def welcome(self, connection: Connection) -> None:
+        """Make the server-side subscriptions, then queue ``welcome`` first."""
+        ...
+
+    async def join(
+        self, connection: Connection, channel: str, namespace: Namespace, recover: Position | None
+    ) -> None:
+        """Join ``channel`` as a client's ``subscribe`` would (an SSE stream's channels)."""
+        ...
+
+    async def execute(self, connection: Connection, event: Execute) -> None:
+        """Run one validated client command; a refusal is answered ``error``."""
+        ...
+
+    def detach_all(self, connection: Connection) -> None:
+        """Leave every channel the connection holds (it is closing)."""
+        ...
+
+    def forget(self, connection: Connection) -> None:
+        """Unregister a finished connection."""
+        ...
 
 
 class Signal:

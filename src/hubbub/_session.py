@@ -11,7 +11,7 @@ how a refusal is answered (a WebSocket denial or a JSON error), which
 :class:`~hubbub._connection.Connection` serves it and how it starts
 (:mod:`hubbub._websocket`, :mod:`hubbub._sse`).
 
-The session talks to the hub only through :class:`~hubbub._host.SessionHost`.
+The session talks to the hub only through :class:`~hubbub._connection.SessionHost`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from .limits import ADMITTED as ADMITTED
 from .protocol import NORMAL, Close
 
 if TYPE_CHECKING:
-    from ._host import SessionHost
+    from ._connection import SessionHost
     from .auth import Identity
 
 __all__ = [

@@ -44,7 +44,7 @@ from .namespaces import Namespace, validate_channel
 from .protocol import NORMAL, TOKEN_EXPIRED, Close
 
 if TYPE_CHECKING:
-    from ._host import SessionHost
+    from ._connection import SessionHost
     from .auth import Identity
 
 __all__ = [

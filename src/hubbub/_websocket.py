@@ -26,7 +26,7 @@ from .messages import JSON, Codec, Disconnect, Error, codec_for_subprotocol
 from .protocol import INTERNAL_ERROR, Close, Event, Execute, Send
 
 if TYPE_CHECKING:
-    from ._host import SessionHost
+    from ._connection import SessionHost
     from .auth import Identity
 
 __all__ = ["WebSocketConnection", "serve_websocket"]

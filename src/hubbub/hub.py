@@ -3,7 +3,7 @@
 The :class:`Hub` keeps the lifecycle (the one task group that owns every
 background task), the server-side Python API (``publish``, ``notify``,
 ``history``, ``presence``, ``disconnect``, ``subscribe_user``, …), the
-:class:`~hubbub._host.SessionHost` it hands its connections
+:class:`~hubbub._connection.SessionHost` it hands its connections
 (``Hub.session_host``: authenticate, open, welcome, join, execute a command,
 forget) and the dispatch of commands and node control commands with
 ``match``. What it dispatches to lives one module each:
@@ -41,11 +41,10 @@ from anyio.abc import TaskGroup
 from ._brokercall import BACKGROUND_BROKER_CALLS, BrokerCalls, check_capabilities
 from ._commands import MAX_HISTORY_LIMIT as MAX_HISTORY_LIMIT
 from ._commands import Commands, server_publication
-from ._connection import Connection
+from ._connection import Connection, SessionHost
 from ._control import CONTROL_CHANNEL, Control
 from ._errors import HubbubError, InvalidMessage, PermissionDenied, RateLimited
 from ._fanout import Fanout, message
-from ._host import SessionHost
 from ._join import REPLY_BACKLOG as REPLY_BACKLOG
 from ._join import REPLY_FRAME_BYTES as REPLY_FRAME_BYTES
 from ._join import Joins, at_channel_limit
@@ -552,7 +551,7 @@ class Hub:
 
 
 class _HubHost:
-    """The hub's :class:`~hubbub._host.SessionHost`: what its connections may ask of it.
+    """The hub's :class:`~hubbub._connection.SessionHost`: what its connections may ask of it.
 
     A separate object keeps the hub's own namespace for its public API, and
     each method calls the part that owns the work directly (no extra hop).
