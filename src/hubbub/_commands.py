@@ -18,9 +18,11 @@ import msgspec
 from msgspec import Raw
 
 from ._brokercall import BrokerCalls, now_ms
-from ._connection import Connection, auth_failure, query_param
+from ._connection import Connection
 from ._errors import AuthenticationFailed, HubbubError, InvalidMessage, PermissionDenied
+from ._http import query_param
 from ._join import REPLY_FRAME_BYTES, encode_all, send_reply
+from ._session import auth_failure
 from ._stats import HubStats
 from ._tracing import Tracing
 from .auth import (

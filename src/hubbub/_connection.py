@@ -1,12 +1,17 @@
-"""Connection I/O: the only code that awaits ASGI ``receive``/``send`` for a client.
+"""A client's connection, whatever its transport: protocol state, bounded send queue, close.
 
-Each accepted client gets one :class:`Connection`: a reader task (frames in →
-:class:`~hubbub.protocol.ClientProtocol` → hub) in the connection's task group,
-and a writer draining a bounded send queue in the ASGI call's own task. Pings
-and idle deadlines are driven for all connections by one hub task, so an idle
-connection costs no task of its own for liveness. The hub hands
-messages over with :meth:`Connection.enqueue`, which never awaits: a full queue
-applies the slow-consumer policy instead of slowing the publisher down.
+Each accepted client gets one :class:`Connection`, of one of two transports:
+:class:`~hubbub._websocket.WebSocketConnection` (a reader task: frames in →
+:class:`~hubbub.protocol.ClientProtocol` → hub) and
+:class:`~hubbub._sse.SSEStream` (no reader: it only watches for the client
+leaving). What they share lives here: the hub hands messages over with
+:meth:`Connection.enqueue`, which never awaits (a full queue applies the
+slow-consumer policy instead of slowing the publisher down), and each
+transport's writer drains the queue in the ASGI call's own task. Pings and idle
+deadlines are driven for all connections by one hub task, so an idle
+connection costs no task of its own for liveness. A connection asks the hub
+for nothing but what :class:`SessionHost` offers: the hub hands it one
+(``Hub.session_host``), so calls run one way, shells → hub → connection.
 """
 
 from __future__ import annotations
@@ -16,57 +21,106 @@ import dataclasses
 import logging
 import time
 from collections import deque
-from collections.abc import Coroutine, Generator
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import anyio
 
-from ._closes import close_label
-from ._errors import (
-    AuthenticationFailed,
-    HubbubError,
-    HubNotRunning,
-    InvalidMessage,
-    PermissionDenied,
-    RateLimited,
-)
-from ._http import Receive, Scope, SendCallable, deny
+from ._http import Receive, SendCallable
 from ._http import query_param as query_param
-from ._redact import redact
-from ._stats import HubStats
-from .auth import Identity, check_identity
-from .limits import client_ip
-from .messages import (
-    JSON,
-    ClientInfo,
-    Codec,
-    Disconnect,
-    Error,
-    ServerMessage,
-    codec_for_subprotocol,
-)
-from .protocol import (
-    INTERNAL_ERROR,
-    TRY_AGAIN_LATER,
-    ClientProtocol,
-    Close,
-    Event,
-    Execute,
-    Send,
-)
+from .auth import Identity
+from .messages import ClientInfo, Codec, ServerMessage
+from .protocol import TRY_AGAIN_LATER, ClientProtocol, Close
 
 if TYPE_CHECKING:
-    from .hub import Hub
+    from ._stats import HubStats
+    from .limits import Admission, Limits
+    from .messages import Position
+    from .namespaces import Namespace, NamespaceRegistry
+    from .protocol import Execute
 
-__all__ = ["Connection"]
-
-ADMITTED = "hubbub.admitted"
-"""Scope key set by AuthMiddleware once it has counted the handshake (its value: the IP)."""
+__all__ = ["PEER_GONE", "AsyncioSignal", "Connection", "SessionHost", "Signal", "new_signal"]
 
 logger = logging.getLogger("hubbub.connection")
 
 
-class _Signal:
+class SessionHost(Protocol):
+    """The hub as one connection sees it, from admission to the last accounting.
+
+    ``stats`` and ``node`` are read on the delivery path: implement them as
+    plain attributes.
+    """
+
+    stats: HubStats
+    """The hub's counters (commands, messages and bytes sent, closes...)."""
+
+    node: str
+    """This node's id (log records, client ids)."""
+
+    @property
+    def limits(self) -> Limits:
+        """Per-connection limits."""
+        ...
+
+    @property
+    def namespaces(self) -> NamespaceRegistry:
+        """The hub's channel namespaces."""
+        ...
+
+    @property
+    def admission(self) -> Admission:
+        """Handshake rate and connection caps per IP and user."""
+        ...
+
+    @property
+    def state(self) -> str:
+        """The hub's lifecycle state (``running``, ``draining``...)."""
+        ...
+
+    @property
+    def running(self) -> bool:
+        """Whether new connections are accepted."""
+        ...
+
+    async def authenticate(self, scope: Any) -> Identity:
+        """The connecting client's identity (raises from the ``HubbubError`` tree)."""
+        ...
+
+    def user_connections(self, user: str) -> int:
+        """Connections ``user`` holds open on this node (the per-user cap)."""
+        ...
+
+    def client_id(self) -> str:
+        """A new client id, unique on this node."""
+        ...
+
+    def open(self, connection: Connection) -> None:
+        """Register an accepted connection: it receives fan-out and is drained from now on."""
+        ...
+
+    async def welcome(self, connection: Connection) -> None:
+        """Make the server-side subscriptions, then queue ``welcome`` first."""
+        ...
+
+    async def join(
+        self, connection: Connection, channel: str, namespace: Namespace, recover: Position | None
+    ) -> None:
+        """Join ``channel`` as a client's ``subscribe`` would (an SSE stream's channels)."""
+        ...
+
+    async def execute(self, connection: Connection, event: Execute) -> None:
+        """Run one validated client command; a refusal is answered ``error``."""
+        ...
+
+    def detach_all(self, connection: Connection) -> None:
+        """Leave every channel the connection holds (it is closing)."""
+        ...
+
+    def forget(self, connection: Connection) -> None:
+        """Unregister a finished connection."""
+        ...
+
+
+class Signal:
     """Wakes one waiting task; reusable. The portable version, built on anyio.Event."""
 
     __slots__ = ("_event",)
@@ -85,7 +139,7 @@ class _Signal:
         await event.wait()
 
 
-class _AsyncioSignal(_Signal):
+class AsyncioSignal(Signal):
     """The same on asyncio with a bare future: the writer's wake-up is on the fan-out path.
 
     ``anyio.Event()`` costs a backend lookup per creation, and the writer needs a
@@ -112,72 +166,29 @@ class _AsyncioSignal(_Signal):
         await future
 
 
-class _Resume:
-    """Finishes, in the awaiting task, a send coroutine that was started elsewhere.
-
-    The inline fast path (see :meth:`Connection.enqueue`) starts a send in the
-    publisher's task; if it suspends (the socket's buffer is full), the writer
-    task takes over here: the same protocol as ``yield from``, entered midway.
-    """
-
-    __slots__ = ("_coro", "_yielded")
-
-    def __init__(self, coro: Coroutine[Any, Any, None], yielded: Any) -> None:
-        self._coro = coro
-        self._yielded = yielded
-
-    def __await__(self) -> Generator[Any, Any, None]:
-        coro, yielded = self._coro, self._yielded
-        while True:
-            try:
-                value = yield yielded
-            except BaseException as exc:  # cancellation thrown into the waiting task
-                try:
-                    yielded = coro.throw(exc)
-                except StopIteration:
-                    return
-            else:
-                try:
-                    yielded = coro.send(value)
-                except StopIteration:
-                    return
-
-
-# ASGI servers whose WebSocket ``send`` may be started in one task and finished in
-# another: it only awaits an asyncio.Event for write flow control, then writes to
-# the transport synchronously, and uses nothing bound to the calling task.
-_INLINE_SENDERS = frozenset(
-    {
-        "uvicorn.protocols.websockets.websockets_sansio_impl",
-        "uvicorn.protocols.websockets.wsproto_impl",
-    }
-)
-
-
-def _can_send_inline(send: SendCallable, signal: _Signal) -> bool:
-    owner = getattr(send, "__self__", None)
-    return isinstance(signal, _AsyncioSignal) and type(owner).__module__ in _INLINE_SENDERS
-
-
-def _signal() -> _Signal:
+def new_signal() -> Signal:
+    """The fastest :class:`Signal` for the running event loop."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:  # not on asyncio (trio)
-        return _Signal()
-    return _AsyncioSignal()
+        return Signal()
+    return AsyncioSignal()
 
 
 # What a send raises once the peer has gone (ASGI spec 2.4: OSError; anyio streams
 # in some servers). A normal end of a connection, not an error to log.
-_GONE = (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError)
+PEER_GONE = (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError)
 
 
 class Connection:
-    """One client's connection: its protocol state, send queue and tasks."""
+    """One client's connection: its protocol state and send queue; a transport adds its tasks.
+
+    A transport implements :meth:`run` (its writer drains ``_queue``, and sets
+    ``_waiting`` before it waits on ``_wakeup``), :meth:`heartbeat`, and
+    ``_send_inline`` if it sets ``_inline``.
+    """
 
     __slots__ = (
-        "_asgi_send",
-        "_batch",
         "_close",
         "_enqueued_bytes",
         "_enqueued_items",
@@ -185,38 +196,34 @@ class Connection:
         "_inline",
         "_max_bytes",
         "_max_messages",
-        "_pending",
         "_queue",
         "_queued_bytes",
-        "_reader_waiting",
         "_replies",
-        "_room",
         "_send_scope",
         "_waiting",
         "_wakeup",
         "close_code",
         "codec",
-        "hub",
+        "host",
         "id",
         "identity",
         "info",
         "protocol",
     )
 
-    transport: ClassVar[str] = "websocket"
-    """``websocket``, or ``sse`` for a Server-Sent Events stream (``hubbub._sse``)."""
+    transport: ClassVar[str]
+    """``websocket``, or ``sse`` for a Server-Sent Events stream."""
 
     def __init__(
         self,
-        hub: Hub,
+        host: SessionHost,
         *,
         client_id: str,
         identity: Identity,
         codec: Codec,
-        batch: bool,
     ) -> None:
-        limits = hub.limits
-        self.hub = hub
+        limits = host.limits
+        self.host = host
         self.id = client_id
         self.identity = identity
         self.codec = codec
@@ -229,14 +236,13 @@ class Connection:
         self.protocol = ClientProtocol(
             identity=identity,
             codec=codec,
-            namespaces=hub.namespaces,
+            namespaces=host.namespaces,
             limits=limits,
             now=anyio.current_time(),
-            stats=hub.stats,
+            stats=host.stats,
         )
         self._set_expiry(identity.expires)
         self.close_code: int | None = None
-        self._batch = batch
         self._max_messages = limits.queue_messages
         self._max_bytes = limits.queue_bytes
         self._queue: deque[tuple[str | bytes, int, bool]] = deque()
@@ -248,13 +254,10 @@ class Connection:
         # Join replies still queued, as (start bytes, end bytes, start item, end item) marks
         # on those totals; None until the first (a list per idle client costs memory).
         self._replies: list[tuple[int, int, int, int]] | None = None
-        self._wakeup = _signal()
+        self._wakeup = new_signal()
         self._waiting = False
-        self._asgi_send: SendCallable | None = None
+        # Set by a transport whose writer may be bypassed: see WebSocketConnection.enqueue.
         self._inline = False
-        self._pending: _Resume | None = None
-        self._room = _signal()
-        self._reader_waiting = False
         self._close: Close | None = None
         self._gone = False
         self._send_scope: anyio.CancelScope | None = None
@@ -267,7 +270,7 @@ class Connection:
         if expires is None:
             self.protocol.expiry = None
         else:
-            left = expires - time.time() + self.hub.limits.expiry_grace
+            left = expires - time.time() + self.host.limits.expiry_grace
             self.protocol.expiry = anyio.current_time() + left
 
     def refresh(self, identity: Identity) -> None:
@@ -295,7 +298,7 @@ class Connection:
             if not self._make_room(size, *self._reply_share()):
                 if droppable:
                     return
-                self.hub.stats.slow_consumer_closes += 1
+                self.host.stats.slow_consumer_closes += 1
                 logger.warning(
                     "closing a slow consumer (1013): its send queue is full",
                     extra={
@@ -371,35 +374,8 @@ class Connection:
         return items, held
 
     def _send_inline(self, frame: str | bytes) -> None:
-        """Send while the writer is idle, without waking it: the fan-out fast path.
-
-        Waking a writer task per delivery costs a task switch each; when the
-        writer is idle and the server's ``send`` completes without suspending
-        (its socket buffer has room), the publisher's task does the write
-        directly, as a hand-written fan-out loop would. If ``send`` suspends,
-        the writer finishes it (:class:`_Resume`) before anything queued later,
-        so order is kept and the publisher never waits.
-        """
-        assert self._asgi_send is not None
-        if self.codec.binary:
-            coro = self._asgi_send({"type": "websocket.send", "bytes": frame})
-        else:
-            coro = self._asgi_send({"type": "websocket.send", "text": frame})
-        try:
-            yielded = coro.send(None)  # type: ignore[attr-defined]
-        except StopIteration:
-            return
-        except _GONE:
-            self._gone = True
-            self._wake()
-            return
-        except Exception:
-            logger.exception("ASGI send failed", extra=self.log_fields())
-            self._gone = True
-            self._wake()
-            return
-        self._pending = _Resume(coro, yielded)  # type: ignore[arg-type]
-        self._wake()
+        """Write ``frame`` now, in the caller's task (only a transport that sets ``_inline``)."""
+        raise NotImplementedError
 
     def _make_room(self, size: int, exempt_items: int = 0, exempt_bytes: int = 0) -> bool:
         queue = self._queue
@@ -411,7 +387,7 @@ class Connection:
                 if item[2]:
                     del queue[index]
                     self._queued_bytes -= item[1]
-                    self.hub.stats.dropped += 1
+                    self.host.stats.dropped += 1
                     break
             else:
                 return False
@@ -421,7 +397,7 @@ class Connection:
         """Encode and queue one server message (a reply, an event)."""
         frame = self.codec.encode(message)
         size = len(frame)
-        stats = self.hub.stats
+        stats = self.host.stats
         kind: str = message.__struct_config__.tag  # type: ignore[assignment]
         stats.sent[kind] = stats.sent.get(kind, 0) + 1
         stats.bytes_out += size
@@ -435,7 +411,7 @@ class Connection:
         self.protocol.closed = True
         # Nothing more will be queued for it: leave every channel now, so a frozen
         # client does not linger in the registry for the close timeout.
-        self.hub._detach_all(self)
+        self.host.detach_all(self)
         scope = self._send_scope
         if not event.flush:
             self._queue.clear()
@@ -444,7 +420,7 @@ class Connection:
                 scope.cancel()
         elif scope is not None:
             scope.deadline = min(
-                scope.deadline, anyio.current_time() + self.hub.limits.close_timeout
+                scope.deadline, anyio.current_time() + self.host.limits.close_timeout
             )
         self._wake()
 
@@ -453,164 +429,29 @@ class Connection:
             self._waiting = False
             self._wakeup.set()
 
+    def _peer_left(self) -> None:
+        """The client has gone: stop writing at once (a transport's reader calls this)."""
+        self._gone = True
+        if self._send_scope is not None:
+            self._send_scope.cancel()
+        self._wake()
+
     @property
     def queued(self) -> int:
         """Messages waiting in the send queue."""
         return len(self._queue)
 
-    # -- tasks ------------------------------------------------------------------------------
-
     async def run(self, receive: Receive, send: SendCallable) -> None:
         """Serve the accepted connection until it ends; never raises for client behaviour."""
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._reader, receive)
-            await self._writer(send)
-            tg.cancel_scope.cancel()
-
-    async def _reader(self, receive: Receive) -> None:
-        protocol = self.protocol
-        while True:
-            message = await receive()
-            kind = message["type"]
-            if kind == "websocket.receive":
-                if self._close is not None:
-                    continue
-                text = message.get("text")
-                frame = text if text is not None else message.get("bytes")
-                if frame is not None:
-                    self.hub.stats.bytes_in += len(frame)
-                try:
-                    for event in protocol.receive(frame, anyio.current_time()):
-                        await self._perform(event)
-                except Exception:
-                    logger.exception(
-                        "internal error while handling a frame", extra=self.log_fields()
-                    )
-                    self.close(Close(INTERNAL_ERROR, "internal error", flush=True))
-                # Back-pressure on the client's own commands: a pipelined burst must not
-                # fill its queue with replies faster than the writer sends them (receive()
-                # returns buffered frames without yielding). Wait for room instead.
-                if (
-                    len(self._queue) * 2 >= self._max_messages
-                    or self._queued_bytes * 2 >= self._max_bytes
-                ):
-                    self._reader_waiting = True
-                    await self._room.wait()
-            elif kind == "websocket.disconnect":
-                self._gone = True
-                self.close_code = message.get("code", 1005)
-                if self._send_scope is not None:
-                    self._send_scope.cancel()
-                self._wake()
-                return
-
-    async def _perform(self, event: Event) -> None:
-        if isinstance(event, Send):
-            message = event.message
-            if type(message) is Error and message.code == RateLimited.code:
-                logger.info(
-                    "refused a command (429): %s",
-                    message.reason,
-                    extra={
-                        **self.log_fields(),
-                        "event": "rate_limited",
-                        "kind": "command"
-                        if message.reason.startswith("rate limited")
-                        else "channels",
-                    },
-                )
-            self.send_message(message)
-        elif isinstance(event, Execute):
-            await self.hub._execute(self, event)
-        else:
-            self.close(event)
+        raise NotImplementedError
 
     def heartbeat(self, now: float) -> None:
-        """Send a due ``ping`` or close an idle client (called by the hub's heartbeat task)."""
-        for event in self.protocol.heartbeat(now):
-            if isinstance(event, Send):
-                self.send_message(event.message)
-            elif isinstance(event, Close):
-                self.close(event)
-
-    async def _writer(self, send: SendCallable) -> None:
-        self._asgi_send = send
-        # Batching clients keep the queue: messages that pile up between the writer's
-        # wake-ups leave in one frame, which is the point of asking for batching.
-        self._inline = not self._batch and _can_send_inline(send, self._wakeup)
-        queue = self._queue
-        batch = self._batch
-        text = not self.codec.binary
-        batch_bytes = self.hub.limits.batch_bytes
-        with anyio.CancelScope() as scope:
-            self._send_scope = scope
-            try:
-                while True:
-                    pending = self._pending
-                    if pending is not None:
-                        self._pending = None
-                        await pending
-                        continue
-                    if not queue:
-                        if self._close is not None or self._gone:
-                            break
-                        if self._reader_waiting:
-                            self._reader_waiting = False
-                            self._room.set()
-                        self._waiting = True
-                        await self._wakeup.wait()
-                        continue
-                    if self._gone or (self._close is not None and not self._close.flush):
-                        break
-                    if self._reader_waiting and (
-                        len(queue) * 4 <= self._max_messages
-                        and self._queued_bytes * 4 <= self._max_bytes
-                    ):
-                        self._reader_waiting = False
-                        self._room.set()
-                    if batch and len(queue) > 1:
-                        parts: list[str] = []
-                        total = 0
-                        while queue and (not parts or total + queue[0][1] <= batch_bytes):
-                            frame, size, _ = queue.popleft()
-                            total += size
-                            parts.append(frame)  # type: ignore[arg-type]
-                        self._queued_bytes -= total
-                        await send({"type": "websocket.send", "text": "\n".join(parts)})
-                    else:
-                        frame, size, _ = queue.popleft()
-                        self._queued_bytes -= size
-                        if text:
-                            await send({"type": "websocket.send", "text": frame})
-                        else:
-                            await send({"type": "websocket.send", "bytes": frame})
-            except _GONE:
-                self._gone = True
-        self._send_scope = None
-        close = self._close
-        if self._gone or close is None:
-            return
-        self.close_code = close.code
-        with anyio.move_on_after(self.hub.limits.close_timeout):
-            try:
-                goodbye = Disconnect(
-                    code=close.code, reason=close.reason, reconnect=close.reconnect
-                )
-                frame = self.codec.encode(goodbye)
-                stats = self.hub.stats
-                stats.sent["disconnect"] = stats.sent.get("disconnect", 0) + 1
-                stats.bytes_out += len(frame)
-                if text:
-                    await send({"type": "websocket.send", "text": frame})
-                else:
-                    await send({"type": "websocket.send", "bytes": frame})
-                await send({"type": "websocket.close", "code": close.code, "reason": close.reason})
-            except _GONE:
-                self._gone = True
+        """What liveness requires at ``now`` (called by the hub's heartbeat task)."""
+        raise NotImplementedError
 
     def log_fields(self) -> dict[str, Any]:
         """The ``extra`` fields that name this connection in a log record."""
-        return {"client": self.id, "user": self.identity.user, "node": self.hub.node}
+        return {"client": self.id, "user": self.identity.user, "node": self.host.node}
 
     def ending(self) -> tuple[int, str]:
         """The close code and reason the connection ended with, ours or the client's."""
@@ -620,184 +461,3 @@ class Connection:
         if self.close_code is not None:
             return self.close_code, "closed by the client"
         return 1006, "connection lost"
-
-
-auth_logger = logging.getLogger("hubbub.auth")
-
-AUTH_FAILURE_REASONS = frozenset(
-    {"missing", "invalid_token", "forbidden", "origin", "refresh", "channel_token"}
-)
-"""The ``reason`` label of ``hubbub_auth_failures_total`` (docs/design.md, Observability)."""
-
-
-def auth_failure(stats: HubStats | None, reason: str, exc: HubbubError, **fields: Any) -> None:
-    """Count and log refused credentials: ``reason`` is a fixed label, never client data.
-
-    The log carries the error's own reason (a fixed phrase such as "token
-    expired") with any token-shaped text removed; the token itself never.
-    """
-    if stats is not None:
-        stats.auth_failures[reason] = stats.auth_failures.get(reason, 0) + 1
-    auth_logger.info(
-        "refused credentials (%d): %s",
-        exc.http_status,
-        redact(exc.reason),
-        extra={
-            "event": "auth_failed",
-            "reason": reason,
-            "status": exc.http_status,
-            "detail": redact(exc.reason),
-            **fields,
-        },
-    )
-
-
-def handshake_refused(stats: HubStats | None, kind: str, why: str, ip: str | None) -> None:
-    """Count and log a handshake refused 429 (``kind``: ``handshake`` or ``user_connections``)."""
-    if stats is not None:
-        stats.rate_limited[kind] = stats.rate_limited.get(kind, 0) + 1
-    extra = {"event": "rate_limited", "kind": kind, "ip": ip}
-    logger.info("refused a WebSocket (429): %s", why, extra=extra)
-
-
-def handshake_failure_reason(exc: HubbubError) -> str:
-    """The ``auth_failures`` label of a refused handshake."""
-    if isinstance(exc, PermissionDenied):
-        return "forbidden"
-    if isinstance(exc, AuthenticationFailed) and exc.reason == "credentials required":
-        return "missing"
-    return "invalid_token"
-
-
-# -- the handshake ----------------------------------------------------------------------------
-
-
-async def serve_websocket(hub: Hub, scope: Scope, receive: Receive, send: SendCallable) -> None:
-    """Run one WebSocket from handshake to close: refuse it with an HTTP status, or serve it."""
-
-    message = await receive()
-    if message["type"] != "websocket.connect":
-        return
-    if not hub.running:
-        if hub.state in ("draining", "stopping"):
-            logger.info("refused a WebSocket (503): the hub is %s", hub.state)
-        else:
-            logger.error(
-                "refused a WebSocket (503): the hub is %s. Start it with `async with hub:`, "
-                "`lifespan=hub.lifespan` in the parent app, or serve HubApp(hub) as the "
-                "top-level app",
-                hub.state,
-            )
-        await deny(scope, send, HubNotRunning(f"hub is {hub.state}"))
-        return
-    codec, chosen = _negotiate(list(scope.get("subprotocols") or ()))
-    if codec is None:
-        await deny(
-            scope,
-            send,
-            InvalidMessage(
-                "no supported subprotocol offered: use hubbub.v1.json or hubbub.v1.msgpack"
-            ),
-        )
-        return
-    admission = hub.admission
-    refused = None
-    ip = scope.get(ADMITTED)
-    # Set when this function holds a per-IP place (AuthMiddleware releases its own).
-    reserved = False
-    if not isinstance(ip, str) or admission is not scope.get(ADMITTED + ".by"):
-        peer = scope.get("client")
-        ip = client_ip(
-            peer[0] if peer else None, scope.get("headers") or (), hub.limits.trusted_proxies
-        )
-        # check_ip reserves the place at once: handshakes awaiting the authenticator
-        # together cannot all pass the per-IP cap. Every path below releases it.
-        refused = await admission.check_ip(ip)
-        reserved = refused is None
-    if refused is not None:
-        handshake_refused(hub.stats, "handshake", refused[0], ip)
-        await deny(scope, send, RateLimited(refused[0]), retry_after=refused[1])
-        return
-    try:
-        identity = check_identity(await hub._authenticate(scope))
-        if identity.user:
-            # No await from here to hub._open: the per-user count is exact.
-            refused = admission.check_user(len(hub._users.get(identity.user, ())))
-            if refused is not None:
-                raise RateLimited(refused[0])
-    except BaseException as exc:
-        if reserved:
-            admission.closed(ip)
-        if not isinstance(exc, HubbubError):
-            raise
-        if isinstance(exc, RateLimited):
-            handshake_refused(hub.stats, "user_connections", exc.reason, ip)
-        else:
-            auth_failure(hub.stats, handshake_failure_reason(exc), exc, ip=ip)
-        await deny(scope, send, exc, retry_after=refused[1] if refused else None)
-        return
-    batch = codec is JSON and _query_flag(scope, "batch")
-    connection = hub._open(identity, codec, batch)
-    try:
-        await send({"type": "websocket.accept", "subprotocol": chosen})
-        logger.info(
-            "client connected",
-            extra={
-                **connection.log_fields(),
-                "event": "connect",
-                "ip": ip,
-                "codec": codec.name,
-                "transport": "websocket",
-            },
-        )
-        try:
-            await hub._welcome(connection)
-        except HubbubError as exc:
-            connection.send_message(_error(exc))
-            connection.close(Close(exc.close_code, exc.reason))
-        await connection.run(receive, send)
-    except _GONE:
-        pass
-    finally:
-        if reserved:
-            admission.closed(ip)
-        hub._forget(connection)
-        code, reason = connection.ending()
-        label = close_label(code)
-        closes = hub.stats.closes
-        closes[label] = closes.get(label, 0) + 1
-        logger.info(
-            "client disconnected (%d): %s",
-            code,
-            reason,
-            extra={
-                **connection.log_fields(),
-                "event": "disconnect",
-                "code": code,
-                "reason": reason,
-            },
-        )
-
-
-def _negotiate(subprotocols: list[str]) -> tuple[Codec | None, str | None]:
-    """The codec and the subprotocol to echo; ``(None, None)`` when nothing offered is usable.
-
-    ``bearer.<jwt>`` entries carry a token, never a codec, and are never echoed.
-    """
-    if not subprotocols:
-        return JSON, None
-    for name in subprotocols:
-        if not name.startswith("bearer."):
-            codec = codec_for_subprotocol(name)
-            if codec is not None:
-                return codec, name
-    return None, None
-
-
-def _error(exc: HubbubError) -> ServerMessage:
-    return Error(code=exc.code, reason=exc.reason)
-
-
-def _query_flag(scope: Scope, name: str) -> bool:
-    value = query_param(scope, name)
-    return value is not None and value.lower() in ("1", "true", "yes")

@@ -34,33 +34,18 @@ import anyio
 import msgspec
 from msgspec import Meta, Struct
 
-from ._closes import close_label
-from ._connection import (
-    _GONE,
-    ADMITTED,
-    Connection,
-    auth_failure,
-    handshake_failure_reason,
-    handshake_refused,
-)
-from ._errors import (
-    HubbubError,
-    HubNotRunning,
-    InvalidMessage,
-    MethodNotAllowed,
-    PermissionDenied,
-    RateLimited,
-)
+from ._connection import PEER_GONE, Connection
+from ._errors import HubbubError, HubNotRunning, InvalidMessage, MethodNotAllowed, RateLimited
 from ._http import BEARER_CHALLENGE, Receive, Scope, SendCallable, header, query_param, send_error
-from .auth import check_identity
-from .limits import client_ip
-from .messages import JSON, Disconnect, Position, Subscribed
-from .namespaces import Namespace, personal_owner, validate_channel
+from ._permissions import may_subscribe, subscribe_refused
+from ._session import serve_session
+from .messages import JSON, Codec, Disconnect, Position, Subscribed
+from .namespaces import Namespace, validate_channel
 from .protocol import NORMAL, TOKEN_EXPIRED, Close
 
 if TYPE_CHECKING:
+    from ._connection import SessionHost
     from .auth import Identity
-    from .hub import Hub
 
 __all__ = [
     "MAX_SSE_CHANNELS",
@@ -194,8 +179,10 @@ class SSEStream(Connection):
 
     transport = "sse"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self, host: SessionHost, *, client_id: str, identity: Identity, codec: Codec
+    ) -> None:
+        super().__init__(host, client_id=client_id, identity=identity, codec=codec)
         limits = self.protocol.limits
         if limits.max_channels > MAX_SSE_CHANNELS:
             # Server-side subscriptions (Hub.subscribe_user) honour this cap too.
@@ -220,7 +207,7 @@ class SSEStream(Connection):
             protocol.closed = True
             self.close(Close(TOKEN_EXPIRED, "token expired"))
         elif now >= protocol.next_ping:
-            protocol.next_ping = now + self.hub.limits.ping_interval
+            protocol.next_ping = now + self.host.limits.ping_interval
             self.enqueue(_PING, len(_PING))
 
     def ending(self) -> tuple[int, str]:
@@ -288,15 +275,12 @@ class SSEStream(Connection):
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                self._gone = True
-                if self._send_scope is not None:
-                    self._send_scope.cancel()
-                self._wake()
+                self._peer_left()
                 return
 
     async def _stream(self, send: SendCallable) -> None:
         queue = self._queue
-        chunk = self.hub.limits.batch_bytes
+        chunk = self.host.limits.batch_bytes
         with anyio.CancelScope() as scope:
             self._send_scope = scope
             try:
@@ -320,7 +304,7 @@ class SSEStream(Connection):
                         parts.append(self.frame_event(frame))  # type: ignore[arg-type]
                     body = "".join(parts).encode()
                     await send({"type": "http.response.body", "body": body, "more_body": True})
-            except _GONE:
+            except PEER_GONE:
                 self._gone = True
         self._send_scope = None
         if self._gone:
@@ -331,96 +315,75 @@ class SSEStream(Connection):
             self.close_code = close.code
             message = Disconnect(code=close.code, reason=close.reason, reconnect=close.reconnect)
             goodbye = f"event: disconnect\n{_data(JSON.encode(message))}\n".encode()  # type: ignore[arg-type]
-        with anyio.move_on_after(self.hub.limits.close_timeout):
+        with anyio.move_on_after(self.host.limits.close_timeout):
             try:
                 await send({"type": "http.response.body", "body": goodbye, "more_body": False})
-            except _GONE:
+            except PEER_GONE:
                 self._gone = True
 
 
 # -- the request ------------------------------------------------------------------------------
 
 
-async def serve_sse(hub: Hub, scope: Scope, receive: Receive, send: SendCallable) -> None:
+async def serve_sse(host: SessionHost, scope: Scope, receive: Receive, send: SendCallable) -> None:
     """Answer ``GET <prefix>/sse``: refuse it with a JSON error, or stream until it ends.
 
-    The checks and their order are the WebSocket handshake's; every refusal
-    happens before the response starts, as JSON ``{code, reason}``.
+    The session path is the WebSocket's (:func:`hubbub._session.serve_session`);
+    every refusal happens before the response starts, as JSON ``{code, reason}``.
     """
-    held: list[str] = []
-    try:
-        await _serve(hub, scope, receive, send, held)
-    finally:
-        for ip in held:
-            hub.admission.closed(ip)
+    await serve_session(host, _SSE(scope, send), scope, receive, send)
 
 
-async def _serve(
-    hub: Hub, scope: Scope, receive: Receive, send: SendCallable, held: list[str]
-) -> None:
-    """:func:`serve_sse`, noting in ``held`` the address whose per-IP place it takes."""
-    retry_after: int | None = None
-    ip: str | None = None
-    try:
+class _SSE:
+    """The SSE stream's part of a session (a :class:`hubbub._session.Transport`)."""
+
+    logger = logger
+
+    def __init__(self, scope: Scope, send: SendCallable) -> None:
+        self.connect_fields: dict[str, Any] = {"transport": "sse"}
+        self.disconnect_fields: dict[str, Any] = {"transport": "sse"}
+        self.scope = scope
+        self.send = send
+        self.wanted: list[tuple[str, Namespace]] = []
+        self.positions: dict[str, Position] | None = None
+
+    async def check(self, host: SessionHost) -> bool:
+        scope = self.scope
         if scope.get("method", "GET") != "GET":
             raise MethodNotAllowed("use GET for /sse", allow="GET")
-        if not hub.running:
-            raise HubNotRunning(f"hub is {hub.state}")
+        if not host.running:
+            raise HubNotRunning(f"hub is {host.state}")
         channels = _channels(scope)
-        wanted = [(channel, hub.namespaces.resolve(channel)) for channel in channels]
+        self.wanted = [(channel, host.namespaces.resolve(channel)) for channel in channels]
         event_id = header(scope, b"last-event-id") or query_param(scope, "last_event_id")
-        positions = decode_event_id(event_id, channels) if event_id else None
-        admission = hub.admission
-        admitted = scope.get(ADMITTED)
-        if isinstance(admitted, str) and admission is scope.get(ADMITTED + ".by"):
-            ip = admitted
-        else:
-            peer = scope.get("client")
-            ip = client_ip(
-                peer[0] if peer else None, scope.get("headers") or (), hub.limits.trusted_proxies
-            )
-            # check_ip holds a place of the address at once (serve_sse gives it back),
-            # so streams awaiting the authenticator together cannot all pass the cap.
-            refused = await admission.check_ip(ip)
-            if refused is not None:
-                retry_after = refused[1]
-                handshake_refused(hub.stats, "handshake", refused[0], ip)
-                raise RateLimited(refused[0])
-            held.append(ip)
-        try:
-            identity = check_identity(await hub._authenticate(scope))
-            if identity.user:
-                # No await from here to hub._open: the per-user count is exact.
-                refused = admission.check_user(len(hub._users.get(identity.user, ())))
-                if refused is not None:
-                    retry_after = refused[1]
-                    raise RateLimited(refused[0])
-        except HubbubError as exc:
-            if isinstance(exc, RateLimited):
-                handshake_refused(hub.stats, "user_connections", exc.reason, ip)
-            else:
-                auth_failure(hub.stats, handshake_failure_reason(exc), exc, ip=ip)
-            raise
-        _check_access(hub, identity, wanted)
-        _charge(hub, len(wanted))
-    except HubbubError as exc:
+        self.positions = decode_event_id(event_id, channels) if event_id else None
+        return True
+
+    def authorize(self, host: SessionHost, identity: Identity) -> None:
+        _check_access(host, identity, self.wanted)
+        _charge(host, len(self.wanted))
+
+    async def refuse(self, exc: HubbubError, retry_after: int | None, ip: str | None) -> None:
         logger.info(
             "refused an SSE stream (%d): %s",
             exc.http_status,
             exc.reason,
             extra={"event": "refused", "reason": exc.reason, "ip": ip, "transport": "sse"},
         )
-        await send_error(send, exc, retry_after=retry_after, challenge=BEARER_CHALLENGE)
-        return
-    stream = hub._open(identity, JSON, False, kind=SSEStream)
-    assert isinstance(stream, SSEStream)
-    hub.stats.sse_streams_total += 1
-    try:
+        await send_error(self.send, exc, retry_after=retry_after, challenge=BEARER_CHALLENGE)
+
+    def connection(self, host: SessionHost, identity: Identity) -> Connection:
+        return SSEStream(host, client_id=host.client_id(), identity=identity, codec=JSON)
+
+    async def begin(self, host: SessionHost, connection: Connection) -> bool:
+        assert isinstance(connection, SSEStream)
+        host.stats.sse_streams_total += 1
+        positions = self.positions
         if positions:
-            stream.resume_from(positions)
+            connection.resume_from(positions)
         try:
-            for channel, namespace in wanted:
-                if channel in stream.protocol.channels:
+            for channel, namespace in self.wanted:
+                if channel in connection.protocol.channels:
                     continue  # subscribed server-side meanwhile (Hub.subscribe_user)
                 recover = None
                 if positions is not None:
@@ -428,49 +391,27 @@ async def _serve(
                     if recover is None and not namespace.history_size:
                         # Resuming: a channel without history cannot be recovered; say so.
                         recover = Position(offset=0, epoch="")
-                await hub._joins.subscribe(stream, channel, namespace, recover=recover)
+                await host.join(connection, channel, namespace, recover)
         except HubbubError as exc:
             logger.info("refused an SSE stream (%d): %s", exc.http_status, exc.reason)
-            await send_error(send, exc, challenge=BEARER_CHALLENGE)
-            return
+            await send_error(self.send, exc, challenge=BEARER_CHALLENGE)
+            return False
         headers = [
             (b"content-type", b"text/event-stream; charset=utf-8"),
             (b"cache-control", b"no-cache, no-transform"),
             (b"x-accel-buffering", b"no"),
         ]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await self.send({"type": "http.response.start", "status": 200, "headers": headers})
         # A random reconnection delay spreads browsers' reconnects after a restart.
         retry = f"retry: {random.randint(1000, 5000)}\n\n".encode()
-        await send({"type": "http.response.body", "body": retry, "more_body": True})
-        logger.info(
-            "client connected",
-            extra={**stream.log_fields(), "event": "connect", "ip": ip, "transport": "sse"},
-        )
-        await stream.run(receive, send)
-    except _GONE:
-        pass
-    finally:
-        code, reason = stream.ending()
-        stream.close(Close(NORMAL, "stream ended", flush=False))
-        hub._forget(stream)
-        closes = hub.stats.closes
-        label = close_label(code)
-        closes[label] = closes.get(label, 0) + 1
-        logger.info(
-            "client disconnected (%d): %s",
-            code,
-            reason,
-            extra={
-                **stream.log_fields(),
-                "event": "disconnect",
-                "code": code,
-                "reason": reason,
-                "transport": "sse",
-            },
-        )
+        await self.send({"type": "http.response.body", "body": retry, "more_body": True})
+        return True
+
+    async def welcome(self, host: SessionHost, connection: Connection) -> None:
+        pass  # no welcome on a stream: its first events are its channels' ``subscribed``
 
 
-def _charge(hub: Hub, channels: int) -> None:
+def _charge(host: SessionHost, channels: int) -> None:
     """Refuse (429) a stream opening more channels than a client's command budget allows.
 
     Opening a stream does what that many ``subscribe`` commands would (history
@@ -478,13 +419,13 @@ def _charge(hub: Hub, channels: int) -> None:
     WebSocket client: one ``subscribe`` each from the budget a new connection
     starts with (``command_burst``, and the ``subscribe`` budget if one is set).
     """
-    limits = hub.limits
+    limits = host.limits
     burst = limits.command_burst
     subscribe = limits.command_limits.get("subscribe")
     if subscribe is not None:
         burst = min(burst, subscribe[1])
     if channels > burst:
-        stats = hub.stats
+        stats = host.stats
         stats.rate_limited["command"] = stats.rate_limited.get("command", 0) + 1
         raise RateLimited(
             f"{channels} channels are more subscriptions than the command budget allows "
@@ -506,18 +447,18 @@ def _channels(scope: Scope) -> list[str]:
     return list(channels)
 
 
-def _check_access(hub: Hub, identity: Identity, wanted: list[tuple[str, Namespace]]) -> None:
-    """The WebSocket ``subscribe`` rules: personal channels, namespace permission, the cap."""
+def _check_access(
+    host: SessionHost, identity: Identity, wanted: list[tuple[str, Namespace]]
+) -> None:
+    """The WebSocket ``subscribe`` rules (:mod:`hubbub._permissions`), and the channel cap."""
     counted = 0
     for channel, namespace in wanted:
-        owner = personal_owner(channel)
-        if owner is not None:
-            if not owner or owner != identity.user:
-                raise PermissionDenied("a personal channel is only for its own user")
-            continue
-        if not namespace.may_subscribe(identity, channel):
-            raise PermissionDenied(f"not allowed to subscribe to {channel!r}")
+        allowed = may_subscribe(identity, channel, namespace)
+        if allowed is None:
+            continue  # the client's own personal channel
+        if not allowed:
+            raise subscribe_refused(channel)
         counted += 1
-    cap = min(hub.limits.max_channels, MAX_SSE_CHANNELS)
+    cap = min(host.limits.max_channels, MAX_SSE_CHANNELS)
     if counted > cap:
         raise RateLimited(f"at most {cap} channels per stream")

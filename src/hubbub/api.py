@@ -41,7 +41,6 @@ from ._errors import (
     InvalidMessage,
     MethodNotAllowed,
     NotFound,
-    PermissionDenied,
     RateLimited,
 )
 from ._http import (
@@ -59,8 +58,8 @@ from ._http import (
 )
 from ._keys import KeyGuard, check_key, validate_key
 from ._openapi import Endpoint, build_document
+from ._permissions import check_server_subscribe
 from ._version import __version__
-from .auth import Identity
 from .chat import Notification
 from .hub import MAX_HISTORY_LIMIT, Hub, _message
 from .messages import (
@@ -72,7 +71,7 @@ from .messages import (
     Position,
     _json_too_deep,
 )
-from .namespaces import personal_owner, validate_channel
+from .namespaces import validate_channel
 from .protocol import KICKED
 
 __all__ = ["DEFAULT_MAX_BODY", "HubAPI"]
@@ -395,15 +394,7 @@ class HubAPI:
         """
         user, channel = request.user, request.channel
         validate_channel(channel)
-        namespace = self.hub.namespaces.resolve(channel)
-        owner = personal_owner(channel)
-        if owner is not None:
-            if owner != user:
-                raise PermissionDenied("a personal channel is only for its own user")
-        elif namespace.can_subscribe is not None and not namespace.can_subscribe(
-            Identity(user=user), channel
-        ):
-            raise PermissionDenied(f"the namespace does not allow {user!r} in {channel!r}")
+        check_server_subscribe(user, channel, self.hub.namespaces.resolve(channel))
         await self.hub.subscribe_user(user, channel)
         return Empty()
 

@@ -15,13 +15,13 @@ from functools import cache
 from importlib import resources
 
 from ._admin import AdminPage
-from ._connection import serve_websocket
 from ._demo import handle_notify
 from ._errors import AuthenticationFailed, NotFound, RateLimited
 from ._http import JSON_TYPE, Receive, Scope, SendCallable, deny, respond, send_error, send_refusal
 from ._http import route_path as route_path
 from ._keys import KeyGuard, check_key, validate_key
 from ._sse import serve_sse
+from ._websocket import serve_websocket
 from .api import DEFAULT_MAX_BODY, HubAPI
 from .hub import Hub
 from .metrics import render
@@ -114,7 +114,7 @@ class HubApp:
         kind = scope["type"]
         if kind == "websocket":
             if route_path(scope) == "/ws":
-                await serve_websocket(self.hub, scope, receive, send)
+                await serve_websocket(self.hub.session_host, scope, receive, send)
             else:
                 await receive()
                 await deny(scope, send, NotFound("no WebSocket endpoint here; use <prefix>/ws"))
@@ -153,7 +153,7 @@ class HubApp:
         elif path.startswith("/api/"):
             await self.api.handle(path[len("/api/") :], scope, receive, send)
         elif path == "/sse":
-            await serve_sse(self.hub, scope, receive, send)
+            await serve_sse(self.hub.session_host, scope, receive, send)
         elif path == "/ws":
             await send_refusal(
                 send, 426, "use a WebSocket to connect here", headers=[(b"upgrade", b"websocket")]

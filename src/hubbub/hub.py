@@ -2,10 +2,11 @@
 
 The :class:`Hub` keeps the lifecycle (the one task group that owns every
 background task), the server-side Python API (``publish``, ``notify``,
-``history``, ``presence``, ``disconnect``, ``subscribe_user``, …), the hooks a
-connection calls (authenticate, open, welcome, execute a command, forget) and
-the dispatch of commands and node control commands with ``match``. What it
-dispatches to lives one module each:
+``history``, ``presence``, ``disconnect``, ``subscribe_user``, …), the
+:class:`~hubbub._connection.SessionHost` it hands its connections
+(``Hub.session_host``: authenticate, open, welcome, join, execute a command,
+forget) and the dispatch of commands and node control commands with
+``match``. What it dispatches to lives one module each:
 
 - :mod:`hubbub._registry`: connections, users, channel → local subscribers,
   and the node's reference-counted broker subscriptions;
@@ -40,7 +41,7 @@ from anyio.abc import TaskGroup
 from ._brokercall import BACKGROUND_BROKER_CALLS, BrokerCalls, check_capabilities
 from ._commands import MAX_HISTORY_LIMIT as MAX_HISTORY_LIMIT
 from ._commands import Commands, server_publication
-from ._connection import Connection
+from ._connection import Connection, SessionHost
 from ._control import CONTROL_CHANNEL, Control
 from ._errors import HubbubError, InvalidMessage, PermissionDenied, RateLimited
 from ._fanout import Fanout, message
@@ -57,7 +58,6 @@ from .chat import Notification
 from .limits import Admission, Limits
 from .messages import (
     ClientInfo,
-    Codec,
     Error,
     GetHistory,
     GetPresence,
@@ -152,7 +152,6 @@ class Hub:
         self._stack: AsyncExitStack | None = None
         self._tg: TaskGroup | None = None
         self._all_gone: anyio.Event | None = None
-        self._ids = count(1)
         calls = BrokerCalls(
             broker if broker is not None else MemoryBroker(), broker_timeout, self.stats
         )
@@ -181,6 +180,8 @@ class Hub:
         self._nodes = Control(
             self.node, self._registry, self._joins, calls, self.namespaces, self._spawn
         )
+        self.session_host: SessionHost = _HubHost(self)
+        """What the hub's connections may ask of it (``serve_websocket``, ``serve_sse``)."""
 
     def __repr__(self) -> str:
         return f"<Hub node={self.node} state={self._state}>"
@@ -502,41 +503,7 @@ class Hub:
         """Messages waiting in this node's send queues (a slow-consumer signal)."""
         return sum(connection.queued for connection in self._registry.connections)
 
-    # -- what a connection calls -------------------------------------------------------------
-
-    async def _authenticate(self, scope: Any) -> Identity:
-        return await self._commands.authenticate(scope, anonymous=self.anonymous)
-
-    def _open(
-        self,
-        identity: Identity,
-        codec: Codec,
-        batch: bool,
-        *,
-        kind: type[Connection] = Connection,
-    ) -> Connection:
-        connection = kind(
-            self,
-            client_id=f"{self.node}.{next(self._ids)}",
-            identity=identity,
-            codec=codec,
-            batch=batch,
-        )
-        self._registry.add(connection)
-        self.stats.connections_total += 1
-        return connection
-
-    def _forget(self, connection: Connection) -> None:
-        self._registry.remove(connection)
-        if not self._registry.connections and self._all_gone is not None:
-            self._all_gone.set()
-
-    async def _welcome(self, connection: Connection) -> None:
-        """Make the server-side subscriptions, then queue ``welcome`` as the first message."""
-        await self._joins.welcome(connection, self.node)
-
-    def _detach_all(self, connection: Connection) -> None:
-        self._registry.detach_all(connection)
+    # -- command dispatch (a connection reaches it through ``session_host.execute``) ---------
 
     async def _execute(self, connection: Connection, event: Execute) -> None:
         """Run one validated client command; a refusal is answered ``error`` with its id."""
@@ -582,9 +549,78 @@ class Hub:
         self._tg.start_soon(task)
         return True
 
+
+class _HubHost:
+    """The hub's :class:`~hubbub._connection.SessionHost`: what its connections may ask of it.
+
+    A separate object keeps the hub's own namespace for its public API, and
+    each method calls the part that owns the work directly (no extra hop).
+    """
+
+    __slots__ = ("_all_gone", "_hub", "_ids", "_joins", "_registry", "node", "stats")
+
+    def __init__(self, hub: Hub) -> None:
+        self._hub = hub
+        self._registry = hub._registry
+        self._joins = hub._joins
+        self._ids = count(1)
+        self.stats = hub.stats
+        self.node = hub.node
+
     @property
-    def _users(self) -> dict[str, dict[Connection, None]]:
-        return self._registry.users  # a user's connections (the per-user cap)
+    def limits(self) -> Limits:
+        return self._hub.limits
+
+    @property
+    def namespaces(self) -> NamespaceRegistry:
+        return self._hub.namespaces
+
+    @property
+    def admission(self) -> Admission:
+        return self._hub.admission
+
+    @property
+    def state(self) -> str:
+        return self._hub.state
+
+    @property
+    def running(self) -> bool:
+        return self._hub.running
+
+    async def authenticate(self, scope: Any) -> Identity:
+        hub = self._hub
+        return await hub._commands.authenticate(scope, anonymous=hub.anonymous)
+
+    def user_connections(self, user: str) -> int:
+        return len(self._registry.users.get(user, ()))
+
+    def client_id(self) -> str:
+        return f"{self.node}.{next(self._ids)}"
+
+    def open(self, connection: Connection) -> None:
+        self._registry.add(connection)
+        self.stats.connections_total += 1
+
+    async def welcome(self, connection: Connection) -> None:
+        await self._joins.welcome(connection, self.node)
+
+    async def join(
+        self, connection: Connection, channel: str, namespace: Namespace, recover: Position | None
+    ) -> None:
+        await self._joins.subscribe(connection, channel, namespace, recover=recover)
+
+    async def execute(self, connection: Connection, event: Execute) -> None:
+        await self._hub._execute(connection, event)
+
+    def detach_all(self, connection: Connection) -> None:
+        self._registry.detach_all(connection)
+
+    def forget(self, connection: Connection) -> None:
+        registry = self._registry
+        registry.remove(connection)
+        all_gone = self._hub._all_gone
+        if not registry.connections and all_gone is not None:
+            all_gone.set()
 
 
 def running_hubs() -> list[Hub]:

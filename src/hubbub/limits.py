@@ -13,9 +13,9 @@ import ipaddress
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Final, Protocol
 
 __all__ = [
     "Admission",
@@ -233,6 +233,10 @@ class LocalRateLimiter:
         return self.take(key)
 
 
+ADMITTED: Final = "hubbub.admitted"
+"""Scope key set once a handshake holds a per-IP place (value: the IP; ``.by``: the Admission)."""
+
+
 class Admission:
     """Who may open a connection: handshake rate per IP and open connections per IP/user.
 
@@ -274,6 +278,31 @@ class Admission:
             self.closed(ip)
             return "too many connection attempts from this address", max(1, math.ceil(wait))
         return None
+
+    async def admit(
+        self, scope: MutableMapping[str, Any]
+    ) -> tuple[str, bool, tuple[str, int] | None]:
+        """Admit a handshake's address: the one per-IP check of AuthMiddleware, WebSocket and SSE.
+
+        Returns the client's address, whether this call took one of its places
+        (then the caller gives it back with :meth:`closed`, whatever happens),
+        and ``None`` or why the handshake is refused with its ``Retry-After``.
+        A scope this admission already admitted (AuthMiddleware in front of the
+        hub) is not counted twice.
+        """
+        ip = scope.get(ADMITTED)
+        if isinstance(ip, str) and scope.get(ADMITTED + ".by") is self:
+            return ip, False, None
+        peer = scope.get("client")
+        ip = client_ip(
+            peer[0] if peer else None, scope.get("headers") or (), self.limits.trusted_proxies
+        )
+        refused = await self.check_ip(ip)
+        if refused is not None:
+            return ip, False, refused
+        scope[ADMITTED] = ip
+        scope[ADMITTED + ".by"] = self
+        return ip, True, None
 
     def check_user(self, open_connections: int) -> tuple[str, int] | None:
         """``None`` when a user holding ``open_connections`` may open one more.

@@ -37,7 +37,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from ._connection import AUTH_FAILURE_REASONS
+from ._session import AUTH_FAILURE_REASONS
 from ._stats import BROKER_BUCKETS, LatencyHistogram
 from .hub import Hub
 from .messages import Command, ServerMessage

@@ -17,12 +17,6 @@ from typing import Any
 
 from starlette.authentication import AuthCredentials, BaseUser
 
-from ._connection import (
-    ADMITTED,
-    auth_failure,
-    handshake_failure_reason,
-    handshake_refused,
-)
 from ._errors import AuthenticationFailed, HubbubError, PermissionDenied, RateLimited
 from ._http import (
     BEARER_CHALLENGE,
@@ -37,6 +31,7 @@ from ._http import (
 from ._redact import RedactTokens as RedactTokens
 from ._redact import install_log_redaction as install_log_redaction
 from ._redact import redact as redact
+from ._session import auth_failure, handshake_failure_reason, handshake_refused
 from ._stats import HubStats
 from .app import HubApp
 from .auth import (
@@ -48,7 +43,7 @@ from .auth import (
     find_credentials,
     normalise_origin,
 )
-from .limits import Admission, client_ip
+from .limits import Admission
 
 __all__ = ["AuthMiddleware", "HubbubUser", "RedactTokens", "install_log_redaction"]
 
@@ -156,21 +151,15 @@ class AuthMiddleware:
             try:
                 if kind == "websocket" or self._is_stream(scope):
                     if self.admission is not None:
-                        peer = scope.get("client")
-                        ip = client_ip(
-                            peer[0] if peer else None,
-                            scope.get("headers") or (),
-                            self.admission.limits.trusted_proxies,
-                        )
-                        # check_ip reserves the place at once: handshakes that await
-                        # the authenticator together cannot all pass the per-IP cap.
-                        refused = await self.admission.check_ip(ip)
+                        # The hub's own admission (marks the scope, so the hub does not
+                        # count it again); it holds the place at once: handshakes that
+                        # await the authenticator together cannot all pass the per-IP cap.
+                        ip, took, refused = await self.admission.admit(scope)
                         if refused is not None:
                             retry_after = refused[1]
                             raise RateLimited(refused[0])
-                        reserved = ip
-                        scope[ADMITTED] = ip
-                        scope[ADMITTED + ".by"] = self.admission
+                        if took:
+                            reserved = ip
                 if kind == "websocket":
                     self.check_origin(scope)
                     origin_checked = True

@@ -26,6 +26,7 @@ from ._errors import (
     PermissionDenied,
     RateLimited,
 )
+from ._permissions import check_publish, check_read, may_subscribe, subscribe_refused
 from .auth import Identity
 from .limits import Limits, TokenBucket
 from .messages import (
@@ -42,7 +43,7 @@ from .messages import (
     Subscribe,
     Unsubscribe,
 )
-from .namespaces import Namespace, NamespaceRegistry, personal_owner
+from .namespaces import Namespace, NamespaceRegistry
 
 if TYPE_CHECKING:
     from ._stats import HubStats
@@ -229,18 +230,13 @@ class ClientProtocol:
             return Execute(command, None)
         channel = command.channel
         namespace = self.namespaces.resolve(channel)
-        owner = personal_owner(channel)
         if isinstance(command, Subscribe):
             if channel in self.channels:
                 if command.recover is None or channel not in self.server_side:
                     raise AlreadySubscribed(f"already subscribed to {channel!r}")
-            elif owner is not None:
-                if not owner or owner != self.identity.user:
-                    raise PermissionDenied("a personal channel is only for its own user")
-            else:
-                allowed = namespace.may_subscribe(self.identity, channel)
+            elif (allowed := may_subscribe(self.identity, channel, namespace)) is not None:
                 if not allowed and command.token is None:
-                    raise PermissionDenied(f"not allowed to subscribe to {channel!r}")
+                    raise subscribe_refused(channel)
                 if self.counted_channels() >= self.limits.max_channels:
                     raise RateLimited(f"at most {self.limits.max_channels} channels per connection")
                 if not allowed:
@@ -252,29 +248,19 @@ class ClientProtocol:
             data = bytes(command.data)
             if namespace.max_payload is not None and len(data) > namespace.max_payload:
                 raise MessageTooLarge(f"data over {namespace.max_payload} bytes")
-            if owner is not None:
-                raise PermissionDenied("only the server publishes into personal channels")
-            if not namespace.may_publish(self.identity, channel, data):
-                raise PermissionDenied(f"not allowed to publish into {channel!r}")
+            check_publish(self.identity, channel, namespace, data)
             checked = namespace.validate(data, self.codec.name)
             if checked is not data:
                 command.data = Raw(checked)  # as the schema decoded it: unknown fields gone
         elif isinstance(command, GetPresence):
             if not namespace.presence:
                 raise PermissionDenied("presence is not enabled for this namespace")
-            self._check_read(namespace, owner, channel)
+            if channel not in self.channels:
+                check_read(self.identity, channel, namespace)
         elif isinstance(command, GetHistory):
-            self._check_read(namespace, owner, channel)
+            if channel not in self.channels:
+                check_read(self.identity, channel, namespace)
         return Execute(command, namespace)
-
-    def _check_read(self, namespace: Namespace, owner: str | None, channel: str) -> None:
-        if channel in self.channels:
-            return
-        if owner is not None:
-            if owner != self.identity.user or not owner:
-                raise PermissionDenied("a personal channel is only for its own user")
-        elif not namespace.may_subscribe(self.identity, channel):
-            raise PermissionDenied(f"not allowed to read {channel!r}")
 
     def _rate_limited(self, command_id: int | None, now: float) -> list[Event]:
         refusals = self._refusals

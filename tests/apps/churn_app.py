@@ -63,7 +63,7 @@ async def app(scope: Any, receive: Any, send: Any) -> None:
             "rss_kib": _rss_kib(),
             "connections": hub.connection_count,
             "channels": hub.channels(),
-            "users": len(hub._users),
+            "users": len(hub._registry.users),
         }
         body = msgspec.json.encode(state)
         await send(
