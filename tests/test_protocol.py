@@ -591,18 +591,6 @@ def test_oversized_frame_counts_as_activity_before_closing() -> None:
     assert protocol.heartbeat(200.0) == []
 
 
-def test_next_deadline() -> None:
-    """``next_deadline`` is the earlier of the next ping and the idle deadline."""
-    protocol = make(now=100.0)
-    assert protocol.next_deadline() == 110.0
-    protocol.heartbeat(110.0)
-    assert protocol.next_deadline() == 115.0
-    protocol.receive('{"type":"pong"}', 113.0)
-    assert protocol.next_deadline() == 120.0
-    protocol.heartbeat(120.0)
-    assert protocol.next_deadline() == 128.0
-
-
 def test_ping_interval_longer_than_idle_window() -> None:
     """With a long ping interval the idle deadline comes first and closes 4408."""
     protocol = make(limits=Limits(ping_interval=100.0, pong_timeout=1.0), now=0.0)

@@ -33,6 +33,7 @@ from ._api_wire import (
     ErrorBody,
     PositionResult,
 )
+from ._commands import MAX_HISTORY_LIMIT
 from ._errors import (
     AuthenticationFailed,
     HubbubError,
@@ -43,6 +44,7 @@ from ._errors import (
     NotFound,
     RateLimited,
 )
+from ._fanout import message as _message
 from ._http import (
     APIKEY_CHALLENGE,
     DEFAULT_BODY_TIMEOUT,
@@ -61,7 +63,7 @@ from ._openapi import Endpoint, build_document
 from ._permissions import check_server_subscribe
 from ._version import __version__
 from .chat import Notification
-from .hub import MAX_HISTORY_LIMIT, Hub, _message
+from .hub import Hub
 from .messages import (
     CHANNEL_PATTERN,
     JSON,
@@ -69,7 +71,7 @@ from .messages import (
     ClientInfo,
     Message,
     Position,
-    _json_too_deep,
+    json_too_deep,
 )
 from .namespaces import validate_channel
 from .protocol import KICKED
@@ -588,7 +590,7 @@ def _decode(body: bytes, body_type: type[Struct]) -> Any:
         value = _with_whole_floats(body, body_type, exc)
     except (msgspec.DecodeError, RecursionError):
         raise InvalidMessage("the body is not valid JSON") from None
-    if _json_too_deep(body):
+    if json_too_deep(body):
         raise InvalidMessage(f"the body is nested deeper than {MAX_DEPTH} levels")
     return value
 

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Final, Literal
 import msgspec
 from msgspec import Meta, Raw, Struct
 
-from ._errors import InvalidMessage, MessageTooLarge
+from ._errors import InvalidMessage
 
 __all__ = [
     "JSON",
@@ -269,7 +269,7 @@ _RISKY_NUMBER = re.compile(rb"\d{19,}|\d[eE][+-]?\d{3,}")
 _DECODE_ERRORS = (msgspec.MsgspecError, ValueError, RecursionError)  # ValueError: bad UTF-8
 
 
-def _json_too_deep(buf: bytes) -> bool:
+def json_too_deep(buf: bytes) -> bool:
     # Cheap bound first: depth can never exceed the number of opening brackets.
     if buf.count(b"[") + buf.count(b"{") <= MAX_DEPTH:
         return False
@@ -391,7 +391,7 @@ class Codec:
             except _DECODE_ERRORS:
                 raise _invalid("malformed msgpack", command.id) from None
         else:
-            too_deep = _json_too_deep(buf)
+            too_deep = json_too_deep(buf)
         if too_deep:
             raise _invalid(f"message nested deeper than {MAX_DEPTH} levels", command.id)
         if isinstance(command, Publish):
@@ -452,11 +452,6 @@ def _invalid(reason: str, command_id: int | None) -> InvalidMessage:
     exc = InvalidMessage(reason)
     exc.command_id = command_id  # type: ignore[attr-defined]
     return exc
-
-
-def too_large(limit: int) -> MessageTooLarge:
-    """The error for a frame above ``limit`` bytes."""
-    return MessageTooLarge(f"frame larger than {limit} bytes")
 
 
 JSON: Final = Codec("json")

@@ -338,12 +338,3 @@ class ClientProtocol:
             self.next_ping = now + self.limits.ping_interval
             return [Send(Ping())]
         return []
-
-    def next_deadline(self) -> float:
-        """The clock reading at which :meth:`heartbeat` next has something to do."""
-        deadlines = [self.next_ping, self.last_activity + self.limits.idle_timeout]
-        if self.expiry is not None:
-            deadlines.append(self.expiry)
-        if self.first_deadline is not None:
-            deadlines.append(self.first_deadline)
-        return min(deadlines)
