@@ -594,7 +594,7 @@ def test_oversized_frame_counts_as_activity_before_closing() -> None:
 def test_ping_interval_longer_than_idle_window() -> None:
     """With a long ping interval the idle deadline comes first and closes 4408."""
     protocol = make(limits=Limits(ping_interval=100.0, pong_timeout=1.0), now=0.0)
-    assert protocol.next_deadline() == 100.0
+    assert protocol.heartbeat(99.0) == []  # nothing is due before the first ping
     protocol.receive('{"type":"pong"}', 50.0)
     assert protocol.heartbeat(100.0) == [Send(Ping())]
     close = protocol.heartbeat(151.0)
