@@ -10,16 +10,24 @@ The modules follow the path a message takes, inside out:
 - ``namespaces``, ``limits``, ``auth``, ``chat``: the rules it applies and the
   typed payloads it ships (chat messages, notifications); ``_jwt``: JWT
   verification (``JWTAuthenticator``);
-- ``_connection``: the only code awaiting a client's ASGI receive/send;
-- ``hub``: registry, fan-out, the server-side API, the lifecycle; ``_recovery``:
-  joining a stream without gap or duplicate;
+- ``_connection``: a client's bounded send queue and the ``SessionHost``
+  interface the hub hands it; ``_session``: the one session path (admit,
+  authenticate, open, welcome, run, forget) for both transports,
+  ``_websocket`` and ``_sse``, the only code awaiting a client's ASGI
+  receive/send; ``_permissions``: who may subscribe, read and publish, for
+  WebSocket, SSE and the HTTP API alike;
+- ``hub``: the façade (lifecycle, the server-side API, command dispatch) over
+  ``_registry``, ``_fanout``, ``_join``, ``_presence``, ``_commands``,
+  ``_control`` and ``_brokercall``; ``_recovery``: joining a stream without
+  gap or duplicate;
 - ``brokers``: how publications move between nodes (``Broker``, ``MemoryBroker``);
 - ``app``, ``api``, ``middleware`` and ``cli``: the ASGI shells (``HubApp``,
   the server HTTP API ``HubAPI``, ``AuthMiddleware``) and ``hubbub serve``;
 - ``client``: the Python client and the HTTP API's client (``client.api``),
   which use ``messages``, ``chat`` and ``_api_wire`` but never the server.
 
-Inner modules never import the shells.
+Inner modules never import the shells: ``pyproject.toml``'s import-linter
+contracts hold the layers (``docs/architecture.md``).
 """
 
 from __future__ import annotations
