@@ -59,7 +59,8 @@ __all__ = ["build_demo_hub", "main"]
 logger = logging.getLogger("hubbub")
 
 INSTALL_SERVER = "pip install 'hubbub[standard]'"
-LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+# uvicorn's levels; its "trace" (5) is not one of logging's names until uvicorn configures logging.
+LOG_LEVELS = {"critical": 50, "error": 40, "warning": 30, "info": 20, "debug": 10, "trace": 5}
 # uvicorn's --ws names, and the module each needs ("auto" needs either).
 WS_IMPLEMENTATIONS = {
     "auto": ("websockets", "wsproto"),
@@ -716,7 +717,7 @@ def _serve(args: argparse.Namespace) -> None:
             "use --ssl-certfile/--ssl-keyfile or a TLS-terminating proxy",
             args.host,
         )
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(message)s")
+    logging.basicConfig(level=LOG_LEVELS[args.log_level], format="%(levelname)s:     %(message)s")
     config = uvicorn.Config(
         app,
         host=args.host,
