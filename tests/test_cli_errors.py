@@ -122,25 +122,26 @@ def test_a_target_without_a_colon_is_a_bad_argument(tmp_path: Path) -> None:
     refused(serve("nocolon", tmp_path=tmp_path), 2, "module:attribute", "'nocolon'")
 
 
+FLAG_CASES = [
+    (["--port", "99999"], ["--port", "99999", "1-65535"]),
+    (["--port", "-1"], ["--port", "1-65535"]),
+    (["--port", "http"], ["--port", "'http'"]),
+    (["--host", "999.1.1.1"], ["--host", "'999.1.1.1'"]),
+    (["--host", "192.0.2.1"], ["--host", "'192.0.2.1'"]),
+    (["--ping", "0"], ["--ping", "positive"]),
+    (["--ping", "-3"], ["--ping", "positive"]),
+    (["--ping", "nan"], ["--ping", "positive"]),
+    (["--pong-timeout", "0"], ["--pong-timeout", "positive"]),
+    (["--shutdown-timeout", "-1"], ["--shutdown-timeout"]),
+    (["--max-message-size", "0"], ["--max-message-size", "positive"]),
+    (["--max-message-size", "1.5"], ["--max-message-size"]),
+    (["--log-level", "nonsense"], ["--log-level", "'nonsense'", "debug"]),
+    (["--ws", "nosuch"], ["--ws", "'nosuch'", "websockets-sansio"]),
+]
+
+
 @pytest.mark.parametrize(
-    ("argv", "needles"),
-    [
-        (["--port", "99999"], ["--port", "99999", "1-65535"]),
-        (["--port", "-1"], ["--port", "1-65535"]),
-        (["--port", "http"], ["--port", "'http'"]),
-        (["--host", "999.1.1.1"], ["--host", "'999.1.1.1'"]),
-        (["--host", "192.0.2.1"], ["--host", "'192.0.2.1'"]),
-        (["--ping", "0"], ["--ping", "positive"]),
-        (["--ping", "-3"], ["--ping", "positive"]),
-        (["--ping", "nan"], ["--ping", "positive"]),
-        (["--pong-timeout", "0"], ["--pong-timeout", "positive"]),
-        (["--shutdown-timeout", "-1"], ["--shutdown-timeout"]),
-        (["--max-message-size", "0"], ["--max-message-size", "positive"]),
-        (["--max-message-size", "1.5"], ["--max-message-size"]),
-        (["--log-level", "nonsense"], ["--log-level", "'nonsense'", "debug"]),
-        (["--ws", "nosuch"], ["--ws", "'nosuch'", "websockets-sansio"]),
-    ],
-    ids=lambda v: " ".join(v) if isinstance(v, list) and v[0].startswith("--") else None,
+    ("argv", "needles"), [pytest.param(*case, id=" ".join(case[0])) for case in FLAG_CASES]
 )
 def test_a_bad_flag_value_is_refused_with_exit_2(
     tmp_path: Path, argv: list[str], needles: list[str]
@@ -149,18 +150,20 @@ def test_a_bad_flag_value_is_refused_with_exit_2(
     refused(serve(*argv, tmp_path=tmp_path), 2, "hubbub serve: error:", *needles)
 
 
+VARIABLE_CASES = [
+    ("PORT", "abc", ["HUBBUB_PORT", "'abc'"]),
+    ("PORT", "70000", ["HUBBUB_PORT", "1-65535"]),
+    ("PING", "0", ["HUBBUB_PING", "positive"]),
+    ("MAX_MESSAGE_SIZE", "big", ["HUBBUB_MAX_MESSAGE_SIZE"]),
+    ("LOG_LEVEL", "loud", ["HUBBUB_LOG_LEVEL", "'loud'"]),
+    ("HOST", "999.1.1.1", ["HUBBUB_HOST", "'999.1.1.1'"]),
+    ("ANONYMOUS", "ture", ["HUBBUB_ANONYMOUS", "'ture'"]),
+]
+
+
 @pytest.mark.parametrize(
     ("variable", "value", "needles"),
-    [
-        ("PORT", "abc", ["HUBBUB_PORT", "'abc'"]),
-        ("PORT", "70000", ["HUBBUB_PORT", "1-65535"]),
-        ("PING", "0", ["HUBBUB_PING", "positive"]),
-        ("MAX_MESSAGE_SIZE", "big", ["HUBBUB_MAX_MESSAGE_SIZE"]),
-        ("LOG_LEVEL", "loud", ["HUBBUB_LOG_LEVEL", "'loud'"]),
-        ("HOST", "999.1.1.1", ["HUBBUB_HOST", "'999.1.1.1'"]),
-        ("ANONYMOUS", "ture", ["HUBBUB_ANONYMOUS", "'ture'"]),
-    ],
-    ids=lambda v: v if isinstance(v, str) and v.isupper() else None,
+    [pytest.param(*case, id=f"HUBBUB_{case[0]}={case[1]}") for case in VARIABLE_CASES],
 )
 def test_a_bad_environment_variable_is_refused_with_exit_2(
     tmp_path: Path, variable: str, value: str, needles: list[str]
@@ -190,17 +193,18 @@ def test_a_bad_variable_does_not_break_other_commands() -> None:
     assert result.returncode == 0, result.stderr
 
 
+BROKER_CASES = [
+    (["--broker", "bogus://x"], ["--broker", "unknown broker URL"]),
+    (["--broker", "redis://h:notaport/0"], ["--broker", "'redis://h:notaport/0'", "port"]),
+    (["--broker", "redis://h:99999/0"], ["--broker", "port"]),
+    (["--broker", "redis://"], ["--broker", "'redis://'", "host"]),
+    (["--broker", "postgresql://u@h:abc/db"], ["--broker", "port"]),
+    (["--broker", "redis://[bad"], ["--broker"]),
+]
+
+
 @pytest.mark.parametrize(
-    ("argv", "needles"),
-    [
-        (["--broker", "bogus://x"], ["--broker", "unknown broker URL"]),
-        (["--broker", "redis://h:notaport/0"], ["--broker", "'redis://h:notaport/0'", "port"]),
-        (["--broker", "redis://h:99999/0"], ["--broker", "port"]),
-        (["--broker", "redis://"], ["--broker", "'redis://'", "host"]),
-        (["--broker", "postgresql://u@h:abc/db"], ["--broker", "port"]),
-        (["--broker", "redis://[bad"], ["--broker"]),
-    ],
-    ids=lambda v: v[1] if isinstance(v, list) and v[:1] == ["--broker"] and len(v) == 2 else None,
+    ("argv", "needles"), [pytest.param(*case, id=case[0][1]) for case in BROKER_CASES]
 )
 def test_a_bad_broker_url_is_refused(tmp_path: Path, argv: list[str], needles: list[str]) -> None:
     """Unknown schemes and malformed URLs (port, host) are refused before serving: exit 2."""

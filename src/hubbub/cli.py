@@ -12,7 +12,7 @@ under its own server installs and imports none of it.
 What cannot be served is refused before anything starts, in one line on
 stderr: exit status 2 (argparse's) for a bad flag or ``HUBBUB_*`` value, 1 for
 a target that cannot be imported or is not something to serve, or a missing
-uvicorn.
+uvicorn (or the WebSocket library its ``--ws`` needs).
 """
 
 from __future__ import annotations
