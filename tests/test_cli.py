@@ -6,11 +6,14 @@ import json
 import logging
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from hubbub import Hub, HubApp
 from hubbub.cli import _build_app, _parser, _SpuriousHandshakeError, build_demo_hub, main
+
+from .servers import run_server
 
 
 def test_schema_prints_a_json_schema_of_both_directions(capsys: pytest.CaptureFixture[str]) -> None:
@@ -98,3 +101,10 @@ def test_spurious_uvicorn_handshake_error_is_filtered_and_nothing_else() -> None
 
     assert not log_filter.filter(record("ASGI callable returned without completing handshake."))
     assert log_filter.filter(record("Exception in ASGI application"))
+
+
+def test_serve_runs_at_uvicorn_s_trace_level(tmp_path: Path) -> None:
+    """``--log-level trace`` (uvicorn's level below debug) starts the server."""
+    argv = ["-m", "hubbub", "serve", "--port", "{port}", "--log-level", "trace"]
+    with run_server(argv, tmp_path) as server:
+        assert server.process.poll() is None

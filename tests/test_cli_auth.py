@@ -76,7 +76,7 @@ def test_a_served_hub_gets_the_authenticator(monkeypatch: pytest.MonkeyPatch) ->
         (["--jwt-secret", "short"], "32"),
         (["--jwt-audience", "a"], "need"),
         (["--jwt-secret", SECRET, "--jwt-public-key", "x.pem"], "not both"),
-        (["--jwt-public-key", "/nonexistent.pem"], "JWT configuration"),
+        (["--jwt-public-key", "/nonexistent.pem"], "--jwt-public-key .*No such file"),
         (["--allowed-origin", "example.com"], "allowed-origin"),
     ],
 )

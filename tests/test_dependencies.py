@@ -11,10 +11,14 @@ import ast
 import importlib.metadata
 import itertools
 import re
+import subprocess
 import sys
+import textwrap
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -177,3 +181,98 @@ def test_the_license_pyproject_declares_is_shipped() -> None:
     license_text = (ROOT / "LICENSE").read_text()
     assert PYPROJECT["project"]["license"] == "MIT"
     assert license_text.startswith("MIT License")
+
+
+# What `uvicorn[standard]` brings: `hubbub serve` needs them, a mounted hub does not.
+SERVER_STACK = ("uvicorn", "uvloop", "httptools", "watchfiles", "websockets")
+
+
+def _without(blocked: tuple[str, ...], code: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter where importing any of ``blocked`` fails."""
+    prelude = f"import sys\nsys.modules.update(dict.fromkeys({blocked!r}))\n"
+    return subprocess.run(
+        [sys.executable, "-c", prelude + textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+
+
+def test_the_library_installs_no_server() -> None:
+    """``pip install hubbub`` pulls no server; ``hubbub[standard]`` adds uvicorn[standard]."""
+    project = PYPROJECT["project"]
+    base = {_name(requirement) for requirement in project["dependencies"]}
+    assert base.isdisjoint(SERVER_STACK), base & set(SERVER_STACK)
+    extras = project["optional-dependencies"]
+    assert [r.replace(" ", "") for r in extras["standard"]] == ["uvicorn[standard]>=0.30"]
+    # The tests and benchmarks run uvicorn themselves; the demo runs `hubbub serve`.
+    for extra in ("test", "bench"):
+        assert any(r.startswith("uvicorn[standard]") for r in extras[extra]), extra
+    assert "-e '.[standard]'" in (ROOT / "scripts" / "demo").read_text()
+    assert "-e '.[test]'" in (ROOT / "scripts" / "test").read_text()
+
+
+def test_mounting_hubbub_imports_no_server() -> None:
+    """``import hubbub`` and a HubApp under Starlette work with uvicorn & co. unimportable."""
+    result = _without(
+        SERVER_STACK,
+        """
+        from starlette.applications import Starlette
+        from starlette.routing import Mount, WebSocketRoute
+        from starlette.testclient import TestClient
+
+        import hubbub
+        import hubbub.cli  # the command's module too: uvicorn only when `serve` runs
+
+        hub = hubbub.Hub(anonymous=True)
+        app = Starlette(
+            lifespan=hub.lifespan,
+            routes=[WebSocketRoute("/ws", hubbub.HubApp(hub)), Mount("/rt", hubbub.HubApp(hub))],
+        )
+        with TestClient(app) as client:
+            assert client.get("/rt/health").status_code == 200
+            with client.websocket_connect("/ws") as ws:
+                assert ws.receive_json()["type"] == "welcome"
+        loaded = [m for m in sys.modules if sys.modules[m] is not None]
+        print(sorted(m for m in loaded if m.split(".")[0] in {blocked}))
+        """.replace("{blocked}", repr(set(SERVER_STACK))),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_serve_without_uvicorn_says_what_to_install() -> None:
+    """``hubbub serve`` without uvicorn: one line naming ``hubbub[standard]``, exit 1."""
+    result = _without(("uvicorn",), "from hubbub.cli import main\nmain(['serve'])\n")
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "uvicorn" in lines[0] and "pip install 'hubbub[standard]'" in lines[0]
+
+
+def test_schema_works_without_uvicorn() -> None:
+    """``hubbub schema`` needs no server."""
+    result = _without(SERVER_STACK, "from hubbub.cli import main\nmain(['schema'])\n")
+    assert result.returncode == 0, result.stderr
+    assert "hubbub wire protocol" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("ws", "blocked", "needle"),
+    [
+        ("auto", ("websockets", "wsproto"), "pip install 'hubbub[standard]'"),
+        ("websockets-sansio", ("websockets",), "pip install 'hubbub[standard]'"),
+        ("wsproto", ("wsproto",), "pip install wsproto"),
+    ],
+)
+def test_serve_without_a_websocket_library_says_what_to_install(
+    ws: str, blocked: tuple[str, ...], needle: str
+) -> None:
+    """uvicorn without the ``--ws`` implementation's library: one line, exit 1, not a 404 server."""
+    result = _without(blocked, f"from hubbub.cli import main\nmain(['serve', '--ws', {ws!r}])\n")
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert f"--ws {ws}" in lines[0] and needle in lines[0]

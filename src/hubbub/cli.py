@@ -4,24 +4,38 @@
 running hub: uvicorn itself closes each WebSocket with 1012 *before* the app's
 lifespan shutdown runs, so a lifespan hook could never say goodbye in time.
 Every flag can also be set through a ``HUBBUB_*`` environment variable.
+
+uvicorn is imported only when ``serve`` runs: it comes with the ``standard``
+extra (``pip install 'hubbub[standard]'``), and a project that mounts hubbub
+under its own server installs and imports none of it.
+
+What cannot be served is refused before anything starts, in one line on
+stderr: exit status 2 (argparse's) for a bad flag or ``HUBBUB_*`` value, 1 for
+a target that cannot be imported or is not something to serve, or a missing
+uvicorn (or the WebSocket library its ``--ws`` needs).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import ipaddress
 import json
 import logging
+import math
 import os
+import re
 import socket
+import ssl
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, NoReturn
+from urllib.parse import urlsplit
 
 import anyio
 import msgspec
-import uvicorn
 
 from ._admin import AdminPage
 from ._demo import DemoAuthenticator
@@ -30,16 +44,31 @@ from ._keys import validate_key
 from ._redact import install_log_redaction
 from .api import DEFAULT_MAX_BODY, HubAPI
 from .app import HubApp
-from .brokers import broker_from_url
+from .brokers import Broker, broker_from_url
 from .hub import Hub, running_hubs
 from .limits import Limits
 from .middleware import AuthMiddleware
 from .namespaces import Namespace
 from .protocol import SERVICE_RESTART
 
+if TYPE_CHECKING:
+    import uvicorn
+
 __all__ = ["build_demo_hub", "main"]
 
 logger = logging.getLogger("hubbub")
+
+INSTALL_SERVER = "pip install 'hubbub[standard]'"
+# uvicorn's levels; its "trace" (5) is not one of logging's names until uvicorn configures logging.
+LOG_LEVELS = {"critical": 50, "error": 40, "warning": 30, "info": 20, "debug": 10, "trace": 5}
+# uvicorn's --ws names, and the module each needs ("auto" needs either).
+WS_IMPLEMENTATIONS = {
+    "auto": ("websockets", "wsproto"),
+    "websockets-sansio": ("websockets",),
+    "websockets": ("websockets",),
+    "wsproto": ("wsproto",),
+    "none": (),
+}
 
 
 def build_demo_hub(**options: Any) -> Hub:
@@ -83,38 +112,237 @@ class _ClientInputTraceback(logging.Filter):
         return record.msg != "Invalid UTF-8 sequence received from client."
 
 
-class _DrainingServer(uvicorn.Server):
+class BadArgument(SystemExit):
+    """A flag or ``HUBBUB_*`` value refused after parsing: one line, exit status 2 (argparse's)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``hubbub serve: error: ...`` and exit 2, no usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _BadVariable:
+    """A ``HUBBUB_*`` value that its flag's check refused.
+
+    Kept as the option's default and reported only when the flag is not given
+    on the command line (the flag wins), and only by ``serve``.
+    """
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def _env(name: str, default: Any = None, convert: Callable[[str], Any] = str) -> Any:
+    raw = os.environ.get(f"HUBBUB_{name}")
+    if raw is None:
+        return default
+    try:
+        return convert(raw)
+    except (ValueError, argparse.ArgumentTypeError) as exc:
+        return _BadVariable(f"HUBBUB_{name}={raw!r}: {exc}")
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        # uvicorn would take it modulo 65536 and bind another port.
+        raise argparse.ArgumentTypeError(f"{port} is not a TCP port (1-65535)")
+    return port
+
+
+def _check_host(host: str) -> None:
+    """``--host`` names an address this machine can bind: resolved and tried before serving.
+
+    uvicorn would log ``[Errno -2] Name or service not known`` without naming the host.
+    """
+    flag = f"--host/HUBBUB_HOST {host!r}"
+    try:
+        addresses = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise BadArgument(f"hubbub serve: error: {flag} is not an address: {reason}") from None
+    error: OSError | None = None
+    for family, kind, proto, _, address in addresses:
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.bind((address[0], 0, *address[2:]))
+        except OSError as exc:
+            error = exc
+        else:
+            return
+    reason = error.strerror if error is not None and error.strerror else str(error)
+    raise BadArgument(f"hubbub serve: error: {flag} is not an address of this machine: {reason}")
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return seconds
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 or more)")
+    return seconds
+
+
+def _positive_bytes(text: str) -> int:
+    try:
+        size = int(text)
+    except ValueError:
+        size = 0
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number of bytes")
+    return size
+
+
+def _log_level(text: str) -> str:
+    if text.lower() not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a log level: {', '.join(LOG_LEVELS)}")
+    return text.lower()
+
+
+def _ws(text: str) -> str:
+    if text not in WS_IMPLEMENTATIONS:
+        names = ", ".join(WS_IMPLEMENTATIONS)
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of uvicorn's: {names}")
+    return text
+
+
+def _switch(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not 1/true/yes/on or 0/false/no/off")
+
+
+def _require_uvicorn() -> None:
+    """A one-line exit saying what to install when uvicorn is missing."""
+    try:
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise SystemExit(f"hubbub serve: error: needs uvicorn ({exc}): {INSTALL_SERVER}") from None
+
+
+def _check_websockets(ws: str) -> None:
+    """uvicorn without a WebSocket library would answer every WebSocket with 404."""
+    needed = WS_IMPLEMENTATIONS[ws]
+    for name in needed:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            continue
+        return
+    if needed:
+        raise SystemExit(
+            f"hubbub serve: error: --ws {ws} needs {' or '.join(needed)}, not installed: "
+            + (INSTALL_SERVER if "websockets" in needed else f"pip install {needed[0]}")
+        )
+
+
+def _draining_server(config: uvicorn.Config) -> uvicorn.Server:
     """A uvicorn server that lets hubs say goodbye before uvicorn closes the sockets."""
+    import uvicorn  # only ``serve`` needs it: checked by _require_uvicorn()
 
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        hubs = running_hubs()
-        if hubs:
-            logger.info("draining %d hub(s) before shutdown", len(hubs))
-            async with anyio.create_task_group() as tg:
-                for hub in hubs:
-                    tg.start_soon(hub.drain, SERVICE_RESTART, "server restarting")
-        await super().shutdown(sockets)
+    class DrainingServer(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            hubs = running_hubs()
+            if hubs:
+                logger.info("draining %d hub(s) before shutdown", len(hubs))
+                async with anyio.create_task_group() as tg:
+                    for hub in hubs:
+                        tg.start_soon(hub.drain, SERVICE_RESTART, "server restarting")
+            await super().shutdown(sockets)
+
+    return DrainingServer(config)
 
 
-def _env(name: str, default: Any = None) -> Any:
-    return os.environ.get(f"HUBBUB_{name}", default)
+def _summary(exc: BaseException) -> str:
+    """``Type: first line of the message``: what a traceback's last line says."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _import(module_name: str) -> ModuleType:
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        parts = module_name.split(".")
+        if exc.name in {".".join(parts[:end]) for end in range(1, len(parts) + 1)}:
+            raise SystemExit(
+                f"hubbub serve: error: no module named {exc.name!r} "
+                f"(searched the current directory and sys.path)"
+            ) from None
+        failure: Exception = exc
+    except Exception as exc:
+        failure = exc
+    raise SystemExit(
+        f"hubbub serve: error: importing {module_name!r} raised {_summary(failure)} "
+        f"(python -c 'import {module_name}' shows the traceback)"
+    )
+
+
+def _servable(target: str, obj: Any) -> None:
+    """Refuse what is neither a Hub, a HubApp nor an ASGI app: it would answer 500 to everything."""
+    if isinstance(obj, Hub | HubApp):
+        return
+    if inspect.isclass(obj):
+        what = f"the class {obj.__name__}, not an instance of it"
+    elif not callable(obj):
+        name = type(obj).__name__
+        what = f"{'an' if name[0] in 'aeiouAEIOU' else 'a'} {name}"
+    else:
+        try:
+            signature = inspect.signature(obj)
+        except (TypeError, ValueError):
+            return  # a callable without a signature: let the server judge it
+        for arity in (3, 1):  # ASGI 3 (scope, receive, send), ASGI 2 (scope)
+            try:
+                signature.bind(*[None] * arity)
+            except TypeError:
+                continue
+            return
+        what = f"a {type(obj).__name__} taking {signature} (an app factory? call it in the module)"
+    raise SystemExit(
+        f"hubbub serve: error: {target!r} is {what}, not a Hub, a HubApp or an ASGI app"
+    )
 
 
 def _load_target(target: str) -> Any:
     module_name, _, attr = target.partition(":")
     if not module_name or not attr:
-        raise SystemExit(f"hubbub serve: expected module:attribute, got {target!r}")
+        raise BadArgument(f"hubbub serve: error: expected module:attribute, got {target!r}")
     sys.path.insert(0, os.getcwd())
-    module = importlib.import_module(module_name)
-    try:
-        obj = getattr(module, attr)
-    except AttributeError:
-        raise SystemExit(f"hubbub serve: {module_name!r} has no attribute {attr!r}") from None
+    obj: Any = _import(module_name)
+    where = module_name
+    for name in attr.split("."):
+        try:
+            obj = getattr(obj, name)
+        except AttributeError:
+            owner = f"module {where!r}" if where == module_name else repr(where)
+            raise SystemExit(f"hubbub serve: error: {owner} has no attribute {name!r}") from None
+        where = f"{where}:{name}" if where == module_name else f"{where}.{name}"
+    _servable(target, obj)
     return obj
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hubbub", description="A real-time WebSocket hub.")
+    parser = _Parser(prog="hubbub", description="A real-time WebSocket hub.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser(
@@ -125,7 +353,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("target", nargs="?", default=_env("APP"), help="module:hub or module:app")
     serve.add_argument("--host", default=_env("HOST", "127.0.0.1"))
-    serve.add_argument("--port", type=int, default=int(_env("PORT", "8000")))
+    serve.add_argument("--port", type=_port, default=_env("PORT", 8000, _port))
     serve.add_argument(
         "--broker",
         default=_env("BROKER", "memory://"),
@@ -135,34 +363,45 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     serve.add_argument(
-        "--ping", type=float, default=float(_env("PING", "25")), help="seconds between pings"
+        "--ping",
+        type=_positive_seconds,
+        default=_env("PING", 25.0, _positive_seconds),
+        help="seconds between pings",
     )
     serve.add_argument(
         "--pong-timeout",
-        type=float,
-        default=float(_env("PONG_TIMEOUT", "10")),
+        type=_positive_seconds,
+        default=_env("PONG_TIMEOUT", 10.0, _positive_seconds),
         help="extra seconds of silence before a client is closed 4408",
     )
     serve.add_argument(
         "--max-message-size",
-        type=int,
-        default=int(_env("MAX_MESSAGE_SIZE", str(64 * 1024))),
+        type=_positive_bytes,
+        default=_env("MAX_MESSAGE_SIZE", 64 * 1024, _positive_bytes),
         help="largest client frame in bytes",
     )
     serve.add_argument(
         "--shutdown-timeout",
-        type=float,
-        default=float(_env("SHUTDOWN_TIMEOUT", "5")),
+        type=_seconds,
+        default=_env("SHUTDOWN_TIMEOUT", 5.0, _seconds),
         help="seconds uvicorn waits for connections after the hubs drained; a client "
         "that stopped reading cannot hold the process past it",
     )
     serve.add_argument("--ssl-certfile", default=_env("SSL_CERTFILE"))
     serve.add_argument("--ssl-keyfile", default=_env("SSL_KEYFILE"))
-    serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
+    serve.add_argument(
+        "--log-level",
+        type=_log_level,
+        default=_env("LOG_LEVEL", "info", _log_level),
+        help=", ".join(LOG_LEVELS),
+    )
     serve.add_argument(
         "--ws",
-        default=_env("WS", "auto"),
-        help="uvicorn's WebSocket implementation (auto picks websockets-sansio)",
+        type=_ws,
+        default=_env("WS", "auto", _ws),
+        help="uvicorn's WebSocket implementation: "
+        + ", ".join(WS_IMPLEMENTATIONS)
+        + " (auto picks websockets-sansio)",
     )
 
     auth = serve.add_argument_group(
@@ -189,7 +428,7 @@ def _parser() -> argparse.ArgumentParser:
     auth.add_argument(
         "--anonymous",
         action="store_true",
-        default=_env("ANONYMOUS", "").lower() in ("1", "true", "yes"),
+        default=_env("ANONYMOUS", False, _switch),
         help="admit WebSockets without a token even when a JWT key is configured",
     )
     auth.add_argument(
@@ -203,7 +442,7 @@ def _parser() -> argparse.ArgumentParser:
     auth.add_argument(
         "--require-origin",
         action="store_true",
-        default=_env("REQUIRE_ORIGIN", "").lower() in ("1", "true", "yes"),
+        default=_env("REQUIRE_ORIGIN", False, _switch),
         help="with --allowed-origin, refuse WebSockets without an Origin header",
     )
 
@@ -248,7 +487,7 @@ def _parser() -> argparse.ArgumentParser:
     metrics.add_argument(
         "--public-metrics",
         action="store_true",
-        default=_env("PUBLIC_METRICS", "").lower() in ("1", "true", "yes"),
+        default=_env("PUBLIC_METRICS", False, _switch),
         help="serve /metrics without a key on a non-loopback --host",
     )
 
@@ -256,16 +495,68 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _build_app(args: argparse.Namespace) -> Any:
+def _broker(url: str) -> Broker:
+    """The ``--broker``, refused now if malformed, not retried forever by a running hub."""
+    shown = re.sub(r"(://[^/@:]*):[^/@]*@", r"\1:***@", url)  # never echo a password
     try:
-        broker = broker_from_url(args.broker)
+        parts = urlsplit(url)
     except ValueError as exc:
-        raise SystemExit(f"hubbub serve: --broker: {exc}") from None
-    limits = Limits(
-        ping_interval=args.ping,
-        pong_timeout=args.pong_timeout,
-        max_message_size=args.max_message_size,
-    )
+        raise BadArgument(f"hubbub serve: error: --broker {shown!r}: {exc}") from None
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
+    except ValueError as exc:
+        raise BadArgument(
+            f"hubbub serve: error: --broker {shown!r}: the port is not a number in 0-65535 ({exc})"
+        ) from None
+    if parts.scheme.lower() in ("redis", "rediss") and not parts.hostname:
+        raise BadArgument(
+            f"hubbub serve: error: --broker {shown!r} names no host: use redis://host:port/db"
+        )
+    try:
+        return broker_from_url(url)
+    except ValueError as exc:
+        message = str(exc).replace(f" {url!r}", "")
+        raise BadArgument(f"hubbub serve: error: --broker {shown!r}: {message}") from None
+
+
+def _check_tls(args: argparse.Namespace) -> None:
+    """The certificate and key load now, rather than failing inside uvicorn with a traceback."""
+    if not args.ssl_certfile:
+        if args.ssl_keyfile:
+            raise BadArgument("hubbub serve: error: --ssl-keyfile needs --ssl-certfile")
+        return
+    for flag, path in (("--ssl-certfile", args.ssl_certfile), ("--ssl-keyfile", args.ssl_keyfile)):
+        if path:
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as exc:
+                raise BadArgument(
+                    f"hubbub serve: error: {flag} {path!r}: {exc.strerror or exc}"
+                ) from None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        # A key behind a passphrase would make OpenSSL prompt on the terminal.
+        context.load_cert_chain(args.ssl_certfile, args.ssl_keyfile, password=lambda: b"")
+    except (ssl.SSLError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or str(exc)
+        raise BadArgument(
+            f"hubbub serve: error: --ssl-certfile {args.ssl_certfile!r}"
+            + (f" --ssl-keyfile {args.ssl_keyfile!r}" if args.ssl_keyfile else "")
+            + f": not a PEM certificate and its unencrypted private key ({reason})"
+        ) from None
+
+
+def _build_app(args: argparse.Namespace) -> Any:
+    broker = _broker(args.broker)
+    try:
+        limits = Limits(
+            ping_interval=args.ping,
+            pong_timeout=args.pong_timeout,
+            max_message_size=args.max_message_size,
+        )
+    except ValueError as exc:
+        raise BadArgument(f"hubbub serve: error: {exc}") from None
     authenticator = _authenticator(args)
     if args.target is None:
         options: dict[str, Any] = {"limits": limits, "broker": broker}
@@ -274,8 +565,8 @@ def _build_app(args: argparse.Namespace) -> Any:
         demo = build_demo_hub(**options)
         return _protect(_hub_app(demo, args, demo=True), authenticator, args, demo)
     if args.broker != "memory://":
-        raise SystemExit(
-            "hubbub serve: --broker configures the demo hub only; "
+        raise BadArgument(
+            "hubbub serve: error: --broker configures the demo hub only; "
             "give your own Hub(broker=...) instead"
         )
     obj = _load_target(args.target)
@@ -293,7 +584,9 @@ def _build_app(args: argparse.Namespace) -> Any:
         for flag in ("api_key", "admin_key", "metrics_key"):
             if getattr(args, flag):
                 option = "--" + flag.replace("_", "-")
-                raise SystemExit(f"hubbub serve: {option} needs a target naming a Hub or a HubApp")
+                raise BadArgument(
+                    f"hubbub serve: error: {option} needs a target naming a Hub or a HubApp"
+                )
     if hub is not None and authenticator is not None and hub.authenticator is None:
         # The middleware authenticates the handshake; the hub needs the same keys
         # for `refresh` and channel tokens.
@@ -333,7 +626,7 @@ def _configure_metrics(app: HubApp, args: argparse.Namespace) -> None:
         try:
             validate_key(args.metrics_key, "the metrics key")
         except ValueError as exc:
-            raise SystemExit(f"hubbub serve: --metrics-key: {exc}") from None
+            raise BadArgument(f"hubbub serve: error: --metrics-key: {exc}") from None
         app.metrics_key = args.metrics_key
     if app.metrics_key is None and not args.public_metrics and not _is_loopback(args.host):
         app.metrics = False
@@ -348,23 +641,24 @@ def _admin_page(hub: Hub, args: argparse.Namespace) -> AdminPage:
     try:
         return AdminPage(hub, key=args.admin_key)
     except ValueError as exc:
-        raise SystemExit(f"hubbub serve: --admin-key: {exc}") from None
+        raise BadArgument(f"hubbub serve: error: --admin-key: {exc}") from None
 
 
 def _hub_api(hub: Hub, args: argparse.Namespace, max_body: int = DEFAULT_MAX_BODY) -> HubAPI:
     try:
         return HubAPI(hub, keys=args.api_key, max_body=max_body)
     except ValueError as exc:
-        raise SystemExit(f"hubbub serve: --api-key: {exc}") from None
+        raise BadArgument(f"hubbub serve: error: --api-key: {exc}") from None
 
 
 def _authenticator(args: argparse.Namespace) -> JWTAuthenticator | None:
     if args.jwt_secret and args.jwt_public_key:
-        raise SystemExit("hubbub serve: give --jwt-secret or --jwt-public-key, not both")
+        raise BadArgument("hubbub serve: error: give --jwt-secret or --jwt-public-key, not both")
     if not (args.jwt_secret or args.jwt_public_key):
         if args.jwt_audience or args.jwt_issuer:
-            raise SystemExit(
-                "hubbub serve: --jwt-audience/--jwt-issuer need --jwt-secret or --jwt-public-key"
+            raise BadArgument(
+                "hubbub serve: error: --jwt-audience/--jwt-issuer need --jwt-secret or "
+                "--jwt-public-key"
             )
         return None
     cookie = None if args.jwt_cookie.strip().lower() in ("", "none") else args.jwt_cookie.strip()
@@ -373,14 +667,21 @@ def _authenticator(args: argparse.Namespace) -> JWTAuthenticator | None:
         "issuer": args.jwt_issuer,
         "cookie": cookie,
     }
-    try:
-        if args.jwt_secret:
+    if args.jwt_secret:
+        try:
             return JWTAuthenticator(secret=args.jwt_secret, **common)
+        except (ValueError, TypeError) as exc:
+            raise BadArgument(f"hubbub serve: error: JWT configuration: {exc}") from None
+    flag = f"--jwt-public-key {args.jwt_public_key!r}"
+    try:
         with open(args.jwt_public_key, "rb") as file:
             pem = file.read()
+    except OSError as exc:
+        raise BadArgument(f"hubbub serve: error: {flag}: {exc.strerror or exc}") from None
+    try:
         return JWTAuthenticator(public_key=pem, **common)
-    except (OSError, ValueError, TypeError) as exc:
-        raise SystemExit(f"hubbub serve: JWT configuration: {exc}") from None
+    except (ValueError, TypeError) as exc:
+        raise BadArgument(f"hubbub serve: error: {flag}: {exc}") from None
 
 
 def _protect(
@@ -399,10 +700,16 @@ def _protect(
             admission=hub.admission if hub is not None else None,
         )
     except ValueError as exc:
-        raise SystemExit(f"hubbub serve: --allowed-origin: {exc}") from None
+        raise BadArgument(f"hubbub serve: error: --allowed-origin: {exc}") from None
 
 
 def _serve(args: argparse.Namespace) -> None:
+    _require_uvicorn()
+    import uvicorn  # only ``serve`` needs it (the ``standard`` extra)
+
+    _check_websockets(args.ws)
+    _check_host(args.host)
+    _check_tls(args)
     app = _build_app(args)
     if not args.ssl_certfile and not _is_loopback(args.host):
         logger.warning(
@@ -410,7 +717,7 @@ def _serve(args: argparse.Namespace) -> None:
             "use --ssl-certfile/--ssl-keyfile or a TLS-terminating proxy",
             args.host,
         )
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(message)s")
+    logging.basicConfig(level=LOG_LEVELS[args.log_level], format="%(levelname)s:     %(message)s")
     config = uvicorn.Config(
         app,
         host=args.host,
@@ -428,7 +735,7 @@ def _serve(args: argparse.Namespace) -> None:
         lifespan="auto",
         timeout_graceful_shutdown=args.shutdown_timeout,
     )
-    server = _DrainingServer(config)
+    server = _draining_server(config)
     # uvicorn logs every request's path with its query string: ?token= would leak.
     install_log_redaction()
     logging.getLogger("uvicorn.error").addFilter(_SpuriousHandshakeError())
@@ -454,10 +761,17 @@ def _schema() -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``hubbub`` console script."""
     args = _parser().parse_args(argv)
-    if args.command == "serve":
-        _serve(args)
-    else:
+    if args.command != "serve":
         _schema()
+        return
+    try:
+        for value in vars(args).values():
+            if isinstance(value, _BadVariable):
+                raise BadArgument(f"hubbub serve: error: {value.message} (see hubbub serve --help)")
+        _serve(args)
+    except BadArgument as exc:
+        sys.stderr.write(f"{exc}\n")
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":  # pragma: no cover
