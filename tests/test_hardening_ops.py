@@ -343,7 +343,7 @@ def test_short_keys_stop_hubbub_serve_with_a_message(tmp_path: Path) -> None:
             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
         )
         assert done.returncode != 0
-        assert f"hubbub serve: {flag}:" in done.stderr and "at least 16" in done.stderr
+        assert f"hubbub serve: error: {flag}:" in done.stderr and "at least 16" in done.stderr
         assert "Traceback" not in done.stderr, done.stderr
 
 
