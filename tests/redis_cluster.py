@@ -114,6 +114,7 @@ def redis_cluster(directory: Path) -> Iterator[RedisCluster]:
     binary = redis_server_binary()
     cli = redis_cli_binary()
     cluster = RedisCluster([])
+    directory.mkdir(parents=True, exist_ok=True)
     try:
         for _ in range(6):
             port, bus = free_port(), free_port()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -28,8 +29,9 @@ from .broker_contract import (
     publication,
     task_group_fixture,  # noqa: F401 (the task_group fixture)
 )
-from .e2e_cluster import client, unique
+from .e2e_cluster import client, run_fault, unique
 from .redis_cluster import RedisCluster, redis_cluster
+from .redis_server import RedisServer
 from .servers import run_server
 
 
@@ -195,3 +197,49 @@ async def test_two_hub_nodes_every_offset_once_in_order(
                         assert ns == sorted(ns)
                 with pytest.raises(TimeoutError):
                     await c.messages(1, within=0.3)  # nothing twice
+
+
+def replica_of(cluster: RedisCluster, primary: RedisServer) -> RedisServer:
+    """The replica attached to ``primary``."""
+    for n in cluster.nodes:
+        role = n.command("ROLE")
+        if role[0] == b"slave" and int(role[2]) == primary.port:
+            return n
+    raise AssertionError(f"no replica of {primary.port}")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("how", ["sigkill", "cluster-failover"])
+async def test_primary_fails_over_while_publishing(tmp_path: Path, how: str) -> None:
+    """The primary of a history channel is SIGKILLed (or hands over with ``CLUSTER
+    FAILOVER``) while a numbered publisher runs: its replica takes over, and every
+    subscriber on both nodes ends whole or was told plainly (a resume without
+    recovery), never a silent gap or a duplicate."""
+    with redis_cluster(tmp_path / "cluster") as own:
+        prefix = "hubbub:"
+        channel = channels_on_every_primary(own, prefix, 1, stem=unique("feed:fo") + "-")[0]
+        slot = own.nodes[0].command("CLUSTER", "KEYSLOT", key(prefix, channel, "pub"))
+        primary = own.slot_owner(slot)
+        replica = replica_of(own, primary)
+        argv = ["-m", "hubbub", "serve", "redis_cluster_app:app", "--port", "{port}"]
+        env = {"HUBBUB_TEST_REDIS_CLUSTER_URL": own.url}
+
+        async def fault() -> None:
+            if how == "sigkill":
+                await asyncio.to_thread(primary.kill)
+            else:
+                assert await asyncio.to_thread(replica.command, "CLUSTER", "FAILOVER") == "OK"
+            start = time.monotonic()
+            while time.monotonic() - start < 30:
+                owner = await asyncio.to_thread(own.slot_owner, slot)
+                running = [n for n in own.nodes if n.process and n.process.poll() is None]
+                if owner is replica and all(own.state_ok(n) for n in running):
+                    took = time.monotonic() - start
+                    print(f"{how}: replica {owner.port} took over in {took:.2f} s")
+                    return
+                await asyncio.sleep(0.1)
+            raise AssertionError("the replica did not take over within 30 s")
+
+        with contextlib.ExitStack() as stack:
+            nodes = [stack.enter_context(run_server(argv, tmp_path, env=env)) for _ in range(2)]
+            await run_fault(nodes, fault, may_lose=True, channel=channel)

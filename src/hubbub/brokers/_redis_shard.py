@@ -46,7 +46,7 @@ class ShardLink(PubSubLink):
         self._broker = broker
         self._node = node
         self.name: str = node.name
-        self._LINK = f"Redis Cluster pub/sub link to {node.name}"
+        self._LINK = f"Redis Cluster shard {node.name}: pub/sub link"
         self._prefix = broker._prefix
         self._prefix_bytes = broker._prefix_bytes
         self._timeout = broker._timeout

@@ -352,7 +352,8 @@ class RedisClusterBroker(RedisCommands, Broker):
             target = self._shards.get(name)
             if target is not None:
                 logger.warning(
-                    "%d channel(s) moved to the Redis Cluster primary %s",
+                    "Redis Cluster pub/sub link restored for %d channel(s) on the primary %s "
+                    "(their slot moved there); publications may have been lost meanwhile",
                     len(channels),
                     name,
                     extra={"event": "broker_moved"},
