@@ -226,8 +226,7 @@ class RedisClusterBroker(RedisCommands, Broker):
                 await self._shard(node)
         else:
             logger.warning(
-                "Redis Cluster unreachable at start; retrying when a channel is subscribed",
-                extra={"event": "broker_down", "error": "unreachable"},
+                "Redis Cluster unreachable at start; retrying when a channel is subscribed"
             )
 
     def _started(self) -> bool:
@@ -356,7 +355,7 @@ class RedisClusterBroker(RedisCommands, Broker):
                     "(their slot moved there); publications may have been lost meanwhile",
                     len(channels),
                     name,
-                    extra={"event": "broker_moved"},
+                    extra={"event": "broker_moved", "primary": name, "channels": len(channels)},
                 )
                 await target.adopt(channels)
         primaries = {node.name for node in self._client.get_primaries()}
