@@ -160,6 +160,7 @@ async def run_fault(
     fault: Callable[[], Awaitable[None]],
     *,
     may_lose: bool = False,
+    channel: str | None = None,
 ) -> tuple[list[Subscriber], float]:
     """A numbered publisher on node 0, subscribers on both nodes, ``fault`` in the middle.
 
@@ -167,9 +168,10 @@ async def run_fault(
     exactly once, in order (``may_lose``: resumes without recovery allowed, e.g.
     after the broker lost its data), that the nodes are ready again and logged
     the link going down and coming back. Returns the subscribers and how long
-    the hub took to answer publishes again after the fault ended.
+    the hub took to answer publishes again after the fault ended. ``channel``:
+    the history channel to use (default: a new ``feed:`` one).
     """
-    channel = unique("feed:fault")
+    channel = channel or unique("feed:fault")
     stop = asyncio.Event()
     subscribers = [Subscriber(cluster[i % 2], channel) for i in range(4)]
     async with asyncio.TaskGroup() as tg:

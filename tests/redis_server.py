@@ -45,6 +45,8 @@ class RedisServer:
     directory: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    extra: tuple[str, ...] = ()
+    """More ``redis-server`` arguments (e.g. cluster mode)."""
 
     @property
     def url(self) -> str:
@@ -75,6 +77,7 @@ class RedisServer:
                     str(self.directory),
                     "--protected-mode",
                     "no",
+                    *self.extra,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -21,8 +21,9 @@ from .memory import MemoryBroker as MemoryBroker
 
 
 def broker_from_url(url: str) -> Broker:
-    """The broker a URL names: ``memory://``, ``redis://…`` / ``rediss://…``, or
-    ``postgresql://…`` / ``postgres://…``.
+    """The broker a URL names: ``memory://``, ``redis://…`` / ``rediss://…``,
+    ``redis+cluster://host:port[,host:port…]`` / ``rediss+cluster://…`` (a Redis
+    Cluster), or ``postgresql://…`` / ``postgres://…``.
 
     Backends other than memory are imported only here, when asked for.
 
@@ -40,6 +41,15 @@ def broker_from_url(url: str) -> Broker:
                 f"the Redis broker needs the redis package: pip install 'hubbub[redis]' ({exc})"
             ) from None
         return RedisBroker.from_url(url)
+    if scheme in ("redis+cluster", "rediss+cluster"):
+        try:
+            from .redis_cluster import RedisClusterBroker
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ValueError(
+                f"the Redis Cluster broker needs the redis package: pip install 'hubbub[redis]' "
+                f"({exc})"
+            ) from None
+        return RedisClusterBroker.from_url(url)
     if scheme in ("postgres", "postgresql"):
         try:
             from .postgres import PostgresBroker
@@ -50,8 +60,8 @@ def broker_from_url(url: str) -> Broker:
                 f"the PostgreSQL broker needs psycopg: pip install 'hubbub[postgres]' ({exc})"
             ) from None
     raise ValueError(
-        f"unknown broker URL {url!r}: use memory://, redis://host:port/db "
-        "or postgresql://user@host:port/db"
+        f"unknown broker URL {url!r}: use memory://, redis://host:port/db, "
+        "redis+cluster://host:port,host:port or postgresql://user@host:port/db"
     )
 
 

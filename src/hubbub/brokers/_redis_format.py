@@ -25,6 +25,7 @@ __all__ = [
     "PRESENCE_REMOVE",
     "PRESENCE_SET",
     "PUBLISH",
+    "SPUBLISH",
     "channel_of",
     "decode_entry",
     "decode_envelope",
@@ -67,7 +68,7 @@ def channel_of(prefix: bytes, name: bytes) -> str | None:
 # Returns {status, position}: status 0 published, 1 the key was seen (nothing
 # published), 2 the publisher holds ``cap`` keys in the channel (nothing
 # published); position "<offset> <epoch>" ("- -" without history).
-PUBLISH: Final = """
+_PUBLISH: Final = """
 local window = tonumber(ARGV[7])
 local now
 if window > 0 then
@@ -110,6 +111,13 @@ end
 redis.call('PUBLISH', ARGV[1], 'h1 ' .. position .. ' ' .. ARGV[2])
 return {0, position}
 """
+
+PUBLISH: Final = _PUBLISH
+"""The publish script of one Redis: classic pub/sub."""
+
+SPUBLISH: Final = _PUBLISH.replace("redis.call('PUBLISH'", "redis.call('SPUBLISH'")
+"""The publish script of a Redis Cluster: sharded pub/sub (Redis >= 7), from the
+script itself, so pub/sub order is stream order on the channel's shard too."""
 
 # KEYS: meta, stream.  ARGV: new epoch, empty-stream ttl ms, since epoch ("" for
 # none), range command (XRANGE, XREVRANGE or "" for none), start, end, count

@@ -57,15 +57,16 @@ class Link:
     def __init__(self, conn: AbstractConnection) -> None:
         self.conn = conn
         self.lock = anyio.Lock()
-        # Redis confirms (un)subscriptions in the order they were sent.
-        self.pending: deque[tuple[bytes, Waiter | None]] = deque()
+        # Redis confirms (un)subscriptions in the order they were sent:
+        # (reply kind, pub/sub channel name, who waits for it).
+        self.pending: deque[tuple[bytes, bytes, Waiter | None]] = deque()
         self.pong = anyio.Event()
         self.received = 0  # replies read: a link busy delivering is alive
         self.up = False
 
     def fail(self) -> None:
         self.up = False
-        for _, waiter in self.pending:
+        for _, _, waiter in self.pending:
             if waiter is not None:
                 waiter.failed = True
                 waiter.done.set()
@@ -96,29 +97,91 @@ class PubSubLink:
     outages: int
     reconnects: int
 
+    # The commands and replies of classic pub/sub; a Redis Cluster shard link uses
+    # the sharded ones (SSUBSCRIBE, smessage).
+    _SUBSCRIBE: str = "SUBSCRIBE"
+    _UNSUBSCRIBE: str = "UNSUBSCRIBE"
+    _MESSAGE: bytes = b"message"
+    _LINK: str = "Redis pub/sub link"
+
+    async def _subscribe_on_link(self, channel: str) -> None:
+        """Subscribe ``channel`` on the link and wait (bounded) for Redis to confirm it."""
+        link = self._link
+        if link is None or not link.up:
+            raise BrokerUnavailable(f"the {self._LINK} is down")
+        waiter = Waiter()
+        async with link.lock:
+            self._channels.add(channel)
+            try:
+                await self._send(link, self._SUBSCRIBE, [channel], waiter)
+            except BrokerUnavailable:
+                self._channels.discard(channel)
+                raise
+        try:
+            with anyio.fail_after(self._timeout):
+                await waiter.done.wait()
+        except TimeoutError:
+            waiter.failed = True
+        if waiter.failed:
+            self._channels.discard(channel)
+            raise BrokerUnavailable("Redis did not confirm the subscription")
+
+    async def _unsubscribe_on_link(self, channel: str) -> None:
+        """Stop delivering ``channel`` and unsubscribe it on the link if it is up."""
+        # Publications still in flight for the channel are dropped by the reader,
+        # which delivers only channels in ``_channels``.
+        link = self._link
+        if link is None:
+            self._channels.discard(channel)
+            return
+        async with link.lock:
+            self._channels.discard(channel)
+            if link.up:
+                try:
+                    await self._send(link, self._UNSUBSCRIBE, [channel], None)
+                except BrokerUnavailable:
+                    pass  # the link is reconnecting; it will not resubscribe the channel
+
+    def _batches(self, channels: list[str]) -> list[list[str]]:
+        """The channels to resubscribe, in groups of one command each."""
+        return [channels[i : i + SUBSCRIBE_BATCH] for i in range(0, len(channels), SUBSCRIBE_BATCH)]
+
+    async def _before_connect(self, reconnecting: bool) -> bool:
+        """Called before each connection attempt; ``False`` ends the link for good."""
+        return True
+
+    def _to_report(self, channels: list[str], after_outage: bool) -> list[str]:
+        """The channels that may have lost publications once the link is (back) up."""
+        return channels if after_outage else []
+
+    def _unsolicited(self, name: bytes) -> None:
+        """Redis unsubscribed ``name`` on its own (a cluster moved its slot); one Redis never."""
+
     async def _send(
         self, link: Link, command: str, channels: Sequence[str], waiter: Waiter | None
     ) -> None:
         """Send a (UN)SUBSCRIBE on the link; the caller holds ``link.lock``."""
         if not link.conn.is_connected:
-            raise BrokerUnavailable("the Redis pub/sub link is down")
+            raise BrokerUnavailable(f"the {self._LINK} is down")
         names = [key(self._prefix, c, "pub") for c in channels]
-        kind = b"subscribe" if command == "SUBSCRIBE" else b"unsubscribe"
-        for i in range(len(names)):
-            link.pending.append((kind, waiter if i == len(names) - 1 else None))
+        kind = command.lower().encode()
+        for i, name in enumerate(names):
+            link.pending.append((kind, name.encode(), waiter if i == len(names) - 1 else None))
         try:
             with anyio.fail_after(self._timeout):
                 await link.conn.send_command(command, *names, check_health=False)
         except (TimeoutError, RedisError, OSError) as exc:
             link.fail()
-            logger.debug("the Redis pub/sub link failed: %s", exc)
-            raise BrokerUnavailable("the Redis pub/sub link failed") from None
+            logger.debug("the %s failed: %s", self._LINK, exc)
+            raise BrokerUnavailable(f"the {self._LINK} failed") from None
 
     async def _run_link(self) -> None:
         """Keep the pub/sub link up for the broker's life: connect, resubscribe, read, repeat."""
         attempt = 0
         outage: float | None = None
-        while True:
+        reconnecting = False
+        while await self._before_connect(reconnecting):
+            reconnecting = True
             conn = self._pubsub_connection()
             link = Link(conn)
             try:
@@ -129,16 +192,18 @@ class PubSubLink:
                     self.reconnects += 1
                     down = anyio.current_time() - outage
                     logger.warning(
-                        "Redis pub/sub link restored after %.1f s; resubscribed %d channel(s)",
+                        "%s restored after %.1f s; resubscribed %d channel(s)",
+                        self._LINK,
                         down,
                         len(channels),
                         extra={"event": "broker_up", "outage": round(down, 3)},
                     )
-                    outage = None
-                    if channels and self._lost is not None:
-                        self._lost(channels)
                 else:
-                    logger.info("Redis pub/sub link up")
+                    logger.info("%s up", self._LINK)
+                lost = self._to_report(channels, outage is not None)
+                outage = None
+                if lost and self._lost is not None:
+                    self._lost(lost)
                 attempt = 0
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._pinger, link)
@@ -149,7 +214,8 @@ class PubSubLink:
                     self.outages += 1
                     exc = _first(group)
                     logger.warning(
-                        "Redis pub/sub link down (%s); publications may be lost until it is back",
+                        "%s down (%s); publications may be lost until it is back",
+                        self._LINK,
                         str(exc) or type(exc).__name__,
                         extra={"event": "broker_down", "error": type(exc).__name__},
                     )
@@ -158,7 +224,7 @@ class PubSubLink:
                 if outage is None:
                     outage = anyio.current_time()
                     self.outages += 1
-                logger.exception("Redis pub/sub link failed unexpectedly; reconnecting")
+                logger.exception("%s failed unexpectedly; reconnecting", self._LINK)
             finally:
                 link.fail()
                 if self._link is link:
@@ -189,10 +255,10 @@ class PubSubLink:
         with anyio.fail_after(self._timeout):
             await link.conn.connect()  # type: ignore[no-untyped-call]
         channels = sorted(self._channels)
-        for i in range(0, len(channels), SUBSCRIBE_BATCH):
+        for batch in self._batches(channels):
             waiter = Waiter()
             async with link.lock:
-                await self._send(link, "SUBSCRIBE", channels[i : i + SUBSCRIBE_BATCH], waiter)
+                await self._send(link, self._SUBSCRIBE, batch, waiter)
             # Each batch is confirmed within ``timeout``: resubscribing takes longer the
             # more channels a node serves, so one deadline for all would, past some
             # count, never be met and the link would never come back.
@@ -205,7 +271,7 @@ class PubSubLink:
             # Channels unsubscribed while the link was coming up.
             stale = [c for c in channels if c not in self._channels]
             if stale:
-                await self._send(link, "UNSUBSCRIBE", stale, None)
+                await self._send(link, self._UNSUBSCRIBE, stale, None)
             link.up = True
         return [c for c in channels if c in self._channels]
 
@@ -248,13 +314,16 @@ class PubSubLink:
             logger.warning("dropped an unexpected reply on the pub/sub link: %.80r", reply)
             return
         kind = reply[0]
-        if kind == b"message" and len(reply) == 3:
+        if kind == self._MESSAGE and len(reply) == 3:
             self._deliver(reply[1], reply[2])
-        elif kind in (b"subscribe", b"unsubscribe"):
-            if link.pending and link.pending[0][0] == kind:
-                _, waiter = link.pending.popleft()
+        elif kind in (b"subscribe", b"unsubscribe", b"ssubscribe", b"sunsubscribe"):
+            name = reply[1] if len(reply) > 1 else b""
+            if link.pending and link.pending[0][0] == kind and link.pending[0][1] == name:
+                _, _, waiter = link.pending.popleft()
                 if waiter is not None:
                     waiter.done.set()
+            elif kind in (b"unsubscribe", b"sunsubscribe") and isinstance(name, bytes):
+                self._unsolicited(name)
         elif kind == b"pong":
             link.pong.set()
 

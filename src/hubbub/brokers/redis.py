@@ -43,52 +43,30 @@ parse is dropped with a log line.
 from __future__ import annotations
 
 import logging
-import math
-import secrets
-from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import anyio
-import msgspec
 from anyio.abc import TaskGroup
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MaxConnectionsError, RedisError, ResponseError
 
-from .._errors import BrokerUnavailable, InternalError, RateLimited, StreamGone
-from ..messages import ClientInfo, Position
+from .._errors import BrokerUnavailable
 from ._base import (
     IDEMPOTENCY_KEYS,
     Broker,
     Capability,
-    HistoryOptions,
-    HistoryPage,
-    Idempotency,
     LossHandler,
-    Publication,
     PublicationHandler,
-    publisher,
 )
 from ._link import LinkTask
+from ._redis_commands import RedisCommands
 from ._redis_format import (
-    CLIENT_INFO,
-    EMPTY_STREAM_TTL_MS,
-    ENCODER,
-    HISTORY,
-    PRESENCE_GET,
-    PRESENCE_REMOVE,
-    PRESENCE_SET,
     PUBLISH,
-    decode_entry,
-    key,
-    ms,
-    position_of,
-    text,
 )
-from ._redis_link import Link, PubSubLink, Waiter
+from ._redis_link import Link, PubSubLink
 
 __all__ = ["MAX_CONNECTIONS", "RedisBroker"]
 
@@ -101,7 +79,7 @@ MAX_CONNECTIONS: Final = 50
 """Commands in flight at once per node (:meth:`RedisBroker.from_url`'s pool size)."""
 
 
-class RedisBroker(PubSubLink, Broker):
+class RedisBroker(PubSubLink, RedisCommands, Broker):
     """Carries publications between hub nodes through one Redis (asyncio only).
 
     hubbub's core runs on asyncio and trio; this broker uses ``redis.asyncio``
@@ -165,25 +143,19 @@ class RedisBroker(PubSubLink, Broker):
             max_connections = pool_size
         if max_connections < 1 or idempotency_keys < 1:
             raise ValueError("max_connections and idempotency_keys must be at least 1")
-        self._client = client
-        self._prefix = prefix
-        self._prefix_bytes = prefix.encode()
-        self._max_connections = max_connections
-        # Never more calls in flight than the pool holds: a full pool that refuses
-        # (redis-py's default) would otherwise turn load into "unreachable".
-        self._slots = anyio.Semaphore(min(max_connections, pool_size))
-        self._idempotency_keys = idempotency_keys
-        self._busy_logged = -math.inf
-        self._timeout = timeout
+        self._init_commands(
+            client,
+            PUBLISH,
+            prefix=prefix,
+            timeout=timeout,
+            max_connections=max_connections,
+            pool_size=pool_size,
+            idempotency_keys=idempotency_keys,
+        )
         self._health = health_check_interval
         self._delay = reconnect_delay
         self._max_delay = max_reconnect_delay
         self._close_client = close_client
-        self._publish_script = client.register_script(PUBLISH)
-        self._history_script = client.register_script(HISTORY)
-        self._presence_set_script = client.register_script(PRESENCE_SET)
-        self._presence_remove_script = client.register_script(PRESENCE_REMOVE)
-        self._presence_get_script = client.register_script(PRESENCE_GET)
         self._handler: PublicationHandler | None = None
         self._lost: LossHandler | None = None
         self.outages = 0
@@ -264,6 +236,9 @@ class RedisBroker(PubSubLink, Broker):
             self._handler = self._lost = None
             raise
 
+    def _started(self) -> bool:
+        return self._link_task.running
+
     async def stop(self) -> None:
         self._handler = self._lost = None
         self._channels.clear()
@@ -284,203 +259,12 @@ class RedisBroker(PubSubLink, Broker):
             return False
         return True
 
-    # -- publishing --------------------------------------------------------------------------
-
-    async def publish(
-        self,
-        publication: Publication,
-        history: HistoryOptions | None,
-        idempotency: Idempotency | None = None,
-    ) -> Publication:
-        if not self._link_task.running:
-            raise RuntimeError("RedisBroker is not started")
-        channel = publication.channel
-        body = ENCODER.encode(publication)
-        keys = [self._key(channel, "meta"), self._key(channel, "stream")]
-        if idempotency is None:
-            keys += keys
-        else:
-            keys.append(self._key(channel, "idem:" + idempotency.key))
-            keys.append(self._key(channel, "idem-by:" + publisher(publication)))
-        args: list[str | bytes | int] = [
-            self._key(channel, "pub"),
-            body,
-            0 if history is None else 1,
-            0 if history is None else max(history.size, 1),
-            0 if history is None else max(ms(history.ttl), 1),
-            secrets.token_hex(4),
-            0 if idempotency is None else max(ms(idempotency.window), 1),
-            "" if idempotency is None else idempotency.key,
-            self._idempotency_keys,
-        ]
-        status, position = await self._call(lambda: self._publish_script(keys=keys, args=args))
-        if int(status) == 2:
-            raise RateLimited(
-                f"at most {self._idempotency_keys} idempotency keys per publisher in a "
-                "channel within the idempotency window; nothing was published"
-            )
-        try:
-            offset, epoch = position_of(position)
-        except (ValueError, TypeError):
-            raise InternalError("unreadable position under the idempotency key") from None
-        if offset is None:
-            return publication
-        return msgspec.structs.replace(publication, offset=offset, epoch=epoch)
-
     # -- node subscriptions ------------------------------------------------------------------
 
     async def subscribe(self, channel: str) -> None:
         if not self._link_task.running:
             raise RuntimeError("RedisBroker is not started")
-        link = self._link
-        if link is None or not link.up:
-            raise BrokerUnavailable("the Redis pub/sub link is down")
-        waiter = Waiter()
-        async with link.lock:
-            self._channels.add(channel)
-            try:
-                await self._send(link, "SUBSCRIBE", [channel], waiter)
-            except BrokerUnavailable:
-                self._channels.discard(channel)
-                raise
-        try:
-            with anyio.fail_after(self._timeout):
-                await waiter.done.wait()
-        except TimeoutError:
-            waiter.failed = True
-        if waiter.failed:
-            self._channels.discard(channel)
-            raise BrokerUnavailable("Redis did not confirm the subscription")
+        await self._subscribe_on_link(channel)
 
     async def unsubscribe(self, channel: str) -> None:
-        # Publications still in flight for the channel are dropped by the reader,
-        # which delivers only channels in ``_channels``.
-        link = self._link
-        if link is None:
-            self._channels.discard(channel)
-            return
-        async with link.lock:
-            self._channels.discard(channel)
-            if link.up:
-                try:
-                    await self._send(link, "UNSUBSCRIBE", [channel], None)
-                except BrokerUnavailable:
-                    pass  # the link is reconnecting; it will not resubscribe the channel
-
-    # -- history -----------------------------------------------------------------------------
-
-    async def history(
-        self,
-        channel: str,
-        *,
-        since: Position | None = None,
-        limit: int | None = None,
-        reverse: bool = False,
-    ) -> HistoryPage:
-        if limit is not None and limit <= 0:
-            command, start, end = "", "", ""
-        elif since is not None:
-            first = min(max(since.offset, 0) + 1, 2**63 - 1)
-            command, start, end = "XRANGE", f"{first}-0", "+"
-        elif limit is not None:
-            command, start, end = "XREVRANGE", "+", "-"
-        else:
-            command, start, end = "XRANGE", "-", "+"
-        args: list[str | int] = [
-            secrets.token_hex(4),
-            EMPTY_STREAM_TTL_MS,
-            "" if since is None else since.epoch or "\x00",
-            command,
-            start,
-            end,
-            "" if limit is None else limit,
-        ]
-        keys = [self._key(channel, "meta"), self._key(channel, "stream")]
-        raw_epoch, raw_offset, entries = await self._call(
-            lambda: self._history_script(keys=keys, args=args)
-        )
-        epoch = text(raw_epoch)
-        if entries is None:  # Lua false
-            raise StreamGone(f"epoch {since.epoch if since else ''!r} is not the stream's epoch")
-        publications = []
-        for entry in entries:
-            publication = decode_entry(entry, channel, epoch)
-            if publication is not None:
-                publications.append(publication)
-        if command == "XREVRANGE" and not reverse:
-            publications.reverse()
-        elif command == "XRANGE" and reverse:
-            publications.reverse()
-        return HistoryPage(publications, Position(offset=int(raw_offset), epoch=epoch))
-
-    # -- presence ----------------------------------------------------------------------------
-
-    async def presence_set(self, channel: str, client: str, info: ClientInfo, ttl: float) -> None:
-        keys = self._presence_keys(channel)
-        args: list[str | bytes | int] = [client, ENCODER.encode(info), max(ms(ttl), 1)]
-        await self._call(lambda: self._presence_set_script(keys=keys, args=args))
-
-    async def presence_remove(self, channel: str, client: str) -> None:
-        keys = self._presence_keys(channel)
-        await self._call(lambda: self._presence_remove_script(keys=keys, args=[client]))
-
-    async def presence(self, channel: str) -> Mapping[str, ClientInfo]:
-        keys = self._presence_keys(channel)
-        flat = await self._call(lambda: self._presence_get_script(keys=keys))
-        clients: dict[str, ClientInfo] = {}
-        for i in range(0, len(flat) - 1, 2):
-            client = text(flat[i])
-            try:
-                clients[client] = CLIENT_INFO.decode(flat[i + 1])
-            except (msgspec.DecodeError, RecursionError):
-                logger.warning("dropped an unreadable presence entry in %r", channel)
-        return clients
-
-    # -- internals: commands -----------------------------------------------------------------
-
-    def _key(self, channel: str, kind: str) -> str:
-        """``<prefix>{<n>:<channel>}:<kind>``: see the module's docstring."""
-        return key(self._prefix, channel, kind)
-
-    def _presence_keys(self, channel: str) -> list[str]:
-        return [self._key(channel, "presence"), self._key(channel, "presence-info")]
-
-    async def _call(self, make: Callable[[], Awaitable[_T]]) -> _T:
-        """Run one Redis call (``make()``) within ``timeout``, waiting for a free
-        connection first; Redis trouble becomes BrokerUnavailable."""
-        waiting = True
-        try:
-            with anyio.fail_after(self._timeout):
-                async with self._slots:
-                    waiting = False
-                    return await make()
-        except TimeoutError:
-            if waiting:
-                raise self._busy() from None
-            raise BrokerUnavailable(f"Redis did not answer within {self._timeout} s") from None
-        except ResponseError as exc:
-            logger.warning("Redis refused a command: %s", exc)
-            raise InternalError("Redis refused a command") from None
-        except (RedisError, OSError) as exc:
-            if isinstance(exc, MaxConnectionsError) or str(exc) == "No connection available.":
-                # The client's pool is full (shared with other code, or smaller than
-                # max_connections): load, not an outage.
-                raise self._busy() from None
-            # The detail (host, port, errno) stays in the (debug) log, out of 503 replies;
-            # the link task logs the outage itself once, at WARNING.
-            logger.debug("Redis is unreachable: %s", exc)
-            raise BrokerUnavailable("Redis is unreachable") from None
-
-    def _busy(self) -> BrokerUnavailable:
-        now = anyio.current_time()
-        if now >= self._busy_logged + _BUSY_LOG_EVERY:  # one warning per burst, not per call
-            self._busy_logged = now
-            logger.warning(
-                "Redis broker busy: no free connection within %s s (max_connections=%d)",
-                self._timeout,
-                self._max_connections,
-                extra={"event": "broker_busy"},
-            )
-        return BrokerUnavailable(
-            f"the Redis broker is busy: no free connection within {self._timeout} s"
-        )
+        await self._unsubscribe_on_link(channel)
