@@ -19,25 +19,38 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import inspect
 import ipaddress
 import json
 import logging
-import math
-import os
 import re
 import socket
 import ssl
 import sys
-from collections.abc import Callable, Sequence
-from types import ModuleType
-from typing import TYPE_CHECKING, Any, NoReturn
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import anyio
 import msgspec
 
 from ._admin import AdminPage
+from ._cli_checks import (
+    LOG_LEVELS,
+    WS_IMPLEMENTATIONS,
+    BadArgument,
+    BadVariable,
+    Parser,
+    check_host,
+    env,
+    load_target,
+    log_level,
+    port,
+    positive_bytes,
+    positive_seconds,
+    seconds,
+    switch,
+    ws_name,
+)
 from ._demo import DemoAuthenticator
 from ._jwt import JWTAuthenticator
 from ._keys import validate_key
@@ -59,16 +72,6 @@ __all__ = ["build_demo_hub", "main"]
 logger = logging.getLogger("hubbub")
 
 INSTALL_SERVER = "pip install 'hubbub[standard]'"
-# uvicorn's levels; its "trace" (5) is not one of logging's names until uvicorn configures logging.
-LOG_LEVELS = {"critical": 50, "error": 40, "warning": 30, "info": 20, "debug": 10, "trace": 5}
-# uvicorn's --ws names, and the module each needs ("auto" needs either).
-WS_IMPLEMENTATIONS = {
-    "auto": ("websockets", "wsproto"),
-    "websockets-sansio": ("websockets",),
-    "websockets": ("websockets",),
-    "wsproto": ("wsproto",),
-    "none": (),
-}
 
 
 def build_demo_hub(**options: Any) -> Hub:
@@ -112,125 +115,6 @@ class _ClientInputTraceback(logging.Filter):
         return record.msg != "Invalid UTF-8 sequence received from client."
 
 
-class BadArgument(SystemExit):
-    """A flag or ``HUBBUB_*`` value refused after parsing: one line, exit status 2 (argparse's)."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors: ``hubbub serve: error: ...`` and exit 2, no usage block."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-class _BadVariable:
-    """A ``HUBBUB_*`` value that its flag's check refused.
-
-    Kept as the option's default and reported only when the flag is not given
-    on the command line (the flag wins), and only by ``serve``.
-    """
-
-    def __init__(self, message: str) -> None:
-        self.message = message
-
-
-def _env(name: str, default: Any = None, convert: Callable[[str], Any] = str) -> Any:
-    raw = os.environ.get(f"HUBBUB_{name}")
-    if raw is None:
-        return default
-    try:
-        return convert(raw)
-    except (ValueError, argparse.ArgumentTypeError) as exc:
-        return _BadVariable(f"HUBBUB_{name}={raw!r}: {exc}")
-
-
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 1 <= port <= 65535:
-        # uvicorn would take it modulo 65536 and bind another port.
-        raise argparse.ArgumentTypeError(f"{port} is not a TCP port (1-65535)")
-    return port
-
-
-def _check_host(host: str) -> None:
-    """``--host`` names an address this machine can bind: resolved and tried before serving.
-
-    uvicorn would log ``[Errno -2] Name or service not known`` without naming the host.
-    """
-    flag = f"--host/HUBBUB_HOST {host!r}"
-    try:
-        addresses = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except (OSError, UnicodeError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
-        raise BadArgument(f"hubbub serve: error: {flag} is not an address: {reason}") from None
-    error: OSError | None = None
-    for family, kind, proto, _, address in addresses:
-        try:
-            with socket.socket(family, kind, proto) as probe:
-                probe.bind((address[0], 0, *address[2:]))
-        except OSError as exc:
-            error = exc
-        else:
-            return
-    reason = error.strerror if error is not None and error.strerror else str(error)
-    raise BadArgument(f"hubbub serve: error: {flag} is not an address of this machine: {reason}")
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = math.nan
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
-    return seconds
-
-
-def _seconds(text: str) -> float:
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = math.nan
-    if not (math.isfinite(seconds) and seconds >= 0):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 or more)")
-    return seconds
-
-
-def _positive_bytes(text: str) -> int:
-    try:
-        size = int(text)
-    except ValueError:
-        size = 0
-    if size <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number of bytes")
-    return size
-
-
-def _log_level(text: str) -> str:
-    if text.lower() not in LOG_LEVELS:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a log level: {', '.join(LOG_LEVELS)}")
-    return text.lower()
-
-
-def _ws(text: str) -> str:
-    if text not in WS_IMPLEMENTATIONS:
-        names = ", ".join(WS_IMPLEMENTATIONS)
-        raise argparse.ArgumentTypeError(f"{text!r} is not one of uvicorn's: {names}")
-    return text
-
-
-def _switch(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("", "0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"{text!r} is not 1/true/yes/on or 0/false/no/off")
-
-
 def _require_uvicorn() -> None:
     """A one-line exit saying what to install when uvicorn is missing."""
     try:
@@ -272,77 +156,8 @@ def _draining_server(config: uvicorn.Config) -> uvicorn.Server:
     return DrainingServer(config)
 
 
-def _summary(exc: BaseException) -> str:
-    """``Type: first line of the message``: what a traceback's last line says."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
-def _import(module_name: str) -> ModuleType:
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        parts = module_name.split(".")
-        if exc.name in {".".join(parts[:end]) for end in range(1, len(parts) + 1)}:
-            raise SystemExit(
-                f"hubbub serve: error: no module named {exc.name!r} "
-                f"(searched the current directory and sys.path)"
-            ) from None
-        failure: Exception = exc
-    except Exception as exc:
-        failure = exc
-    raise SystemExit(
-        f"hubbub serve: error: importing {module_name!r} raised {_summary(failure)} "
-        f"(python -c 'import {module_name}' shows the traceback)"
-    )
-
-
-def _servable(target: str, obj: Any) -> None:
-    """Refuse what is neither a Hub, a HubApp nor an ASGI app: it would answer 500 to everything."""
-    if isinstance(obj, Hub | HubApp):
-        return
-    if inspect.isclass(obj):
-        what = f"the class {obj.__name__}, not an instance of it"
-    elif not callable(obj):
-        name = type(obj).__name__
-        what = f"{'an' if name[0] in 'aeiouAEIOU' else 'a'} {name}"
-    else:
-        try:
-            signature = inspect.signature(obj)
-        except (TypeError, ValueError):
-            return  # a callable without a signature: let the server judge it
-        for arity in (3, 1):  # ASGI 3 (scope, receive, send), ASGI 2 (scope)
-            try:
-                signature.bind(*[None] * arity)
-            except TypeError:
-                continue
-            return
-        what = f"a {type(obj).__name__} taking {signature} (an app factory? call it in the module)"
-    raise SystemExit(
-        f"hubbub serve: error: {target!r} is {what}, not a Hub, a HubApp or an ASGI app"
-    )
-
-
-def _load_target(target: str) -> Any:
-    module_name, _, attr = target.partition(":")
-    if not module_name or not attr:
-        raise BadArgument(f"hubbub serve: error: expected module:attribute, got {target!r}")
-    sys.path.insert(0, os.getcwd())
-    obj: Any = _import(module_name)
-    where = module_name
-    for name in attr.split("."):
-        try:
-            obj = getattr(obj, name)
-        except AttributeError:
-            owner = f"module {where!r}" if where == module_name else repr(where)
-            raise SystemExit(f"hubbub serve: error: {owner} has no attribute {name!r}") from None
-        where = f"{where}:{name}" if where == module_name else f"{where}.{name}"
-    _servable(target, obj)
-    return obj
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="hubbub", description="A real-time WebSocket hub.")
+    parser = Parser(prog="hubbub", description="A real-time WebSocket hub.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser(
@@ -351,12 +166,12 @@ def _parser() -> argparse.ArgumentParser:
         description="Run a hub with uvicorn. TARGET is module:attribute naming a Hub, a "
         "HubApp or any ASGI app; without it the demo chat is served.",
     )
-    serve.add_argument("target", nargs="?", default=_env("APP"), help="module:hub or module:app")
-    serve.add_argument("--host", default=_env("HOST", "127.0.0.1"))
-    serve.add_argument("--port", type=_port, default=_env("PORT", 8000, _port))
+    serve.add_argument("target", nargs="?", default=env("APP"), help="module:hub or module:app")
+    serve.add_argument("--host", default=env("HOST", "127.0.0.1"))
+    serve.add_argument("--port", type=port, default=env("PORT", 8000, port))
     serve.add_argument(
         "--broker",
-        default=_env("BROKER", "memory://"),
+        default=env("BROKER", "memory://"),
         help=(
             "memory:// (the default), redis://host:port/db (needs hubbub[redis]) or "
             "postgresql://user@host:port/db (needs hubbub[postgres])"
@@ -364,41 +179,41 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--ping",
-        type=_positive_seconds,
-        default=_env("PING", 25.0, _positive_seconds),
+        type=positive_seconds,
+        default=env("PING", 25.0, positive_seconds),
         help="seconds between pings",
     )
     serve.add_argument(
         "--pong-timeout",
-        type=_positive_seconds,
-        default=_env("PONG_TIMEOUT", 10.0, _positive_seconds),
+        type=positive_seconds,
+        default=env("PONG_TIMEOUT", 10.0, positive_seconds),
         help="extra seconds of silence before a client is closed 4408",
     )
     serve.add_argument(
         "--max-message-size",
-        type=_positive_bytes,
-        default=_env("MAX_MESSAGE_SIZE", 64 * 1024, _positive_bytes),
+        type=positive_bytes,
+        default=env("MAX_MESSAGE_SIZE", 64 * 1024, positive_bytes),
         help="largest client frame in bytes",
     )
     serve.add_argument(
         "--shutdown-timeout",
-        type=_seconds,
-        default=_env("SHUTDOWN_TIMEOUT", 5.0, _seconds),
+        type=seconds,
+        default=env("SHUTDOWN_TIMEOUT", 5.0, seconds),
         help="seconds uvicorn waits for connections after the hubs drained; a client "
         "that stopped reading cannot hold the process past it",
     )
-    serve.add_argument("--ssl-certfile", default=_env("SSL_CERTFILE"))
-    serve.add_argument("--ssl-keyfile", default=_env("SSL_KEYFILE"))
+    serve.add_argument("--ssl-certfile", default=env("SSL_CERTFILE"))
+    serve.add_argument("--ssl-keyfile", default=env("SSL_KEYFILE"))
     serve.add_argument(
         "--log-level",
-        type=_log_level,
-        default=_env("LOG_LEVEL", "info", _log_level),
+        type=log_level,
+        default=env("LOG_LEVEL", "info", log_level),
         help=", ".join(LOG_LEVELS),
     )
     serve.add_argument(
         "--ws",
-        type=_ws,
-        default=_env("WS", "auto", _ws),
+        type=ws_name,
+        default=env("WS", "auto", ws_name),
         help="uvicorn's WebSocket implementation: "
         + ", ".join(WS_IMPLEMENTATIONS)
         + " (auto picks websockets-sansio)",
@@ -409,32 +224,32 @@ def _parser() -> argparse.ArgumentParser:
         "Any --jwt-* option turns anonymous WebSockets off unless --anonymous is given. "
         "Prefer HUBBUB_JWT_SECRET to --jwt-secret: arguments are visible in `ps`.",
     )
-    auth.add_argument("--jwt-secret", default=_env("JWT_SECRET"), help="HS256 secret (32+ bytes)")
+    auth.add_argument("--jwt-secret", default=env("JWT_SECRET"), help="HS256 secret (32+ bytes)")
     auth.add_argument(
         "--jwt-public-key",
         metavar="FILE",
-        default=_env("JWT_PUBLIC_KEY"),
+        default=env("JWT_PUBLIC_KEY"),
         help="PEM public key file (RS256/ES256/EdDSA, from the key type)",
     )
-    auth.add_argument("--jwt-audience", default=_env("JWT_AUDIENCE"), help="expected aud")
-    auth.add_argument("--jwt-issuer", default=_env("JWT_ISSUER"), help="expected iss (exact)")
+    auth.add_argument("--jwt-audience", default=env("JWT_AUDIENCE"), help="expected aud")
+    auth.add_argument("--jwt-issuer", default=env("JWT_ISSUER"), help="expected iss (exact)")
     auth.add_argument(
         "--jwt-cookie",
         metavar="NAME",
-        default=_env("JWT_COOKIE", "hubbub_token"),
+        default=env("JWT_COOKIE", "hubbub_token"),
         help="the cookie that may carry the token (default hubbub_token), used only from "
         "this server's own pages and --allowed-origin ones; 'none' turns it off",
     )
     auth.add_argument(
         "--anonymous",
         action="store_true",
-        default=_env("ANONYMOUS", False, _switch),
+        default=env("ANONYMOUS", False, switch),
         help="admit WebSockets without a token even when a JWT key is configured",
     )
     auth.add_argument(
         "--allowed-origin",
         action="append",
-        default=[o for o in _env("ALLOWED_ORIGINS", "").split(",") if o.strip()],
+        default=[o for o in env("ALLOWED_ORIGINS", "").split(",") if o.strip()],
         metavar="ORIGIN",
         help="scheme://host[:port] allowed to open WebSockets (repeatable; "
         "HUBBUB_ALLOWED_ORIGINS is comma-separated); others get 403",
@@ -442,7 +257,7 @@ def _parser() -> argparse.ArgumentParser:
     auth.add_argument(
         "--require-origin",
         action="store_true",
-        default=_env("REQUIRE_ORIGIN", False, _switch),
+        default=env("REQUIRE_ORIGIN", False, switch),
         help="with --allowed-origin, refuse WebSockets without an Origin header",
     )
 
@@ -454,7 +269,7 @@ def _parser() -> argparse.ArgumentParser:
     api.add_argument(
         "--api-key",
         action="append",
-        default=[k.strip() for k in _env("API_KEY", "").split(",") if k.strip()],
+        default=[k.strip() for k in env("API_KEY", "").split(",") if k.strip()],
         metavar="KEY",
         help="a key accepted in `Authorization: apikey <key>` (repeatable for rotation; "
         "HUBBUB_API_KEY is comma-separated)",
@@ -467,7 +282,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     admin.add_argument(
         "--admin-key",
-        default=_env("ADMIN_KEY") or None,
+        default=env("ADMIN_KEY") or None,
         metavar="KEY",
         help="the key the admin page asks for (sent as `Authorization: apikey <key>`)",
     )
@@ -480,14 +295,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     metrics.add_argument(
         "--metrics-key",
-        default=_env("METRICS_KEY") or None,
+        default=env("METRICS_KEY") or None,
         metavar="KEY",
         help="the key /metrics asks for (`Authorization: apikey <key>`, 16+ characters)",
     )
     metrics.add_argument(
         "--public-metrics",
         action="store_true",
-        default=_env("PUBLIC_METRICS", False, _switch),
+        default=env("PUBLIC_METRICS", False, switch),
         help="serve /metrics without a key on a non-loopback --host",
     )
 
@@ -569,7 +384,7 @@ def _build_app(args: argparse.Namespace) -> Any:
             "hubbub serve: error: --broker configures the demo hub only; "
             "give your own Hub(broker=...) instead"
         )
-    obj = _load_target(args.target)
+    obj = load_target(args.target)
     if isinstance(obj, HubApp):
         hub: Hub | None = obj.hub
         if args.api_key:
@@ -708,7 +523,7 @@ def _serve(args: argparse.Namespace) -> None:
     import uvicorn  # only ``serve`` needs it (the ``standard`` extra)
 
     _check_websockets(args.ws)
-    _check_host(args.host)
+    check_host(args.host)
     _check_tls(args)
     app = _build_app(args)
     if not args.ssl_certfile and not _is_loopback(args.host):
@@ -766,7 +581,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     try:
         for value in vars(args).values():
-            if isinstance(value, _BadVariable):
+            if isinstance(value, BadVariable):
                 raise BadArgument(f"hubbub serve: error: {value.message} (see hubbub serve --help)")
         _serve(args)
     except BadArgument as exc:
