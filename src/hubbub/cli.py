@@ -173,7 +173,8 @@ def _parser() -> argparse.ArgumentParser:
         "--broker",
         default=env("BROKER", "memory://"),
         help=(
-            "memory:// (the default), redis://host:port/db (needs hubbub[redis]) or "
+            "memory:// (the default), redis://host:port/db or "
+            "redis+cluster://host:port[,host:port...] (need hubbub[redis]), or "
             "postgresql://user@host:port/db (needs hubbub[postgres])"
         ),
     )
