@@ -200,6 +200,8 @@ BROKER_CASES = [
     (["--broker", "redis://"], ["--broker", "'redis://'", "host"]),
     (["--broker", "postgresql://u@h:abc/db"], ["--broker", "port"]),
     (["--broker", "redis://[bad"], ["--broker"]),
+    (["--broker", "redis+cluster://h:7000,h:99999"], ["--broker", "port"]),
+    (["--broker", "redis+cluster://h:7000,h:x"], ["--broker", "port"]),
 ]
 
 

@@ -318,12 +318,16 @@ def _broker(url: str) -> Broker:
         parts = urlsplit(url)
     except ValueError as exc:
         raise BadArgument(f"hubbub serve: error: --broker {shown!r}: {exc}") from None
-    try:
-        parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
-    except ValueError as exc:
-        raise BadArgument(
-            f"hubbub serve: error: --broker {shown!r}: the port is not a number in 0-65535 ({exc})"
-        ) from None
+    # A cluster URL lists several seed nodes (host:port,host:port): check each port.
+    hosts = parts.netloc.rpartition("@")[2].split(",") if "+cluster" in parts.scheme else [None]
+    for host in hosts:
+        try:
+            (parts if host is None else urlsplit(f"//{host}")).port  # noqa: B018 - 0-65535 or raises
+        except ValueError as exc:
+            raise BadArgument(
+                f"hubbub serve: error: --broker {shown!r}: the port is not a number in 0-65535 "
+                f"({exc})"
+            ) from None
     if parts.scheme.lower() in ("redis", "rediss") and not parts.hostname:
         raise BadArgument(
             f"hubbub serve: error: --broker {shown!r} names no host: use redis://host:port/db"
