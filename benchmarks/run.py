@@ -16,8 +16,13 @@ Usage::
 Scenarios: ``fanout`` (N subscribers of one channel: latency at a fixed rate,
 then closed-loop CPU per delivery), ``idle`` (KiB per subscribed connection),
 ``rtt`` (one client's publish -> own echo), ``frozen`` (fan-out with and
-without one subscriber that stops reading). Per measurement: start the server
-as its own subprocess on a free 127.0.0.1 port, connect the publisher and the
+without one subscriber that stops reading); when named, ``deflate`` (the
+fan-out with browser-like clients offering permessage-deflate), ``rooms``
+(many small chat rooms, every member publishing about once a second: CPU per
+publication, p99 to the other members) and ``large`` (the fan-out at
+``--large-n``, 20,000, with the descriptor limit raised or the run refused).
+Per measurement: start the server as its own subprocess on a free 127.0.0.1
+port, connect the publisher and the
 subscribers (worker processes), measure, stop everything this script started,
 by PID. Writes JSON, Markdown and a PNG under benchmarks/results/. Installs
 nothing (the peers come from the project's optional ``bench`` extra); every
@@ -1197,12 +1202,15 @@ def deflate_section(summary: dict[str, Any]) -> list[str]:
         'client\'s `compression="deflate"`), and decompress what they get. Server µs CPU per '
         "delivery; ratios are same N, same run, then median; `deflate ÷ plain` divides by "
         "the same server's `fanout` measurement of the same run (when the run has one). "
-        "`negotiated`: the servers' Sec-WebSocket-Extensions answer.",
+        "KiB / connection: RSS with N subscribed, before publishing (each connection's "
+        "compressor and decompressor included). Negotiated: the servers' "
+        "Sec-WebSocket-Extensions answer.",
         "",
         "| N | server | closed loop µs / delivery | ratio to tutorial | ratio to websockets "
         "| hubbub ÷ this | deflate ÷ plain (closed) | fixed rate µs / delivery "
-        "| deflate ÷ plain (fixed) | fixed-rate p99 ms | client µs / delivery | lost | closes |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| deflate ÷ plain (fixed) | fixed-rate p99 ms | client µs / delivery "
+        "| KiB / connection | lost | closes |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     negotiated: set[str] = set()
     for n in sorted(rows, key=int):
@@ -1222,6 +1230,7 @@ def deflate_section(summary: dict[str, Any]) -> list[str]:
                 f"| {_fmt(eff.get(str(PHASE_FIXED), {}).get('us_per_delivery'), 2)} "
                 f"| {_fmt(fixed.get('p99_ms'), 1)} "
                 f"| {_fmt(closed.get('client_us_per_delivery'), 1)} "
+                f"| {_fmt(row['kib_per_conn'], 1)} "
                 f"| {closed.get('lost', 0) + fixed.get('lost', 0)} | {row['closes']} |"
             )
     lines += ["", "Negotiated: " + "; ".join(f"`{e}`" for e in sorted(negotiated)) + "."]
