@@ -53,13 +53,15 @@ FROZEN_RCVBUF = 4096
 _PHASE_OF = {str(i): i for i in range(PHASES)}
 
 
-def make_payload(phase: int, seq: int, size: int = PAYLOAD_BYTES) -> str:
+def make_payload(phase: int, seq: int, size: int = PAYLOAD_BYTES, tag: str = "") -> str:
     """A ~100-byte JSON object carrying the send time (ns, CLOCK_REALTIME), phase and sequence.
 
     The field order is fixed (``t`` first, then ``p``) because subscribers parse
-    it by position instead of decoding JSON.
+    it by position instead of decoding JSON. ``tag`` (the rooms scenario's
+    ``#<client>#``) starts the padding string, where no server's re-encoding
+    changes it, so a member can tell its own echo from the others' messages.
     """
-    head = f'{{"t":{time.time_ns()},"p":{phase},"s":{seq},"x":"'
+    head = f'{{"t":{time.time_ns()},"p":{phase},"s":{seq},"x":"{tag}'
     return head + "x" * max(1, size - len(head) - 2) + '"}'
 
 
@@ -104,13 +106,15 @@ class Adapter:
     binary = False
     subprotocols: tuple[str, ...] | None = None
 
-    def url(self, base: str) -> str:
+    def url(self, base: str, channel: str = CHANNEL) -> str:
         raise NotImplementedError
 
-    async def join(self, ws: Any) -> None:
-        """After the handshake: whatever makes this client a subscriber of the bench channel."""
+    async def join(self, ws: Any, channel: str = CHANNEL) -> None:
+        """After the handshake: whatever makes this client a subscriber of ``channel``."""
 
-    def publish_frame(self, phase: int, seq: int) -> str | bytes:
+    def publish_frame(
+        self, phase: int, seq: int, channel: str = CHANNEL, tag: str = ""
+    ) -> str | bytes:
         raise NotImplementedError
 
     def split(self, frame: Any) -> Sequence[Any]:
@@ -138,17 +142,17 @@ class HubbubAdapter(Adapter):
     def __init__(self, batch: bool = False) -> None:
         self.batch = batch
 
-    def url(self, base: str) -> str:
+    def url(self, base: str, channel: str = CHANNEL) -> str:
         return f"{base}/ws?batch=1" if self.batch else f"{base}/ws"
 
     def split(self, frame: Any) -> Sequence[Any]:
         return frame.split("\n") if self.batch else (frame,)
 
-    async def join(self, ws: Any) -> None:
+    async def join(self, ws: Any, channel: str = CHANNEL) -> None:
         welcome = await asyncio.wait_for(ws.recv(), 30)
         if '"welcome"' not in welcome:
             raise RuntimeError(f"expected welcome, got {welcome[:200]!r}")
-        await ws.send(f'{{"type":"subscribe","channel":"{CHANNEL}","id":1}}')
+        await ws.send(f'{{"type":"subscribe","channel":"{channel}","id":1}}')
         for _ in range(10):
             reply = await asyncio.wait_for(ws.recv(), 30)
             if '"subscribed"' in reply:
@@ -157,9 +161,11 @@ class HubbubAdapter(Adapter):
                 raise RuntimeError(f"subscribe refused: {reply[:200]!r}")
         raise RuntimeError("no subscribed reply")
 
-    def publish_frame(self, phase: int, seq: int) -> str | bytes:
-        payload = make_payload(phase, seq, self.payload_bytes)
-        return f'{{"type":"publish","channel":"{CHANNEL}","data":{payload},"id":{seq + 2}}}'
+    def publish_frame(
+        self, phase: int, seq: int, channel: str = CHANNEL, tag: str = ""
+    ) -> str | bytes:
+        payload = make_payload(phase, seq, self.payload_bytes, tag)
+        return f'{{"type":"publish","channel":"{channel}","data":{payload},"id":{seq + 2}}}'
 
     def control(self, message: Any) -> str | bytes | None:
         return '{"type":"pong"}' if '"type":"ping"' in message else None
@@ -187,7 +193,7 @@ class HubbubMsgpackAdapter(Adapter):
         # Pad the payload to ~payload_bytes of MessagePack, like the JSON one.
         self._overhead = len(self._encode({"t": time.time_ns(), "p": 0, "s": 0, "x": ""})) + 2
 
-    def url(self, base: str) -> str:
+    def url(self, base: str, channel: str = CHANNEL) -> str:
         return f"{base}/ws"
 
     def _type(self, message: Any) -> str:
@@ -197,11 +203,11 @@ class HubbubMsgpackAdapter(Adapter):
             return "?"
         return str(decoded.get("type")) if isinstance(decoded, dict) else "?"
 
-    async def join(self, ws: Any) -> None:
+    async def join(self, ws: Any, channel: str = CHANNEL) -> None:
         welcome = await asyncio.wait_for(ws.recv(), 30)
         if self._type(welcome) != "welcome":
             raise RuntimeError(f"expected welcome, got {welcome[:200]!r}")
-        await ws.send(self._encode({"type": "subscribe", "channel": CHANNEL, "id": 1}))
+        await ws.send(self._encode({"type": "subscribe", "channel": channel, "id": 1}))
         for _ in range(10):
             kind = self._type(await asyncio.wait_for(ws.recv(), 30))
             if kind == "subscribed":
@@ -210,10 +216,12 @@ class HubbubMsgpackAdapter(Adapter):
                 raise RuntimeError("subscribe refused")
         raise RuntimeError("no subscribed reply")
 
-    def publish_frame(self, phase: int, seq: int) -> str | bytes:
-        pad = "x" * max(1, self.payload_bytes - self._overhead)
+    def publish_frame(
+        self, phase: int, seq: int, channel: str = CHANNEL, tag: str = ""
+    ) -> str | bytes:
+        pad = tag + "x" * max(1, self.payload_bytes - self._overhead - len(tag))
         data = {"t": time.time_ns(), "p": phase, "s": seq, "x": pad}
-        return self._encode({"type": "publish", "channel": CHANNEL, "data": data, "id": seq + 2})
+        return self._encode({"type": "publish", "channel": channel, "data": data, "id": seq + 2})
 
     def control(self, message: Any) -> str | bytes | None:
         return self._encode({"type": "pong"}) if self._type(message) == "ping" else None
@@ -235,11 +243,15 @@ class RelayAdapter(Adapter):
     def __init__(self, name: str) -> None:
         self.name = name
 
-    def url(self, base: str) -> str:
-        return f"{base}/ws"
+    def url(self, base: str, channel: str = CHANNEL) -> str:
+        # The bench channel is the peers' original single room; other channels are
+        # the rooms scenario's, one URL path each (see peers/).
+        return f"{base}/ws" if channel == CHANNEL else f"{base}/ws/{channel}"
 
-    def publish_frame(self, phase: int, seq: int) -> str | bytes:
-        return make_payload(phase, seq, self.payload_bytes)
+    def publish_frame(
+        self, phase: int, seq: int, channel: str = CHANNEL, tag: str = ""
+    ) -> str | bytes:
+        return make_payload(phase, seq, self.payload_bytes, tag)
 
 
 class SocketIOAdapter(Adapter):
@@ -247,16 +259,16 @@ class SocketIOAdapter(Adapter):
 
     name = "socketio"
 
-    def url(self, base: str) -> str:
+    def url(self, base: str, channel: str = CHANNEL) -> str:
         return f"{base}/socket.io/?EIO=4&transport=websocket"
 
-    async def join(self, ws: Any) -> None:
+    async def join(self, ws: Any, channel: str = CHANNEL) -> None:
         opened = await asyncio.wait_for(ws.recv(), 30)
         if not opened.startswith("0{"):
             raise RuntimeError(f"expected an Engine.IO open packet, got {opened[:200]!r}")
         await ws.send("40")  # Socket.IO CONNECT to the default namespace
         await self._expect(ws, "40")
-        await ws.send(f'421["join","{CHANNEL}"]')  # event with ack id 1
+        await ws.send(f'421["join","{channel}"]')  # event with ack id 1
         await self._expect(ws, "431")
 
     async def _expect(self, ws: Any, prefix: str) -> None:
@@ -270,8 +282,13 @@ class SocketIOAdapter(Adapter):
                 raise RuntimeError(f"refused: {reply[:200]!r}")
         raise RuntimeError(f"no {prefix!r} reply")
 
-    def publish_frame(self, phase: int, seq: int) -> str | bytes:
-        return f'42["msg",{make_payload(phase, seq, self.payload_bytes)}]'
+    def publish_frame(
+        self, phase: int, seq: int, channel: str = CHANNEL, tag: str = ""
+    ) -> str | bytes:
+        payload = make_payload(phase, seq, self.payload_bytes, tag)
+        if channel == CHANNEL:
+            return f'42["msg",{payload}]'
+        return f'42["say","{channel}",{payload}]'  # the rooms scenario: relay to that room
 
     def control(self, message: Any) -> str | bytes | None:
         return "3" if message == "2" else None
@@ -294,13 +311,21 @@ def adapter_for(name: str) -> Adapter:
     raise ValueError(f"no adapter for server {name!r}")
 
 
-async def open_client(url: str, adapter: Adapter, sock: socket.socket | None = None) -> Any:
-    """A ``websockets`` client as lean as it gets: no compression, no keepalive pings."""
+async def open_client(
+    url: str, adapter: Adapter, sock: socket.socket | None = None, deflate: bool = False
+) -> Any:
+    """A ``websockets`` client as lean as it gets: no compression, no keepalive pings.
+
+    With ``deflate`` it offers permessage-deflate the way Chromium does: the
+    ``websockets`` client's ``compression="deflate"`` sends exactly
+    ``permessage-deflate; client_max_window_bits`` (no ``*_no_context_takeover``,
+    no ``server_max_window_bits``), and decompresses what it receives.
+    """
     from websockets.asyncio.client import connect
 
     return await connect(
         url,
-        compression=None,
+        compression="deflate" if deflate else None,
         ping_interval=None,
         open_timeout=30,
         close_timeout=2,
@@ -356,6 +381,8 @@ class Tally:
     total: int = 0
     closes: dict[str, int] = field(default_factory=dict)
     control: int = 0
+    echoes: int = 0
+    """Rooms scenario: a member's own publications coming back (counted, no latency sample)."""
 
 
 async def read_frames(
@@ -366,12 +393,15 @@ async def read_frames(
     slot: int = 0,
     on_other: Any = None,
     notify: Any = None,
+    own: str | bytes | None = None,
 ) -> int | None:
     """Read ``ws`` as fast as possible until it closes; returns the close code.
 
     Per frame: one clock read, a split on ``\\n`` only where batching was asked
     for, and per message the adapter's ``extract`` (a few ``find`` calls and one
-    ``int``: no decoding).
+    ``int``: no decoding). With ``own`` (the rooms scenario: this member's tag),
+    a message carrying it is this member's own echo: a delivery, but no latency
+    sample (the latency is publish -> delivery to the *other* members).
     """
     split = adapter.split
     extract = adapter.extract
@@ -394,10 +424,13 @@ async def read_frames(
                     continue
                 sent_ns, phase = found
                 counts[phase] += 1
+                got += 1
+                if own is not None and own in m:
+                    tally.echoes += 1
+                    continue
                 lat = lats[phase]
                 if len(lat) < cap:
                     lat.append(now - sent_ns)
-                got += 1
             if got:
                 tally.total += got
                 if progress is not None:
@@ -420,12 +453,21 @@ def worker_main(
     progress: Any,
     pipe: Connection,
     deadline_s: float,
+    options: dict[str, Any] | None = None,
 ) -> None:
-    """Entry point of one subscriber worker process (spawned by ``run.py``)."""
+    """Entry point of one subscriber worker process (spawned by ``run.py``).
+
+    ``options``: ``deflate`` (every client offers permessage-deflate like a
+    browser), ``room_size`` and ``first`` (the rooms scenario: client ``i`` of
+    this worker is member number ``first + i``, of room ``(first + i) //
+    room_size``, and publishes when the parent says so).
+    """
     import uvloop
 
     try:
-        uvloop.run(_worker(slot, server, base_url, count, progress, pipe, deadline_s))
+        uvloop.run(
+            _worker(slot, server, base_url, count, progress, pipe, deadline_s, options or {})
+        )
     finally:
         pipe.close()
         # Exit without closing thousands of sockets politely: the figures are taken,
@@ -441,33 +483,49 @@ async def _worker(
     progress: Any,
     pipe: Connection,
     deadline_s: float,
+    options: dict[str, Any],
 ) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + deadline_s
     adapter = adapter_for(server)
-    url = adapter.url(base_url)
+    deflate = bool(options.get("deflate"))
+    room_size = int(options.get("room_size") or 0)
+    first = int(options.get("first") or 0)
     tally = Tally()
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
     clients: list[Any] = []
+    members: list[tuple[Any, int, str]] = []  # rooms scenario: (ws, member number, room)
     readers: list[asyncio.Task[int | None]] = []
     failures: dict[str, int] = {}
+    extensions: dict[str, int] = {}
 
-    async def one() -> None:
+    async def one(i: int) -> None:
+        member = first + i
+        channel = room_name(member // room_size) if room_size else CHANNEL
         async with gate:
             try:
-                ws = await open_client(url, adapter)
-                await adapter.join(ws)
+                ws = await open_client(adapter.url(base_url, channel), adapter, deflate=deflate)
+                await adapter.join(ws, channel)
             except Exception as exc:
                 key = f"{type(exc).__name__}: {str(exc)[:80]}"
                 failures[key] = failures.get(key, 0) + 1
                 return
         clients.append(ws)
-        readers.append(asyncio.create_task(read_frames(ws, adapter, tally, progress, slot)))
+        agreed = negotiated(ws)
+        extensions[agreed] = extensions.get(agreed, 0) + 1
+        own: str | bytes | None = member_tag(member) if room_size else None
+        if own is not None and adapter.binary:
+            own = own.encode()  # MessagePack frames: the tag sits in the bytes as is
+        if room_size:
+            members.append((ws, member, channel))
+        readers.append(
+            asyncio.create_task(read_frames(ws, adapter, tally, progress, slot, own=own))
+        )
 
     t0 = time.perf_counter()
     connect_budget = max(5.0, deadline - loop.time() - 5.0)
     try:
-        await asyncio.wait_for(asyncio.gather(*(one() for _ in range(count))), connect_budget)
+        await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(count))), connect_budget)
     except TimeoutError:
         failures["connect phase timed out"] = count - len(clients)
     pipe.send(
@@ -476,12 +534,17 @@ async def _worker(
             "failures": failures,
             "connect_s": time.perf_counter() - t0,
             "pid": os.getpid(),
+            "extensions": extensions,
         }
     )
-    # Wait for "finish" from the parent, polling the pipe so the deadline always holds.
+    # Wait for "finish" from the parent, polling the pipe so the deadline always holds;
+    # in the rooms scenario a {"talk": ...} order comes first.
     while loop.time() < deadline:
         if pipe.poll():
-            pipe.recv()
+            order = pipe.recv()
+            if isinstance(order, dict) and "talk" in order:
+                pipe.send(await _talk(adapter, members, order, deadline))
+                continue
             break
         await asyncio.sleep(0.05)
     closed_early: dict[str, int] = {}
@@ -496,9 +559,68 @@ async def _worker(
             "closed_early": closed_early,
             "exceptions": tally.closes,
             "control": tally.control,
+            "echoes": tally.echoes,
             "clients": len(clients),
         }
     )
+
+
+def room_name(room: int) -> str:
+    return f"r{room}"
+
+
+def member_tag(member: int) -> str:
+    """The mark a member puts at the start of its payloads' padding (see ``make_payload``)."""
+    return f"#{member}#"
+
+
+def negotiated(ws: Any) -> str:
+    """The Sec-WebSocket-Extensions header the server answered with ("none" without one)."""
+    response = getattr(ws, "response", None)
+    value = response.headers.get("Sec-WebSocket-Extensions") if response is not None else None
+    return value or "none"
+
+
+async def _talk(
+    adapter: Adapter, members: list[tuple[Any, int, str]], order: dict[str, Any], deadline: float
+) -> dict[str, Any]:
+    """Rooms scenario: every member publishes to its room every ``1 / rate`` s for ``seconds``.
+
+    Everyone starts at the same wall-clock instant (``talk``, a ``time.time()``
+    the parent chose a little ahead), each with its own offset inside the
+    period (member number times the golden ratio, modulo 1), so publications are
+    spread evenly instead of arriving in bursts. Bounded: ``seconds * rate``
+    publications per member, and the worker's deadline.
+    """
+    start_at = float(order["talk"])
+    period = 1.0 / float(order["rate"])
+    count = max(1, round(float(order["seconds"]) * float(order["rate"])))
+    phase = int(order["phase"])
+    loop = asyncio.get_running_loop()
+    sent = 0
+    errors: dict[str, int] = {}
+
+    async def member_loop(ws: Any, member: int, channel: str) -> None:
+        nonlocal sent
+        offset = (member * 0.6180339887) % 1.0 * period
+        tag = member_tag(member)
+        for k in range(count):
+            delay = start_at + offset + k * period - time.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if loop.time() > deadline:
+                return
+            try:
+                await ws.send(adapter.publish_frame(phase, k, channel, tag))
+            except Exception as exc:
+                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                return
+            sent += 1
+
+    budget = max(1.0, min(deadline - loop.time(), start_at - time.time() + count * period + 30))
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.gather(*(member_loop(*m) for m in members)), budget)
+    return {"published": sent, "send_errors": errors}
 
 
 def unpack_latencies(blobs: Sequence[bytes]) -> list[array]:
@@ -522,9 +644,10 @@ class Publisher:
     N + 1 deliveries per publication.
     """
 
-    def __init__(self, server: str, base_url: str) -> None:
+    def __init__(self, server: str, base_url: str, deflate: bool = False) -> None:
         self.adapter = adapter_for(server)
         self.url = self.adapter.url(base_url)
+        self.deflate = deflate
         self.tally = Tally()
         self.acks = 0
         self.errors: list[str] = []
@@ -533,7 +656,7 @@ class Publisher:
         self._arrived = asyncio.Event()
 
     async def open(self) -> None:
-        self.ws = await open_client(self.url, self.adapter)
+        self.ws = await open_client(self.url, self.adapter, deflate=self.deflate)
         await self.adapter.join(self.ws)
         self._reader = asyncio.create_task(
             read_frames(

@@ -16,8 +16,13 @@ Usage::
 Scenarios: ``fanout`` (N subscribers of one channel: latency at a fixed rate,
 then closed-loop CPU per delivery), ``idle`` (KiB per subscribed connection),
 ``rtt`` (one client's publish -> own echo), ``frozen`` (fan-out with and
-without one subscriber that stops reading). Per measurement: start the server
-as its own subprocess on a free 127.0.0.1 port, connect the publisher and the
+without one subscriber that stops reading); when named, ``deflate`` (the
+fan-out with browser-like clients offering permessage-deflate), ``rooms``
+(many small chat rooms, every member publishing about once a second: CPU per
+publication, p99 to the other members) and ``large`` (the fan-out at
+``--large-n``, 20,000, with the descriptor limit raised or the run refused).
+Per measurement: start the server as its own subprocess on a free 127.0.0.1
+port, connect the publisher and the
 subscribers (worker processes), measure, stop everything this script started,
 by PID. Writes JSON, Markdown and a PNG under benchmarks/results/. Installs
 nothing (the peers come from the project's optional ``bench`` extra); every
@@ -62,13 +67,20 @@ SERVERS = (*HUBBUB_VARIANTS, *PEERS)
 DEFAULT_SERVERS = tuple(s for s in SERVERS if s not in (HUBBUB_REDIS, HUBBUB_POSTGRES))
 """Without ``--redis`` no redis-server is needed: hubbub-redis runs only when asked for
 (and hubbub-postgres, which starts its own PostgreSQL cluster, only when named)."""
-SCENARIOS = ("fanout", "idle", "rtt", "frozen")
+SCENARIOS = ("fanout", "idle", "rtt", "frozen", "deflate", "rooms", "large")
+DEFAULT_SCENARIOS = ("fanout", "idle", "rtt", "frozen")
+"""The new workloads (issue 15) run when named: ``deflate`` (fan-out to browser-like clients
+offering permessage-deflate), ``rooms`` (many small chat rooms), ``large`` (the fan-out at
+``--large-n``, 20,000 by default, recorded as a ``fanout`` row)."""
+FD_MARGIN = 200
+"""Descriptors a server needs beyond one per client (listener, epoll, pipes, logs, imports)."""
 PEER_MODULES = {
     "tutorial": "tutorial_hub",
     "socketio": "socketio_hub",
     "broadcaster": "broadcaster_hub",
 }
 PHASE_FIXED, PHASE_CLOSED, PHASE_RTT = 1, 2, 3
+PHASE_ROOMS = PHASE_FIXED  # the rooms scenario's one phase: a fixed rate per member
 
 # -- /proc readings -------------------------------------------------------------------------
 
@@ -544,6 +556,88 @@ async def rtt_phase(pub: loadgen.Publisher, server: Server, cfg: argparse.Namesp
     }
 
 
+async def rooms_phase(
+    server: Server,
+    client_pids: list[int],
+    progress: Any,
+    pipes: list[Any],
+    connected: int,
+    cfg: argparse.Namespace,
+) -> dict[str, Any]:
+    """Many small rooms: every member publishes to its room ``--room-rate`` times a second.
+
+    The workers start together at a wall-clock instant 0.5 s ahead, each member at
+    its own offset in the period, for ``--room-seconds``; each worker answers
+    with how many publications it sent. Then the phase waits (bounded, with the
+    stall rule) until every publication reached every member of its room, the
+    sender included, and reads the server's CPU.
+    """
+    loop = asyncio.get_running_loop()
+    base = sum(progress)
+    before = Snapshot(server, client_pids)
+    order = {
+        "talk": time.time() + 0.5,
+        "seconds": cfg.room_seconds,
+        "rate": cfg.room_rate,
+        "phase": PHASE_ROOMS,
+    }
+    for pipe in pipes:
+        pipe.send(order)
+    talk_end = time.monotonic() + 0.5 + cfg.room_seconds + 45
+    answers: list[dict[str, Any]] = []
+    for pipe in pipes:
+        remaining = max(0.1, talk_end - time.monotonic())
+        if await loop.run_in_executor(None, pipe.poll, remaining):
+            answers.append(pipe.recv())
+    sent = sum(a.get("published", 0) for a in answers)
+    send_errors: dict[str, int] = {}
+    for a in answers:
+        for key, value in a.get("send_errors", {}).items():
+            send_errors[key] = send_errors.get(key, 0) + value
+    expected = sent * cfg.room_size
+    stalled = len(answers) < len(pipes)
+    grace_end = time.perf_counter() + 10.0
+    seen, seen_at = sum(progress), time.perf_counter()
+    while time.perf_counter() < grace_end and not stalled:
+        now_total, now = sum(progress), time.perf_counter()
+        if now_total - base >= expected:
+            break
+        if now_total != seen:
+            seen, seen_at = now_total, now
+        elif now - seen_at > cfg.stall_s:
+            stalled = True
+        await asyncio.sleep(0.005)
+    after = Snapshot(server, client_pids)
+    wall = after.wall - before.wall
+    return {
+        "phase": PHASE_ROOMS,
+        "sent": sent,
+        "rate": cfg.room_rate,
+        "window": None,
+        "wall_s": wall,
+        "stalled": stalled,
+        "send_errors": send_errors,
+        "server_cpu_s": after.server - before.server,
+        "redis_cpu_s": None,
+        "client_cpu_s": after.clients - before.clients,
+        "host_busy_cores": (after.host_busy - before.host_busy) / TICK / wall if wall else None,
+        "progress_deliveries": sum(progress) - base,
+        "room_size": cfg.room_size,
+        "expected": expected,
+        "talk_s": cfg.room_seconds,
+    }
+
+
+def finish_rooms_phase(ph: dict[str, Any], received: int, echoes: int, lats: list[int]) -> None:
+    """The rooms phase's figures: per delivery (the sender's echo included: the server sends
+    it too) and per publication; latency over the other members' deliveries only."""
+    finish_phase(ph, received, 0, 0, lats)
+    ph["lost"] = ph["expected"] - received
+    ph["echoes"] = echoes
+    ph["publications_per_s"] = ph["sent"] / ph["talk_s"] if ph["talk_s"] else None
+    ph["us_per_publication"] = ph["server_cpu_s"] / ph["sent"] * 1e6 if ph["sent"] else None
+
+
 def finish_phase(ph: dict[str, Any], received: int, echoes: int, n_subs: int, lats: list[int]):
     """Derived figures of one phase: deliveries, losses, CPU per delivery, percentiles."""
     deliveries = received + echoes
@@ -586,14 +680,17 @@ async def measure(
     result: dict[str, Any] = {"server": name, "n": n, "argv": server.argv}
     pub: loadgen.Publisher | None = None
     frozen: Any = None
-    with_phases = scenario == "fanout" or scenario.startswith("frozen")
+    fan_out = scenario in ("fanout", "deflate")
+    with_phases = fan_out or scenario.startswith("frozen")
+    deflate = scenario == "deflate"  # every client offers permessage-deflate, like a browser
+    rooms = scenario == "rooms"
     try:
         server.wait_ready()
         result["uvloop"] = uses_uvloop(server.proc.pid)
         loop = asyncio.get_running_loop()
         # The publisher connects first and publishes a few warm-up messages, so
         # the baseline RSS already includes everything a first connection loads.
-        pub = loadgen.Publisher(name, server.base_url)
+        pub = loadgen.Publisher(name, server.base_url, deflate=deflate)
         await pub.open()
         for seq in range(3):
             await pub.send(0, seq)
@@ -618,8 +715,14 @@ async def measure(
         share = [s for s in share if s]
         progress = ctx.RawArray("q", len(share))
         phase_budget = (cfg.latency_s * 3 + cfg.closed_loop_s + 60) if with_phases else 0
+        if rooms:
+            phase_budget = cfg.room_seconds + 90
         connect_budget = 30 + n / 50
+        first = 0
         for slot, count in enumerate(share):
+            options = {"deflate": deflate, "room_size": cfg.room_size if rooms else 0}
+            options["first"] = first
+            first += count
             parent, child = ctx.Pipe()
             proc = ctx.Process(
                 target=loadgen.worker_main,
@@ -631,6 +734,7 @@ async def measure(
                     progress,
                     child,
                     connect_budget + phase_budget + 30,
+                    options,
                 ),
                 daemon=True,
             )
@@ -654,6 +758,14 @@ async def measure(
         result["connected"] = connected
         result["connect_failures"] = failures
         result["connect_wall_s"] = max(r.get("connect_s", 0) for r in ready)
+        # What the servers answered to the clients' extension offers (deflate: the
+        # negotiated permessage-deflate parameters), with how many clients got each.
+        extensions: dict[str, int] = {}
+        for r in ready:
+            for key, value in r.get("extensions", {}).items():
+                extensions[key] = extensions.get(key, 0) + value
+        result["extensions"] = extensions
+        result["publisher_extensions"] = loadgen.negotiated(pub.ws)
         cpu1 = server.cpu()
         await asyncio.sleep(cfg.settle_s)
         rss1 = server.rss()
@@ -680,7 +792,7 @@ async def measure(
                 "window": None,
                 "budget_s": lat_count / rate * 2 + 10,
             }
-            if scenario == "fanout":
+            if fan_out:
                 cl_count = max(20, min(5000, cfg.deliveries // connected))
             else:  # enough publications to fill a frozen client's buffers and queue
                 cl_count = cfg.frozen_publications
@@ -693,7 +805,7 @@ async def measure(
             }
             # The frozen scenarios run the closed loop first: it fills the frozen
             # client's buffers, so the fixed-rate phase sees a hub with a stuck client.
-            order = [fixed, closed] if scenario == "fanout" else [closed, fixed]
+            order = [fixed, closed] if fan_out else [closed, fixed]
             for spec in order:
                 phases.append(  # noqa: PERF401 - awaited one after the other
                     await run_phase(
@@ -706,6 +818,10 @@ async def measure(
                         **spec,
                     )
                 )
+        if rooms and connected:
+            phases.append(await rooms_phase(server, client_pids, progress, pipes, connected, cfg))
+            result["rooms"] = connected // cfg.room_size
+            result["room_size"] = cfg.room_size
         if frozen is not None:
             result["rss_frozen_end_kib"] = server.rss()
             result["frozen_close_code"] = await loadgen.thaw(frozen)
@@ -735,7 +851,10 @@ async def measure(
             lats: list[int] = list(pub.tally.latencies[p])
             for rep in reports:
                 lats.extend(loadgen.unpack_latencies(rep["latencies"])[p])
-            finish_phase(ph, received, pub.tally.counts[p], connected, lats)
+            if rooms:
+                finish_rooms_phase(ph, received, sum(r.get("echoes", 0) for r in reports), lats)
+            else:
+                finish_phase(ph, received, pub.tally.counts[p], connected, lats)
         result["phases"] = phases
         result["rss_end_kib"] = server.rss()
     finally:
@@ -836,6 +955,8 @@ PHASE_KEYS = (
     "max_ms",
     "rate",
     "us_per_round_trip",
+    "us_per_publication",
+    "publications_per_s",
 )
 
 
@@ -892,6 +1013,7 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
             "setup_us_per_conn": _spread([g.get("setup_us_per_conn") for g in group]),
             "closes": sum(g.get("closes", 0) for g in group),
             "connect_failures": sum(sum(g.get("connect_failures", {}).values()) for g in group),
+            "extensions": sorted({k for g in group for k in g.get("extensions", {})}),
         }
         if scenario == "frozen-on":
             row["frozen_close_codes"] = [g.get("frozen_close_code") for g in group]
@@ -914,6 +1036,7 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
             ratios: dict[str, Any] = {}
             p99s: dict[str, Any] = {}
             totals: dict[str, Any] = {}
+            per_pub: dict[str, Any] = {}
             for other in servers:
                 pairs = [
                     (_phase(g, phase), _phase(index.get((scenario, n, other, g["run"])), phase))
@@ -922,14 +1045,19 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
                 ratios[other] = _spread([_ratio(a, b, "us_per_delivery") for a, b in pairs])
                 p99s[other] = _spread([_ratio(a, b, "p99_ms") for a, b in pairs])
                 totals[other] = _spread([_ratio(a, b, "us_per_delivery_total") for a, b in pairs])
+                per_pub[other] = _spread([_ratio(a, b, "us_per_publication") for a, b in pairs])
             row.setdefault("ratio", {})[str(phase)] = ratios
+            if scenario == "rooms":
+                row.setdefault("publication_ratio", {})[str(phase)] = per_pub
             row.setdefault("total_ratio", {})[str(phase)] = totals
             row.setdefault("p99_ratio", {})[str(phase)] = p99s
-            if scenario == "frozen-on":
+            if scenario in ("frozen-on", "deflate"):
+                # frozen-on ÷ frozen-off; deflate ÷ the plain fan-out (same server, N, run).
+                plain = "frozen-off" if scenario == "frozen-on" else "fanout"
                 pairs = [
                     (
                         _phase(g, phase),
-                        _phase(index.get(("frozen-off", n, server, g["run"])), phase),
+                        _phase(index.get((plain, n, server, g["run"])), phase),
                     )
                     for g in group
                 ]
@@ -1015,6 +1143,139 @@ def redis_section(summary: dict[str, Any], note: dict[str, Any]) -> list[str]:
                     f"| {_fmt(ph['p50_ms'], 2)} / {_fmt(ph['p99_ms'], 2)} "
                     f"| {ph['lost']} | {ratio} | {total} |"
                 )
+    return lines
+
+
+def _median_ratio(a: dict[str, Any] | None, b: dict[str, Any] | None) -> str:
+    if not a or not b or not a.get("median") or not b.get("median"):
+        return "-"
+    return f"{a['median'] / b['median']:.2f}"
+
+
+def scaling_section(summary: dict[str, Any], cfg: argparse.Namespace) -> list[str]:
+    """The fan-out at a large N (the ``large`` scenario) against the same server at 1,000."""
+    fan = summary.get("fanout", {})
+    large = getattr(cfg, "large_n", 20_000)
+    big = [n for n in sorted(fan, key=int) if int(n) > 5000 or int(n) == large]
+    if not big:
+        return []
+    lines = [
+        "",
+        f"## Many subscribers on one node (N = {', '.join(f'{int(n):,}' for n in big)})",
+        "",
+        "Closed-loop server CPU per delivery and memory per subscribed connection (before "
+        "any publication, fresh server). `÷ N=1,000`: this N's median ÷ the same server's "
+        "median at N = 1,000 in this run (issue 15's bar: within 20%).",
+        "",
+        "| N | server | µs CPU / delivery | ÷ N=1,000 | ratio to tutorial | ratio to websockets "
+        "| fixed-rate p99 ms | KiB / connection | server µs / connect+subscribe | lost | closes |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for n in big:
+        for server, row in fan[n].items():
+            ph = row.get(f"phase{PHASE_CLOSED}") or {}
+            fixed = row.get(f"phase{PHASE_FIXED}") or {}
+            small = fan.get("1000", {}).get(server, {}).get(f"phase{PHASE_CLOSED}") or {}
+            lines.append(
+                f"| {int(n):,} | {server} | {_fmt(ph.get('us_per_delivery'), 2)} "
+                f"| {_median_ratio(ph.get('us_per_delivery'), small.get('us_per_delivery'))} "
+                f"| {_ratio_cell(row, PHASE_CLOSED, BASELINE)} "
+                f"| {_ratio_cell(row, PHASE_CLOSED, 'websockets')} "
+                f"| {_fmt(fixed.get('p99_ms'), 1)} | {_fmt(row['kib_per_conn'], 1)} "
+                f"| {_fmt(row['setup_us_per_conn'], 0)} "
+                f"| {ph.get('lost', 0) + fixed.get('lost', 0)} | {row['closes']} |"
+            )
+    return lines
+
+
+def deflate_section(summary: dict[str, Any]) -> list[str]:
+    """Fan-out to clients that offer permessage-deflate, as browsers do."""
+    rows = summary.get("deflate", {})
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## Browser-like clients: permessage-deflate offered (deflate)",
+        "",
+        "The fan-out scenario again, but every subscriber and the publisher offer "
+        "`permessage-deflate; client_max_window_bits`, Chromium's offer (the `websockets` "
+        'client\'s `compression="deflate"`), and decompress what they get. Server µs CPU per '
+        "delivery; ratios are same N, same run, then median; `deflate ÷ plain` divides by "
+        "the same server's `fanout` measurement of the same run (when the run has one). "
+        "KiB / connection: RSS with N subscribed, before publishing (each connection's "
+        "compressor and decompressor included). Negotiated: the servers' "
+        "Sec-WebSocket-Extensions answer.",
+        "",
+        "| N | server | closed loop µs / delivery | ratio to tutorial | ratio to websockets "
+        "| hubbub ÷ this | deflate ÷ plain (closed) | fixed rate µs / delivery "
+        "| deflate ÷ plain (fixed) | fixed-rate p99 ms | client µs / delivery "
+        "| KiB / connection | lost | closes |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    negotiated: set[str] = set()
+    for n in sorted(rows, key=int):
+        hub = rows[n].get(HUBBUB)
+        for server, row in rows[n].items():
+            closed = row.get(f"phase{PHASE_CLOSED}") or {}
+            fixed = row.get(f"phase{PHASE_FIXED}") or {}
+            eff = row.get("effect", {})
+            negotiated.update(row.get("extensions", []))
+            lines.append(
+                f"| {int(n):,} | {server} | {_fmt(closed.get('us_per_delivery'), 2)} "
+                f"| {_ratio_cell(row, PHASE_CLOSED, BASELINE)} "
+                f"| {_ratio_cell(row, PHASE_CLOSED, 'websockets')} "
+                f"| {_ratio_cell(hub, PHASE_CLOSED, server)} "
+                f"| {_fmt(eff.get(str(PHASE_CLOSED), {}).get('us_per_delivery'), 2)} "
+                f"| {_fmt(fixed.get('us_per_delivery'), 2)} "
+                f"| {_fmt(eff.get(str(PHASE_FIXED), {}).get('us_per_delivery'), 2)} "
+                f"| {_fmt(fixed.get('p99_ms'), 1)} "
+                f"| {_fmt(closed.get('client_us_per_delivery'), 1)} "
+                f"| {_fmt(row['kib_per_conn'], 1)} "
+                f"| {closed.get('lost', 0) + fixed.get('lost', 0)} | {row['closes']} |"
+            )
+    lines += ["", "Negotiated: " + "; ".join(f"`{e}`" for e in sorted(negotiated)) + "."]
+    return lines
+
+
+def rooms_section(summary: dict[str, Any], cfg: argparse.Namespace) -> list[str]:
+    """Many small rooms (chat): CPU per publication and per delivery, p99 to the others."""
+    rows = summary.get("rooms", {})
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## Many small rooms (chat)",
+        "",
+        f"Rooms of {cfg.room_size} members, each member subscribed to its own room and "
+        f"publishing to it {cfg.room_rate:g} time(s) a second for {cfg.room_seconds:g} s "
+        "(evenly spread offsets); every publication reaches every member of the room, the "
+        "sender included (hubbub's echo; the peers relay to the whole room). Server CPU per "
+        "publication and per delivery over the phase; latency: send → delivery to the "
+        "*other* members (own echoes excluded). Ratios: same run, then median.",
+        "",
+        "| rooms x members | server | publications/s | µs CPU / publication | ratio to tutorial "
+        "| ratio to websockets | hubbub ÷ this | µs CPU / delivery | p50 / p99 ms "
+        "| p99 ÷ tutorial | server util | lost | closes |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for n in sorted(rows, key=int):
+        hub = rows[n].get(HUBBUB)
+        for server, row in rows[n].items():
+            ph = row.get(f"phase{PHASE_ROOMS}") or {}
+            size = cfg.room_size
+            lines.append(
+                f"| {int(n) // size:,} x {size} | {server} "
+                f"| {_fmt(ph.get('publications_per_s'), 0)} "
+                f"| {_fmt(ph.get('us_per_publication'), 1)} "
+                f"| {_ratio_cell(row, PHASE_ROOMS, BASELINE, 'publication_ratio')} "
+                f"| {_ratio_cell(row, PHASE_ROOMS, 'websockets', 'publication_ratio')} "
+                f"| {_ratio_cell(hub, PHASE_ROOMS, server, 'publication_ratio')} "
+                f"| {_fmt(ph.get('us_per_delivery'), 1)} "
+                f"| {_fmt(ph.get('p50_ms'), 2)} / {_fmt(ph.get('p99_ms'), 2)} "
+                f"| {_ratio_cell(row, PHASE_ROOMS, BASELINE, 'p99_ratio')} "
+                f"| {_fmt(ph.get('server_util'), 2)} | {ph.get('lost', 0)} "
+                f"| {row['closes']} |"
+            )
     return lines
 
 
@@ -1134,6 +1395,9 @@ def markdown(note: dict[str, Any], cfg: argparse.Namespace, summary: dict[str, A
                 }[var]
                 lines.append(f"| {var} ({label}) | " + " | ".join(cells) + " |")
     lines += redis_section(summary, note)
+    lines += scaling_section(summary, cfg)
+    lines += deflate_section(summary)
+    lines += rooms_section(summary, cfg)
     rtt = summary.get("rtt", {})
     if rtt:
         lines += [
@@ -1248,7 +1512,17 @@ def plot(summary: dict[str, Any], cfg: argparse.Namespace, note: dict[str, Any],
     fan = summary.get("fanout", {})
     ns = sorted(fan, key=int)
     present = [s for s in SERVERS if any(s in fan.get(n, {}) for n in ns)]
-    for server in present:
+    deflate = summary.get("deflate", {})
+    for server in [s for s in SERVERS if any(s in deflate.get(n, {}) for n in deflate)]:
+        # The deflate scenario: the same axes, dotted, square markers.
+        xs, ys = [], []
+        for n in sorted(deflate, key=int):
+            cell = deflate[n].get(server, {}).get(f"phase{PHASE_CLOSED}", {}).get("us_per_delivery")
+            if cell and cell.get("median") is not None:
+                xs.append(int(n))
+                ys.append(cell["median"])
+        if xs:
+            ax_cpu.plot(xs, ys, marker="s", linestyle=":", lw=1.5, label=f"{server} (deflate)")
         for ax, phase, key in (
             (ax_cpu, PHASE_CLOSED, "us_per_delivery"),
             (ax_p99, PHASE_FIXED, "p99_ms"),
@@ -1335,8 +1609,25 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small run, about 2 minutes")
     parser.add_argument(
         "--scenarios",
-        default=",".join(SCENARIOS),
-        help=f"comma-separated, from {', '.join(SCENARIOS)}; redis: fanout with hubbub-redis",
+        default=",".join(DEFAULT_SCENARIOS),
+        help=f"comma-separated, from {', '.join(SCENARIOS)} (default: "
+        f"{','.join(DEFAULT_SCENARIOS)}); redis: fanout with hubbub-redis",
+    )
+    parser.add_argument(
+        "--deflate-n", default=None, help="deflate scenario: subscriber counts (default --n)"
+    )
+    parser.add_argument(
+        "--large-n", type=int, default=20_000, help="large scenario: subscribers (20,000)"
+    )
+    parser.add_argument(
+        "--rooms", type=int, default=None, help="rooms scenario: rooms (200; quick 100)"
+    )
+    parser.add_argument("--room-size", type=int, default=5, help="rooms scenario: members per room")
+    parser.add_argument(
+        "--room-rate", type=float, default=1.0, help="rooms scenario: publications/s per member"
+    )
+    parser.add_argument(
+        "--room-seconds", type=float, default=None, help="rooms scenario: seconds (20; quick 10)"
     )
     parser.add_argument("--n", default=None, help="fan-out subscriber counts (100,1000,5000)")
     parser.add_argument("--idle-n", type=int, default=None, help="clients for the idle scenario")
@@ -1384,6 +1675,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     cfg = parser.parse_args(argv)
     quick = cfg.quick
     cfg.n = [int(x) for x in (cfg.n or ("1000" if quick else "100,1000,5000")).split(",")]
+    cfg.deflate_n = [int(x) for x in cfg.deflate_n.split(",")] if cfg.deflate_n else cfg.n
+    cfg.rooms = cfg.rooms or (100 if quick else 200)
+    cfg.room_seconds = cfg.room_seconds or (10.0 if quick else 20.0)
     cfg.idle_n = cfg.idle_n or (1000 if quick else 5000)
     cfg.runs = cfg.runs or (1 if quick else 3)
     cfg.deliveries = cfg.deliveries or (40_000 if quick else 150_000)
@@ -1408,6 +1702,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for scenario in cfg.scenarios:
         if scenario not in SCENARIOS:
             parser.error(f"unknown scenario {scenario!r}")
+    if cfg.room_size < 2 or cfg.rooms < 1 or cfg.room_rate <= 0:
+        parser.error("--rooms >= 1, --room-size >= 2 and --room-rate > 0")
     for server in cfg.servers:
         if server not in SERVERS:
             parser.error(f"unknown server {server!r}")
@@ -1416,11 +1712,27 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def raise_fd_limit(needed: int) -> tuple[int, int]:
+    """Raise this process's soft RLIMIT_NOFILE towards ``needed`` (never above the hard
+    limit, which an unprivileged process cannot raise); the servers and the workers this
+    script starts inherit it. Returns (soft, hard) afterwards."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < needed:
         target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def client_counts(cfg: argparse.Namespace) -> list[int]:
+    """Every number of clients one server will hold in this run."""
+    sizes = {
+        "fanout": cfg.n,
+        "idle": [cfg.idle_n],
+        "frozen": [cfg.frozen_n + 1],
+        "deflate": cfg.deflate_n,
+        "rooms": [cfg.rooms * cfg.room_size],
+        "large": [cfg.large_n],
+    }
+    return [n for scenario in cfg.scenarios for n in sizes.get(scenario, [])] or [1]
 
 
 def _config(data: dict[str, Any]) -> argparse.Namespace:
@@ -1431,6 +1743,9 @@ def _config(data: dict[str, Any]) -> argparse.Namespace:
         "frozen_payload": 0,
         "stall_s": 5.0,
         "frozen_n": 0,
+        "room_size": 5,
+        "room_rate": 1.0,
+        "room_seconds": 0,
     }
     return argparse.Namespace(**{**defaults, **data["config"]})
 
@@ -1454,10 +1769,23 @@ def make_plan(cfg: argparse.Namespace) -> list[tuple[int, str, int, str]]:
         for scenario in cfg.scenarios:
             if scenario == "idle" and "fanout" in cfg.scenarios and cfg.idle_n in cfg.n:
                 continue  # the fan-out measurement at that N takes the same steps first
-            sizes = {"fanout": cfg.n, "idle": [cfg.idle_n], "rtt": [0], "frozen": [cfg.frozen_n]}
+            sizes = {
+                "fanout": cfg.n,
+                "idle": [cfg.idle_n],
+                "rtt": [0],
+                "frozen": [cfg.frozen_n],
+                "deflate": cfg.deflate_n,
+                "rooms": [cfg.rooms * cfg.room_size],
+                "large": [cfg.large_n],
+            }
             for i, n in enumerate(sizes[scenario]):
                 k = (run + i) % len(cfg.servers)
                 for server in cfg.servers[k:] + cfg.servers[:k]:
+                    if scenario == "large":
+                        # The same measurement as a fan-out at that N: one table for both.
+                        if not ("fanout" in cfg.scenarios and n in cfg.n):
+                            plan.append((run, "fanout", n, server))
+                        continue
                     if scenario == "frozen" and cfg.quick and server in HUBBUB_VARIANTS[1:]:
                         continue  # --quick: the codec variants share plain hubbub's policy
                     if scenario == "frozen":
@@ -1507,7 +1835,13 @@ def run_plan(
                 f"deliv/s={p2['deliveries_per_s'] or 0:.0f} lost={p2['lost']}"
                 + (" STALLED" if p2.get("stalled") else "")
             )
-        if PHASE_FIXED in ph:
+        if scenario == "rooms" and PHASE_ROOMS in ph:
+            pr = ph[PHASE_ROOMS]
+            line += (
+                f" pubs={pr['sent']} µs/pub={pr['us_per_publication'] or 0:.1f} "
+                f"µs/deliv={pr['us_per_delivery'] or 0:.2f} p99={pr['p99_ms'] or 0:.2f}ms"
+            )
+        elif PHASE_FIXED in ph:
             p1 = ph[PHASE_FIXED]
             line += f" p99@rate={p1['p99_ms'] or 0:.1f}ms lost1={p1['lost']}"
             line += " STALLED" if p1.get("stalled") else ""
@@ -1531,11 +1865,20 @@ def main(argv: list[str]) -> int:
     cfg = parse_args(argv)
     if cfg.report:
         return rerender(Path(cfg.report))
-    biggest = max([*cfg.n, cfg.idle_n, cfg.frozen_n])
-    # Servers and workers inherit the limit: each needs one descriptor per client.
-    soft, _ = raise_fd_limit(biggest + 1024)
-    if soft < biggest + 256:
-        print(f"warning: open-file limit {soft} is too low for {biggest} clients", file=sys.stderr)
+    biggest = max(client_counts(cfg))
+    # The server holds one descriptor per client (+ the publisher) in one process, plus its
+    # own; the servers and the workers inherit this process's limit.
+    needed = biggest + 1 + FD_MARGIN
+    soft, hard = raise_fd_limit(needed)
+    if soft < needed:
+        print(
+            f"refusing to run: {biggest:,} clients need at least {needed:,} open files in the "
+            f"server process, and the limit here is {soft:,} (hard limit {hard:,}, which only "
+            f"a privileged process can raise: `ulimit -Hn`, the container's or systemd's "
+            f"LimitNOFILE). The largest N this limit allows is {hard - 1 - FD_MARGIN:,}.",
+            file=sys.stderr,
+        )
+        return 2
     note = machine_note(cfg)
     start = time.monotonic()
     plan = make_plan(cfg)

@@ -4,7 +4,8 @@
 served by uvicorn (the documented ASGI deployment). A client joins the bench
 room with a ``join`` event, whose handler calls ``sio.enter_room(sid, room)``
 and returns an acknowledgement; a ``msg`` event is re-emitted to the room with
-``await sio.emit("msg", data, room=room)``. The sender is in the room, so it
+``await sio.emit("msg", data, room=room)``; in the rooms scenario a ``say``
+event names its room (``42["say","r7",{...}]``). The sender is in the room, so it
 gets its own message back like every other member (N + 1 deliveries).
 
 Defaults are kept (JSON via the standard library, Engine.IO pings every 25 s,
@@ -35,3 +36,9 @@ async def join(sid: str, room: str) -> str:
 async def msg(sid: str, data: Any) -> None:
     """Relay to everyone in the bench room, the sender included."""
     await sio.emit("msg", data, room="bench")
+
+
+@sio.event
+async def say(sid: str, room: str, data: Any) -> None:
+    """The rooms scenario: relay to everyone in ``room`` (the sender included)."""
+    await sio.emit("msg", data, room=room)

@@ -10,6 +10,10 @@ reader would deploy. It is served by the same uvicorn as hubbub::
 
 Kept deliberately naive (no copy of the set while iterating, no error handling
 around a send): changing it would measure something other than the tutorial.
+
+``/ws/{room}`` is the same with many rooms (the rooms scenario): a dict from
+room name to its set of sockets, the pattern every multi-room chat tutorial
+adds; ``/ws`` stays the single room of the fan-out scenarios, unchanged.
 """
 
 from __future__ import annotations
@@ -36,4 +40,26 @@ async def hub(websocket: WebSocket) -> None:
         room.discard(websocket)
 
 
-app = Starlette(routes=[WebSocketRoute("/ws", hub)])
+rooms: dict[str, set[WebSocket]] = {}
+
+
+async def room_hub(websocket: WebSocket) -> None:
+    """The same for the room named in the path."""
+    await websocket.accept()
+    name = websocket.path_params["room"]
+    members = rooms.setdefault(name, set())
+    members.add(websocket)
+    try:
+        while True:
+            msg = await websocket.receive_text()
+            for ws in members:
+                await ws.send_text(msg)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        members.discard(websocket)
+        if not members:
+            rooms.pop(name, None)
+
+
+app = Starlette(routes=[WebSocketRoute("/ws", hub), WebSocketRoute("/ws/{room}", room_hub)])

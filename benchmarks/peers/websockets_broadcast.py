@@ -23,16 +23,22 @@ import signal
 
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 
-CONNECTIONS: set[ServerConnection] = set()
+ROOMS: dict[str, set[ServerConnection]] = {}
+"""One set of connections per request path: ``/ws`` for the fan-out scenarios, ``/ws/<room>``
+for the rooms scenario (the documentation's pattern, once per room)."""
 
 
 async def handler(websocket: ServerConnection) -> None:
-    CONNECTIONS.add(websocket)
+    path = websocket.request.path if websocket.request is not None else "/ws"
+    connections = ROOMS.setdefault(path, set())
+    connections.add(websocket)
     try:
         async for message in websocket:
-            broadcast(CONNECTIONS, message)
+            broadcast(connections, message)
     finally:
-        CONNECTIONS.remove(websocket)
+        connections.remove(websocket)
+        if not connections:
+            ROOMS.pop(path, None)
 
 
 async def main(host: str, port: int) -> None:
