@@ -852,3 +852,43 @@ async def test_written_replies_are_forgotten(anyio_backend: str) -> None:
             assert reply["type"] == "history"
         (connection,) = hub._registry.connections
         assert len(connection._replies or ()) <= 1
+
+
+class StuckLeaseBroker(MemoryBroker):
+    """Takes a presence lease, then does not answer until released (a reply in flight)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.taken = anyio.Event()
+        self.release = anyio.Event()
+
+    async def presence_set(self, channel: str, client: str, info: Any, ttl: float) -> None:
+        await super().presence_set(channel, client, info, ttl)
+        self.taken.set()
+        await self.release.wait()
+
+
+async def test_a_client_leaving_while_its_lease_is_in_flight_leaves_no_ghost(
+    anyio_backend: str,
+) -> None:
+    """A lease the broker took while its reply was in flight is dropped when the client leaves."""
+    broker = StuckLeaseBroker()
+    hub = Hub(
+        broker=broker,
+        anonymous=True,
+        namespaces=[Namespace(), Namespace(name="room", presence=True)],
+        # The next ping's send fails on the gone socket and ends the connection's
+        # tasks, the pending subscribe with them, while the lease's reply is awaited.
+        limits=Limits(ping_interval=0.2, pong_timeout=1.0),
+    )
+    async with serving(hub) as clients:
+        ws, welcome = await clients.connect()
+        await ws.send_json({"type": "subscribe", "channel": "room:a", "id": 1})
+        with anyio.fail_after(5):
+            await broker.taken.wait()
+        assert welcome["client"] in await broker.presence("room:a")  # taken at the broker
+        ws.leave()  # the client goes while the lease's reply is still awaited
+        with anyio.fail_after(5):
+            while await broker.presence("room:a"):  # noqa: ASYNC110 - polls the broker
+                await anyio.sleep(0.01)
+        broker.release.set()

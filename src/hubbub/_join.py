@@ -158,6 +158,9 @@ class Joins:
                     await self._read(stream)
                 # Leased before the reply lists them (presence is read-after-subscribe).
                 for stream, _ in taken:
+                    # Counted as leased before the call: cancelled mid-call (the client
+                    # left), the lease may exist at the broker and must be dropped.
+                    stream.leased = stream.namespace.presence
                     stream.leased = await presence.lease(
                         connection, stream.channel, stream.namespace, strict=strict
                     )

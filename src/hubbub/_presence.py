@@ -202,9 +202,15 @@ class Presence:
                     continue  # gone meanwhile: renewing would bring back a departed lease
                 try:
                     async with calls.limiter():
+                        if _gone(connection, channel):
+                            continue
                         await calls.presence_set(
                             channel, connection.id, connection.info, namespace.presence_ttl
                         )
+                        if _gone(connection, channel):
+                            # It left while the renewal was in flight: its departure's
+                            # removal may have reached the broker first.
+                            await calls.presence_remove(channel, connection.id)
                 except BrokerUnavailable as exc:
                     if not down:
                         logger.warning("presence refresh stopped for this round: %s", exc.reason)
@@ -215,3 +221,8 @@ class Presence:
         async with anyio.create_task_group() as tg:
             for _ in range(min(BACKGROUND_BROKER_CALLS, len(work))):
                 tg.start_soon(worker)
+
+
+def _gone(connection: Connection, channel: str) -> bool:
+    """Whether ``connection`` no longer holds ``channel`` (left it, or closed)."""
+    return connection.protocol.closed or channel not in connection.protocol.channels
