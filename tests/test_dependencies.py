@@ -1,7 +1,7 @@
 """Supply chain: every declared dependency is used, and the package imports only what it declares.
 
-A dependency nobody imports is attack surface with no benefit (0.1 shipped a
-look-alike package, ``httpx2``, in its ``test`` extra); an import of something
+A dependency nobody imports is attack surface with no benefit (0.1 shipped
+``httpx2`` in its ``test`` extra when nothing imported it); an import of something
 undeclared works only by accident of another package's requirements.
 """
 
@@ -34,6 +34,9 @@ TOOLS: dict[str, tuple[str, str]] = {
     "pytest-timeout": ("pyproject.toml", "\ntimeout = "),
     # anyio runs every async test on trio too, by backend name.
     "trio": ("tests/conftest.py", '"trio"'),
+    # starlette >= 1.10's TestClient imports httpx2 (its documented requirement) and
+    # warns, an error here, when it has to fall back to httpx.
+    "httpx2": ("tests/test_api.py", "from starlette.testclient import TestClient"),
 }
 
 # Import names of distributions that may not be installed in the test
