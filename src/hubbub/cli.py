@@ -560,7 +560,13 @@ def _serve(args: argparse.Namespace) -> None:
     install_log_redaction()
     logging.getLogger("uvicorn.error").addFilter(_SpuriousHandshakeError())
     logging.getLogger("uvicorn.error").addFilter(_ClientInputTraceback())
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        # uvicorn re-raises the Ctrl+C it caught once the hubs have drained and the
+        # server has stopped: the shutdown is complete, so end quietly with status 0,
+        # as uvicorn's own command line does, not with a traceback.
+        pass
 
 
 def _schema() -> None:

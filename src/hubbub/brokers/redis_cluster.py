@@ -73,13 +73,14 @@ class RedisClusterBroker(RedisCommands, Broker):
     Run the cluster with ``cluster-require-full-coverage no``: otherwise Redis
     refuses commands for *every* slot while one shard is down.
 
+    ``prefix``, ``timeout``, ``health_check_interval``, ``reconnect_delay``,
+    ``max_reconnect_delay``, ``max_connections`` and ``idempotency_keys`` are as
+    for :class:`~hubbub.brokers.redis.RedisBroker`; ``max_connections`` defaults
+    to the client's per-node pool size.
+
     Args:
         client: a ``redis.asyncio.RedisCluster``; closed on :meth:`stop` when the
             broker built it (:meth:`from_url`).
-        prefix, timeout, health_check_interval, reconnect_delay,
-        max_reconnect_delay, max_connections, idempotency_keys: as for
-            :class:`~hubbub.brokers.redis.RedisBroker`; ``max_connections``
-            defaults to the client's per-node pool size.
     """
 
     capabilities = frozenset(Capability)
