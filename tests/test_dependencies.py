@@ -36,6 +36,11 @@ TOOLS: dict[str, tuple[str, str]] = {
     "trio": ("tests/conftest.py", '"trio"'),
     # starlette >= 1.10's TestClient imports httpx2 (its documented requirement) and
     # warns, an error here, when it has to fall back to httpx.
+    # The documentation site: built by `mkdocs build --strict`, themed and referenced
+    # from mkdocs.yml.
+    "mkdocs": ("scripts/test", "mkdocs build --strict --quiet"),
+    "mkdocs-material": ("mkdocs.yml", "name: material"),
+    "mkdocstrings": ("mkdocs.yml", "- mkdocstrings"),
     "httpx2": ("tests/test_api.py", "from starlette.testclient import TestClient"),
 }
 
@@ -213,7 +218,7 @@ def test_the_library_installs_no_server() -> None:
     for extra in ("test", "bench"):
         assert any(r.startswith("uvicorn[standard]") for r in extras[extra]), extra
     assert "-e '.[standard]'" in (ROOT / "scripts" / "demo").read_text()
-    assert "-e '.[test]'" in (ROOT / "scripts" / "test").read_text()
+    assert "-e '.[test,docs]'" in (ROOT / "scripts" / "test").read_text()
 
 
 def test_mounting_hubbub_imports_no_server() -> None:
