@@ -32,7 +32,7 @@ import re
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -202,25 +202,6 @@ def _reload_once(reload: _Reload) -> None:
         logger.info("config reload: %s: nothing changed", path)
 
 
-class _Append(argparse.Action):
-    """``action="append"`` whose first use replaces the default (a variable's list): flag > env."""
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: Any,
-        option_string: str | None = None,
-    ) -> None:
-        current = getattr(namespace, self.dest, None)
-        seen: set[str] = getattr(namespace, "_given", set())
-        if self.dest not in seen or not isinstance(current, list):
-            current = []
-        seen.add(self.dest)
-        namespace._given = seen
-        setattr(namespace, self.dest, [*current, values])
-
-
 def _listed(name: str) -> list[str] | None:
     raw = os.environ.get(f"HUBBUB_{name}")
     if raw is None:
@@ -279,7 +260,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--trusted-proxy",
-        action=_Append,
+        action="append",
         default=_listed("TRUSTED_PROXIES"),
         metavar="ADDRESS",
         help="a reverse proxy (address or network) whose X-Forwarded-For names the client "
@@ -338,7 +319,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     auth.add_argument(
         "--allowed-origin",
-        action=_Append,
+        action="append",
         default=_listed("ALLOWED_ORIGINS"),
         metavar="ORIGIN",
         help="scheme://host[:port] allowed to open WebSockets (repeatable; "
@@ -358,7 +339,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     api.add_argument(
         "--api-key",
-        action=_Append,
+        action="append",
         default=_listed("API_KEY"),
         metavar="KEY",
         help="a key accepted in `Authorization: apikey <key>` (repeatable for rotation; "
@@ -454,16 +435,18 @@ _KEY = re.compile(r"\b(?:server|hub|broker|limits|auth|api|admin|metrics|persona
 def _refusal(exc: ConfigError, settings: _Settings, path: str | None, text: str | None) -> str:
     """The one line for a ConfigError: its source (flag, variable, or file:line), key, reason."""
     key = re.sub(r"\[\d+\]$", "", exc.key)
-    source = settings.sources.get(key) or settings.sources.get(exc.key)
-    if source is None and exc.where:
-        source = exc.where
+    # Where the file's own checks placed it (file:line), else the flag or variable that set it.
+    source = exc.where or settings.sources.get(key) or settings.sources.get(exc.key)
     if source is not None and source.startswith(("--", "HUBBUB_")):
         flags = {o.key: (o.flag if source.startswith("--") else o.env) for o in OPTIONS}
 
         def speak(text: str) -> str:
             return _KEY.sub(lambda m: flags.get(m.group(0), m.group(0)), text)
 
-        line = f"{source} ({exc.key}): {speak(exc.message)}"
+        message = speak(exc.message)
+        # "--port 99999 ..." / "--admin-key needs ...": a value or a verb follows the flag.
+        joined = " " if message[:1] in "'\"" or message.startswith("needs ") else ": "
+        line = f"{source}{joined}{message}"
         return f"{line} ({speak(exc.hint)})" if exc.hint else line
     if source is None and path is not None and text is not None:
         line_number = find_line(text, exc.key)
@@ -487,7 +470,9 @@ def _load(args: argparse.Namespace, settings: _Settings) -> tuple[Config, str | 
 
 
 def _served(
-    args: argparse.Namespace, argv: Sequence[str] | None = None
+    args: argparse.Namespace,
+    argv: Sequence[str] | None = None,
+    precheck: Callable[[Config], None] | None = None,
 ) -> tuple[Served, Config, _Settings]:
     settings = _command_line(args, argv)
     path = text = None
@@ -516,6 +501,8 @@ def _served(
                         "when serving a TARGET",
                     )
             target = load_target(args.target)
+        if precheck is not None:
+            precheck(config)
         served = build_app(
             config,
             target,
@@ -540,15 +527,15 @@ def _serve(args: argparse.Namespace, argv: Sequence[str] | None = None) -> None:
     _require_uvicorn()
     import uvicorn  # only ``serve`` needs it (the ``standard`` extra)
 
-    served, config, settings = _served(args, argv)
+    def precheck(config: Config) -> None:
+        _check_websockets(config.server.ws)
+        check_host(config.server.host)
+
+    served, config, settings = _served(args, argv, precheck)
     server_config = config.server
-    _check_websockets(server_config.ws)
-    check_host(server_config.host)
     logging.basicConfig(
         level=LOG_LEVELS[server_config.log_level], format="%(levelname)s:     %(message)s"
     )
-    for note in served.notes:
-        logger.warning("%s", note)
     if not server_config.ssl_certfile and not configuration.is_loopback(server_config.host):
         logger.warning(
             "serving without TLS on %s: messages and tokens cross the network unencrypted; "

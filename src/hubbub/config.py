@@ -31,7 +31,7 @@ import re
 import ssl
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 from urllib.parse import urlsplit
@@ -936,7 +936,7 @@ def _read_lines(key: str, path: str) -> list[str]:
     except (OSError, UnicodeDecodeError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         raise ConfigError(
-            key, f"cannot read {path!r}: {reason}", "check the path and its mode"
+            key, f"{path!r}: cannot read: {reason}", "check the path and its mode"
         ) from None
     lines = [line for line in lines if line and not line.startswith("#")]
     if not lines:
@@ -950,7 +950,7 @@ def _read_bytes(key: str, path: str) -> bytes:
             return file.read()
     except OSError as exc:
         raise ConfigError(
-            key, f"cannot read {path!r}: {exc.strerror or exc}", "check the path"
+            key, f"{path!r}: cannot read: {exc.strerror or exc}", "check the path"
         ) from None
 
 
@@ -1128,8 +1128,6 @@ class Served:
     hub_app: HubApp | None = None
     middleware: AuthMiddleware | None = None
     authenticator: JWTAuthenticator | None = None
-    notes: list[str] = field(default_factory=list)
-    """Warnings to log once logging is configured."""
 
 
 def build_app(
@@ -1191,7 +1189,11 @@ def build_app(
     if isinstance(app, HubApp):
         served.hub_app = app
         if api_keys:
-            app.api = HubAPI(app.hub, keys=api_keys, max_body=config.api.max_body)
+            # A target's own HubApp keeps its body limit unless the file sets one.
+            max_body = config.api.max_body
+            if target is not None and max_body == DEFAULT_MAX_BODY:
+                max_body = app.api.max_body
+            app.api = HubAPI(app.hub, keys=api_keys, max_body=max_body)
         if admin_key is not None:
             app.admin = AdminPage(app.hub, key=admin_key)
         _configure_metrics(app, config, metrics_key, served)
@@ -1231,10 +1233,11 @@ def _configure_metrics(
     if enabled and app.metrics_key is None and not config.metrics.public and not is_loopback(host):
         enabled = False
         if served is not None:
-            served.notes.append(
-                f"/metrics is off (404) on {host} without a key: give metrics.key "
+            logger.warning(
+                "/metrics is off (404) on %s without a key: give metrics.key "
                 "(--metrics-key, HUBBUB_METRICS_KEY), or metrics.public = true "
-                "(--public-metrics) to serve it to anyone"
+                "(--public-metrics) to serve it to anyone",
+                host,
             )
     app.metrics = enabled
 
@@ -1302,6 +1305,7 @@ class Reloader:
     def __init__(self, served: Served, config: Config) -> None:
         self.served = served
         self.config = config
+        self._files = _file_contents(config)
 
     def apply(self, new: Config) -> tuple[list[str], list[str]]:
         """Apply ``new``; returns (one line per applied change, keys that need a restart).
@@ -1311,6 +1315,9 @@ class Reloader:
         """
         old_flat, new_flat = _flatten(self.config), _flatten(new)
         changed = [k for k in new_flat if old_flat.get(k) != new_flat.get(k)]
+        # A key file rewritten in place (rotation) is a change even under the same name.
+        files = _file_contents(new)
+        changed += [k for k, v in files.items() if k not in changed and self._files.get(k) != v]
         restart = [k for k in changed if not _reloadable(k)]
         live = [k for k in changed if _reloadable(k)]
         served = self.served
@@ -1392,7 +1399,30 @@ class Reloader:
             else:
                 kept[table] = running[table]
         self.config = msgspec.convert(kept, Config)
+        self._files = files
         return applied, sorted(restart)
+
+
+def _file_contents(config: Config) -> dict[str, bytes | None]:
+    """The contents of the key files ``config`` names (``None``: unreadable), by key."""
+    contents: dict[str, bytes | None] = {}
+    for key in PATH_KEYS:
+        table, name = key.split(".")
+        value = getattr(getattr(config, table), name)
+        if not value or table == "server":
+            continue
+        paths = [value] if isinstance(value, str) else value
+        data = b""
+        for path in paths:
+            try:
+                with open(path, "rb") as file:
+                    data += file.read() + b"\0"
+            except OSError:
+                contents[key] = None
+                break
+        else:
+            contents[key] = data
+    return contents
 
 
 def _brief(value: Any) -> str:
