@@ -558,6 +558,10 @@ def _serve(args: argparse.Namespace, argv: Sequence[str] | None = None) -> None:
         ssl_keyfile=server_config.ssl_keyfile,
         log_level=server_config.log_level,
         lifespan="auto",
+        # hubbub's trusted_proxies alone decides whom X-Forwarded-For is believed
+        # from: uvicorn's own handling would trust 127.0.0.1 (FORWARDED_ALLOW_IPS)
+        # before hubbub is asked, so a loopback proxy counted even when untrusted.
+        proxy_headers=False,
         # uvicorn annotates it int but takes seconds as a float.
         timeout_graceful_shutdown=server_config.shutdown_timeout,  # type: ignore[arg-type]
     )
