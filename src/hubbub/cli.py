@@ -51,6 +51,7 @@ from ._cli_checks import (
     switch,
     ws_name,
 )
+from ._cli_ops import OPS_COMMANDS, add_ops_commands, run_ops
 from ._demo import DemoAuthenticator
 from ._jwt import JWTAuthenticator
 from ._keys import validate_key
@@ -308,6 +309,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     commands.add_parser("schema", help="print the JSON Schema of the wire protocol")
+    add_ops_commands(commands)
     return parser
 
 
@@ -581,6 +583,8 @@ def _schema() -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``hubbub`` console script."""
     args = _parser().parse_args(argv)
+    if args.command in OPS_COMMANDS:
+        raise SystemExit(run_ops(args))
     if args.command != "serve":
         _schema()
         return
