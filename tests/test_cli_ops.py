@@ -529,6 +529,17 @@ def test_an_api_that_is_off_is_exit_5(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "HTTP API is off" in one_error_line(err, "publish")
 
 
+def test_an_unknown_namespace_is_exit_5_and_named(
+    demo: Server, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 404 for the channel's namespace names it rather than blaming the API or the URL."""
+    argv = ["publish", "nosuch:x", "1", "--url", demo.url, "--api-key", API_KEY]
+    code, _, err = run(argv, capsys)
+    assert code == 5
+    assert "unknown namespace 'nosuch'" in one_error_line(err, "publish")
+    assert "API is off" not in err
+
+
 def test_too_many_wrong_keys_is_exit_6(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """After ten wrong keys the server answers 429: retry later, exit status 6."""
     argv = ["-m", "hubbub", "serve", "--port", "{port}", "--api-key", API_KEY]
@@ -731,3 +742,30 @@ def test_tail_piped_into_head_ends_quietly(demo: Server) -> None:
                 time.sleep(0.1)
         assert watching.process.wait(DEADLINE) == 0
     assert not any("Traceback" in line or "Exception" in line for line in watching.err)
+
+
+def test_tail_with_history_prints_the_last_kept_publications_first(demo: Server) -> None:
+    """--history N: the newest N kept publications come first, then live ones."""
+    env = {"HUBBUB_JWT_SECRET": SECRET, "HUBBUB_URL": demo.url}
+    with HubbubAPI(demo.url, API_KEY) as api:
+        for n in range(1, 4):
+            api.publish("chat:backlog", {"text": f"old {n}"})
+        with tail(["chat:backlog", "--history", "2"], env) as watching:
+            watching.wait_err("subscribed to chat:backlog")
+            api.publish("chat:backlog", {"text": "live"})
+            watching.wait_for(lambda: len(watching.out) >= 3, "two kept and one live")
+            assert watching.stop() == 0
+    texts = [line["data"]["text"] for line in watching.publications()]
+    assert texts == ["old 2", "old 3", "live"]
+    assert [line["offset"] for line in watching.publications()] == [2, 3, 4]
+
+
+def test_tail_of_a_wrong_path_or_namespace_is_exit_5(demo: Server) -> None:
+    """No WebSocket endpoint under the URL's prefix, or an unknown namespace: exit status 5."""
+    env = {"HUBBUB_JWT_SECRET": SECRET}
+    wrong_path = hubbub("tail", "news", "--url", demo.url + "/prefix", env=env)
+    assert wrong_path.returncode == 5
+    assert "404 from ws://" in one_error_line(wrong_path.stderr, "tail")
+    unknown = hubbub("tail", "nosuch:x", "--quiet", "--url", demo.url, env=env)
+    assert unknown.returncode == 5
+    assert "unknown namespace 'nosuch'" in one_error_line(unknown.stderr, "tail")

@@ -759,6 +759,8 @@ def _api_failure(exc: HubbubAPIError, url: str) -> OpsError:
         return OpsError(EXIT_REFUSED_AUTH, f"401 from {url}: the API key was refused ({reason})")
     if code == 403:
         return OpsError(EXIT_REFUSED_AUTH, f"403 from {url}: not allowed ({reason})")
+    if code == 404 and "namespace" in reason:
+        return OpsError(EXIT_NOT_FOUND, f"404 from {url}: {reason}")
     if code == 404:
         return OpsError(
             EXIT_NOT_FOUND,
