@@ -57,6 +57,7 @@ from ._cli_checks import (
     switch,
     ws_name,
 )
+from ._cli_ops import OPS_COMMANDS, add_ops_commands, run_ops
 from ._redact import install_log_redaction
 from .config import (
     HUB_SECTIONS,
@@ -396,6 +397,7 @@ def _parser() -> argparse.ArgumentParser:
     actions.add_parser("schema", help="print the JSON Schema of the configuration file")
 
     commands.add_parser("schema", help="print the JSON Schema of the wire protocol")
+    add_ops_commands(commands)
     return parser
 
 
@@ -629,6 +631,8 @@ def _schema() -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``hubbub`` console script."""
     args = _parser().parse_args(argv)
+    if args.command in OPS_COMMANDS:
+        raise SystemExit(run_ops(args))
     if args.command == "schema":
         _schema()
         return

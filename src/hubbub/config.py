@@ -71,11 +71,13 @@ __all__ = [
     "Reloader",
     "Served",
     "ServerConfig",
+    "api_keys_of",
     "build_app",
     "build_demo_hub",
     "dump",
     "example",
     "find_line",
+    "hmac_secret_of",
     "is_loopback",
     "load",
     "loads",
@@ -1053,6 +1055,18 @@ def check_tls(config: Config) -> None:
             f"({reason})",
             "PEM files; the key without a passphrase",
         ) from None
+
+
+def hmac_secret_of(config: Config) -> str | None:
+    """The first HMAC secret of ``[auth]`` (what ``hubbub token`` signs with), or ``None``."""
+    auth = config.auth
+    if auth.secret_file is not None:
+        secrets = _read_lines("auth.secret_file", auth.secret_file)
+    elif auth.secret is None:
+        return None
+    else:
+        secrets = [auth.secret] if isinstance(auth.secret, str) else list(auth.secret)
+    return secrets[0] if secrets else None
 
 
 def api_keys_of(config: Config) -> list[str]:
