@@ -38,7 +38,7 @@ TOOLS: dict[str, tuple[str, str]] = {
     # warns, an error here, when it has to fall back to httpx.
     # The documentation site: built by `mkdocs build --strict`, themed and referenced
     # from mkdocs.yml.
-    "mkdocs": ("scripts/test", "mkdocs build --strict --quiet"),
+    "mkdocs": ("scripts/test", "mkdocs build --strict --site-dir"),
     "mkdocs-material": ("mkdocs.yml", "name: material"),
     "mkdocstrings": ("mkdocs.yml", "- mkdocstrings"),
     "httpx2": ("tests/test_api.py", "from starlette.testclient import TestClient"),
