@@ -18,6 +18,7 @@ uvicorn (or the WebSocket library its ``--ws`` needs).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
 import ipaddress
 import json
@@ -137,6 +138,21 @@ def _check_websockets(ws: str) -> None:
             f"hubbub serve: error: --ws {ws} needs {' or '.join(needed)}, not installed: "
             + (INSTALL_SERVER if "websockets" in needed else f"pip install {needed[0]}")
         )
+
+
+def _ws_protocol(ws: str) -> str | type[asyncio.Protocol]:
+    """uvicorn's websockets-sansio with hubbub's pre-framed fan-out, when that is what runs.
+
+    Any other ``--ws`` (or no ``websockets`` installed) keeps uvicorn's own class:
+    hubbub then sends through the standard ``websocket.send``.
+    """
+    if ws not in ("auto", "websockets-sansio"):
+        return ws
+    try:
+        from ._uvicorn_ws import FramesProtocol
+    except ImportError:  # auto without websockets: uvicorn falls back to wsproto
+        return ws
+    return FramesProtocol
 
 
 def _draining_server(config: uvicorn.Config) -> uvicorn.Server:
@@ -542,7 +558,7 @@ def _serve(args: argparse.Namespace) -> None:
         app,
         host=args.host,
         port=args.port,
-        ws=args.ws,
+        ws=_ws_protocol(args.ws),
         # uvicorn refuses frames above its own limit with 1009; keep it above ours so
         # hubbub answers first (with a `disconnect` message) for moderately large frames.
         ws_max_size=max(args.max_message_size * 4, 1024 * 1024),
