@@ -41,7 +41,7 @@ from hubbub._frames import (
     deflate,
     wire_kind,
 )
-from hubbub._uvicorn_ws import FramesProtocol
+from hubbub._uvicorn_ws import SUPPORTED, FramesProtocol
 
 from .apps.wsclient import Client, open_client, open_clients
 from .servers import Server, run_server
@@ -153,6 +153,7 @@ def test_shared_frame_is_built_once_and_only_when_asked() -> None:
 def test_uvicorn_class_still_has_what_the_fast_path_reads() -> None:
     """Fails loudly if uvicorn's websockets-sansio protocol changes the attributes relied on."""
     assert issubclass(FramesProtocol, WebSocketsSansIOProtocol)
+    assert SUPPORTED, "uvicorn's websockets-sansio class has no write flow control"
     for name in ("handle_connect", "send", "pause_writing", "resume_writing", "connection_lost"):
         assert callable(getattr(WebSocketsSansIOProtocol, name)), name
 

@@ -36,7 +36,15 @@ from websockets.protocol import State
 
 from ._frames import EXTENSION, WINDOW_BITS
 
-__all__ = ["DEFLATE", "FramesProtocol"]
+__all__ = ["DEFLATE", "SUPPORTED", "FramesProtocol"]
+
+SUPPORTED = callable(getattr(WebSocketsSansIOProtocol, "pause_writing", None))
+"""Whether the installed uvicorn's class has write flow control (uvicorn >= 0.52.1).
+
+Before it, ``send`` never waited for the socket's buffer and the protocol had no
+``disconnected`` flag: frames written directly could not be refused when a
+client stops reading. ``hubbub serve`` then keeps uvicorn's own class.
+"""
 
 DEFLATE = ServerPerMessageDeflateFactory(
     server_no_context_takeover=True,

@@ -149,10 +149,10 @@ def _ws_protocol(ws: str) -> str | type[asyncio.Protocol]:
     if ws not in ("auto", "websockets-sansio"):
         return ws
     try:
-        from ._uvicorn_ws import FramesProtocol
-    except ImportError:  # auto without websockets: uvicorn falls back to wsproto
+        from ._uvicorn_ws import SUPPORTED, FramesProtocol
+    except ImportError:  # auto without websockets (uvicorn falls back to wsproto), uvicorn < 0.35
         return ws
-    return FramesProtocol
+    return FramesProtocol if SUPPORTED else ws
 
 
 def _draining_server(config: uvicorn.Config) -> uvicorn.Server:
