@@ -24,6 +24,7 @@ to serve, or a missing uvicorn (or the WebSocket library its ``--ws`` needs).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
 import json
 import logging
@@ -134,6 +135,21 @@ def _check_websockets(ws: str) -> None:
             f"hubbub serve: error: --ws {ws} needs {' or '.join(needed)}, not installed: "
             + (INSTALL_SERVER if "websockets" in needed else f"pip install {needed[0]}")
         )
+
+
+def _ws_protocol(ws: str) -> str | type[asyncio.Protocol]:
+    """uvicorn's websockets-sansio with hubbub's pre-framed fan-out, when that is what runs.
+
+    Any other ``--ws`` (or no ``websockets`` installed) keeps uvicorn's own class:
+    hubbub then sends through the standard ``websocket.send``.
+    """
+    if ws not in ("auto", "websockets-sansio"):
+        return ws
+    try:
+        from ._uvicorn_ws import SUPPORTED, FramesProtocol
+    except ImportError:  # auto without websockets (uvicorn falls back to wsproto), uvicorn < 0.35
+        return ws
+    return FramesProtocol if SUPPORTED else ws
 
 
 def _draining_server(config: uvicorn.Config, reload: _Reload | None = None) -> uvicorn.Server:
@@ -549,7 +565,7 @@ def _serve(args: argparse.Namespace, argv: Sequence[str] | None = None) -> None:
         served.app,
         host=server_config.host,
         port=server_config.port,
-        ws=server_config.ws,
+        ws=_ws_protocol(server_config.ws),
         # uvicorn refuses frames above its own limit with 1009; keep it above ours so
         # hubbub answers first (with a `disconnect` message) for moderately large frames.
         ws_max_size=max(max_message_size * 4, 1024 * 1024),
