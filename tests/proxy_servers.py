@@ -5,7 +5,9 @@ The configurations are rendered from ``examples/deploy/nginx.conf`` and
 and port, certificate paths, the upstream's port, log paths) is replaced, and
 each replacement fails loudly when the recipe no longer contains what it
 replaces, so the tests keep testing the recipe, not a copy of it. The hubbub
-command line comes the same way from ``examples/deploy/hubbub.service``.
+command line comes the same way from ``examples/deploy/hubbub.service``, and the
+hub it serves from ``examples/deploy/hubbub.toml`` (its port, and what a test
+names, replaced).
 
 Each proxy runs as this test's own process (its own configuration, pid file and
 logs in the test's directory, never the package's system service) on free
@@ -27,7 +29,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -364,20 +366,53 @@ def environment_file(path: Path | None = None) -> dict[str, str]:
     return variables
 
 
-def unit_command(target: str, port: int | str) -> list[str]:
-    """The unit's ExecStart as arguments for ``python``: ``-m hubbub serve ...``.
+RECIPE_CONFIG = "/etc/hubbub/hubbub.toml"
+"""Where the unit's ExecStart reads hubbub.toml."""
+
+
+def unit_command(config: Path | str) -> list[str]:
+    """The unit's ExecStart as arguments for ``python``: ``-m hubbub serve --config ...``.
 
     The executable (the venv's ``hubbub`` script) becomes ``-m hubbub`` for the
-    interpreter running the tests; the recipe's target and port are replaced by
-    the test's, and must be there to be replaced.
+    interpreter running the tests; the recipe's configuration file is replaced by
+    ``config``, and must be there to be replaced.
     """
     (exec_start,) = unit_settings()["ExecStart"]
     argv = shlex.split(exec_start)
     assert Path(argv[0]).name == "hubbub", argv
     assert argv[1] == "serve", argv
-    assert "hubbub_app:hub" in argv and "8000" in argv, argv
-    rest = [target if a == "hubbub_app:hub" else str(port) if a == "8000" else a for a in argv[2:]]
+    assert RECIPE_CONFIG in argv, argv
+    rest = [str(config) if a == RECIPE_CONFIG else a for a in argv[2:]]
     return ["-m", "hubbub", "serve", *rest]
+
+
+def render_config(
+    directory: Path,
+    port: int,
+    *,
+    secret: str,
+    api_key: str,
+    replacements: Sequence[tuple[str, str]] = (),
+) -> Path:
+    """``examples/deploy/hubbub.toml`` in ``directory``, with ``jwt-secret`` and ``api-keys``.
+
+    The test's port replaces 8000, then each ``(old, new)`` of ``replacements``
+    applies once; each fails when the recipe no longer contains what it replaces.
+    The key files hold the test's secret and API key, as the recipe's would.
+    """
+    recipe = "examples/deploy/hubbub.toml"
+    text = (DEPLOY / "hubbub.toml").read_text()
+    text = replace_once(text, "\nport = 8000\n", f"\nport = {port}\n", recipe)
+    for old, new in replacements:
+        text = replace_once(text, old, new, recipe)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in ("jwt-secret", "api-keys"):
+        assert f'"{name}"' in text, f"{recipe} no longer names {name}"
+    (directory / "jwt-secret").write_text(secret + "\n")
+    (directory / "api-keys").write_text(api_key + "\n")
+    config = directory / "hubbub.toml"
+    config.write_text(text)
+    return config
 
 
 def python_path(*extra: Path) -> str:

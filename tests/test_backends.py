@@ -2,7 +2,7 @@
 
 Each example mints a connection token with its language's standard library
 and publishes through hubbub's HTTP API. Against a real ``hubbub serve`` (the
-shipped ``examples/deploy/hubbub_app.py`` with a JWT secret and an API key):
+shipped ``examples/deploy/hubbub.toml`` with the test's JWT secret and API key):
 the token opens a WebSocket, the server subscribes the ``channels`` it names,
 and the publication reaches that socket. A wrong key, a token signed with
 another secret and data that is not JSON are refused. Without ``node`` or
@@ -22,8 +22,8 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from .proxy_servers import DEPLOY, IN_CI, python_path
-from .servers import ROOT, Server, run_server
+from .proxy_servers import IN_CI, render_config
+from .servers import ROOT, Server, free_port, run_server
 
 SECRET = "backend-test-secret-" + "z" * 32
 API_KEY = "backend-test-api-key-0123456789"
@@ -87,14 +87,12 @@ def backend(request: pytest.FixtureRequest) -> list[str]:
 
 @pytest.fixture(scope="module")
 def hubbub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """``hubbub serve hubbub_app:hub`` with a JWT secret and an API key."""
-    env = {
-        "HUBBUB_JWT_SECRET": SECRET,
-        "HUBBUB_API_KEY": API_KEY,
-        "PYTHONPATH": python_path(DEPLOY),
-    }
-    argv = ["-m", "hubbub", "serve", "hubbub_app:hub", "--port", "{port}"]
-    with run_server(argv, tmp_path_factory.mktemp("hubbub"), env=env) as server:
+    """``hubbub serve --config`` the shipped hubbub.toml, with the test's secret and API key."""
+    directory = tmp_path_factory.mktemp("hubbub")
+    port = free_port()
+    config = render_config(directory / "etc", port, secret=SECRET, api_key=API_KEY)
+    argv = ["-m", "hubbub", "serve", "--config", str(config)]
+    with run_server(argv, directory, port=port) as server:
         yield server
 
 

@@ -36,6 +36,7 @@ from hubbub.config import (
     ConfigError,
     example,
     find_line,
+    load,
     loads,
     schema,
 )
@@ -518,3 +519,21 @@ def test_sighup_applies_a_good_file_and_keeps_the_config_on_a_bad_one(tmp_path: 
         assert "Traceback" not in log
         assert _api_status(server, KEY_2) == 200
         assert server.process.poll() is None
+
+
+def test_a_variable_replaces_the_files_key_source_not_joins_it(tmp_path: Path) -> None:
+    """``HUBBUB_API_KEY`` over ``api.keys_file`` and ``HUBBUB_JWT_SECRET`` over
+    ``auth.secret_file`` win (flag > variable > file), instead of "two sources";
+    two sources in one layer are still refused."""
+    (tmp_path / "keys").write_text("a-file-api-key-0123456789\n")
+    (tmp_path / "secret").write_text(SECRET + "\n")
+    path = tmp_path / "hubbub.toml"
+    path.write_text('[api]\nkeys_file = "keys"\n[auth]\nsecret_file = "secret"\n')
+    other = "another-secret-of-32-bytes-or-more-0123"
+    config = load(path, environ={"HUBBUB_API_KEY": "a-variable-key-0123456789"})
+    assert config.api.keys == ["a-variable-key-0123456789"] and config.api.keys_file is None
+    assert config.auth.secret_file is not None
+    config = load(path, environ={"HUBBUB_JWT_SECRET": other})
+    assert (config.auth.secret, config.auth.secret_file) == (other, None)
+    with pytest.raises(ConfigError, match=r"public_key_file|secret"):
+        load(path, environ={"HUBBUB_JWT_SECRET": other, "HUBBUB_JWT_PUBLIC_KEY": "pub.pem"})

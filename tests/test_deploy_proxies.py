@@ -2,10 +2,12 @@
 
 Each proxy runs with the configuration rendered from ``examples/deploy/`` (TLS
 with a certificate made here), in front of hubbub started with the command line
-and the environment file of ``examples/deploy/hubbub.service``. Every client
-connects from its own loopback address (127.0.0.x), so the address hubbub sees
-can be told apart from the proxy's (127.0.0.1): the hub admits one open
-connection per address, and a second one from the same address is refused 429.
+of ``examples/deploy/hubbub.service`` serving ``examples/deploy/hubbub.toml``.
+Every client connects from its own loopback address (127.0.0.x), so the address
+hubbub sees can be told apart from the proxy's (127.0.0.1): the test's copy of
+hubbub.toml admits one open connection per address
+(``limits.max_connections_per_ip = 1``), and a second one from the same address
+is refused 429.
 """
 
 from __future__ import annotations
@@ -38,12 +40,12 @@ from .proxy_servers import (
     Proxy,
     environment_file,
     make_certificates,
-    python_path,
+    render_config,
     run_caddy,
     run_nginx,
     unit_command,
 )
-from .servers import ROOT, Server, run_server
+from .servers import Server, free_port, run_server
 
 pytestmark = pytest.mark.anyio
 
@@ -74,37 +76,40 @@ class Stack:
         return f"== hubbub\n{self.hubbub.log()}\n{self.proxy.log()}"
 
 
-def hubbub_env(trusted: str) -> dict[str, str]:
-    """``examples/deploy/hubbub.env`` with the test's secrets, plus the hub's trusted proxies."""
-    variables = environment_file()
-    assert {"HUBBUB_JWT_SECRET", "HUBBUB_API_KEY"} <= variables.keys(), variables
-    variables.update(
-        HUBBUB_JWT_SECRET=SECRET,
-        HUBBUB_API_KEY=API_KEY,
-        PROXIED_HUB_TRUSTED=trusted,
-        PYTHONPATH=python_path(ROOT / "tests" / "apps"),
-    )
-    return variables
+ONE_PER_ADDRESS = ("max_connections_per_ip = 200", "max_connections_per_ip = 1")
+TRUST_NOBODY = ('trusted_proxies = ["127.0.0.1", "::1"]', "trusted_proxies = []")
+ROOM = "chat:lobby"
 
 
 @contextmanager
 def stack(
-    kind: str, tmp_path: Path, *, trusted: str = "127.0.0.1", env: dict[str, str] | None = None
+    kind: str, tmp_path: Path, *, trusted: bool = True, env: dict[str, str] | None = None
 ) -> Iterator[Stack]:
-    """hubbub (the unit's ExecStart serving ``proxied_hub:hub``) behind ``kind``."""
+    """hubbub (the unit's ExecStart with the shipped hubbub.toml) behind ``kind``.
+
+    The test's copy of hubbub.toml caps connections at one per client address,
+    and with ``trusted=False`` trusts no proxy.
+    """
     certs = make_certificates(tmp_path)
-    argv = unit_command("proxied_hub:hub", port="{port}")
+    port = free_port()
+    replacements = [ONE_PER_ADDRESS] if trusted else [ONE_PER_ADDRESS, TRUST_NOBODY]
+    config = render_config(
+        tmp_path / "etc", port, secret=SECRET, api_key=API_KEY, replacements=replacements
+    )
+    # hubbub.env sets nothing by default (every line is a comment): the file is the configuration.
+    variables = {**environment_file(), **(env or {})}
     run_proxy = run_nginx if kind == "nginx" else run_caddy
     with (
-        run_server(argv, tmp_path, env={**hubbub_env(trusted), **(env or {})}) as hubbub,
+        run_server(unit_command(config), tmp_path, env=variables, port=port) as hubbub,
         run_proxy(hubbub.port, tmp_path / kind, certs) as proxy,
     ):
         yield Stack(hubbub, proxy, certs)
 
 
-def token(user: str) -> str:
-    """A connection token for ``user``, as a backend would mint it."""
-    return jwt.encode({"sub": user, "exp": int(time.time()) + 600}, SECRET, algorithm="HS256")
+def token(user: str, rooms: Sequence[str] = (ROOM,)) -> str:
+    """A connection token for ``user`` with a ``rooms`` claim, as a backend would mint it."""
+    claims = {"sub": user, "exp": int(time.time()) + 600, "rooms": list(rooms)}
+    return jwt.encode(claims, SECRET, algorithm="HS256")
 
 
 @asynccontextmanager
@@ -186,9 +191,14 @@ async def test_websocket_and_api_through_the_proxy(kind: str, tmp_path: Path) ->
             ws_client(s, "127.0.0.6", "bob") as bob,
         ):
             await alice.subscribe("news")
-            await bob.publish("news", {"text": "over the proxy"})
+            await alice.subscribe(ROOM)
+            await bob.publish(ROOM, {"text": "over the proxy"})
             (message,) = await alice.messages(1)
-            assert message["data"] == {"text": "over the proxy"}
+            assert message["channel"] == ROOM
+            assert message["data"]["text"] == "over the proxy"
+            # news is the backend's: clients may not publish there.
+            refused = await bob.request({"type": "publish", "channel": "news", "data": 1})
+            assert refused["type"] == "error" and refused["code"] == 403, refused
 
             answer = await api_publish(s, "news", {"text": "from the backend"})
             assert answer.status_code == 200, answer.text
@@ -254,7 +264,7 @@ async def test_trusted_proxy_forwards_the_client_address(kind: str, tmp_path: Pa
 @pytest.mark.parametrize("kind", PROXIES)
 async def test_untrusted_proxy_is_one_address(kind: str, tmp_path: Path) -> None:
     """Without the proxy in trusted_proxies every client is the proxy's address (127.0.0.1)."""
-    with stack(kind, tmp_path, trusted="") as s:
+    with stack(kind, tmp_path, trusted=False) as s:
         async with ws_client(s, "127.0.0.5", "alice"):
             assert await refused_status(s, "127.0.0.6", "bob") == 429
             forged = [("X-Forwarded-For", "203.0.113.9")]
@@ -278,7 +288,7 @@ async def test_untrusted_loopback_proxy_is_not_believed(tmp_path: Path) -> None:
     uvicorn's own proxy_headers would believe 127.0.0.1 (its FORWARDED_ALLOW_IPS
     default) before hubbub is asked; `hubbub serve` turns them off.
     """
-    with stack("nginx", tmp_path, trusted="") as s:
+    with stack("nginx", tmp_path, trusted=False) as s:
         async with ws_client(s, "127.0.0.5", "alice"):
             assert await refused_status(s, "127.0.0.6", "bob") == 429
 
@@ -352,8 +362,10 @@ async def test_sigterm_drains_clients_through_the_proxy(kind: str, tmp_path: Pat
 
 
 def test_recipes_name_the_same_upstream() -> None:
-    """The unit, nginx and Caddy agree on where hubbub listens (127.0.0.1:8000)."""
-    argv = unit_command("x:y", port=1234)
-    assert argv[argv.index("--host") + 1] == "127.0.0.1"
+    """hubbub.toml, nginx and Caddy agree on where hubbub listens (127.0.0.1:8000)."""
+    from hubbub.config import load
+
+    config = load(DEPLOY / "hubbub.toml")
+    assert (config.server.host, config.server.port) == ("127.0.0.1", 8000)
     assert "server 127.0.0.1:8000;" in (DEPLOY / "nginx.conf").read_text()
     assert "reverse_proxy 127.0.0.1:8000" in (DEPLOY / "Caddyfile").read_text()

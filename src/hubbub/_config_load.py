@@ -349,6 +349,21 @@ def convert_option(option: Option, raw: str) -> Any:
     return raw
 
 
+KEY_SOURCES: tuple[tuple[str, ...], ...] = (
+    ("api.keys", "api.keys_file"),
+    ("auth.secret", "auth.secret_file", "auth.public_key_file", "auth.jwks_file", "auth.jwks_url"),
+    ("admin.key", "admin.key_file"),
+    ("metrics.key", "metrics.key_file"),
+)
+"""Keys that give the same thing (a key, a JWT key source) different ways: at most one.
+
+A flag or variable setting one of them replaces the lower layer's choice, so
+``HUBBUB_API_KEY`` overrides a file's ``api.keys_file`` instead of being refused
+as two sources (flag > variable > file). Two set in the same layer are still
+refused by :func:`check`.
+"""
+
+
 def with_overrides(
     config: Config,
     overrides: Mapping[str, Any],
@@ -364,9 +379,16 @@ def with_overrides(
     if not overrides:
         return config
     document = msgspec.to_builtins(config)
+    defaults = msgspec.to_builtins(Config())
     for key, value in overrides.items():
         table, name = key.split(".")
         document[table][name] = value
+        for group in KEY_SOURCES:
+            if key in group:
+                for other in group:
+                    if other not in overrides:
+                        other_table, other_name = other.split(".")
+                        document[other_table][other_name] = defaults[other_table].get(other_name)
     sources = sources or {}
     try:
         merged = msgspec.convert(document, Config)
