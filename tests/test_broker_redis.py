@@ -14,8 +14,9 @@ import msgspec
 import pytest
 from anyio.abc import TaskGroup
 
-from hubbub import BrokerUnavailable, InternalError
+from hubbub import BrokerUnavailable, InternalError, StreamGone
 from hubbub.brokers import HistoryOptions, Publication, broker_from_url
+from hubbub.brokers._redis_format import key
 from hubbub.brokers.redis import RedisBroker
 from hubbub.messages import ClientInfo, Position
 
@@ -457,5 +458,55 @@ async def test_history_since_extreme_offsets(redis: RedisServer, task_group: Tas
         assert offsets(await broker.history("a", since=Position(offset=-5, epoch=epoch))) == [1]
         far = Position(offset=2**70, epoch=epoch)
         assert (await broker.history("a", since=far)).publications == []
+    finally:
+        await broker.stop()
+
+
+async def test_a_promoted_replica_starts_a_new_epoch(tmp_path: Path, task_group: TaskGroup) -> None:
+    """A stream read or written on a server whose replication id changed (a replica promoted
+    with ``REPLICAOF NO ONE``) goes on under a new epoch, its history and offsets kept: the
+    primary may have acknowledged publications the replica never got."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with redis_server(tmp_path / "a") as primary, redis_server(tmp_path / "b") as replica:
+        prefix = f"t{secrets.token_hex(3)}:"
+        assert replica.command("REPLICAOF", "127.0.0.1", primary.port) == "OK"
+        on_primary = new_broker(primary.url, prefix=prefix)
+        await on_primary.start(Recorder().handler, Recorder().on_lost, task_group)
+        try:
+            first = [await on_primary.publish(publication("feed"), KEEP) for _ in range(3)]
+            assert primary.command("WAIT", 1, 5000) == 1
+        finally:
+            await on_primary.stop()
+        assert replica.command("REPLICAOF", "NO", "ONE") == "OK"
+        on_replica = new_broker(replica.url, prefix=prefix)
+        await on_replica.start(Recorder().handler, Recorder().on_lost, task_group)
+        try:
+            page = await on_replica.history("feed")
+            assert page.position.epoch != first[0].epoch and page.position.offset == 3
+            assert [p.data for p in page.publications] == [p.data for p in first]
+            with pytest.raises(StreamGone):
+                await on_replica.history("feed", since=Position(offset=3, epoch=first[0].epoch))
+            after = await on_replica.publish(publication("feed"), KEEP)
+            assert (after.epoch, after.offset) == (page.position.epoch, 4)
+        finally:
+            await on_replica.stop()
+
+
+async def test_a_stream_written_before_lineage_keeps_its_epoch(
+    redis: RedisServer, task_group: TaskGroup
+) -> None:
+    """A meta hash without the replication id (written by an older hubbub) adopts the
+    server's and keeps its epoch: upgrading does not start streams over."""
+    broker = new_broker(redis.url)
+    meta = key(broker._prefix, "old", "meta")
+    assert redis.command("HSET", meta, "epoch", "e0ld", "offset", 7) == 2
+    await broker.start(Recorder().handler, Recorder().on_lost, task_group)
+    try:
+        page = await broker.history("old")
+        assert (page.position.epoch, page.position.offset) == ("e0ld", 7)
+        published = await broker.publish(publication("old"), KEEP)
+        assert (published.epoch, published.offset) == ("e0ld", 8)
+        assert redis.command("HEXISTS", meta, "rid") == 1
     finally:
         await broker.stop()
