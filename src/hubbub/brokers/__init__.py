@@ -54,6 +54,15 @@ def broker_from_url(url: str) -> Broker:
                 f"({exc})"
             ) from None
         return RedisClusterBroker.from_url(url)
+    if scheme in ("redis+shards", "rediss+shards"):
+        try:
+            from .redis_shards import ShardedRedisBroker
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ValueError(
+                f"the sharded Redis broker needs the redis package: pip install 'hubbub[redis]' "
+                f"({exc})"
+            ) from None
+        return ShardedRedisBroker.from_url(url)
     if scheme in ("postgres", "postgresql"):
         try:
             from .postgres import PostgresBroker
