@@ -329,3 +329,50 @@ async def test_two_hub_nodes_every_offset_once_in_order(
                     assert [m["offset"] for m in mine] == list(range(1, per_channel + 1))
                 with pytest.raises(TimeoutError):
                     await c.messages(1, within=0.3)  # nothing twice
+
+
+@pytest.mark.anyio
+async def test_hub_nodes_with_a_frozen_shard(tmp_path: Path) -> None:
+    """Two hub nodes on three shards, one redis-server frozen with SIGSTOP: clients'
+    publishes into its channels get error 503 within the broker timeout, channels on the
+    other shards keep flowing between the nodes; after SIGCONT its channels work again."""
+    with three_redis(tmp_path / "redis") as servers:
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in servers)
+        url = f"redis+shards://{hosts}/0"
+        names = channel_per_shard(ShardedRedisBroker.from_url(url), unique("feed:frozen") + "-")
+        frozen = servers[1]
+        frozen_name = names[f"127.0.0.1:{frozen.port}"]
+        others = [c for c in names.values() if c != frozen_name]
+        argv = ["-m", "hubbub", "serve", "redis_shards_app:app", "--port", "{port}"]
+        env = {"HUBBUB_TEST_REDIS_SHARDS_URL": url}
+        with (
+            run_server(argv, tmp_path, env=env) as one,
+            run_server(argv, tmp_path, env=env) as two,
+        ):
+            async with client(one) as publisher, client(two) as subscriber:
+                for channel in names.values():
+                    assert (await subscriber.subscribe(channel))["type"] == "subscribed"
+                frozen.freeze()
+                try:
+                    start = time.monotonic()
+                    reply = await publisher.request(
+                        {"type": "publish", "channel": frozen_name, "data": {"n": 0}}
+                    )
+                    took = time.monotonic() - start
+                    assert reply["type"] == "error" and reply["code"] == 503, reply
+                    assert took < 2.5, took  # the broker timeout (1 s) plus the hub's margin
+                    for n in range(5):
+                        for channel in others:
+                            await publisher.publish(channel, {"n": n})  # asserts the ack
+                    got = await subscriber.messages(5 * len(others), within=10)
+                    for channel in others:
+                        mine = [m["offset"] for m in got if m["channel"] == channel]
+                        assert mine == [1, 2, 3, 4, 5]
+                finally:
+                    frozen.thaw()
+                with anyio.fail_after(15):
+                    while True:
+                        again = {"type": "publish", "channel": frozen_name, "data": {"n": 1}}
+                        if (await publisher.request(again))["type"] == "ack":
+                            break
+                        await anyio.sleep(0.1)
