@@ -471,11 +471,14 @@ async def test_a_promoted_replica_starts_a_new_epoch(tmp_path: Path, task_group:
     with redis_server(tmp_path / "a") as primary, redis_server(tmp_path / "b") as replica:
         prefix = f"t{secrets.token_hex(3)}:"
         assert replica.command("REPLICAOF", "127.0.0.1", primary.port) == "OK"
+        with anyio.fail_after(30):  # attached: the full sync is over
+            while replica.command("ROLE")[3] != b"connected":  # noqa: ASYNC110
+                await anyio.sleep(0.05)
         on_primary = new_broker(primary.url, prefix=prefix)
         await on_primary.start(Recorder().handler, Recorder().on_lost, task_group)
         try:
             first = [await on_primary.publish(publication("feed"), KEEP) for _ in range(3)]
-            assert primary.command("WAIT", 1, 5000) == 1
+            assert primary.command("WAIT", 1, 5000, timeout=10) == 1
         finally:
             await on_primary.stop()
         assert replica.command("REPLICAOF", "NO", "ONE") == "OK"

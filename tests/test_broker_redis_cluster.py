@@ -335,7 +335,7 @@ async def test_acknowledged_publications_lost_in_a_failover_start_a_new_epoch(
                 for n in range(5)
             ]
             # The replica has everything so far, then misses what follows.
-            assert primary.command("WAIT", 1, 5000) == 1
+            assert primary.command("WAIT", 1, 5000, timeout=10) == 1
             # Frozen, and cut off by the primary: what follows never reaches it (a frozen
             # replica alone would still read it from its socket's buffer once thawed).
             replica.freeze()

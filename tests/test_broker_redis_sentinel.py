@@ -153,7 +153,7 @@ async def test_acknowledged_publications_lost_in_a_failover_start_a_new_epoch(
                 await broker.publish(publication(channel, f'"{n}"'.encode()), KEEP)
                 for n in range(5)
             ]
-            assert own.primary.command("WAIT", 1, 5000) == 1
+            assert own.primary.command("WAIT", 1, 5000, timeout=10) == 1
             # Frozen and cut off by the primary (short: the sentinels must still find it
             # healthy enough to promote).
             own.replica.freeze()
