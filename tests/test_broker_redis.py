@@ -14,8 +14,9 @@ import msgspec
 import pytest
 from anyio.abc import TaskGroup
 
-from hubbub import BrokerUnavailable, InternalError
-from hubbub.brokers import HistoryOptions, Publication, broker_from_url
+from hubbub import BrokerUnavailable, InternalError, StreamGone
+from hubbub.brokers import HistoryOptions, HistoryPage, Publication, broker_from_url
+from hubbub.brokers._redis_format import key
 from hubbub.brokers.redis import RedisBroker
 from hubbub.messages import ClientInfo, Position
 
@@ -459,3 +460,89 @@ async def test_history_since_extreme_offsets(redis: RedisServer, task_group: Tas
         assert (await broker.history("a", since=far)).publications == []
     finally:
         await broker.stop()
+
+
+async def test_a_promoted_replica_starts_a_new_epoch(tmp_path: Path, task_group: TaskGroup) -> None:
+    """A stream read or written on a server whose replication id changed (a replica promoted
+    with ``REPLICAOF NO ONE``) goes on under a new epoch, its history and offsets kept: the
+    primary may have acknowledged publications the replica never got."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with redis_server(tmp_path / "a") as primary, redis_server(tmp_path / "b") as replica:
+        prefix = f"t{secrets.token_hex(3)}:"
+        assert replica.command("REPLICAOF", "127.0.0.1", primary.port) == "OK"
+        with anyio.fail_after(30):  # attached: the full sync is over
+            while replica.command("ROLE")[3] != b"connected":  # noqa: ASYNC110
+                await anyio.sleep(0.05)
+        on_primary = new_broker(primary.url, prefix=prefix)
+        await on_primary.start(Recorder().handler, Recorder().on_lost, task_group)
+        try:
+            first = [await on_primary.publish(publication("feed"), KEEP) for _ in range(3)]
+            assert primary.command("WAIT", 1, 5000, timeout=10) == 1
+        finally:
+            await on_primary.stop()
+        assert replica.command("REPLICAOF", "NO", "ONE") == "OK"
+        on_replica = new_broker(replica.url, prefix=prefix)
+        await on_replica.start(Recorder().handler, Recorder().on_lost, task_group)
+        try:
+            page = await on_replica.history("feed")
+            assert page.position.epoch != first[0].epoch and page.position.offset == 3
+            assert [p.data for p in page.publications] == [p.data for p in first]
+            with pytest.raises(StreamGone):
+                await on_replica.history("feed", since=Position(offset=3, epoch=first[0].epoch))
+            after = await on_replica.publish(publication("feed"), KEEP)
+            assert (after.epoch, after.offset) == (page.position.epoch, 4)
+        finally:
+            await on_replica.stop()
+
+
+async def test_a_stream_written_before_lineage_keeps_its_epoch(
+    redis: RedisServer, task_group: TaskGroup
+) -> None:
+    """A meta hash without the replication id (written by an older hubbub) adopts the
+    server's and keeps its epoch: upgrading does not start streams over."""
+    broker = new_broker(redis.url)
+    meta = key(broker._prefix, "old", "meta")
+    assert redis.command("HSET", meta, "epoch", "e0ld", "offset", 7) == 2
+    await broker.start(Recorder().handler, Recorder().on_lost, task_group)
+    try:
+        page = await broker.history("old")
+        assert (page.position.epoch, page.position.offset) == ("e0ld", 7)
+        published = await broker.publish(publication("old"), KEEP)
+        assert (published.epoch, published.offset) == ("e0ld", 8)
+        assert redis.command("HEXISTS", meta, "rid") == 1
+    finally:
+        await broker.stop()
+
+
+async def test_a_restart_with_its_data_starts_a_new_epoch(
+    own_redis: RedisServer, task_group: TaskGroup
+) -> None:
+    """Redis restarted from its snapshot gets a new replication id: the stream goes on under
+    a new epoch with its history (what was acknowledged after the snapshot may be gone)."""
+    broker = new_broker(own_redis.url)
+    await broker.start(Recorder().handler, Recorder().on_lost, task_group)
+    try:
+        first = [await broker.publish(publication("feed"), KEEP) for _ in range(3)]
+        assert own_redis.command("SAVE") == "OK"
+        lost = await broker.publish(publication("feed", b'"after the snapshot"'), KEEP)
+        own_redis.stop()
+        own_redis.start()
+        page = await history_when_up(broker, "feed")
+        assert page.position.epoch != first[0].epoch
+        assert [p.data for p in page.publications] == [p.data for p in first]
+        after = await broker.publish(publication("feed", b'"new"'), KEEP)
+        # Offset 4 again, but never under the epoch the lost publication had.
+        assert (after.offset, lost.offset) == (4, 4) and after.epoch != lost.epoch
+    finally:
+        await broker.stop()
+
+
+async def history_when_up(broker: RedisBroker, channel: str, within: float = 10.0) -> HistoryPage:
+    """Read the channel's history once Redis answers again (bounded)."""
+    with anyio.fail_after(within):
+        while True:
+            try:
+                return await broker.history(channel)
+            except BrokerUnavailable:
+                await anyio.sleep(0.05)

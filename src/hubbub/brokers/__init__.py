@@ -22,18 +22,22 @@ from .memory import MemoryBroker as MemoryBroker
 
 def broker_from_url(url: str) -> Broker:
     """The broker a URL names: ``memory://``, ``redis://…`` / ``rediss://…``,
-    ``redis+cluster://host:port[,host:port…]`` / ``rediss+cluster://…`` (a Redis
-    Cluster), or ``postgresql://…`` / ``postgres://…``.
+    ``redis+sentinel://host:port[,host:port…]/service_name[/db]`` (a primary found
+    through Redis Sentinel), ``redis+cluster://host:port[,host:port…]`` (a Redis
+    Cluster), ``redis+shards://host:port[,host:port…][/db]`` (channels spread over
+    independent Redis servers) — each also as ``rediss+…`` for TLS — or
+    ``postgresql://…`` / ``postgres://…``.
 
     Backends other than memory are imported only here, when asked for.
 
     Raises:
-        ValueError: the scheme is not one hubbub ships.
+        ValueError: the scheme is not one hubbub ships, or the URL is malformed
+            (the message says how).
     """
     scheme = url.partition("://")[0].lower()
     if url.lower() in ("memory://", "memory"):
         return MemoryBroker()
-    if scheme in ("redis", "rediss", "unix"):
+    if scheme in ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel"):
         try:
             from .redis import RedisBroker
         except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -50,6 +54,15 @@ def broker_from_url(url: str) -> Broker:
                 f"({exc})"
             ) from None
         return RedisClusterBroker.from_url(url)
+    if scheme in ("redis+shards", "rediss+shards"):
+        try:
+            from .redis_shards import ShardedRedisBroker
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ValueError(
+                f"the sharded Redis broker needs the redis package: pip install 'hubbub[redis]' "
+                f"({exc})"
+            ) from None
+        return ShardedRedisBroker.from_url(url)
     if scheme in ("postgres", "postgresql"):
         try:
             from .postgres import PostgresBroker
@@ -61,7 +74,8 @@ def broker_from_url(url: str) -> Broker:
             ) from None
     raise ValueError(
         f"unknown broker URL {url!r}: use memory://, redis://host:port/db, "
-        "redis+cluster://host:port,host:port or postgresql://user@host:port/db"
+        "redis+sentinel://host:port,host:port/service_name, redis+cluster://host:port,host:port, "
+        "redis+shards://host:port,host:port or postgresql://user@host:port/db"
     )
 
 

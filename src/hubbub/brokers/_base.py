@@ -175,8 +175,11 @@ class Broker(ABC):
     Guarantees a broker gives: publications of one channel get consecutive
     offsets from 1 under one epoch, and reach every subscribed node in that
     order; a stream that is lost or expires comes back under a new epoch,
-    never reusing one; presence entries are leases that vanish when not
-    refreshed within their TTL.
+    never reusing one; an ``(epoch, offset)`` never names two different
+    publications (a stream whose newest publications may have been lost, e.g.
+    in a Redis failover, goes on under a new epoch: its history and offsets
+    kept, the next offset after the surviving ones); presence entries are
+    leases that vanish when not refreshed within their TTL.
 
     Errors: a broker raises :class:`hubbub.BrokerUnavailable` when it cannot
     reach its backend and never hangs without bound; it raises

@@ -63,12 +63,41 @@ def channel_of(prefix: bytes, name: bytes) -> str | None:
     return rest[: int(length)].decode(errors="replace")
 
 
+# The stream's *lineage*, checked by the publish and history scripts. Redis
+# replicates asynchronously: a primary may acknowledge (and publish) writes its
+# replica never got; once the replica is promoted it would hand their offsets to
+# other publications under the same epoch, and a subscriber that had received a
+# lost one would silently hold a different publication than the stream. Every
+# write records its server's replication id (``master_replid``: it changes when a
+# replica is promoted and when a primary restarts) in the meta hash as ``rid``; a
+# script that finds another ``rid`` there than its server's starts a new epoch,
+# keeping the history and the offsets, so no position of the old epoch can ever
+# name another publication. A meta hash without ``rid`` (an older hubbub wrote it)
+# adopts the server's. Sets ``epoch``, ``offset``, ``rid``; ``fresh`` is the epoch
+# to start, KEYS[1] the meta hash, KEYS[2] the stream.
+_LINEAGE: Final = """
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'offset', 'rid')
+local rid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)') or '-'
+local epoch = meta[1]
+local offset = tonumber(meta[2])
+local created = false
+if not epoch or not offset then
+  epoch = fresh
+  offset = 0
+  created = true
+  redis.call('DEL', KEYS[2])
+elseif meta[3] and meta[3] ~= rid then
+  epoch = fresh
+end
+"""
+
 # KEYS: meta, stream, idem, idem-by.  ARGV: pub/sub channel, body, history (0/1),
 # size, ttl ms, new epoch, idempotency window ms (0: none), idempotency key, cap.
 # Returns {status, position}: status 0 published, 1 the key was seen (nothing
 # published), 2 the publisher holds ``cap`` keys in the channel (nothing
 # published); position "<offset> <epoch>" ("- -" without history).
-_PUBLISH: Final = """
+_PUBLISH: Final = (
+    """
 local window = tonumber(ARGV[7])
 local now
 if window > 0 then
@@ -81,16 +110,13 @@ if window > 0 then
 end
 local position
 if ARGV[3] == '1' then
-  local epoch = redis.call('HGET', KEYS[1], 'epoch')
-  local offset = tonumber(redis.call('HGET', KEYS[1], 'offset'))
-  if not epoch or not offset then
-    epoch = ARGV[6]
-    offset = 0
-    redis.call('DEL', KEYS[2])
-  end
+local fresh = ARGV[6]
+"""
+    + _LINEAGE
+    + """
   offset = offset + 1
   local id = string.format('%d-0', offset)
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', offset)
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', offset, 'rid', rid)
   local ok = redis.pcall('XADD', KEYS[2], 'MAXLEN', ARGV[4], id, 'd', ARGV[2])
   if type(ok) == 'table' and ok.err then
     redis.call('DEL', KEYS[2])
@@ -111,6 +137,7 @@ end
 redis.call('PUBLISH', ARGV[1], 'h1 ' .. position .. ' ' .. ARGV[2])
 return {0, position}
 """
+)
 
 PUBLISH: Final = _PUBLISH
 """The publish script of one Redis: classic pub/sub."""
@@ -121,16 +148,19 @@ script itself, so pub/sub order is stream order on the channel's shard too."""
 
 # KEYS: meta, stream.  ARGV: new epoch, empty-stream ttl ms, since epoch ("" for
 # none), range command (XRANGE, XREVRANGE or "" for none), start, end, count
-# ("" for all).  Returns {epoch, offset, entries}.
-HISTORY: Final = """
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-local offset = tonumber(redis.call('HGET', KEYS[1], 'offset'))
-if not epoch or not offset then
-  epoch = ARGV[1]
-  offset = 0
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
+# ("" for all).  Returns {epoch, offset, entries}. A stream that does not exist is
+# created empty (its epoch is then kept EMPTY_STREAM_TTL_MS without publications).
+HISTORY: Final = (
+    """
+local fresh = ARGV[1]
+"""
+    + _LINEAGE
+    + """
+if created then
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0, 'rid', rid)
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
+elseif epoch ~= meta[1] or not meta[3] then
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'rid', rid)
 end
 local top = string.format('%d', offset)
 if ARGV[3] ~= '' and ARGV[3] ~= epoch then return {epoch, top, false} end
@@ -143,6 +173,7 @@ else
 end
 return {epoch, top, entries}
 """
+)
 
 _TIME: Final = """
 local t = redis.call('TIME')

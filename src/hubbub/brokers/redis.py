@@ -43,6 +43,7 @@ parse is dropped with a log line.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from typing import Any, Final, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -50,6 +51,7 @@ import anyio
 from anyio.abc import TaskGroup
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -67,6 +69,7 @@ from ._redis_format import (
     PUBLISH,
 )
 from ._redis_link import Link, PubSubLink
+from ._redis_url import broker_options, redis_options, split
 
 __all__ = ["MAX_CONNECTIONS", "RedisBroker"]
 
@@ -77,6 +80,9 @@ _BUSY_LOG_EVERY: Final = 10.0
 
 MAX_CONNECTIONS: Final = 50
 """Commands in flight at once per node (:meth:`RedisBroker.from_url`'s pool size)."""
+
+SENTINEL_PORT: Final = 26379
+_SENTINEL_SCHEMES: Final = {"redis+sentinel": False, "rediss+sentinel": True}
 
 
 class RedisBroker(PubSubLink, RedisCommands, Broker):
@@ -156,16 +162,26 @@ class RedisBroker(PubSubLink, RedisCommands, Broker):
         self._link_task = LinkTask(self._run_link, "Redis pub/sub link", logger)
         self._channels: set[str] = set()
         self._link: Link | None = None
+        self._sentinel: Sentinel | None = None
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisBroker:
-        """A broker for ``redis://[user:password@]host:port/db`` (or ``rediss://``, ``unix://``).
+        """A broker for ``redis://[user:password@]host:port/db`` (or ``rediss://``, ``unix://``),
+        or for a primary found through Redis Sentinel:
+        ``redis+sentinel://[user:password@]host:port[,host:port...]/service_name[/db]``
+        (``rediss+sentinel://`` for TLS; see :meth:`from_sentinel`).
 
         Query parameters ``prefix``, ``timeout``, ``health_check_interval``,
         ``max_connections`` (default 50) and ``idempotency_keys`` set the
         options of the same name; the others go to redis-py. The client's pool
         waits (up to ``timeout``) for a free connection instead of refusing.
+
+        Raises:
+            ValueError: a Sentinel URL that is malformed (no host, no service
+                name, a bad port, database or option), saying what is wrong.
         """
+        if url.partition("://")[0].lower() in _SENTINEL_SCHEMES:
+            return cls._from_sentinel_url(url, options)
         parts = urlsplit(url)
         query = dict(parse_qsl(parts.query))
         for name, convert in (
@@ -193,6 +209,118 @@ class RedisBroker(PubSubLink, RedisCommands, Broker):
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
         return cls(Redis.from_pool(pool), close_client=True, **options)
+
+    @classmethod
+    def from_sentinel(
+        cls,
+        sentinels: Sequence[tuple[str, int]],
+        service_name: str,
+        *,
+        db: int = 0,
+        sentinel_kwargs: Mapping[str, Any] | None = None,
+        connection_kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> RedisBroker:
+        """A broker on the primary that Redis Sentinel names for ``service_name``.
+
+        Every new connection (commands and the pub/sub link) asks the sentinels
+        for the current primary (redis-py's ``redis.asyncio.sentinel``); when a
+        failover moves it, the link drops, reconnects to the new primary,
+        resubscribes and reports every channel lost, and the hub repairs them
+        from history. Streams the promoted replica serves go on under a new
+        epoch (docs/scaling.md, Failover): subscribers are told, never silently
+        diverged. Commands sent to a demoted primary fail (``READONLY``) and
+        are answered 503, like any call while the primary is unreachable.
+
+        Args:
+            sentinels: ``(host, port)`` of each sentinel; asked in turn, each
+                within a share of ``timeout`` so that a frozen sentinel cannot
+                use the whole of it.
+            service_name: the name the sentinels monitor the primary under.
+            db: the database number.
+            sentinel_kwargs: connection options for the sentinels (e.g.
+                ``password`` when they require one).
+            connection_kwargs: redis-py options for the Redis servers
+                (``username``, ``password``, ``ssl``...).
+            options: those of :class:`RedisBroker` (``max_connections``
+                defaults to 50).
+
+        Raises:
+            ValueError: no sentinel, no service name, a negative ``db``, or a bad option.
+        """
+        if not sentinels:
+            raise ValueError("Redis Sentinel needs at least one sentinel (host, port)")
+        if not service_name:
+            raise ValueError("Redis Sentinel needs the service name of the primary")
+        if db < 0:
+            raise ValueError("the database number must be 0 or more")
+        timeout = float(options.get("timeout", 2.0))
+        options.setdefault("max_connections", MAX_CONNECTIONS)
+        if options["max_connections"] < 1:
+            raise ValueError("max_connections must be at least 1")
+        each = timeout / (len(sentinels) + 1)
+        sentinel = Sentinel(
+            list(sentinels),
+            sentinel_kwargs={
+                "socket_timeout": each,
+                "socket_connect_timeout": each,
+                **(sentinel_kwargs or {}),
+            },
+        )
+        client = sentinel.master_for(
+            service_name,
+            db=db,
+            max_connections=options["max_connections"],
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            **(connection_kwargs or {}),
+        )
+        broker = cls(client, close_client=True, **options)
+        broker._sentinel = sentinel
+        return broker
+
+    @classmethod
+    def _from_sentinel_url(cls, url: str, options: dict[str, Any]) -> RedisBroker:
+        what = "Redis Sentinel"
+        parts = split(url, _SENTINEL_SCHEMES, SENTINEL_PORT, what)
+        if not parts.path or not parts.path[0]:
+            raise ValueError(
+                "a Redis Sentinel URL names the primary's service after the hosts: "
+                "redis+sentinel://host:port[,host:port...]/service_name[/db]"
+            )
+        if len(parts.path) > 2:
+            raise ValueError("a Redis Sentinel URL's path is /service_name[/db], nothing more")
+        db = 0
+        if len(parts.path) == 2:
+            if not parts.path[1].isdigit():
+                raise ValueError(
+                    f"the database in the Redis Sentinel URL must be a number, "
+                    f"got {parts.path[1]!r}"
+                )
+            db = int(parts.path[1])
+        query = dict(parts.query)
+        broker_options(query, options, what)
+        sentinel_kwargs: dict[str, Any] = {}
+        for name in ("sentinel_username", "sentinel_password"):
+            if name in query:
+                sentinel_kwargs[name.removeprefix("sentinel_")] = query.pop(name)
+        connection: dict[str, Any] = redis_options(query, what)
+        if parts.username:
+            connection["username"] = parts.username
+        if parts.password:
+            connection["password"] = parts.password
+        if parts.tls:
+            connection["ssl"] = True
+            sentinel_kwargs["ssl"] = True
+        return cls.from_sentinel(
+            parts.hosts,
+            parts.path[0],
+            db=db,
+            sentinel_kwargs=sentinel_kwargs,
+            connection_kwargs=connection,
+            **options,
+        )
 
     def __repr__(self) -> str:
         return f"<RedisBroker prefix={self._prefix!r}>"
@@ -238,6 +366,8 @@ class RedisBroker(PubSubLink, RedisCommands, Broker):
         if self._close_client:
             with anyio.CancelScope(shield=True), anyio.move_on_after(self._timeout):
                 await self._client.aclose()
+                if self._sentinel is not None:
+                    await self._sentinel.aclose()
 
     async def ready(self) -> bool:
         """Whether the pub/sub link is up and Redis answers a ``PING`` in time."""
