@@ -172,6 +172,10 @@ class SyncHub:
         """Another synchronous view of the same hub, with its own deadline and its own cap."""
         return SyncHub(self._hub, self._gate, timeout=timeout, max_in_flight=max_in_flight)
 
+    def on_hub_thread(self) -> bool:
+        """Whether the caller runs on the hub's event loop thread (``await`` the hub there)."""
+        return self._gate.thread == threading.get_ident()
+
     # -- the hub's API -------------------------------------------------------------------------
 
     def publish(
