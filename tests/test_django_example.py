@@ -231,3 +231,86 @@ def test_publish_from_another_process_reaches_the_room(
         subscribed = json.loads(ws.recv(10))
     texts = [p["data"]["text"] for p in subscribed["publications"]]
     assert "from cron" in texts
+
+
+SERVERS = {
+    "hypercorn": ["-m", "hypercorn", "chat_project.asgi:application", "--bind", "127.0.0.1:{port}"],
+    "granian": [
+        "-m",
+        "granian",
+        "--interface",
+        "asgi",
+        "chat_project.asgi:application",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "{port}",
+    ],
+}
+
+
+def login_session(project: tuple[Path, dict[str, str]], name: str) -> str:
+    """A session key written by Django's own login (its test client), for non-browser tests."""
+    copy, env = project
+    code = (
+        "from django.test import Client\n"
+        "c = Client()\n"
+        f"assert c.login(username={name!r}, password={USERS[name]!r})\n"
+        "print(c.cookies['sessionid'].value)\n"
+    )
+    return manage(copy, env, "shell", "-c", code).split()[-1]
+
+
+def served_env(project: tuple[Path, dict[str, str]]) -> dict[str, str]:
+    copy, env = project
+    extra = {k: env[k] for k in ("DJANGO_CHAT_DB", "HUBBUB_API_KEY")}
+    extra["PYTHONPATH"] = os.pathsep.join([str(copy), env["PYTHONPATH"]])
+    return extra
+
+
+@pytest.mark.parametrize("name", sorted(SERVERS))
+def test_other_asgi_servers_run_the_hub_with_django_logins(
+    name: str, project: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """Under hypercorn and granian too: the lifespan starts the hub, the session opens a socket."""
+    pytest.importorskip(name)
+    session = login_session(project, "bob")
+    with run_server(
+        SERVERS[name], tmp_path, ready_path="/hubbub/ready", env=served_env(project)
+    ) as running:
+        with ws_connect(
+            running.ws_url + "/hubbub/ws",
+            additional_headers={"Cookie": f"sessionid={session}", "Origin": running.url},
+            open_timeout=10,
+            proxy=None,
+        ) as ws:
+            welcome = json.loads(ws.recv(10))
+            assert welcome["type"] == "welcome" and welcome["user"] == "2"  # bob
+            ws.send(json.dumps({"type": "subscribe", "channel": "chat:porch", "id": 1}))
+            assert json.loads(ws.recv(10))["type"] == "subscribed"
+            ws.send(
+                json.dumps({"type": "publish", "channel": "chat:porch", "data": {"text": "hi"}})
+            )
+            got = [json.loads(ws.recv(10)) for _ in range(1)]
+        assert got[0]["data"] == {"text": "hi"} and got[0]["sender"]["name"] == "bob"
+
+
+def test_daphne_sends_no_lifespan_so_the_hub_says_it_is_not_running(
+    project: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """Daphne has no ASGI lifespan: Django pages work, the hub answers 503 and logs why, once."""
+    pytest.importorskip("daphne")
+    argv = ["-m", "daphne", "-b", "127.0.0.1", "-p", "{port}", "chat_project.asgi:application"]
+    with run_server(
+        argv, tmp_path, ready_path="/accounts/login/", env=served_env(project)
+    ) as running:
+        import urllib.error
+        import urllib.request
+
+        for _ in range(2):
+            with pytest.raises(urllib.error.HTTPError) as caught:
+                urllib.request.urlopen(running.url + "/hubbub/ready", timeout=10)
+            assert caught.value.code == 503
+            caught.value.close()
+        log = running.log()
+    assert log.count("this server sent no ASGI lifespan events") == 1
