@@ -176,6 +176,14 @@ async def test_an_inactive_user_or_a_changed_password_ends_the_session(
     finally:
         staffer.set_password("pw-staffer")
         await sync_to_async(staffer.save)()
+    key = await asession("staffer")
+    staffer.is_active = False
+    await sync_to_async(staffer.save)()
+    try:
+        assert await auth(scope(key)) is None
+    finally:
+        staffer.is_active = True
+        await sync_to_async(staffer.save)()
 
 
 async def test_the_cookie_from_another_origin_is_refused(users: dict[str, Any]) -> None:
@@ -300,7 +308,7 @@ def test_a_websocket_with_the_session_and_permissions(users: dict[str, Any]) -> 
 
 def test_publish_and_notify_from_sync_code_use_the_running_hub(users: dict[str, Any]) -> None:
     """publish()/notify() from this (non-loop) thread go through hub.sync into the live socket."""
-    from hubbub.contrib.django import notify, publish
+    from hubbub.contrib.django import disconnect, notify, publish
 
     _, app = make_app()
     with TestClient(app, base_url=SITE) as client:
@@ -319,6 +327,9 @@ def test_publish_and_notify_from_sync_code_use_the_running_hub(users: dict[str, 
             assert note["channel"] == f"#{users['alice'].pk}" and note["data"]["title"] == "hi"
             with pytest.raises(TypeError):
                 notify(users["alice"].pk, "not a notification")  # type: ignore[arg-type]
+            assert disconnect(users["alice"].pk, "logged out") == 1
+            goodbye = ws.receive_json()
+            assert goodbye["type"] == "disconnect" and goodbye["reason"] == "logged out"
 
 
 def test_publish_without_a_hub_or_an_api_says_what_to_configure(django_db: Path) -> None:

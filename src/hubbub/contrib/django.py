@@ -74,6 +74,7 @@ __all__ = [
     "SessionAuthenticator",
     "anotify",
     "apublish",
+    "disconnect",
     "get_asgi_application",
     "has_perm",
     "notify",
@@ -427,6 +428,17 @@ def notify(user: str | int, notification: Notification | Mapping[str, Any]) -> P
     if hub is not None:
         return hub.sync.notify(str(user), note)
     return _remote().notify(str(user), note)
+
+
+def disconnect(user: str | int, reason: str = "disconnected by the server") -> int:
+    """Close every connection of ``user`` on every node (when they log out); see :func:`publish`.
+
+    Returns how many connections were closed on the answering node.
+    """
+    hub = _local_hub()
+    if hub is not None:
+        return hub.sync.disconnect(str(user), reason)
+    return _remote().disconnect(str(user), reason=reason)
 
 
 async def apublish(
