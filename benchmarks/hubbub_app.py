@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 
-from hubbub import Limits
+from hubbub import HubApp, Limits
 from hubbub.brokers import broker_from_url
 from hubbub.cli import build_demo_hub
 
@@ -30,3 +30,7 @@ hub = build_demo_hub(
     limits=Limits(command_rate=1e9, command_burst=1_000_000),
     broker=broker_from_url(BROKER_URL),
 )
+
+app = HubApp(hub)
+"""The same hub as an ASGI app, for ``python -m uvicorn hubbub_app:app`` (run.py's ``hubbub-std``:
+uvicorn's own WebSocket class, so no pre-framed fan-out)."""

@@ -298,7 +298,7 @@ class SocketIOAdapter(Adapter):
 
 
 def adapter_for(name: str) -> Adapter:
-    if name in ("hubbub", "hubbub-redis", "hubbub-postgres"):  # one protocol; broker server-side
+    if name in ("hubbub", "hubbub-std", "hubbub-redis", "hubbub-postgres"):  # one protocol
         return HubbubAdapter()
     if name == "hubbub-batch":
         return HubbubAdapter(batch=True)

@@ -61,7 +61,17 @@ BASELINE = "tutorial"
 HUBBUB = "hubbub"
 HUBBUB_REDIS = "hubbub-redis"
 HUBBUB_POSTGRES = "hubbub-postgres"
-HUBBUB_VARIANTS = ("hubbub", "hubbub-batch", "hubbub-msgpack", HUBBUB_REDIS, HUBBUB_POSTGRES)
+HUBBUB_STD = "hubbub-std"
+"""hubbub without pre-framed fan-out: uvicorn's own websockets-sansio class (``python -m
+uvicorn``), so every delivery is a standard ``websocket.send``, as under any other server."""
+HUBBUB_VARIANTS = (
+    "hubbub",
+    "hubbub-batch",
+    "hubbub-msgpack",
+    HUBBUB_STD,
+    HUBBUB_REDIS,
+    HUBBUB_POSTGRES,
+)
 PEERS = ("tutorial", "socketio", "broadcaster", "websockets")
 SERVERS = (*HUBBUB_VARIANTS, *PEERS)
 DEFAULT_SERVERS = tuple(s for s in SERVERS if s not in (HUBBUB_REDIS, HUBBUB_POSTGRES))
@@ -182,7 +192,12 @@ class Server:
         self.log_path = log_dir / f"{name}-{self.port}.log"
         py = sys.executable
         common = ["--host", "127.0.0.1", "--port", str(self.port), "--ws", ws]
-        if name.startswith("hubbub"):
+        if name == HUBBUB_STD:
+            # The same hub as an ASGI app under uvicorn's own class: no hubbub.frames.
+            argv = [py, "-m", "uvicorn", "hubbub_app:app", *common, "--ws-ping-interval", "0"]
+            argv += ["--loop", "uvloop", "--http", "httptools"]
+            argv += ["--log-level", "warning", "--no-access-log"]
+        elif name.startswith("hubbub"):
             # The demo hub with the command rate limit lifted (see hubbub_app.py).
             argv = [py, "-m", "hubbub", "serve", "hubbub_app:hub", *common]
             argv += ["--log-level", "warning"]
@@ -1390,6 +1405,7 @@ def markdown(note: dict[str, Any], cfg: argparse.Namespace, summary: dict[str, A
                 label = {
                     "hubbub-msgpack": "MessagePack",
                     "hubbub-batch": "batching (`?batch=1`)",
+                    HUBBUB_STD: "no pre-framing: standard `websocket.send`",
                     HUBBUB_REDIS: "Redis broker, server CPU only",
                     HUBBUB_POSTGRES: "PostgreSQL broker, server CPU only",
                 }[var]

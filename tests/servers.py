@@ -85,13 +85,15 @@ def run_server(
     *,
     ready_path: str = "/health",
     env: dict[str, str] | None = None,
+    port: int | None = None,
 ) -> Iterator[Server]:
     """Run ``python <argv with {port} filled in>`` until the block ends.
 
     Example: ``run_server(["-m", "hubbub", "serve", "--port", "{port}"], tmp_path)``.
+    Give ``port`` to start again where clients reconnect (a restart); a free one otherwise.
     """
-    port = free_port()
-    log_path = tmp_path / f"server-{port}.log"
+    port = free_port() if port is None else port
+    log_path = tmp_path / f"server-{port}-{time.monotonic_ns()}.log"
     args = [sys.executable, *(a.replace("{port}", str(port)) for a in argv)]
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env["PYTHONPATH"] = os.pathsep.join(

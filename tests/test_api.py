@@ -34,6 +34,7 @@ from hubbub._demo import demo_user_id
 from hubbub._http import query_param
 
 from .apps.wsclient import Client, open_client
+from .dripped import dripped_request
 from .servers import Server, run_server
 
 KEY = "k-0123456789abcdef"
@@ -984,20 +985,7 @@ async def test_a_body_that_stops_arriving_is_408() -> None:
 
     hub = Hub(anonymous=True)
     api = HubAPI(hub, keys=[KEY], body_timeout=0.2)
-    sent: list[Mapping[str, Any]] = []
-    first = True
-
-    async def receive() -> Mapping[str, Any]:
-        nonlocal first
-        if first:
-            first = False
-            return {"type": "http.request", "body": b'{"channel": "a", ', "more_body": True}
-        await anyio.sleep_forever()
-        raise AssertionError("unreachable")
-
-    async def send(message: Mapping[str, Any]) -> None:
-        sent.append(message)
-
+    receive, send, sent = dripped_request(b'{"channel": "a", ')
     scope = {
         "type": "http",
         "method": "POST",

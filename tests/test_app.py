@@ -22,6 +22,8 @@ from starlette.websockets import WebSocketDisconnect
 from hubbub import AuthenticationFailed, Hub, HubApp, Identity, MemoryBroker
 from hubbub.app import route_path
 
+from .dripped import dripped_request
+
 Event = MutableMapping[str, Any]
 Backend = Literal["asyncio", "trio"]
 
@@ -459,20 +461,7 @@ async def test_a_dripped_demo_notify_body_is_408(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(_demo, "BODY_TIMEOUT", 0.2)
     hub = Hub(anonymous=True)
     app = HubApp(hub, demo=True)
-    sent: list[Mapping[str, Any]] = []
-    first = True
-
-    async def receive() -> Mapping[str, Any]:
-        nonlocal first
-        if first:
-            first = False
-            return {"type": "http.request", "body": b'{"to": "ada", ', "more_body": True}
-        await anyio.sleep_forever()
-        raise AssertionError("unreachable")
-
-    async def send(message: Mapping[str, Any]) -> None:
-        sent.append(message)
-
+    receive, send, sent = dripped_request(b'{"to": "ada", ')
     scope = {"type": "http", "method": "POST", "path": "/demo/notify", "headers": []}
     async with hub:
         with anyio.fail_after(5):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -108,3 +110,14 @@ def test_serve_runs_at_uvicorn_s_trace_level(tmp_path: Path) -> None:
     argv = ["-m", "hubbub", "serve", "--port", "{port}", "--log-level", "trace"]
     with run_server(argv, tmp_path) as server:
         assert server.process.poll() is None
+
+
+def test_serve_stops_on_ctrl_c_without_a_traceback(tmp_path: Path) -> None:
+    """Ctrl+C (SIGINT) drains the hub, stops the server and exits 0, with no traceback."""
+    with run_server(["-m", "hubbub", "serve", "--port", "{port}"], tmp_path) as server:
+        os.kill(server.pid, signal.SIGINT)
+        assert server.process.wait(20) == 0, server.log()
+        log = server.log()
+    assert "hub stopped" in log
+    assert "Traceback" not in log
+    assert "KeyboardInterrupt" not in log

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -350,3 +351,21 @@ def test_redaction_of_an_elided_websocket_frame_covers_its_whole_payload() -> No
 def test_every_token_carrier_is_redacted_even_for_opaque_tokens(text: str) -> None:
     """Query, cookie, header, subprotocol and frame carriers lose their token, JWT or not."""
     assert _filtered("%s", (text,)).getMessage() == text.replace("opaque1", "[redacted]")
+
+
+def test_a_traceback_and_a_stack_lose_their_tokens_too() -> None:
+    """An exception whose message shows a URL with its token (an HTTP client error, say)
+    is written with its traceback: the traceback and ``stack_info`` are redacted too."""
+    token = mint("alice")
+    try:
+        raise ValueError(f"cannot fetch https://example.test/jwks?token={token}")
+    except ValueError:
+        record = logging.LogRecord(
+            "hubbub", logging.ERROR, __file__, 1, "fetch failed", (), sys.exc_info()
+        )
+    record.stack_info = f"Stack (most recent call last):\n  Bearer {token}"
+    assert RedactTokens().filter(record)
+    text = logging.Formatter().format(record)
+    assert "ValueError: cannot fetch https://example.test/jwks?token=[redacted]" in text, text
+    assert "Bearer [redacted]" in text
+    assert token not in text and token.split(".")[2] not in text

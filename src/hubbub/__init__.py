@@ -75,6 +75,7 @@ from .limits import RateLimiter as RateLimiter
 from .messages import Position as Position
 from .middleware import AuthMiddleware as AuthMiddleware
 from .middleware import HubbubUser as HubbubUser
+from .namespaces import ChannelClaim as ChannelClaim
 from .namespaces import Namespace as Namespace
 
 __all__ = [
@@ -85,6 +86,7 @@ __all__ = [
     "Broker",
     "BrokerUnavailable",
     "Capability",
+    "ChannelClaim",
     "ChatMessage",
     "HistoryPage",
     "Hub",

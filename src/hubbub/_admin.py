@@ -234,6 +234,10 @@ class AdminPage:
         self.guard = KeyGuard("admin", trusted_proxies=hub.limits.trusted_proxies)
         """Counts wrong keys per client address (429 after too many)."""
 
+    def set_key(self, key: str) -> None:
+        """Replace the admin key (``hubbub serve``'s SIGHUP reload); checked first."""
+        self._key = validate_key(key, "the admin key")
+
     async def handle(
         self, subpath: str, scope: Scope, receive: Receive, send: SendCallable
     ) -> None:

@@ -21,6 +21,7 @@ import dataclasses
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import anyio
@@ -32,6 +33,7 @@ from .messages import ClientInfo, Codec, ServerMessage
 from .protocol import TRY_AGAIN_LATER, ClientProtocol, Close
 
 if TYPE_CHECKING:
+    from ._frames import SharedFrame
     from ._stats import HubStats
     from .limits import Admission, Limits
     from .messages import Position
@@ -202,6 +204,8 @@ class Connection:
         "_send_scope",
         "_waiting",
         "_wakeup",
+        "_wire",
+        "_write_frame",
         "close_code",
         "codec",
         "host",
@@ -258,6 +262,10 @@ class Connection:
         self._waiting = False
         # Set by a transport whose writer may be bypassed: see WebSocketConnection.enqueue.
         self._inline = False
+        # The server's pre-framed write (the ``hubbub.frames`` extension) once the writer
+        # runs, and which shared frames this connection takes (hubbub._frames.wire_kind).
+        self._write_frame: Callable[[bytes], bool] | None = None
+        self._wire = 0
         self._close: Close | None = None
         self._gone = False
         self._send_scope: anyio.CancelScope | None = None
@@ -317,6 +325,21 @@ class Connection:
         if self._waiting:
             self._waiting = False
             self._wakeup.set()
+
+    def enqueue_shared(self, shared: SharedFrame, droppable: bool = False) -> None:
+        """Deliver a publication's frame built once for many: written now if the socket can take it.
+
+        The fan-out fast path: while the writer is idle with nothing queued, the
+        frame goes straight to the server's transport (``hubbub.frames``); when
+        the server refuses (its buffer is full, the socket is closing...) the
+        message takes the ordinary path, queue and slow-consumer policy included.
+        """
+        write = self._write_frame
+        if write is not None and self._waiting and not self._queue and self._close is None:
+            frame = shared.frame(self._wire)
+            if frame is not None and write(frame):
+                return
+        self.enqueue(shared.message, shared.size, droppable)
 
     def enqueue_reply(self, frames: list[tuple[str | bytes, int]]) -> None:
         """Queue the frames of one reply (a join, a history page) whatever the queue holds.

@@ -9,9 +9,12 @@ recover by themselves. Brokers only report that they *may* have lost
 publications; they never repair.
 
 Fan-out is the product, so its path is short: one encode per codec in use,
-then per local subscriber only a non-blocking put into its bounded queue
-(:meth:`Connection.enqueue`, which applies the slow-consumer policy instead of
-waiting). Nothing on that path awaits, takes a lock or encodes per subscriber.
+then per local subscriber either one write of a frame built once for all
+(:meth:`Connection.enqueue_shared`, when the server offers ``hubbub.frames``
+and the subscriber's socket can take it now) or a non-blocking put into its
+bounded queue (:meth:`Connection.enqueue`, which applies the slow-consumer
+policy instead of waiting). Nothing on that path awaits, takes a lock, encodes
+or frames per subscriber.
 A subscriber that just joined has a *floor* (its newest position already
 sent), so a publication the broker hands over late does not reach it twice.
 """
@@ -27,6 +30,7 @@ from msgspec import Raw
 
 from ._brokercall import BrokerCalls, Spawn
 from ._errors import HubbubError
+from ._frames import SharedFrame
 from ._recovery import Joined
 from ._registry import Channel
 from ._stats import HubStats
@@ -115,7 +119,7 @@ class Fanout:
         source = CODECS[publication.codec]
         droppable = entry.namespace.droppable
         exclude = publication.exclude
-        frames: dict[Codec, tuple[str | bytes, int]] = {}
+        frames: dict[Codec, SharedFrame] = {}
         delivered = 0
         skip = _below_floor(entry.floors, publication) if entry.floors else None
         # A copy: a full queue closes its connection, which detaches it from this dict.
@@ -126,10 +130,12 @@ class Fanout:
             if skip and connection in skip:
                 continue
             codec = connection.codec
-            encoded = frames.get(codec)
-            if encoded is None:
-                encoded = frames[codec] = encode(publication, source, codec)
-            connection.enqueue(encoded[0], encoded[1], droppable)
+            shared = frames.get(codec)
+            if shared is None:
+                shared = frames[codec] = SharedFrame(
+                    encode_bytes(publication, source, codec), codec.binary
+                )
+            connection.enqueue_shared(shared, droppable)
             delivered += 1
         # Counted once per publication, not per delivery: the sizes are known per codec.
         stats = self.stats
@@ -137,10 +143,12 @@ class Fanout:
         sent = stats.sent
         sent[publication.kind] = sent.get(publication.kind, 0) + delivered
         if len(frames) == 1:
-            stats.bytes_out += next(iter(frames.values()))[1] * delivered
+            stats.bytes_out += next(iter(frames.values())).size * delivered
         elif frames:  # clients of both codecs on one channel: the rare case
             stats.bytes_out += sum(
-                frames[c.codec][1] for c in targets if c.id != exclude and not (skip and c in skip)
+                frames[c.codec].size
+                for c in targets
+                if c.id != exclude and not (skip and c in skip)
             )
 
     def deliver_to(

@@ -121,6 +121,10 @@ class Joins:
         self._limits = limits
         self.stats = stats
 
+    def set_limits(self, limits: Limits) -> None:
+        """The limits told to (and applied for) connections joining from now on."""
+        self._limits = limits
+
     async def join(
         self,
         connection: Connection,

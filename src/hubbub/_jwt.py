@@ -186,6 +186,35 @@ class JWTAuthenticator:
     def __repr__(self) -> str:
         return f"<JWTAuthenticator algorithms={self.algorithms}>"
 
+    _SETTINGS = (
+        "audience",
+        "issuer",
+        "leeway",
+        "require_exp",
+        "typ",
+        "cookie",
+        "query",
+        "allowed_origins",
+        "_keys",
+        "_jwks",
+        "_jwks_client",
+        "algorithms",
+    )
+
+    def reconfigure(self, other: JWTAuthenticator) -> None:
+        """Verify with ``other``'s keys and settings from now on (key rotation, SIGHUP).
+
+        Build ``other`` with the new options (its constructor checks them), then
+        hand it here: the running server keeps this object, which middleware and
+        hub hold. The settings are swapped in one synchronous step, so call it
+        from the event loop's thread: a verification in progress (a JWKS fetch
+        awaiting its thread) finishes with the keys it started with or the new ones.
+        """
+        if not isinstance(other, JWTAuthenticator):
+            raise TypeError("reconfigure needs a JWTAuthenticator")
+        for name in self._SETTINGS:
+            setattr(self, name, getattr(other, name))
+
     # -- the Authenticator protocol ------------------------------------------------------
 
     async def __call__(self, scope: Mapping[str, Any]) -> Identity | None:
@@ -327,7 +356,12 @@ def identity_from_claims(claims: Mapping[str, Any]) -> Identity:
     exp = claims.get("exp")
     expires = int(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
     identity = Identity(
-        user=sub, name=name, info=info, expires=expires, channels=tuple(dict.fromkeys(channels))
+        user=sub,
+        name=name,
+        info=info,
+        expires=expires,
+        channels=tuple(dict.fromkeys(channels)),
+        claims=dict(claims),
     )
     try:
         return check_identity(identity)

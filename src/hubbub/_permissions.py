@@ -9,7 +9,7 @@ reason the client sees, or returns what the caller needs to decide next.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Literal
 
 from ._errors import PermissionDenied
 from .auth import Identity
@@ -46,16 +46,23 @@ def subscribe_refused(channel: str) -> PermissionDenied:
     return PermissionDenied(f"not allowed to subscribe to {channel!r}")
 
 
-def check_read(identity: Identity, channel: str, namespace: Namespace) -> None:
-    """Refuse ``history``/``presence`` of a channel ``identity`` may not subscribe to.
+def check_read(
+    identity: Identity,
+    channel: str,
+    namespace: Namespace,
+    what: Literal["history", "presence"] = "history",
+) -> None:
+    """Refuse ``history``/``presence`` of a channel ``identity`` may not read.
 
-    (A channel the client holds is readable whatever the rules: the caller checks that first.)
+    The namespace's ``history_access``/``presence_access`` decide, or by default
+    its subscription rules. (A channel the client holds is readable whatever the
+    rules: the caller checks that first.)
     """
     owner = personal_owner(channel)
     if owner is not None:
         if owner != identity.user or not owner:
             raise PermissionDenied(PERSONAL_ONLY)
-    elif not namespace.may_subscribe(identity, channel):
+    elif not namespace.may_read(identity, channel, what):
         raise PermissionDenied(f"not allowed to read {channel!r}")
 
 

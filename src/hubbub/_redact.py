@@ -90,6 +90,7 @@ class RedactTokens(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
+        self._redact_traceback(record)
         try:
             message = record.getMessage()
         except Exception:  # a broken record is not ours to fix
@@ -111,6 +112,25 @@ class RedactTokens(logging.Filter):
         if redact(cleaned) != cleaned:
             record.msg, record.args = redact(message), ()
         return True
+
+    @staticmethod
+    def _redact_traceback(record: logging.LogRecord) -> None:
+        """An exception's message can show a URL or header with its token.
+
+        A formatter writes ``exc_text`` when it is set and only formats
+        ``exc_info`` itself when it is not: formatting it here, redacted, is the
+        one place a filter can reach the traceback. A formatter with its own
+        ``formatException`` then gets the standard layout, a price worth paying.
+        """
+        if record.exc_info and not record.exc_text:
+            try:
+                record.exc_text = logging.Formatter().formatException(record.exc_info)
+            except Exception:  # a broken exception is not ours to fix
+                return
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
 
 
 def install_log_redaction(

@@ -3,7 +3,8 @@
 :class:`WebSocketConnection` is a :class:`~hubbub._connection.Connection` with
 a reader (frames → :class:`~hubbub.protocol.ClientProtocol` → the host's
 ``execute``) and a writer of WebSocket frames (one per message, or batched for
-``?batch=1``, or written inline by the publisher while the writer is idle).
+``?batch=1``, or written inline by the publisher while the writer is idle,
+pre-framed when the server offers ``hubbub.frames``: :mod:`hubbub._frames`).
 What else differs from an SSE stream, for :func:`hubbub._session.serve_session`:
 the ``websocket.connect`` message, the subprotocol (codec) negotiation, a
 refusal as a denial response (HTTP status and JSON body where the server
@@ -20,6 +21,7 @@ import anyio
 
 from ._connection import PEER_GONE, AsyncioSignal, Connection, Signal, new_signal
 from ._errors import HubbubError, HubNotRunning, InvalidMessage, RateLimited
+from ._frames import EXTENSION, wire_kind
 from ._http import Receive, Scope, SendCallable, deny, query_param
 from ._session import serve_session
 from .messages import JSON, Codec, Disconnect, Error, codec_for_subprotocol
@@ -72,6 +74,7 @@ _INLINE_SENDERS = frozenset(
     {
         "uvicorn.protocols.websockets.websockets_sansio_impl",
         "uvicorn.protocols.websockets.wsproto_impl",
+        "hubbub._uvicorn_ws",  # uvicorn's websockets-sansio, subclassed (hubbub serve)
     }
 )
 
@@ -84,7 +87,7 @@ def _can_send_inline(send: SendCallable, signal: Signal) -> bool:
 class WebSocketConnection(Connection):
     """A client on a WebSocket: a reader of commands and a writer of frames."""
 
-    __slots__ = ("_asgi_send", "_batch", "_pending", "_reader_waiting", "_room")
+    __slots__ = ("_asgi_send", "_batch", "_frames", "_pending", "_reader_waiting", "_room")
 
     transport = "websocket"
 
@@ -96,9 +99,11 @@ class WebSocketConnection(Connection):
         identity: Identity,
         codec: Codec,
         batch: bool,
+        frames: Any = None,
     ) -> None:
         super().__init__(host, client_id=client_id, identity=identity, codec=codec)
         self._batch = batch
+        self._frames = frames  # the scope's hubbub.frames extension, if the server offers it
         self._asgi_send: SendCallable | None = None
         self._pending: _Resume | None = None
         self._room = new_signal()
@@ -210,6 +215,9 @@ class WebSocketConnection(Connection):
         # Batching clients keep the queue: messages that pile up between the writer's
         # wake-ups leave in one frame, which is the point of asking for batching.
         self._inline = not self._batch and _can_send_inline(send, self._wakeup)
+        wire = wire_kind(self._frames) if self._inline else None
+        if wire is not None:
+            self._write_frame, self._wire = self._frames["write"], wire
         queue = self._queue
         batch = self._batch
         text = not self.codec.binary
@@ -340,6 +348,7 @@ class _WebSocket:
             identity=identity,
             codec=codec,
             batch=codec is JSON and _query_flag(self.scope, "batch"),
+            frames=(self.scope.get("extensions") or {}).get(EXTENSION),
         )
 
     async def begin(self, host: SessionHost, connection: Connection) -> bool:

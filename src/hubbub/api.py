@@ -286,6 +286,17 @@ class HubAPI:
         """Whether any key is configured (without one the API answers 404)."""
         return bool(self._keys)
 
+    def set_keys(self, keys: Iterable[str]) -> None:
+        """Replace the accepted keys (key rotation, ``hubbub serve``'s SIGHUP reload).
+
+        Every key is checked first; on an error nothing changes. Requests already
+        past their key check finish; the next request is checked against the new
+        keys. No key turns the API off (404).
+        """
+        if isinstance(keys, str | bytes):
+            raise TypeError("keys must be an iterable of strings, not a single string")
+        self._keys = tuple(validate_key(key, "an API key") for key in keys)
+
     async def __call__(self, scope: Scope, receive: Receive, send: SendCallable) -> None:
         if scope["type"] == "http":
             await self.handle(route_path(scope).lstrip("/"), scope, receive, send)

@@ -24,6 +24,7 @@ from ._sse import serve_sse
 from ._websocket import serve_websocket
 from .api import DEFAULT_MAX_BODY, HubAPI
 from .hub import Hub
+from .limits import Limits
 from .metrics import render
 
 __all__ = ["HubApp", "route_path"]
@@ -109,6 +110,25 @@ class HubApp:
         self.admin: AdminPage | None = (
             AdminPage(hub, key=admin_key) if admin_key is not None else None
         )
+
+    def set_metrics_key(self, key: str | None) -> None:
+        """Replace the key ``/metrics`` asks for (``None``: open); checked first."""
+        if key is not None:
+            validate_key(key, "metrics_key")
+        self.metrics_key = key
+
+    def set_limits(self, limits: Limits) -> None:
+        """Apply new limits: the hub's (:meth:`Hub.set_limits`) and the key guards' proxies.
+
+        The guards of the API, the admin page and ``/metrics`` read the client's
+        address through ``limits.trusted_proxies`` as the hub does.
+        """
+        self.hub.set_limits(limits)
+        guards = [self.metrics_guard, self.api.guard]
+        if self.admin is not None:
+            guards.append(self.admin.guard)
+        for guard in guards:
+            guard.trusted_proxies = tuple(limits.trusted_proxies)
 
     async def __call__(self, scope: Scope, receive: Receive, send: SendCallable) -> None:
         kind = scope["type"]

@@ -64,6 +64,10 @@ class Identity:
         info: a small JSON object shown to others as the sender and in presence.
         expires: unix seconds after which the credentials are no longer valid.
         channels: channels the client is subscribed to on connect, server-side.
+        claims: the verified token payload, when the identity comes from a token
+            (:class:`~hubbub.JWTAuthenticator` fills it), so that permission rules
+            can read claims of their own (a namespace's ``ChannelClaim`` access).
+            Never sent to any client.
     """
 
     user: str = ""
@@ -71,6 +75,7 @@ class Identity:
     info: Mapping[str, Any] | None = field(default=None, compare=False)
     expires: int | None = None
     channels: tuple[str, ...] = ()
+    claims: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @property
     def anonymous(self) -> bool:

@@ -1,39 +1,46 @@
-"""The ``hubbub`` command: ``serve`` runs uvicorn, ``schema`` prints the protocol's JSON Schema.
+"""The ``hubbub`` command: ``serve`` runs uvicorn, ``config`` checks, shows and explains the
+configuration file, ``schema`` prints the protocol's JSON Schema.
 
 ``hubbub serve`` uses a uvicorn ``Server`` whose shutdown first drains every
 running hub: uvicorn itself closes each WebSocket with 1012 *before* the app's
 lifespan shutdown runs, so a lifespan hook could never say goodbye in time.
-Every flag can also be set through a ``HUBBUB_*`` environment variable.
+Under ``--config`` the same server reloads the file on SIGHUP.
+
+Every flag can also be set through a ``HUBBUB_*`` environment variable, and every
+flag and variable sets a key of the configuration file (:data:`hubbub.config.OPTIONS`):
+flag > variable > file > default. This module only maps the command line onto
+those keys; :mod:`hubbub.config` checks and builds what is served.
 
 uvicorn is imported only when ``serve`` runs: it comes with the ``standard``
 extra (``pip install 'hubbub[standard]'``), and a project that mounts hubbub
 under its own server installs and imports none of it.
 
 What cannot be served is refused before anything starts, in one line on
-stderr: exit status 2 (argparse's) for a bad flag or ``HUBBUB_*`` value, 1 for
-a target that cannot be imported or is not something to serve, or a missing
-uvicorn (or the WebSocket library its ``--ws`` needs).
+stderr: exit status 2 (argparse's) for a bad flag, ``HUBBUB_*`` value or
+configuration file, 1 for a target that cannot be imported or is not something
+to serve, or a missing uvicorn (or the WebSocket library its ``--ws`` needs).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
-import ipaddress
 import json
 import logging
+import os
 import re
+import signal
 import socket
-import ssl
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import anyio
 import msgspec
 
-from ._admin import AdminPage
+from . import config as configuration
 from ._cli_checks import (
     LOG_LEVELS,
     WS_IMPLEMENTATIONS,
@@ -51,17 +58,20 @@ from ._cli_checks import (
     switch,
     ws_name,
 )
-from ._demo import DemoAuthenticator
-from ._jwt import JWTAuthenticator
-from ._keys import validate_key
+from ._cli_ops import OPS_COMMANDS, add_ops_commands, run_ops
 from ._redact import install_log_redaction
-from .api import DEFAULT_MAX_BODY, HubAPI
-from .app import HubApp
-from .brokers import Broker, broker_from_url
-from .hub import Hub, running_hubs
-from .limits import Limits
-from .middleware import AuthMiddleware
-from .namespaces import Namespace
+from .config import (
+    HUB_SECTIONS,
+    OPTIONS,
+    Config,
+    ConfigError,
+    Reloader,
+    Served,
+    build_app,
+    build_demo_hub,
+    find_line,
+)
+from .hub import running_hubs
 from .protocol import SERVICE_RESTART
 
 if TYPE_CHECKING:
@@ -72,20 +82,8 @@ __all__ = ["build_demo_hub", "main"]
 logger = logging.getLogger("hubbub")
 
 INSTALL_SERVER = "pip install 'hubbub[standard]'"
-
-
-def build_demo_hub(**options: Any) -> Hub:
-    """The hub ``hubbub serve`` runs without an argument.
-
-    The memory broker; visitors identified by the name the page sends with
-    ``?name=`` (trusted: a demo only), anonymous clients otherwise; the default
-    namespace where anyone may subscribe and publish; and a ``chat`` namespace
-    (chat schema, the last 100 messages replayed on join, presence, join/leave
-    events) for the demo page's rooms.
-    """
-    options.setdefault("anonymous", True)
-    options.setdefault("authenticator", DemoAuthenticator())
-    return Hub(namespaces=[Namespace(), Namespace.chat("chat")], **options)
+LEGACY_COOKIE = "hubbub_token"
+"""The cookie carrier ``hubbub serve`` reads without a file (the file's is opt-in)."""
 
 
 class _SpuriousHandshakeError(logging.Filter):
@@ -139,11 +137,41 @@ def _check_websockets(ws: str) -> None:
         )
 
 
-def _draining_server(config: uvicorn.Config) -> uvicorn.Server:
-    """A uvicorn server that lets hubs say goodbye before uvicorn closes the sockets."""
+def _ws_protocol(ws: str) -> str | type[asyncio.Protocol]:
+    """uvicorn's websockets-sansio with hubbub's pre-framed fan-out, when that is what runs.
+
+    Any other ``--ws`` (or no ``websockets`` installed) keeps uvicorn's own class:
+    hubbub then sends through the standard ``websocket.send``.
+    """
+    if ws not in ("auto", "websockets-sansio"):
+        return ws
+    try:
+        from ._uvicorn_ws import SUPPORTED, FramesProtocol
+    except ImportError:  # auto without websockets (uvicorn falls back to wsproto), uvicorn < 0.35
+        return ws
+    return FramesProtocol if SUPPORTED else ws
+
+
+def _draining_server(config: uvicorn.Config, reload: _Reload | None = None) -> uvicorn.Server:
+    """A uvicorn server that lets hubs say goodbye before uvicorn closes the sockets.
+
+    With ``reload`` it also re-reads the configuration file on SIGHUP, for as
+    long as it serves (the handler is the event loop's; uvicorn installs its own
+    for SIGINT and SIGTERM only).
+    """
     import uvicorn  # only ``serve`` needs it: checked by _require_uvicorn()
 
     class DrainingServer(uvicorn.Server):
+        async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+            if reload is None:
+                await super().serve(sockets)
+                return
+            async with anyio.create_task_group() as tg:
+                with anyio.open_signal_receiver(signal.SIGHUP) as signals:
+                    tg.start_soon(_reloads, signals, reload)
+                    await super().serve(sockets)
+                    tg.cancel_scope.cancel()
+
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
             hubs = running_hubs()
             if hubs:
@@ -156,22 +184,73 @@ def _draining_server(config: uvicorn.Config) -> uvicorn.Server:
     return DrainingServer(config)
 
 
+@dataclass
+class _Reload:
+    """What a SIGHUP needs: the file, the command line's keys (they still win), the server."""
+
+    path: str
+    settings: _Settings
+    reloader: Reloader
+
+
+async def _reloads(signals: Any, reload: _Reload) -> None:
+    async for _ in signals:
+        _reload_once(reload)
+
+
+def _reload_once(reload: _Reload) -> None:
+    """Re-read the file and apply what may change; a bad file changes nothing."""
+    path = reload.path
+    try:
+        config = configuration.load(path)
+        config = configuration.with_overrides(config, reload.settings.overrides)
+        applied, restart = reload.reloader.apply(config)
+    except ConfigError as exc:
+        logger.error("config reload failed, the running configuration is kept: %s", exc)
+        return
+    except Exception as exc:  # a bug must not end the server: say it and keep serving
+        logger.error("config reload failed, the running configuration is kept: %r", exc)
+        return
+    for line in applied:
+        logger.info("config reload: %s", line)
+    if restart:
+        logger.warning("config reload: changed but needs a restart: %s", ", ".join(restart))
+    if not applied and not restart:
+        logger.info("config reload: %s: nothing changed", path)
+
+
+def _listed(name: str) -> list[str] | None:
+    raw = os.environ.get(f"HUBBUB_{name}")
+    if raw is None:
+        return None
+    return [v.strip() for v in raw.split(",") if v.strip()]
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = Parser(prog="hubbub", description="A real-time WebSocket hub.")
     commands = parser.add_subparsers(dest="command", required=True)
 
+    # Defaults are the HUBBUB_* variables or None ("not given"): the defaults
+    # themselves live in hubbub.config, so that a flag left out never masks the file.
     serve = commands.add_parser(
         "serve",
-        help="run a hub with uvicorn (the demo chat when no target is given)",
+        help="run a hub with uvicorn (the demo chat when no target or file is given)",
         description="Run a hub with uvicorn. TARGET is module:attribute naming a Hub, a "
-        "HubApp or any ASGI app; without it the demo chat is served.",
+        "HubApp or any ASGI app; without it the hub of --config is served, or the demo chat.",
     )
     serve.add_argument("target", nargs="?", default=env("APP"), help="module:hub or module:app")
-    serve.add_argument("--host", default=env("HOST", "127.0.0.1"))
-    serve.add_argument("--port", type=port, default=env("PORT", 8000, port))
+    serve.add_argument(
+        "--config",
+        metavar="FILE",
+        default=env("CONFIG"),
+        help="a TOML configuration file (hubbub config example); flags and HUBBUB_* "
+        "variables override its keys; SIGHUP reloads it",
+    )
+    serve.add_argument("--host", default=env("HOST"), help="default 127.0.0.1")
+    serve.add_argument("--port", type=port, default=env("PORT", None, port), help="default 8000")
     serve.add_argument(
         "--broker",
-        default=env("BROKER", "memory://"),
+        default=env("BROKER"),
         help=(
             "memory:// (the default), redis://host:port/db or "
             "redis+cluster://host:port[,host:port...] (need hubbub[redis]), or "
@@ -181,43 +260,51 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--ping",
         type=positive_seconds,
-        default=env("PING", 25.0, positive_seconds),
-        help="seconds between pings",
+        default=env("PING", None, positive_seconds),
+        help="seconds between pings (default 25)",
     )
     serve.add_argument(
         "--pong-timeout",
         type=positive_seconds,
-        default=env("PONG_TIMEOUT", 10.0, positive_seconds),
-        help="extra seconds of silence before a client is closed 4408",
+        default=env("PONG_TIMEOUT", None, positive_seconds),
+        help="extra seconds of silence before a client is closed 4408 (default 10)",
     )
     serve.add_argument(
         "--max-message-size",
         type=positive_bytes,
-        default=env("MAX_MESSAGE_SIZE", 64 * 1024, positive_bytes),
-        help="largest client frame in bytes",
+        default=env("MAX_MESSAGE_SIZE", None, positive_bytes),
+        help="largest client frame in bytes (default 65536)",
+    )
+    serve.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=_listed("TRUSTED_PROXIES"),
+        metavar="ADDRESS",
+        help="a reverse proxy (address or network) whose X-Forwarded-For names the client "
+        "(repeatable; HUBBUB_TRUSTED_PROXIES is comma-separated)",
     )
     serve.add_argument(
         "--shutdown-timeout",
         type=seconds,
-        default=env("SHUTDOWN_TIMEOUT", 5.0, seconds),
-        help="seconds uvicorn waits for connections after the hubs drained; a client "
-        "that stopped reading cannot hold the process past it",
+        default=env("SHUTDOWN_TIMEOUT", None, seconds),
+        help="seconds uvicorn waits for connections after the hubs drained (default 5); a "
+        "client that stopped reading cannot hold the process past it",
     )
     serve.add_argument("--ssl-certfile", default=env("SSL_CERTFILE"))
     serve.add_argument("--ssl-keyfile", default=env("SSL_KEYFILE"))
     serve.add_argument(
         "--log-level",
         type=log_level,
-        default=env("LOG_LEVEL", "info", log_level),
-        help=", ".join(LOG_LEVELS),
+        default=env("LOG_LEVEL", None, log_level),
+        help=", ".join(LOG_LEVELS) + " (default info)",
     )
     serve.add_argument(
         "--ws",
         type=ws_name,
-        default=env("WS", "auto", ws_name),
+        default=env("WS", None, ws_name),
         help="uvicorn's WebSocket implementation: "
         + ", ".join(WS_IMPLEMENTATIONS)
-        + " (auto picks websockets-sansio)",
+        + " (auto, the default, picks websockets-sansio)",
     )
 
     auth = serve.add_argument_group(
@@ -237,20 +324,20 @@ def _parser() -> argparse.ArgumentParser:
     auth.add_argument(
         "--jwt-cookie",
         metavar="NAME",
-        default=env("JWT_COOKIE", "hubbub_token"),
-        help="the cookie that may carry the token (default hubbub_token), used only from "
-        "this server's own pages and --allowed-origin ones; 'none' turns it off",
+        default=env("JWT_COOKIE"),
+        help="the cookie that may carry the token (without --config: hubbub_token), used "
+        "only from this server's own pages and --allowed-origin ones; 'none' turns it off",
     )
     auth.add_argument(
         "--anonymous",
         action="store_true",
-        default=env("ANONYMOUS", False, switch),
+        default=env("ANONYMOUS", None, switch),
         help="admit WebSockets without a token even when a JWT key is configured",
     )
     auth.add_argument(
         "--allowed-origin",
         action="append",
-        default=[o for o in env("ALLOWED_ORIGINS", "").split(",") if o.strip()],
+        default=_listed("ALLOWED_ORIGINS"),
         metavar="ORIGIN",
         help="scheme://host[:port] allowed to open WebSockets (repeatable; "
         "HUBBUB_ALLOWED_ORIGINS is comma-separated); others get 403",
@@ -258,7 +345,7 @@ def _parser() -> argparse.ArgumentParser:
     auth.add_argument(
         "--require-origin",
         action="store_true",
-        default=env("REQUIRE_ORIGIN", False, switch),
+        default=env("REQUIRE_ORIGIN", None, switch),
         help="with --allowed-origin, refuse WebSockets without an Origin header",
     )
 
@@ -270,7 +357,7 @@ def _parser() -> argparse.ArgumentParser:
     api.add_argument(
         "--api-key",
         action="append",
-        default=[k.strip() for k in env("API_KEY", "").split(",") if k.strip()],
+        default=_listed("API_KEY"),
         metavar="KEY",
         help="a key accepted in `Authorization: apikey <key>` (repeatable for rotation; "
         "HUBBUB_API_KEY is comma-separated)",
@@ -303,264 +390,243 @@ def _parser() -> argparse.ArgumentParser:
     metrics.add_argument(
         "--public-metrics",
         action="store_true",
-        default=env("PUBLIC_METRICS", False, switch),
+        default=env("PUBLIC_METRICS", None, switch),
         help="serve /metrics without a key on a non-loopback --host",
     )
 
+    config = commands.add_parser(
+        "config",
+        help="check, show or explain the configuration file",
+        description="The configuration file of hubbub serve --config (docs/config.md).",
+    )
+    actions = config.add_subparsers(dest="action", required=True)
+    check = actions.add_parser(
+        "check",
+        help="validate FILE and print the effective configuration (secrets masked)",
+        description="Validate FILE (with the HUBBUB_* variables applied, as serve would) "
+        "and print the effective configuration, secrets shown as ***. Exit 0 when it "
+        "can be served, 2 otherwise.",
+    )
+    check.add_argument("file", metavar="FILE")
+    check.add_argument("--format", choices=("toml", "json"), default="toml")
+    actions.add_parser("example", help="print a complete, commented configuration file")
+    actions.add_parser("schema", help="print the JSON Schema of the configuration file")
+
     commands.add_parser("schema", help="print the JSON Schema of the wire protocol")
+    add_ops_commands(commands)
     return parser
 
 
-def _broker(url: str) -> Broker:
-    """The ``--broker``, refused now if malformed, not retried forever by a running hub."""
-    shown = re.sub(r"(://[^/@:]*):[^/@]*@", r"\1:***@", url)  # never echo a password
-    try:
-        parts = urlsplit(url)
-    except ValueError as exc:
-        raise BadArgument(f"hubbub serve: error: --broker {shown!r}: {exc}") from None
-    # A cluster URL lists several seed nodes (host:port,host:port): check each port.
-    hosts = parts.netloc.rpartition("@")[2].split(",") if "+cluster" in parts.scheme else [None]
-    for host in hosts:
-        try:
-            (parts if host is None else urlsplit(f"//{host}")).port  # noqa: B018 - 0-65535 or raises
-        except ValueError as exc:
-            raise BadArgument(
-                f"hubbub serve: error: --broker {shown!r}: the port is not a number in 0-65535 "
-                f"({exc})"
-            ) from None
-    if parts.scheme.lower() in ("redis", "rediss") and not parts.hostname:
-        raise BadArgument(
-            f"hubbub serve: error: --broker {shown!r} names no host: use redis://host:port/db"
+@dataclass
+class _Settings:
+    """The command line's share of the configuration: which keys it set, and from where."""
+
+    overrides: dict[str, Any] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+
+
+def _command_line(args: argparse.Namespace, argv: Sequence[str] | None) -> _Settings:
+    """The file keys set by flags and ``HUBBUB_*`` variables (argparse read both)."""
+    tokens = list(sys.argv[1:] if argv is None else argv)
+    settings = _Settings()
+    for option in OPTIONS:
+        dest = option.flag.lstrip("-").replace("-", "_")
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        flagged = option.env not in os.environ or any(
+            t == option.flag or t.startswith(option.flag + "=") for t in tokens
         )
-    try:
-        return broker_from_url(url)
-    except ValueError as exc:
-        message = str(exc).replace(f" {url!r}", "")
-        raise BadArgument(f"hubbub serve: error: --broker {shown!r}: {message}") from None
+        settings.sources[option.key] = option.flag if flagged else option.env
+        if option.key == "auth.cookie" and value.strip().lower() in ("", "none"):
+            value = ""
+        settings.overrides[option.key] = value
+    if args.config is None and "auth.cookie" not in settings.overrides:
+        settings.overrides["auth.cookie"] = LEGACY_COOKIE
+        settings.sources["auth.cookie"] = "--jwt-cookie"
+    return settings
 
 
-def _check_tls(args: argparse.Namespace) -> None:
-    """The certificate and key load now, rather than failing inside uvicorn with a traceback."""
-    if not args.ssl_certfile:
-        if args.ssl_keyfile:
-            raise BadArgument("hubbub serve: error: --ssl-keyfile needs --ssl-certfile")
-        return
-    for flag, path in (("--ssl-certfile", args.ssl_certfile), ("--ssl-keyfile", args.ssl_keyfile)):
-        if path:
-            try:
-                with open(path, "rb"):
-                    pass
-            except OSError as exc:
-                raise BadArgument(
-                    f"hubbub serve: error: {flag} {path!r}: {exc.strerror or exc}"
-                ) from None
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+_KEY = re.compile(r"\b(?:server|hub|broker|limits|auth|api|admin|metrics|personal)\.[a-z_]+\b")
+
+
+def _refusal(exc: ConfigError, settings: _Settings, path: str | None, text: str | None) -> str:
+    """The one line for a ConfigError: its source (flag, variable, or file:line), key, reason."""
+    key = re.sub(r"\[\d+\]$", "", exc.key)
+    # Where the file's own checks placed it (file:line), else the flag or variable that set it.
+    source = exc.where or settings.sources.get(key) or settings.sources.get(exc.key)
+    if source is not None and source.startswith(("--", "HUBBUB_")):
+        flags = {o.key: (o.flag if source.startswith("--") else o.env) for o in OPTIONS}
+
+        def speak(text: str) -> str:
+            return _KEY.sub(lambda m: flags.get(m.group(0), m.group(0)), text)
+
+        message = speak(exc.message)
+        # "--port 99999 ..." / "--admin-key needs ...": a value or a verb follows the flag.
+        joined = " " if message[:1] in "'\"" or message.startswith("needs ") else ": "
+        line = f"{source}{joined}{message}"
+        return f"{line} ({speak(exc.hint)})" if exc.hint else line
+    if source is None and path is not None and text is not None:
+        line_number = find_line(text, exc.key)
+        source = f"{path}:{line_number}" if line_number is not None else path
+    return str(exc.at(source or ""))
+
+
+def _load(args: argparse.Namespace, settings: _Settings) -> tuple[Config, str | None, str | None]:
+    """The file (or the defaults), then the command line's keys over it."""
+    path: str | None = args.config
+    text: str | None = None
+    config = Config()
+    if path is not None:
+        config = configuration.load(path)
+        try:
+            with open(path, encoding="utf-8") as file:
+                text = file.read()
+        except OSError:  # pragma: no cover - it was read a moment ago
+            text = None
+    return configuration.with_overrides(config, settings.overrides, settings.sources), path, text
+
+
+def _served(
+    args: argparse.Namespace,
+    argv: Sequence[str] | None = None,
+    precheck: Callable[[Config], None] | None = None,
+) -> tuple[Served, Config, _Settings]:
+    settings = _command_line(args, argv)
+    path = text = None
     try:
-        # A key behind a passphrase would make OpenSSL prompt on the terminal.
-        context.load_cert_chain(args.ssl_certfile, args.ssl_keyfile, password=lambda: b"")
-    except (ssl.SSLError, ValueError) as exc:
-        reason = getattr(exc, "reason", None) or str(exc)
-        raise BadArgument(
-            f"hubbub serve: error: --ssl-certfile {args.ssl_certfile!r}"
-            + (f" --ssl-keyfile {args.ssl_keyfile!r}" if args.ssl_keyfile else "")
-            + f": not a PEM certificate and its unencrypted private key ({reason})"
-        ) from None
+        config, path, text = _load(args, settings)
+        target = None
+        if args.target is not None:
+            for table in HUB_SECTIONS:
+                if getattr(config, table) != getattr(Config(), table):
+                    flag = next(
+                        (s for k, s in settings.sources.items() if k.startswith(table + ".")), None
+                    )
+                    if flag is not None:
+                        raise ConfigError(
+                            "",
+                            f"{flag} configures the hub hubbub serve builds, not {args.target!r}",
+                            f"give your own Hub({table}=...) instead"
+                            if table != "broker"
+                            else "give your own Hub(broker=...) instead",
+                            where="",
+                        )
+                    raise ConfigError(
+                        table,
+                        f"the target {args.target!r} builds its own hub: [{table}] cannot apply",
+                        "leave hub, broker, limits, namespaces and personal out of the file "
+                        "when serving a TARGET",
+                    )
+            target = load_target(args.target)
+        if precheck is not None:
+            precheck(config)
+        served = build_app(
+            config,
+            target,
+            demo=args.target is None and path is None,
+            given=set(settings.overrides),
+        )
+    except ConfigError as exc:
+        if not exc.key and not exc.where:
+            raise BadArgument(f"hubbub serve: error: {exc.message} ({exc.hint})") from None
+        raise BadArgument(f"hubbub serve: error: {_refusal(exc, settings, path, text)}") from None
+    except (TypeError, ValueError) as exc:
+        raise BadArgument(f"hubbub serve: error: {exc}") from None
+    return served, config, settings
 
 
 def _build_app(args: argparse.Namespace) -> Any:
-    broker = _broker(args.broker)
-    try:
-        limits = Limits(
-            ping_interval=args.ping,
-            pong_timeout=args.pong_timeout,
-            max_message_size=args.max_message_size,
-        )
-    except ValueError as exc:
-        raise BadArgument(f"hubbub serve: error: {exc}") from None
-    authenticator = _authenticator(args)
-    if args.target is None:
-        options: dict[str, Any] = {"limits": limits, "broker": broker}
-        if authenticator is not None:
-            options.update(authenticator=authenticator, anonymous=args.anonymous)
-        demo = build_demo_hub(**options)
-        return _protect(_hub_app(demo, args, demo=True), authenticator, args, demo)
-    if args.broker != "memory://":
-        raise BadArgument(
-            "hubbub serve: error: --broker configures the demo hub only; "
-            "give your own Hub(broker=...) instead"
-        )
-    obj = load_target(args.target)
-    if isinstance(obj, HubApp):
-        hub: Hub | None = obj.hub
-        if args.api_key:
-            obj.api = _hub_api(obj.hub, args, max_body=obj.api.max_body)
-        if args.admin_key:
-            obj.admin = _admin_page(obj.hub, args)
-        _configure_metrics(obj, args)
-    elif isinstance(obj, Hub):
-        hub, obj = obj, _hub_app(obj, args)
-    else:
-        hub = None
-        for flag in ("api_key", "admin_key", "metrics_key"):
-            if getattr(args, flag):
-                option = "--" + flag.replace("_", "-")
-                raise BadArgument(
-                    f"hubbub serve: error: {option} needs a target naming a Hub or a HubApp"
-                )
-    if hub is not None and authenticator is not None and hub.authenticator is None:
-        # The middleware authenticates the handshake; the hub needs the same keys
-        # for `refresh` and channel tokens.
-        hub.authenticator = authenticator
-    return _protect(obj, authenticator, args, hub)
+    """The ASGI app ``hubbub serve ARGS`` would serve (for tests and embedding)."""
+    return _served(args)[0].app
 
 
-def _hub_app(hub: Hub, args: argparse.Namespace, *, demo: bool = False) -> HubApp:
-    app = HubApp(hub, demo=demo)
-    if args.api_key:
-        app.api = _hub_api(hub, args)
-    if args.admin_key:
-        app.admin = _admin_page(hub, args)
-    _configure_metrics(app, args)
-    return app
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False  # a host name other than localhost: it may resolve anywhere
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped  # ::ffff:127.0.0.1 (Python 3.11 calls it not loopback)
-    return address.is_loopback
-
-
-def _configure_metrics(app: HubApp, args: argparse.Namespace) -> None:
-    """``--metrics-key``; without any key, /metrics is off (404) unless bound to loopback.
-
-    Exposed, ``/metrics`` would let anyone read the hub's figures and make it
-    walk every channel and connection (bounded per second, see hubbub.metrics).
-    """
-    if args.metrics_key:
-        try:
-            validate_key(args.metrics_key, "the metrics key")
-        except ValueError as exc:
-            raise BadArgument(f"hubbub serve: error: --metrics-key: {exc}") from None
-        app.metrics_key = args.metrics_key
-    if app.metrics_key is None and not args.public_metrics and not _is_loopback(args.host):
-        app.metrics = False
-        logger.warning(
-            "/metrics is off (404) on %s without a key: give --metrics-key "
-            "(HUBBUB_METRICS_KEY), or --public-metrics to serve it to anyone",
-            args.host,
-        )
-
-
-def _admin_page(hub: Hub, args: argparse.Namespace) -> AdminPage:
-    try:
-        return AdminPage(hub, key=args.admin_key)
-    except ValueError as exc:
-        raise BadArgument(f"hubbub serve: error: --admin-key: {exc}") from None
-
-
-def _hub_api(hub: Hub, args: argparse.Namespace, max_body: int = DEFAULT_MAX_BODY) -> HubAPI:
-    try:
-        return HubAPI(hub, keys=args.api_key, max_body=max_body)
-    except ValueError as exc:
-        raise BadArgument(f"hubbub serve: error: --api-key: {exc}") from None
-
-
-def _authenticator(args: argparse.Namespace) -> JWTAuthenticator | None:
-    if args.jwt_secret and args.jwt_public_key:
-        raise BadArgument("hubbub serve: error: give --jwt-secret or --jwt-public-key, not both")
-    if not (args.jwt_secret or args.jwt_public_key):
-        if args.jwt_audience or args.jwt_issuer:
-            raise BadArgument(
-                "hubbub serve: error: --jwt-audience/--jwt-issuer need --jwt-secret or "
-                "--jwt-public-key"
-            )
-        return None
-    cookie = None if args.jwt_cookie.strip().lower() in ("", "none") else args.jwt_cookie.strip()
-    common: dict[str, Any] = {
-        "audience": args.jwt_audience,
-        "issuer": args.jwt_issuer,
-        "cookie": cookie,
-    }
-    if args.jwt_secret:
-        try:
-            return JWTAuthenticator(secret=args.jwt_secret, **common)
-        except (ValueError, TypeError) as exc:
-            raise BadArgument(f"hubbub serve: error: JWT configuration: {exc}") from None
-    flag = f"--jwt-public-key {args.jwt_public_key!r}"
-    try:
-        with open(args.jwt_public_key, "rb") as file:
-            pem = file.read()
-    except OSError as exc:
-        raise BadArgument(f"hubbub serve: error: {flag}: {exc.strerror or exc}") from None
-    try:
-        return JWTAuthenticator(public_key=pem, **common)
-    except (ValueError, TypeError) as exc:
-        raise BadArgument(f"hubbub serve: error: {flag}: {exc}") from None
-
-
-def _protect(
-    app: Any, authenticator: JWTAuthenticator | None, args: argparse.Namespace, hub: Hub | None
-) -> Any:
-    if authenticator is None and not args.allowed_origin:
-        return app
-    try:
-        return AuthMiddleware(
-            app,
-            authenticator=authenticator,
-            anonymous=args.anonymous or authenticator is None,
-            allowed_origins=args.allowed_origin or None,
-            require_origin=args.require_origin,
-            # Count handshakes per IP before any token is verified.
-            admission=hub.admission if hub is not None else None,
-        )
-    except ValueError as exc:
-        raise BadArgument(f"hubbub serve: error: --allowed-origin: {exc}") from None
-
-
-def _serve(args: argparse.Namespace) -> None:
+def _serve(args: argparse.Namespace, argv: Sequence[str] | None = None) -> None:
     _require_uvicorn()
     import uvicorn  # only ``serve`` needs it (the ``standard`` extra)
 
-    _check_websockets(args.ws)
-    check_host(args.host)
-    _check_tls(args)
-    app = _build_app(args)
-    if not args.ssl_certfile and not _is_loopback(args.host):
+    def precheck(config: Config) -> None:
+        _check_websockets(config.server.ws)
+        check_host(config.server.host)
+
+    served, config, settings = _served(args, argv, precheck)
+    server_config = config.server
+    logging.basicConfig(
+        level=LOG_LEVELS[server_config.log_level], format="%(levelname)s:     %(message)s"
+    )
+    if not server_config.ssl_certfile and not configuration.is_loopback(server_config.host):
         logger.warning(
             "serving without TLS on %s: messages and tokens cross the network unencrypted; "
             "use --ssl-certfile/--ssl-keyfile or a TLS-terminating proxy",
-            args.host,
+            server_config.host,
         )
-    logging.basicConfig(level=LOG_LEVELS[args.log_level], format="%(levelname)s:     %(message)s")
-    config = uvicorn.Config(
-        app,
-        host=args.host,
-        port=args.port,
-        ws=args.ws,
+    max_message_size = config.limits.max_message_size
+    uvicorn_config = uvicorn.Config(
+        served.app,
+        host=server_config.host,
+        port=server_config.port,
+        ws=_ws_protocol(server_config.ws),
         # uvicorn refuses frames above its own limit with 1009; keep it above ours so
         # hubbub answers first (with a `disconnect` message) for moderately large frames.
-        ws_max_size=max(args.max_message_size * 4, 1024 * 1024),
+        ws_max_size=max(max_message_size * 4, 1024 * 1024),
         # hubbub sends its own pings; browsers never ping and ASGI has no ping event.
         ws_ping_interval=None,
         ws_ping_timeout=None,
-        ssl_certfile=args.ssl_certfile,
-        ssl_keyfile=args.ssl_keyfile,
-        log_level=args.log_level.lower(),
+        ssl_certfile=server_config.ssl_certfile,
+        ssl_keyfile=server_config.ssl_keyfile,
+        log_level=server_config.log_level,
         lifespan="auto",
-        timeout_graceful_shutdown=args.shutdown_timeout,
+        # hubbub's trusted_proxies alone decides whom X-Forwarded-For is believed
+        # from: uvicorn's own handling would trust 127.0.0.1 (FORWARDED_ALLOW_IPS)
+        # before hubbub is asked, so a loopback proxy counted even when untrusted.
+        proxy_headers=False,
+        # uvicorn annotates it int but takes seconds as a float.
+        timeout_graceful_shutdown=server_config.shutdown_timeout,  # type: ignore[arg-type]
     )
-    server = _draining_server(config)
+    reload = None
+    if args.config is not None:
+        reload = _Reload(args.config, settings, Reloader(served, config))
+    server = _draining_server(uvicorn_config, reload)
     # uvicorn logs every request's path with its query string: ?token= would leak.
     install_log_redaction()
     logging.getLogger("uvicorn.error").addFilter(_SpuriousHandshakeError())
     logging.getLogger("uvicorn.error").addFilter(_ClientInputTraceback())
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        # uvicorn re-raises the Ctrl+C it caught once the hubs have drained and the
+        # server has stopped: the shutdown is complete, so end quietly with status 0,
+        # as uvicorn's own command line does, not with a traceback.
+        pass
+
+
+def _config_command(args: argparse.Namespace) -> None:
+    """``hubbub config check|example|schema``."""
+    if args.action == "example":
+        sys.stdout.write(configuration.example())
+        return
+    if args.action == "schema":
+        print(json.dumps(configuration.schema(), indent=2, sort_keys=True))
+        return
+    try:
+        config = configuration.load(args.file, environ=os.environ)
+        configuration.build_parts(config)
+        shown = configuration.dump(configuration.effective(config), args.format)
+    except ConfigError as exc:
+        if exc.where == "" and exc.key:
+            exc = exc.at(_file_line(args.file, exc.key))
+        sys.stderr.write(f"hubbub config check: error: {exc}\n")
+        raise SystemExit(2) from None
+    sys.stdout.write(shown if shown.endswith("\n") else shown + "\n")
+
+
+def _file_line(path: str, key: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as file:
+            line = find_line(file.read(), key)
+    except (OSError, UnicodeDecodeError):
+        return path
+    return f"{path}:{line}" if line is not None else path
 
 
 def _schema() -> None:
@@ -581,14 +647,19 @@ def _schema() -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``hubbub`` console script."""
     args = _parser().parse_args(argv)
-    if args.command != "serve":
+    if args.command in OPS_COMMANDS:
+        raise SystemExit(run_ops(args))
+    if args.command == "schema":
         _schema()
+        return
+    if args.command == "config":
+        _config_command(args)
         return
     try:
         for value in vars(args).values():
             if isinstance(value, BadVariable):
                 raise BadArgument(f"hubbub serve: error: {value.message} (see hubbub serve --help)")
-        _serve(args)
+        _serve(args, argv)
     except BadArgument as exc:
         sys.stderr.write(f"{exc}\n")
         raise SystemExit(2) from None

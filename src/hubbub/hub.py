@@ -210,6 +210,20 @@ class Hub:
     def broker_timeout(self, seconds: float) -> None:
         self._calls.timeout = seconds
 
+    def set_limits(self, limits: Limits) -> None:
+        """Apply new limits to connections opened from now on (``hubbub serve``'s SIGHUP reload).
+
+        A connection keeps the limits it opened with (its ping interval was told
+        to the client in ``welcome``); handshakes, per-IP and per-user caps and
+        the handshake rate follow the new limits at once. Call it from the
+        event loop's thread: it only swaps references, never awaits.
+        """
+        if not isinstance(limits, Limits):
+            raise TypeError("limits must be a hubbub.Limits")
+        self.limits = limits
+        self.admission.set_limits(limits)
+        self._joins.set_limits(limits)
+
     @property
     def authenticator(self) -> Authenticator | None:
         """Turns a connection's scope into an :class:`Identity`."""

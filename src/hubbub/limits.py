@@ -249,9 +249,32 @@ class Admission:
     def __init__(self, limits: Limits, limiter: RateLimiter | None = None) -> None:
         self.limits = limits
         self.limiter: RateLimiter | None = limiter
+        self._own_limiter = limiter is None
         if limiter is None and limits.handshake_rate is not None:
             self.limiter = LocalRateLimiter(limits.handshake_rate, limits.handshake_burst)
         self._per_ip: dict[str, int] = {}
+
+    def set_limits(self, limits: Limits) -> None:
+        """Apply new limits from the next handshake on (a configuration reload).
+
+        The open connections counted per address are kept, so a lower cap applies
+        to new handshakes without closing anyone. The handshake rate limiter is
+        rebuilt (its buckets start full) when the rate or burst changed, unless
+        it was given to the constructor: a custom limiter is the caller's. Call it
+        from the event loop's thread, like every other method here.
+        """
+        if not isinstance(limits, Limits):
+            raise TypeError("limits must be a hubbub.Limits")
+        old, self.limits = self.limits, limits
+        if self._own_limiter and (
+            (old.handshake_rate, old.handshake_burst)
+            != (limits.handshake_rate, limits.handshake_burst)
+        ):
+            self.limiter = (
+                LocalRateLimiter(limits.handshake_rate, limits.handshake_burst)
+                if limits.handshake_rate is not None
+                else None
+            )
 
     async def check_ip(self, ip: str) -> tuple[str, int] | None:
         """``None`` when ``ip`` may try a handshake, else why not and ``Retry-After`` seconds.

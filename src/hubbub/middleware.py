@@ -136,6 +136,24 @@ class AuthMiddleware:
             stats = getattr(served, "stats", None) if served is not None else None
         self.stats = stats if isinstance(stats, HubStats) else None
 
+    def set_allowed_origins(
+        self, allowed_origins: Iterable[str] | None, *, require_origin: bool | None = None
+    ) -> None:
+        """Replace the Origin allow-list (``hubbub serve``'s SIGHUP reload); checked first.
+
+        Takes effect from the next request; ``require_origin`` is kept unless given.
+        """
+        if isinstance(allowed_origins, str):
+            raise TypeError("allowed_origins must be a list of origins, not a str")
+        origins = (
+            frozenset(normalise_origin(o) for o in allowed_origins)
+            if allowed_origins is not None
+            else None
+        )
+        self.allowed_origins = origins
+        if require_origin is not None:
+            self.require_origin = require_origin
+
     async def __call__(self, scope: Scope, receive: Receive, send: SendCallable) -> None:
         kind = scope["type"]
         if kind not in ("http", "websocket"):

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Access",
+    "AccessRule",
+    "ChannelClaim",
     "Namespace",
     "NamespaceRegistry",
     "PublishCheck",
@@ -42,6 +44,42 @@ Access = Literal["anyone", "authenticated", "nobody"]
 ``anyone``: every connected client (anonymous clients only exist where the hub
 allows them); ``authenticated``: clients with a user id; ``nobody``: only the
 server (Python API, HTTP API)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelClaim:
+    """Access granted by a claim of the client's token that names channels.
+
+    The claim (a list of strings in the verified token payload,
+    :attr:`hubbub.Identity.claims`) must name the channel itself, or
+    ``<namespace>:*`` for every channel of the namespace (``*`` for the default
+    namespace). Anonymous clients, identities without claims (not from a JWT) and
+    a claim that is not a list of strings are refused. Name a claim of your own
+    (``rooms``, ``can_publish``): the ``channels`` claim also subscribes the
+    client to the channels it lists when it connects (protocol §2).
+    """
+
+    claim: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.claim, str) or not self.claim:
+            raise ValueError("ChannelClaim.claim must be a non-empty claim name")
+
+    def allows(self, identity: Identity, channel: str) -> bool:
+        """Whether ``identity``'s token names ``channel`` (or its whole namespace)."""
+        claims = identity.claims
+        if not identity.user or claims is None:
+            return False
+        named = claims.get(self.claim)
+        if not isinstance(named, list):
+            return False
+        name, colon, _ = channel.partition(":")
+        wildcard = f"{name}:*" if colon else "*"
+        return any(entry == channel or entry == wildcard for entry in named)
+
+
+AccessRule = Access | ChannelClaim
+"""An :data:`Access` level, or a :class:`ChannelClaim` of the client's token."""
 
 SlowConsumerPolicy = Literal["disconnect", "drop_oldest"]
 """What happens when a client's send queue is full: close it with 1013 so it
@@ -76,8 +114,14 @@ class Namespace:
 
     Args:
         name: the part before the colon; ``""`` is the default namespace.
-        subscribe: who may subscribe (see :data:`Access`).
-        publish: who may publish from a client; the server may always publish.
+        subscribe: who may subscribe (see :data:`Access`, or a
+            :class:`ChannelClaim` of the client's token).
+        publish: who may publish from a client (the same choices); the server
+            may always publish.
+        history_access: who may read the history of a channel they are not
+            subscribed to; ``None`` (the default): whoever may subscribe.
+        presence_access: who may read the presence of a channel they are not
+            subscribed to; ``None`` (the default): whoever may subscribe.
         can_subscribe: optional finer check, asked after ``subscribe`` allowed it.
         can_publish: optional finer check, asked after ``publish`` allowed it.
         echo: whether a publisher receives its own publication unless it says otherwise.
@@ -107,8 +151,8 @@ class Namespace:
     """
 
     name: str = ""
-    subscribe: Access = "anyone"
-    publish: Access = "anyone"
+    subscribe: AccessRule = "anyone"
+    publish: AccessRule = "anyone"
     can_subscribe: SubscribeCheck | None = field(default=None, compare=False)
     can_publish: PublishCheck | None = field(default=None, compare=False)
     echo: bool = True
@@ -123,6 +167,8 @@ class Namespace:
     schema: Any = field(default=None, compare=False)
     idempotency_window: float = 120.0
     replay: int = 0
+    history_access: AccessRule | None = None
+    presence_access: AccessRule | None = None
 
     @classmethod
     def chat(
@@ -165,12 +211,18 @@ class Namespace:
                 f"invalid namespace name {self.name!r}: 1-64 characters from "
                 "[A-Za-z0-9_-.@=/], no colon and no leading '#'"
             )
-        for option in ("subscribe", "publish"):
+        for option in ("subscribe", "publish", "history_access", "presence_access"):
             value = getattr(self, option)
-            if value not in ("anyone", "authenticated", "nobody"):
+            if value is None and option.endswith("_access"):
+                continue
+            if not isinstance(value, ChannelClaim) and value not in (
+                "anyone",
+                "authenticated",
+                "nobody",
+            ):
                 raise ValueError(
-                    f"Namespace.{option} must be 'anyone', 'authenticated' or 'nobody', "
-                    f"not {value!r}"
+                    f"Namespace.{option} must be 'anyone', 'authenticated', 'nobody' or a "
+                    f"ChannelClaim, not {value!r}"
                 )
         if self.slow_consumer not in ("disconnect", "drop_oldest"):
             raise ValueError(
@@ -215,9 +267,22 @@ class Namespace:
 
     def may_subscribe(self, identity: Identity, channel: str) -> bool:
         """Whether ``identity`` may subscribe to ``channel`` under these options."""
-        if not _allowed(self.subscribe, identity):
+        if not _allowed(self.subscribe, identity, channel):
             return False
         return self.can_subscribe is None or bool(self.can_subscribe(identity, channel))
+
+    def may_read(
+        self, identity: Identity, channel: str, what: Literal["history", "presence"]
+    ) -> bool:
+        """Whether ``identity`` may read ``what`` of ``channel`` without being subscribed.
+
+        ``history_access``/``presence_access`` when set; otherwise the
+        subscription rules (with ``can_subscribe``), as before they existed.
+        """
+        rule = self.history_access if what == "history" else self.presence_access
+        if rule is None:
+            return self.may_subscribe(identity, channel)
+        return _allowed(rule, identity, channel)
 
     def validate(self, data: bytes, codec: str) -> bytes:
         """Check ``data`` (encoded with ``codec``) against :attr:`schema`.
@@ -245,7 +310,7 @@ class Namespace:
 
     def may_publish(self, identity: Identity, channel: str, data: bytes) -> bool:
         """Whether ``identity`` may publish ``data`` into ``channel`` from a client."""
-        if not _allowed(self.publish, identity):
+        if not _allowed(self.publish, identity, channel):
             return False
         return self.can_publish is None or bool(self.can_publish(identity, channel, data))
 
@@ -265,7 +330,9 @@ def _schema_decoder(
     return msgspec.json.Decoder(schema)
 
 
-def _allowed(access: Access, identity: Identity) -> bool:
+def _allowed(access: AccessRule, identity: Identity, channel: str) -> bool:
+    if isinstance(access, ChannelClaim):
+        return access.allows(identity, channel)
     if access == "anyone":
         return True
     if access == "authenticated":

@@ -256,7 +256,7 @@ class ClientProtocol:
             if not namespace.presence:
                 raise PermissionDenied("presence is not enabled for this namespace")
             if channel not in self.channels:
-                check_read(self.identity, channel, namespace)
+                check_read(self.identity, channel, namespace, "presence")
         elif isinstance(command, GetHistory):
             if channel not in self.channels:
                 check_read(self.identity, channel, namespace)

@@ -213,13 +213,14 @@ async def open_client(
     answer_pings: bool = True,
     welcome: bool = True,
     max_size: int = 4 * 1024 * 1024,
+    compression: str | None = None,
 ) -> AsyncIterator[Client]:
     """Connect a client to ``base + path``; read and check its ``welcome`` first."""
     async with connect(
         base + path,
         subprotocols=[Subprotocol(p) for p in subprotocols] if subprotocols is not None else None,
         ping_interval=None,
-        compression=None,
+        compression=compression,
         proxy=None,
         open_timeout=10,
         close_timeout=2,

@@ -66,10 +66,25 @@ class RedisCommands:
         *,
         prefix: str,
         timeout: float,
-        max_connections: int,
+        health_check_interval: float,
+        reconnect_delay: float,
+        max_reconnect_delay: float,
+        max_connections: int | None,
         pool_size: int,
         idempotency_keys: int,
     ) -> None:
+        """The options both Redis brokers share, checked in one place."""
+        if timeout <= 0 or health_check_interval <= 0:
+            raise ValueError("timeout and health_check_interval must be positive")
+        if reconnect_delay <= 0 or max_reconnect_delay < reconnect_delay:
+            raise ValueError("need 0 < reconnect_delay <= max_reconnect_delay")
+        if max_connections is None:
+            max_connections = pool_size
+        if max_connections < 1 or idempotency_keys < 1:
+            raise ValueError("max_connections and idempotency_keys must be at least 1")
+        self._health = health_check_interval
+        self._delay = reconnect_delay
+        self._max_delay = max_reconnect_delay
         self._client = client
         self._prefix = prefix
         self._prefix_bytes = prefix.encode()

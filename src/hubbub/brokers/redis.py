@@ -134,27 +134,18 @@ class RedisBroker(PubSubLink, RedisCommands, Broker):
     ) -> None:
         if not isinstance(client, Redis):
             raise TypeError("client must be a redis.asyncio.Redis")
-        if timeout <= 0 or health_check_interval <= 0:
-            raise ValueError("timeout and health_check_interval must be positive")
-        if reconnect_delay <= 0 or max_reconnect_delay < reconnect_delay:
-            raise ValueError("need 0 < reconnect_delay <= max_reconnect_delay")
-        pool_size = client.connection_pool.max_connections
-        if max_connections is None:
-            max_connections = pool_size
-        if max_connections < 1 or idempotency_keys < 1:
-            raise ValueError("max_connections and idempotency_keys must be at least 1")
         self._init_commands(
             client,
             PUBLISH,
             prefix=prefix,
             timeout=timeout,
+            health_check_interval=health_check_interval,
+            reconnect_delay=reconnect_delay,
+            max_reconnect_delay=max_reconnect_delay,
             max_connections=max_connections,
-            pool_size=pool_size,
+            pool_size=client.connection_pool.max_connections,
             idempotency_keys=idempotency_keys,
         )
-        self._health = health_check_interval
-        self._delay = reconnect_delay
-        self._max_delay = max_reconnect_delay
         self._close_client = close_client
         self._handler: PublicationHandler | None = None
         self._lost: LossHandler | None = None

@@ -73,13 +73,14 @@ class RedisClusterBroker(RedisCommands, Broker):
     Run the cluster with ``cluster-require-full-coverage no``: otherwise Redis
     refuses commands for *every* slot while one shard is down.
 
+    ``prefix``, ``timeout``, ``health_check_interval``, ``reconnect_delay``,
+    ``max_reconnect_delay``, ``max_connections`` and ``idempotency_keys`` are as
+    for :class:`~hubbub.brokers.redis.RedisBroker`; ``max_connections`` defaults
+    to the client's per-node pool size.
+
     Args:
         client: a ``redis.asyncio.RedisCluster``; closed on :meth:`stop` when the
             broker built it (:meth:`from_url`).
-        prefix, timeout, health_check_interval, reconnect_delay,
-        max_reconnect_delay, max_connections, idempotency_keys: as for
-            :class:`~hubbub.brokers.redis.RedisBroker`; ``max_connections``
-            defaults to the client's per-node pool size.
     """
 
     capabilities = frozenset(Capability)
@@ -99,27 +100,18 @@ class RedisClusterBroker(RedisCommands, Broker):
     ) -> None:
         if not isinstance(client, RedisCluster):
             raise TypeError("client must be a redis.asyncio.RedisCluster")
-        if timeout <= 0 or health_check_interval <= 0:
-            raise ValueError("timeout and health_check_interval must be positive")
-        if reconnect_delay <= 0 or max_reconnect_delay < reconnect_delay:
-            raise ValueError("need 0 < reconnect_delay <= max_reconnect_delay")
-        pool_size = client.nodes_manager.connection_kwargs.get("max_connections", 100)
-        if max_connections is None:
-            max_connections = pool_size
-        if max_connections < 1 or idempotency_keys < 1:
-            raise ValueError("max_connections and idempotency_keys must be at least 1")
         self._init_commands(
             client,
             SPUBLISH,
             prefix=prefix,
             timeout=timeout,
+            health_check_interval=health_check_interval,
+            reconnect_delay=reconnect_delay,
+            max_reconnect_delay=max_reconnect_delay,
             max_connections=max_connections,
-            pool_size=pool_size,
+            pool_size=client.nodes_manager.connection_kwargs.get("max_connections", 100),
             idempotency_keys=idempotency_keys,
         )
-        self._health = health_check_interval
-        self._delay = reconnect_delay
-        self._max_delay = max_reconnect_delay
         self._close_client = close_client
         self._handler: PublicationHandler | None = None
         self._lost: LossHandler | None = None

@@ -312,6 +312,8 @@ export interface SubscribeOptions<T = JsonValue> {
 }
 
 export declare class Subscription<T = JsonValue> {
+  /** Made by `HubbubClient.subscribe` (or by the client for server-made subscriptions). */
+  constructor(client: HubbubClient, channel: string, options: SubscribeOptions<T>);
   readonly client: HubbubClient;
   readonly channel: string;
   readonly options: SubscribeOptions<T>;
@@ -330,7 +332,20 @@ export declare class Subscription<T = JsonValue> {
 }
 
 export interface HubbubEventMap {
-  state: { state: ClientState; code?: number; reason?: string; delay?: number; attempt?: number };
+  /**
+   * `attempt` while connecting; `code`, `reason`, `delay` and `attempt` when reconnecting
+   * after a close; `client` and `user` (from the `welcome`) once connected; `code` and
+   * `reason` when disconnected or closed.
+   */
+  state: {
+    state: ClientState;
+    code?: number;
+    reason?: string;
+    delay?: number;
+    attempt?: number;
+    client?: string;
+    user?: string;
+  };
   welcome: Welcome;
   disconnect: { code: number; reason: string; reconnect: boolean };
   close: { code: number; reason: string; reconnect: boolean; delay: number | null };
@@ -349,7 +364,11 @@ export declare class HubbubClient extends EventTarget {
   /** "#<user>" once welcomed; "" for anonymous clients. */
   readonly personalChannel: string;
   readonly subscriptions: Map<string, Subscription>;
-  on<K extends keyof HubbubEventMap>(type: K, listener: (detail: HubbubEventMap[K], event: CustomEvent) => void): () => void;
+  /** Listen to an event; returns a function that stops listening. */
+  on<K extends keyof HubbubEventMap>(
+    type: K,
+    listener: (detail: HubbubEventMap[K], event: CustomEvent<HubbubEventMap[K]>) => void,
+  ): () => void;
   connected(options?: { timeout?: number }): Promise<Welcome>;
   connect(): void;
   close(code?: number, reason?: string): void;

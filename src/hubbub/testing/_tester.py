@@ -163,8 +163,12 @@ class HubTester:
                 authenticator verifies it, as in production.
             codec: ``"json"`` or ``"msgpack"`` (the ``hubbub.v1.*`` subprotocol).
             batch: ask for batched frames (``?batch=1``, JSON only).
-            headers, query, subprotocols, path, ip: the handshake as sent;
-                ``subprotocols`` replaces the one ``codec`` picks.
+            headers: the handshake's headers, as sent.
+            query: the handshake's query parameters, as sent.
+            subprotocols: the subprotocols offered, as sent; they replace the one
+                ``codec`` picks.
+            path: the WebSocket path, as sent.
+            ip: the client's address, as the hub sees it.
             auto_pong: answer ``ping`` and hide it (``False``: receive pings).
 
         Without ``user``, ``identity`` or ``token``, the hub's authenticator

@@ -1,0 +1,3 @@
+module example.com/hubbub-backend
+
+go 1.19
