@@ -19,10 +19,11 @@ The modules follow the path a message takes, inside out:
 - ``hub``: the façade (lifecycle, the server-side API, command dispatch) over
   ``_registry``, ``_fanout``, ``_join``, ``_presence``, ``_commands``,
   ``_control`` and ``_brokercall``; ``_recovery``: joining a stream without
-  gap or duplicate;
+  gap or duplicate; ``_sync``: ``hub.sync``, the same API for threads;
 - ``brokers``: how publications move between nodes (``Broker``, ``MemoryBroker``);
 - ``app``, ``api``, ``middleware`` and ``cli``: the ASGI shells (``HubApp``,
   the server HTTP API ``HubAPI``, ``AuthMiddleware``) and ``hubbub serve``;
+- ``contrib``: framework integrations above every shell (``contrib.django``);
 - ``client``: the Python client and the HTTP API's client (``client.api``),
   which use ``messages``, ``chat`` and ``_api_wire`` but never the server.
 
@@ -52,6 +53,7 @@ from ._jwt import JWTAuthenticator as JWTAuthenticator
 from ._redact import RedactTokens as RedactTokens
 from ._redact import install_log_redaction as install_log_redaction
 from ._stats import HubStats as HubStats
+from ._sync import SyncHub as SyncHub
 from ._version import __version__ as __version__
 from .api import HubAPI as HubAPI
 from .app import HubApp as HubApp
@@ -114,6 +116,7 @@ __all__ = [
     "RateLimiter",
     "RedactTokens",
     "StreamGone",
+    "SyncHub",
     "Unavailable",
     "UnknownNamespace",
     "UnsupportedCapability",

@@ -51,6 +51,7 @@ from ._join import Joins, at_channel_limit
 from ._presence import Presence
 from ._registry import Registry
 from ._stats import BROKER_BUCKETS, HubStats, LatencyHistogram
+from ._sync import LoopGate, SyncHub
 from ._tracing import Tracing
 from .auth import Authenticator, Identity
 from .brokers import Broker, HistoryPage, MemoryBroker
@@ -182,6 +183,11 @@ class Hub:
         )
         self.session_host: SessionHost = _HubHost(self)
         """What the hub's connections may ask of it (``serve_websocket``, ``serve_sse``)."""
+        self._gate = LoopGate()
+        self.sync = SyncHub(self, self._gate)
+        """The same API for synchronous code in other threads (a Django or Flask view, a
+        worker thread): ``hub.sync.publish(...)`` blocks until the hub answered
+        (``docs/sync.md``)."""
 
     def __repr__(self) -> str:
         return f"<Hub node={self.node} state={self._state}>"
@@ -257,6 +263,8 @@ class Hub:
         stack = AsyncExitStack()
         try:
             self._tg = await stack.enter_async_context(anyio.create_task_group())
+            # Other threads reach the hub (``hub.sync``) through this gate while it runs.
+            await self._tg.start(self._gate.serve)
             await self.broker.start(self._fanout.dispatch, self._fanout.lost, self._tg)
             self._tg.start_soon(self._registry.heartbeats, self.limits)
             self._tg.start_soon(self._presence.renew_forever, self._registry.connections)
@@ -268,6 +276,9 @@ class Hub:
                 logger.warning("control channel not subscribed yet: %s", exc.reason)
         except BaseException:
             self._state = "stopped"
+            if self._tg is not None:
+                # The gate's task (and any the broker started) would keep the group open.
+                self._tg.cancel_scope.cancel()
             self._tg = None
             await stack.aclose()
             raise
@@ -286,6 +297,9 @@ class Hub:
         assert self._stack is not None and self._tg is not None
         try:
             with anyio.CancelScope(shield=True):
+                # Synchronous callers first: none may still be on its way to the broker
+                # when it stops.
+                await self._gate.close(self.broker_timeout)
                 await self.drain()
                 self._state = "stopping"
                 await self._presence.settle(self.drain_timeout)
