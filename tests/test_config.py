@@ -537,3 +537,23 @@ def test_a_variable_replaces_the_files_key_source_not_joins_it(tmp_path: Path) -
     assert (config.auth.secret, config.auth.secret_file) == (other, None)
     with pytest.raises(ConfigError, match=r"public_key_file|secret"):
         load(path, environ={"HUBBUB_JWT_SECRET": other, "HUBBUB_JWT_PUBLIC_KEY": "pub.pem"})
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis+sentinel://127.0.0.1:26379,127.0.0.1:26380/mymaster",
+        "redis+shards://127.0.0.1:6379,127.0.0.1:6380/0",
+        "redis+cluster://127.0.0.1:7000,127.0.0.1:7001",
+    ],
+)
+def test_every_multi_host_broker_url_is_accepted(url: str) -> None:
+    """Sentinel, shard and cluster URLs list several hosts: each port is checked, none refused."""
+    config = loads(f'[broker]\nurl = "{url}"\n')
+    assert config.broker.url == url
+    with pytest.raises(ConfigError, match="port"):
+        loads(
+            f'[broker]\nurl = "{url.replace(":26380", ":x").replace(":6380", ":x")}"\n'.replace(
+                ":7001", ":x"
+            )
+        )

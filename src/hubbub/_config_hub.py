@@ -56,7 +56,9 @@ def check_broker_url(url: str) -> None:
         raise ConfigError(
             "broker.url", f"{shown}: {exc}", "e.g. redis://127.0.0.1:6379/0"
         ) from None
-    hosts = parts.netloc.rpartition("@")[2].split(",") if "+cluster" in parts.scheme else [None]
+    # Cluster, Sentinel and shard URLs (redis+cluster://, redis+sentinel://,
+    # redis+shards://) list several host:port: check each one.
+    hosts = parts.netloc.rpartition("@")[2].split(",") if "+" in parts.scheme else [None]
     for host in hosts:
         try:
             (parts if host is None else urlsplit(f"//{host}")).port  # noqa: B018 - raises

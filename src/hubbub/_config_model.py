@@ -95,8 +95,9 @@ class BrokerConfig(_Section, frozen=True):
     """``[broker]``: how publications move between nodes (changes need a restart)."""
 
     url: str = "memory://"
-    """memory://, redis://host:port/db, rediss://..., unix:///path, redis+cluster://h:p,h:p,
-    rediss+cluster://..., postgresql://user@host:port/db."""
+    """memory://, redis://host:port/db, rediss://..., unix:///path,
+    redis+sentinel://h:p,h:p/service[/db], redis+shards://h:p,h:p[/db],
+    redis+cluster://h:p,h:p, rediss+cluster://..., postgresql://user@host:port/db."""
 
 
 class CommandLimit(_Section, frozen=True):

@@ -252,8 +252,10 @@ def _parser() -> argparse.ArgumentParser:
         "--broker",
         default=env("BROKER"),
         help=(
-            "memory:// (the default), redis://host:port/db or "
-            "redis+cluster://host:port[,host:port...] (need hubbub[redis]), or "
+            "memory:// (the default); redis://host:port/db, "
+            "redis+sentinel://host:port[,host:port...]/service[/db], "
+            "redis+shards://host:port[,host:port...][/db] or "
+            "redis+cluster://host:port[,host:port...] (need hubbub[redis]); or "
             "postgresql://user@host:port/db (needs hubbub[postgres])"
         ),
     )
