@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -36,14 +37,16 @@ class Server:
     process: subprocess.Popen[bytes]
     port: int
     log_path: Path
+    tls_ca: Path | None = None
+    """The CA of the server's certificate when it serves TLS itself."""
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls_ca else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
+        return f"{'wss' if self.tls_ca else 'ws'}://127.0.0.1:{self.port}"
 
     @property
     def pid(self) -> int:
@@ -69,8 +72,9 @@ def wait_ready(server: Server, path: str = "/health", timeout: float = 20.0) -> 
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             raise RuntimeError(f"server exited early:\n{server.log()}")
+        context = ssl.create_default_context(cafile=str(server.tls_ca)) if server.tls_ca else None
         try:
-            with urllib.request.urlopen(server.url + path, timeout=1) as response:
+            with urllib.request.urlopen(server.url + path, timeout=1, context=context) as response:
                 if response.status < 500:
                     return
         except OSError:
@@ -86,11 +90,13 @@ def run_server(
     ready_path: str = "/health",
     env: dict[str, str] | None = None,
     port: int | None = None,
+    tls_ca: Path | None = None,
 ) -> Iterator[Server]:
     """Run ``python <argv with {port} filled in>`` until the block ends.
 
     Example: ``run_server(["-m", "hubbub", "serve", "--port", "{port}"], tmp_path)``.
-    Give ``port`` to start again where clients reconnect (a restart); a free one otherwise.
+    Give ``port`` to start again where clients reconnect (a restart); a free one otherwise,
+    and ``tls_ca`` when the server serves TLS with a certificate that CA signed.
     """
     port = free_port() if port is None else port
     log_path = tmp_path / f"server-{port}-{time.monotonic_ns()}.log"
@@ -103,7 +109,7 @@ def run_server(
         process = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=full_env
         )
-    server = Server(process, port, log_path)
+    server = Server(process, port, log_path, tls_ca)
     try:
         wait_ready(server, ready_path)
         yield server

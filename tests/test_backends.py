@@ -189,3 +189,17 @@ def test_missing_secret_is_a_clear_error(backend: list[str]) -> None:
     result = run(backend, "token", "alice")
     assert result.returncode == 2
     assert "HUBBUB_JWT_SECRET" in result.stderr
+
+
+def test_a_claim_of_your_own_opens_a_claim_namespace(backend: list[str], hubbub: Server) -> None:
+    """``--claim 'rooms=[...]'``: the shipped file's chat rooms, entered by a ``rooms`` claim."""
+    token = mint(backend, "--claim", 'rooms=["chat:lobby"]', "carol")
+    with open_ws(hubbub, token) as ws:
+        assert recv(ws)["type"] == "welcome"
+        ws.send(json.dumps({"type": "subscribe", "channel": "chat:lobby", "id": 1}))
+        assert recv(ws)["type"] == "subscribed"
+        ws.send(json.dumps({"type": "subscribe", "channel": "chat:other", "id": 2}))
+        refused = recv(ws)
+        assert (refused["type"], refused["code"]) == ("error", 403), refused
+    bad = run(backend, "token", "--claim", "rooms", "carol", env={"HUBBUB_JWT_SECRET": SECRET})
+    assert bad.returncode == 2 and "KEY=JSON" in bad.stderr, bad

@@ -121,3 +121,13 @@ def test_serve_stops_on_ctrl_c_without_a_traceback(tmp_path: Path) -> None:
     assert "hub stopped" in log
     assert "Traceback" not in log
     assert "KeyboardInterrupt" not in log
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    """``hubbub --version`` prints the package's version and exits 0."""
+    from hubbub import __version__
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"hubbub {__version__}\n"

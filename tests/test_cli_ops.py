@@ -803,3 +803,27 @@ def test_the_servers_config_file_gives_address_api_key_and_secret(tmp_path: Path
     broken = hubbub("publish", "news", "{}", "--config", str(config))
     line = one_error_line(broken.stderr, "publish")
     assert broken.returncode == 2 and f"{config}:2: api.keys" in line, line
+
+
+def test_a_certificate_the_client_does_not_trust_fails_at_once(tmp_path: Path) -> None:
+    """A TLS server whose CA is not trusted: ``tail`` stops at its first connection with the
+    TLS error (exit 3), not after retrying for its whole ``--connect-timeout`` (120 s here,
+    past the 60 s a command may take in this test); the CA in SSL_CERT_FILE makes it connect."""
+    from .proxy_servers import make_certificates
+
+    (tmp_path / "tls").mkdir()
+    certs = make_certificates(tmp_path / "tls")
+    argv = ["-m", "hubbub", "serve", "--port", "{port}"]
+    argv += ["--ssl-certfile", str(certs.cert), "--ssl-keyfile", str(certs.key)]
+    env = {"HUBBUB_JWT_SECRET": SECRET}
+    with run_server(argv, tmp_path, env=env, tls_ca=certs.ca) as server:
+        url = server.url
+        command = ["tail", "news", "--url", url, "--connect-timeout", "120"]
+        refused = hubbub(*command, env={"HUBBUB_JWT_SECRET": SECRET})
+        assert refused.returncode == 3, refused.stderr
+        line = one_error_line(refused.stderr, "tail")
+        assert "certificate" in line.lower() and "SSL_CERT_FILE" in line, line
+        trusted = {"HUBBUB_JWT_SECRET": SECRET, "SSL_CERT_FILE": str(certs.ca)}
+        with tail(["news", "--url", url], trusted) as watching:
+            watching.wait_err("subscribed to news")
+            assert watching.stop(signal.SIGINT) == 0

@@ -181,26 +181,40 @@ def ws(proxy: Proxy, token: str, context: Any, origin: str = ORIGIN) -> ClientCo
     )
 
 
+_EARLY: dict[int, list[dict[str, Any]]] = {}
+"""Messages read while waiting for another (by client): no order is promised between
+a publisher's ``ack`` and its own copy of the ``message`` (protocol §5)."""
+
+
+def _next(client: ClientConnection) -> dict[str, Any]:
+    while True:
+        message: dict[str, Any] = json.loads(client.recv(timeout=WITHIN))
+        if message["type"] != "ping":
+            return message
+        client.send(json.dumps({"type": "pong"}))
+
+
 def receive(client: ClientConnection, kind: str) -> dict[str, Any]:
     """The next message of type ``kind`` (pings answered, other events skipped)."""
+    early = _EARLY.setdefault(id(client), [])
+    for index, message in enumerate(early):
+        if message["type"] == kind:
+            return early.pop(index)
     for _ in range(50):
-        message: dict[str, Any] = json.loads(client.recv(timeout=WITHIN))
-        if message["type"] == "ping":
-            client.send(json.dumps({"type": "pong"}))
-        elif message["type"] == kind:
+        message = _next(client)
+        if message["type"] == kind:
             return message
     raise AssertionError(f"no {kind} among 50 messages")
 
 
 def request(client: ClientConnection, command: dict[str, Any]) -> dict[str, Any]:
-    """Send ``command`` and return the reply carrying its id."""
+    """Send ``command`` and return the reply carrying its id (others kept for receive)."""
     client.send(json.dumps(command))
     for _ in range(50):
-        message: dict[str, Any] = json.loads(client.recv(timeout=WITHIN))
-        if message["type"] == "ping":
-            client.send(json.dumps({"type": "pong"}))
-        elif message.get("id") == command["id"]:
+        message = _next(client)
+        if message.get("id") == command["id"]:
             return message
+        _EARLY.setdefault(id(client), []).append(message)
     raise AssertionError(f"no reply to {command}")
 
 

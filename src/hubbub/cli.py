@@ -60,6 +60,7 @@ from ._cli_checks import (
 )
 from ._cli_ops import OPS_COMMANDS, add_ops_commands, run_ops
 from ._redact import install_log_redaction
+from ._version import __version__
 from .config import (
     HUB_SECTIONS,
     OPTIONS,
@@ -228,6 +229,7 @@ def _listed(name: str) -> list[str] | None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = Parser(prog="hubbub", description="A real-time WebSocket hub.")
+    parser.add_argument("--version", action="version", version=f"hubbub {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     # Defaults are the HUBBUB_* variables or None ("not given"): the defaults

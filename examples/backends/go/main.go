@@ -33,6 +33,9 @@ type Claims struct {
 	Exp      int64    `json:"exp"`
 	Name     string   `json:"name,omitempty"`
 	Channels []string `json:"channels,omitempty"`
+	// Extra holds claims of your own, e.g. "rooms": ["chat:lobby"] for a namespace
+	// whose access is { claim = "rooms" } in hubbub.toml.
+	Extra map[string]json.RawMessage `json:"-"`
 }
 
 // MintToken signs claims with HS256, as hubbub's --jwt-secret (HUBBUB_JWT_SECRET) expects.
@@ -41,7 +44,18 @@ func MintToken(secret []byte, claims Claims) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	payload, err := json.Marshal(claims)
+	fields := map[string]json.RawMessage{}
+	for name, value := range claims.Extra {
+		fields[name] = value
+	}
+	standard, err := json.Marshal(claims)
+	if err != nil {
+		return "", err
+	}
+	if err := json.Unmarshal(standard, &fields); err != nil { // sub, iat, exp... win
+		return "", err
+	}
+	payload, err := json.Marshal(fields)
 	if err != nil {
 		return "", err
 	}
@@ -100,7 +114,8 @@ func need(name string) string {
 	return value
 }
 
-var usage = errors.New("usage: token [-ttl D] [-channel C] [-name N] USER | publish CHANNEL JSON")
+var usage = errors.New(
+	"usage: token [-ttl D] [-channel C] [-name N] [-claim KEY=JSON] USER | publish CHANNEL JSON")
 
 func run(args []string) error {
 	if len(args) == 0 {
@@ -111,14 +126,24 @@ func run(args []string) error {
 		flags := flag.NewFlagSet("token", flag.ContinueOnError)
 		ttl := flags.Duration("ttl", time.Hour, "how long the token is valid")
 		name := flags.String("name", "", "display name")
-		var channels channelList
+		var channels, claims channelList
 		flags.Var(&channels, "channel", "a channel the server subscribes on connect (repeatable)")
+		flags.Var(&claims, "claim", "KEY=JSON: a claim of your own (repeatable)")
 		if err := flags.Parse(args[1:]); err != nil || flags.NArg() != 1 || *ttl <= 0 {
 			return usage
+		}
+		extra := map[string]json.RawMessage{}
+		for _, claim := range claims {
+			key, value, found := strings.Cut(claim, "=")
+			if !found || key == "" || !json.Valid([]byte(value)) {
+				return fmt.Errorf("%w (-claim %s: expected KEY=JSON)", usage, claim)
+			}
+			extra[key] = json.RawMessage(value)
 		}
 		now := time.Now().Unix()
 		token, err := MintToken([]byte(need("HUBBUB_JWT_SECRET")), Claims{
 			Sub: flags.Arg(0), Iat: now, Exp: now + int64(ttl.Seconds()), Name: *name, Channels: channels,
+			Extra: extra,
 		})
 		if err != nil {
 			return err

@@ -1,7 +1,8 @@
 // A backend in Node.js talking to hubbub with the standard library only (Node >= 18):
 // it mints connection tokens (HS256, node:crypto) and publishes over hubbub's HTTP API (fetch).
 //
-//   HUBBUB_JWT_SECRET=... node hubbub.mjs token alice [--ttl 3600] [--channel news]
+//   HUBBUB_JWT_SECRET=... node hubbub.mjs token alice [--ttl 3600] [--channel news] \
+//       [--claim 'rooms=["chat:lobby"]']
 //   HUBBUB_URL=https://hub.example.com HUBBUB_API_KEY=... node hubbub.mjs publish news '{"text":"hi"}'
 //
 // `token` prints a token for the browser (new WebSocket(url, ["hubbub.v1.json", "bearer." + token]));
@@ -14,9 +15,11 @@ import { parseArgs } from "node:util";
 const base64url = (data) => Buffer.from(data).toString("base64url");
 
 // A connection token: `sub` names the user; `exp` is required by hubbub and must be a number.
-export function mintToken(secret, user, { ttl = 3600, channels = [], name } = {}) {
+// `extra` adds claims of your own, e.g. {rooms: ["chat:lobby"]} for a namespace whose access
+// is `{ claim = "rooms" }` in hubbub.toml.
+export function mintToken(secret, user, { ttl = 3600, channels = [], name, extra = {} } = {}) {
   const now = Math.floor(Date.now() / 1000);
-  const claims = { sub: user, iat: now, exp: now + ttl };
+  const claims = { ...extra, sub: user, iat: now, exp: now + ttl };
   if (channels.length) claims.channels = channels; // subscribed by the server on connect
   if (name) claims.name = name;
   const header = base64url(JSON.stringify({ alg: "HS256", typ: "JWT" }));
@@ -65,6 +68,7 @@ async function main() {
       ttl: { type: "string", default: "3600" },
       channel: { type: "string", multiple: true, default: [] },
       name: { type: "string" },
+      claim: { type: "string", multiple: true, default: [] },
     },
   });
   const [command, ...args] = positionals;
@@ -74,9 +78,20 @@ async function main() {
       console.error("error: --ttl must be a positive number of seconds");
       process.exit(2);
     }
-    console.log(
-      mintToken(need("HUBBUB_JWT_SECRET"), args[0], { ttl, channels: values.channel, name: values.name }),
-    );
+    const extra = {};
+    for (const claim of values.claim) {
+      const at = claim.indexOf("=");
+      try {
+        if (at < 1) throw new Error("expected KEY=JSON");
+        extra[claim.slice(0, at)] = JSON.parse(claim.slice(at + 1));
+      } catch (error) {
+        console.error(`error: --claim ${claim}: ${error.message}`);
+        process.exit(2);
+      }
+    }
+    const secret = need("HUBBUB_JWT_SECRET");
+    const options = { ttl, channels: values.channel, name: values.name, extra };
+    console.log(mintToken(secret, args[0], options));
   } else if (command === "publish" && args.length === 2) {
     let data;
     try {
@@ -88,7 +103,9 @@ async function main() {
     const url = process.env.HUBBUB_URL || "http://127.0.0.1:8000";
     console.log(JSON.stringify(await publish(url, need("HUBBUB_API_KEY"), args[0], data)));
   } else {
-    console.error("usage: hubbub.mjs token USER [--ttl S] [--channel C] | publish CHANNEL JSON");
+    console.error(
+      "usage: hubbub.mjs token USER [--ttl S] [--channel C] [--claim KEY=JSON] | publish CHANNEL JSON",
+    );
     process.exit(2);
   }
 }

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import ssl
 import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -451,6 +452,16 @@ class Client:
         except Exception as exc:  # httpx/httpcore/OS errors, possibly in an ExceptionGroup
             self._last_error = f"connection failed: {exc!r}"
             logger.info("connection failed", exc_info=True)
+            untrusted = _untrusted_certificate(exc)
+            if untrusted is not None and self.welcome is None:
+                # Retrying cannot make a certificate trusted: say so now. Once connected,
+                # a reconnect keeps trying (a certificate may be renewed meanwhile).
+                self._last_error = (
+                    f"the server's TLS certificate is not trusted ({untrusted}); name its CA "
+                    "with SSL_CERT_FILE, or pass an httpx client that trusts it"
+                )
+                self._fail(ConnectFailed(self._last_error))
+                return _Ending(None, self._last_error, reconnect=False)
             return _Ending(None, self._last_error, reconnect=True)
 
     async def _serve(self, ws: AsyncWebSocketSession) -> _Ending:
@@ -592,3 +603,24 @@ def _http_url(url: str) -> str:
     if scheme not in ("http", "https") or not parts.netloc:
         raise ValueError(f"not a ws://, wss://, http:// or https:// URL: {url!r}")
     return urlunsplit((scheme, *parts[1:]))
+
+
+def _untrusted_certificate(exc: BaseException) -> str | None:
+    """The verification error behind a failed TLS handshake, if that is what failed.
+
+    httpx and httpcore wrap it (``raise ... from``), possibly inside an
+    exception group: the whole chain is searched.
+    """
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return current.verify_message or str(current)
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+    return None
