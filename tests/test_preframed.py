@@ -290,9 +290,35 @@ async def test_deflate_client_gets_small_frames_plain_and_large_ones_compressed(
             await publisher.publish("wire-bits", small)
             await raw.until(5)
         assert [m["data"] for m in raw.messages[2:]] == [small, large, small]
-        # welcome and subscribed went the standard way (compressed by the socket itself);
-        # the publications were shared: plain when small, compressed once when large.
-        assert raw.rsv1 == [True, True, False, True, False]
+        # welcome went the standard way (queued before the writer ran: compressed by the
+        # socket itself); the small subscribed reply was framed by the hub, plain, as small
+        # publications are; the publications were shared: plain when small, compressed
+        # once when large.
+        assert raw.rsv1 == [True, False, False, True, False]
+    finally:
+        await raw.close()
+    _no_errors(server)
+
+
+@pytest.mark.anyio
+async def test_deflate_client_gets_small_replies_plain_and_large_ones_compressed(
+    server: Server,
+) -> None:
+    """Replies framed by the hub follow the publications' rule: a large one is still compressed."""
+    raw = await _RawClient.open(server.port)
+    try:
+        await raw.until(1)
+        long_channel = "reply-bits-" + "x" * 240
+        await raw.send({"type": "unsubscribe", "channel": long_channel, "id": 2})
+        await raw.until(2)
+        error = raw.messages[1]
+        assert (error["type"], error["code"], error["id"]) == ("error", 404, 2)
+        assert len(json.dumps(error)) >= COMPRESS_MIN
+        await raw.send({"type": "publish", "channel": "reply-bits", "data": {"n": 1}, "id": 3})
+        await raw.until(3)
+        assert (raw.messages[2]["type"], raw.messages[2]["id"]) == ("ack", 3)
+        # welcome (standard path), the long error (compressed by the socket), the ack (plain)
+        assert raw.rsv1 == [True, True, False]
     finally:
         await raw.close()
     _no_errors(server)

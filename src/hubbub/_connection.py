@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import anyio
 
+from ._frames import COMPRESS_MIN, PLAIN, build_frame
 from ._http import Receive, SendCallable
 from ._http import query_param as query_param
 from .auth import Identity
@@ -417,12 +418,31 @@ class Connection:
         return True
 
     def send_message(self, message: ServerMessage) -> None:
-        """Encode and queue one server message (a reply, an event)."""
-        frame = self.codec.encode(message)
-        size = len(frame)
+        """Encode and queue one server message (a reply, an event).
+
+        Where the server offers ``hubbub.frames`` and the writer is idle with
+        nothing queued, the message is framed here and written at once, as
+        fan-out does (:meth:`enqueue_shared`): an ``ack`` costs one encode and
+        one write instead of the server's per-message framing. A payload that a
+        deflate connection would compress (``COMPRESS_MIN`` and up) takes the
+        ordinary path, as does everything when the server refuses the write.
+        """
+        codec = self.codec
         stats = self.host.stats
         kind: str = message.__struct_config__.tag  # type: ignore[assignment]
         stats.sent[kind] = stats.sent.get(kind, 0) + 1
+        write = self._write_frame
+        if write is not None and self._waiting and not self._queue and self._close is None:
+            payload = codec.encode_bytes(message)
+            size = len(payload)
+            stats.bytes_out += size
+            binary = codec.binary
+            if (size < COMPRESS_MIN or self._wire == PLAIN) and write(build_frame(payload, binary)):
+                return
+            self.enqueue(payload if binary else payload.decode(), size)
+            return
+        frame = codec.encode(message)
+        size = len(frame)
         stats.bytes_out += size
         self.enqueue(frame, size)
 
