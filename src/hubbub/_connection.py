@@ -41,7 +41,15 @@ if TYPE_CHECKING:
     from .namespaces import Namespace, NamespaceRegistry
     from .protocol import Execute
 
-__all__ = ["PEER_GONE", "AsyncioSignal", "Connection", "SessionHost", "Signal", "new_signal"]
+__all__ = [
+    "PEER_GONE",
+    "AsyncioSignal",
+    "Connection",
+    "SessionHost",
+    "Signal",
+    "loop_clock",
+    "new_signal",
+]
 
 logger = logging.getLogger("hubbub.connection")
 
@@ -176,6 +184,18 @@ def new_signal() -> Signal:
     except RuntimeError:  # not on asyncio (trio)
         return Signal()
     return AsyncioSignal()
+
+
+def loop_clock() -> Callable[[], float]:
+    """``anyio.current_time`` without its backend lookup per call: the loop's own clock.
+
+    Read once per client frame (the protocol's deadlines); on asyncio
+    ``anyio.current_time()`` is ``loop.time()``, so the two agree.
+    """
+    try:
+        return asyncio.get_running_loop().time
+    except RuntimeError:  # not on asyncio (trio)
+        return anyio.current_time
 
 
 # What a send raises once the peer has gone (ASGI spec 2.4: OSError; anyio streams

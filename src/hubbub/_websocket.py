@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._connection import PEER_GONE, AsyncioSignal, Connection, Signal, new_signal
+from ._connection import PEER_GONE, AsyncioSignal, Connection, Signal, loop_clock, new_signal
 from ._errors import HubbubError, HubNotRunning, InvalidMessage, RateLimited
 from ._frames import EXTENSION, wire_kind
 from ._http import Receive, Scope, SendCallable, deny, query_param
 from ._session import serve_session
 from .messages import JSON, Codec, Disconnect, Error, codec_for_subprotocol
-from .protocol import INTERNAL_ERROR, Close, Event, Execute, Send
+from .protocol import INTERNAL_ERROR, Close, Execute, Send
 
 if TYPE_CHECKING:
     from ._connection import SessionHost
@@ -149,6 +149,8 @@ class WebSocketConnection(Connection):
 
     async def _reader(self, receive: Receive) -> None:
         protocol = self.protocol
+        execute = self.host.execute
+        clock = loop_clock()
         while True:
             message = await receive()
             kind = message["type"]
@@ -160,8 +162,11 @@ class WebSocketConnection(Connection):
                 if frame is not None:
                     self.host.stats.bytes_in += len(frame)
                 try:
-                    for event in protocol.receive(frame, anyio.current_time()):
-                        await self._perform(event)
+                    for event in protocol.receive(frame, clock()):
+                        if isinstance(event, Execute):
+                            await execute(self, event)
+                        else:
+                            self._perform(event)
                 except Exception:
                     logger.exception(
                         "internal error while handling a frame", extra=self.log_fields()
@@ -181,7 +186,7 @@ class WebSocketConnection(Connection):
                 self._peer_left()
                 return
 
-    async def _perform(self, event: Event) -> None:
+    def _perform(self, event: Send | Close) -> None:
         if isinstance(event, Send):
             message = event.message
             if type(message) is Error and message.code == RateLimited.code:
@@ -197,8 +202,6 @@ class WebSocketConnection(Connection):
                     },
                 )
             self.send_message(message)
-        elif isinstance(event, Execute):
-            await self.host.execute(self, event)
         else:
             self.close(event)
 
