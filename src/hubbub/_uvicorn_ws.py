@@ -70,6 +70,9 @@ class FramesProtocol(WebSocketsSansIOProtocol):
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
+        # uvicorn keeps the parsed request (its headers twice over) for nothing once
+        # the scope is built: ~2 KiB per idle connection (docs/design.md, "Idle memory").
+        del self.request
         # The app's task is created but has not run yet: the scope can still gain a key.
         if self.response.status_code != 101 or self.close_sent:
             return
@@ -104,3 +107,6 @@ class FramesProtocol(WebSocketsSansIOProtocol):
             finally:
                 self.waiting_sends -= 1
         await super().send(message)
+        if message["type"] == "websocket.accept" and self.handshake_complete:
+            # The handshake response is written: uvicorn never reads it again.
+            del self.response
