@@ -216,10 +216,11 @@ class ListenLink(Connections):
         for name in sorted(self._listening - needed):
             await conn.execute(f'UNLISTEN "{name}"')
             self._listening.discard(name)
-        for name, event in list(self._wanted.items()):
-            if name in self._listening or changed:
-                event.set()  # a changed count: subscribe() checks its channel's name again
-                del self._wanted[name]
+        # Wake every waiting subscribe(): each checks its own shard name again (the
+        # count may have changed; a channel unsubscribed meanwhile is not listened to).
+        wanted, self._wanted = self._wanted, {}
+        for event in wanted.values():
+            event.set()
         return changed
 
     async def _listened(self, channel: str) -> None:
