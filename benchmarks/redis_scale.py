@@ -112,7 +112,7 @@ def _role(server: RedisServer) -> str:
 
 
 def publish_once(
-    setup: str, url: str, servers: list[RedisServer], cfg: argparse.Namespace
+    setup: str, url: str, servers: list[RedisServer], cfg: argparse.Namespace, publishers: int
 ) -> dict[str, Any]:
     """One measurement: the publishers against ``url``; Redis CPU from ``INFO cpu``."""
     ctx = mp.get_context("spawn")
@@ -121,7 +121,9 @@ def publish_once(
     before = {s.port: _cpu(s) for s in servers}
     procs, pipes = [], []
     t0 = time.monotonic()
-    for _ in range(cfg.publishers):
+    inflight = cfg.inflight if publishers else 4
+    publishers = publishers or 1
+    for _ in range(publishers):
         parent, child = ctx.Pipe()
         proc = ctx.Process(
             target=_publisher,
@@ -129,7 +131,7 @@ def publish_once(
                 url,
                 prefix,
                 cfg.channels,
-                cfg.inflight,
+                inflight,
                 cfg.seconds,
                 setup != "redis-no-lineage",
                 child,
@@ -168,21 +170,40 @@ def publish_once(
         "primary_us_per_pub": round(primary_cpu / done * 1e6, 2) if done else None,
         "busiest_primary_cores": round(busiest / cfg.seconds, 2),
         "primaries": sum(1 for r in roles.values() if r == "primary"),
+        "publishers": publishers,
+        "inflight": inflight,
+        "per_primary_pub_per_s": round(rate / sum(1 for r in roles.values() if r == "primary")),
     }
 
 
 def publish_part(cfg: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    (tmp / "one").mkdir()
-    with redis_server(tmp / "one") as one, redis_cluster(tmp / "cluster") as cluster:
-        setups: list[tuple[str, str, list[RedisServer]]] = [
-            ("redis", one.url, [one]),
-            ("redis-no-lineage", one.url, [one]),
-            ("cluster", cluster.url, cluster.nodes),
+    for name in ("one", "primary", "replica"):
+        (tmp / name).mkdir()
+    with (
+        redis_server(tmp / "one") as one,
+        redis_server(tmp / "primary") as primary,
+        redis_server(tmp / "replica") as replica,
+        redis_cluster(tmp / "cluster") as cluster,
+    ):
+        # One Redis with a replica, like each cluster primary: what replication costs.
+        replica.command("REPLICAOF", "127.0.0.1", primary.port)
+        for _ in range(100):  # bounded: 10 s
+            if primary.command("INFO", "replication").count(b"state=online"):
+                break
+            time.sleep(0.1)
+        setups: list[tuple[str, str, list[RedisServer], int]] = [
+            ("redis", one.url, [one], cfg.publishers),
+            ("redis-no-lineage", one.url, [one], cfg.publishers),
+            ("redis-replicated", primary.url, [primary, replica], cfg.publishers),
+            # A lower load (one publisher, 4 in flight), nearer what each cluster
+            # primary gets: per-command costs are shared by fewer commands per wake-up.
+            ("redis-replicated-low", primary.url, [primary, replica], 0),
+            ("cluster", cluster.url, cluster.nodes, cfg.publishers),
         ]
         for run in range(cfg.runs):  # interleaved: every setup once per run
-            for setup, url, servers in setups:
-                row = publish_once(setup, url, servers, cfg)
+            for setup, url, servers, publishers in setups:
+                row = publish_once(setup, url, servers, cfg, publishers)
                 row["run"] = run
                 print(json.dumps(row), flush=True)
                 rows.append(row)
@@ -272,19 +293,23 @@ def markdown(
             f"{cfg.channels} channels, history 100, {cfg.seconds} s each. Redis CPU from "
             "`INFO cpu` (used_cpu_sys + used_cpu_user) of every redis-server before/after. "
             "Capacity per primary core = 1 s / primary µs per publication; the cluster's "
-            "= that x 3 primaries (its slots spread the channels evenly).",
+            "= that x 3 primaries (its slots spread the channels evenly). "
+            "redis-replicated: a lone Redis with one replica, as each cluster primary has; "
+            "-low: the same with 1 publisher x 4 in flight (a lower load per primary).",
             "",
-            "| setup | publications/s (here) | primary µs/publication | replica CPU s "
-            "| busiest primary (cores) | capacity (publications/s) |",
-            "| --- | ---: | ---: | ---: | ---: | ---: |",
+            "| setup | publications/s (here) | per primary | primary µs/publication "
+            "| replica CPU s | busiest primary (cores) | capacity (publications/s) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
-        for setup in ("redis", "redis-no-lineage", "cluster"):
+        setups = ("redis", "redis-no-lineage", "redis-replicated", "redis-replicated-low")
+        for setup in (*setups, "cluster"):
             rate = median(publish, setup, "pub_per_s")
             us = median(publish, setup, "primary_us_per_pub")
             primaries = 3 if setup == "cluster" else 1
             capacity = primaries * 1e6 / us if us else None
             lines.append(
-                f"| {setup} | {rate:,.0f} | {us:.1f} | "
+                f"| {setup} | {rate:,.0f} | {median(publish, setup, 'per_primary_pub_per_s'):,.0f}"
+                f" | {us:.1f} | "
                 f"{median(publish, setup, 'replica_cpu_s'):.2f} | "
                 f"{median(publish, setup, 'busiest_primary_cores'):.2f} | "
                 f"{capacity:,.0f} |"
