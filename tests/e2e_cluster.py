@@ -94,6 +94,7 @@ class Subscriber:
     unrecovered: list[int] = field(default_factory=list)  # index into ``seen`` of each resume
     subscribed: asyncio.Event = field(default_factory=asyncio.Event)
     position: tuple[str, int] = ("", 0)
+    epoch_changes: int = 0  # new epochs seen live (each followed by a resume)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Stay subscribed until ``stop``; reconnect after closes (at most 100 times)."""
@@ -121,16 +122,24 @@ class Subscriber:
                         self.position = (reply["epoch"], reply["offset"])
                     position = {"offset": self.position[1], "epoch": self.position[0]}
                     self.subscribed.set()
+                    epoch_changed = False
                     while not stop.is_set():
                         try:
                             message = await c.recv(0.2)
                         except TimeoutError:
                             continue
                         if message["type"] == "message":
+                            if message["epoch"] != self.position[0]:
+                                # Told live (PROTOCOL: "an epoch change can be seen live"):
+                                # resubscribe with recover, as a client should.
+                                self.epoch_changes += 1
+                                epoch_changed = True
+                                break
                             self.seen.append((message["epoch"], message["offset"]))
                             self.position = self.seen[-1]
                             position = {"offset": message["offset"], "epoch": message["epoch"]}
-                    return
+                    if not epoch_changed:
+                        return
             except ConnectionClosed as exc:
                 self.closes.append(exc.rcvd.code if exc.rcvd is not None else None)
                 await asyncio.sleep(0.1)
@@ -229,6 +238,7 @@ async def run_fault(
     for s in subscribers:
         print(
             f"{s.node.port}: {len(s.seen)} delivered, closes {s.closes}, "
+            f"epoch changes seen live {s.epoch_changes}, "
             f"resumed without recovery at {s.unrecovered}; top {top}"
         )
         s.check(top, may_lose=may_lose)

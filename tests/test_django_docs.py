@@ -73,7 +73,8 @@ def log_in(browser: Browser, server: Server, name: str, problems: list[str]) -> 
 
 @pytest.mark.browser
 def test_following_the_django_page_gives_a_working_chat(tmp_path: Path) -> None:
-    """startproject + the page's blocks + migrate + uvicorn: two users log in and chat."""
+    """startproject + the page's blocks + migrate + uvicorn: two users log in, chat, and one
+    notifies the other from a Django view (live, and from history after a reload)."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
@@ -125,5 +126,12 @@ def test_following_the_django_page_gives_a_working_chat(tmp_path: Path) -> None:
             bo.get_by_role("button", name="Send").click()
             expect(ada.locator("#log")).to_have_value(re.compile("bo: hi ada"))
             expect(bo.locator("#log")).to_have_value(re.compile("ada: hello bo\nbo: hi ada"))
+            # The poke view notifies bo from synchronous Django code: live on bo's page...
+            ada.get_by_placeholder("a user to notify").fill("bo")
+            ada.get_by_role("button", name="Poke").click()
+            expect(bo.locator("#notes li")).to_have_text(["ada poked you"])
+            # ...and, for a page opened later, once, from the personal channel's history.
+            bo.reload()
+            expect(bo.locator("#notes li")).to_have_text(["ada poked you"])
             favicon = [p for p in problems if "404" in p]
             assert [p for p in problems if p not in favicon] == []

@@ -129,6 +129,59 @@ async def test_broker_timeout_set_after_construction_applies(anyio_backend: str)
             await hub.history("a")
 
 
+class HangingPublish(MemoryBroker):
+    """A memory broker whose publish never answers (an override that awaits)."""
+
+    async def publish(
+        self,
+        publication: Publication,
+        history: HistoryOptions | None,
+        idempotency: Idempotency | None = None,
+    ) -> Publication:
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+@pytest.mark.anyio
+async def test_a_memory_broker_subclass_overriding_publish_keeps_the_timeout(
+    anyio_backend: str,
+) -> None:
+    """Only MemoryBroker's own publish is called without a timeout; an override is bounded."""
+    hub = Hub(broker=HangingPublish(), namespaces=[Namespace(history_size=5)])
+    hub.broker_timeout = 0.05
+    async with hub:
+        with pytest.raises(BrokerUnavailable, match=r"within 0\.05 s"):
+            await hub.publish("a", 1)
+    assert sum(hub.stats.broker_latency["publish"].counts) == 1
+
+
+class BrokenPublish(MemoryBroker):
+    """MemoryBroker's own publish (the synchronous path) failing inside, as a bug would."""
+
+    def publish_now(
+        self,
+        publication: Publication,
+        history: HistoryOptions | None,
+        idempotency: Idempotency | None = None,
+    ) -> Publication:
+        raise KeyError("a bug in the broker")
+
+
+@pytest.mark.anyio
+async def test_a_failing_synchronous_memory_publish_is_an_internal_error(
+    anyio_backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The synchronous path maps errors as every broker call does: 500, logged, timed."""
+    from hubbub import InternalError
+
+    hub = Hub(broker=BrokenPublish())
+    async with hub:
+        with pytest.raises(InternalError):
+            await hub.publish("a", 1)
+    assert "broker call failed" in caplog.text
+    assert sum(hub.stats.broker_latency["publish"].counts) == 1
+
+
 def test_hub_module_keeps_its_0_1_names() -> None:
     """Names other modules and users imported from ``hubbub.hub`` in 0.1 still import."""
     import hubbub.hub as hub_module

@@ -41,7 +41,7 @@ from hubbub._frames import (
     deflate,
     wire_kind,
 )
-from hubbub._uvicorn_ws import SUPPORTED, FramesProtocol
+from hubbub._uvicorn_ws import SUPPORTED, FramesProtocol, _Flag, _Inbox
 
 from .apps.wsclient import Client, open_client, open_clients
 from .servers import Server, run_server
@@ -150,6 +150,71 @@ def test_shared_frame_is_built_once_and_only_when_asked() -> None:
 # -- uvicorn's class ---------------------------------------------------------------------------
 
 
+def test_uvicorn_uses_only_what_the_lighter_queue_and_event_offer() -> None:
+    """uvicorn's class touches its queue and writable event only through the methods replaced."""
+    import inspect
+    import re
+
+    from uvicorn.protocols.websockets import websockets_sansio_impl
+
+    source = inspect.getsource(websockets_sansio_impl)
+    assert set(re.findall(r"self\.queue\.(\w+)", source)) <= {"put_nowait", "get", "empty", "qsize"}
+    assert set(re.findall(r"self\.writable\.(\w+)", source)) <= {"set", "clear", "wait", "is_set"}
+
+
+def test_inbox_is_fifo_with_several_readers_and_cancellation() -> None:
+    """_Inbox keeps the queue's order, wakes readers in turn; a cancelled one loses nothing."""
+
+    async def scenario() -> None:
+        inbox = _Inbox()
+        assert inbox.empty() and inbox.qsize() == 0
+        for item in range(3):
+            inbox.put_nowait(item)
+        assert inbox.qsize() == 3
+        assert [await inbox.get() for _ in range(3)] == [0, 1, 2]
+        assert inbox.empty()
+        first = asyncio.ensure_future(inbox.get())
+        second = asyncio.ensure_future(inbox.get())
+        await asyncio.sleep(0)
+        inbox.put_nowait("a")
+        first.cancel()  # woken, then cancelled before it ran: "a" must reach the other reader
+        assert await asyncio.wait_for(second, 1) == "a"
+        assert first.cancelled()
+        waiting = asyncio.ensure_future(inbox.get())
+        await asyncio.sleep(0)
+        waiting.cancel()  # cancelled while waiting: nothing taken, nothing left behind
+        await asyncio.sleep(0)
+        inbox.put_nowait("b")
+        assert await inbox.get() == "b"
+        assert inbox._waiters is None and inbox._items is None
+
+    asyncio.run(scenario())
+
+
+def test_flag_wakes_every_waiter_as_an_asyncio_event() -> None:
+    """_Flag: wait returns when set; set wakes all waiters even if cleared before they run."""
+
+    async def scenario() -> None:
+        flag = _Flag()
+        assert not flag.is_set()
+        waiters = [asyncio.ensure_future(flag.wait()) for _ in range(3)]
+        await asyncio.sleep(0)
+        assert not any(w.done() for w in waiters)
+        flag.set()
+        flag.clear()
+        await asyncio.sleep(0)
+        assert all(w.done() and w.result() is True for w in waiters)
+        cancelled = asyncio.ensure_future(flag.wait())
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        await asyncio.sleep(0)
+        assert flag._waiters == []
+        flag.set()
+        assert flag.is_set() and await flag.wait() is True
+
+    asyncio.run(scenario())
+
+
 def test_uvicorn_class_still_has_what_the_fast_path_reads() -> None:
     """Fails loudly if uvicorn's websockets-sansio protocol changes the attributes relied on."""
     assert issubclass(FramesProtocol, WebSocketsSansIOProtocol)
@@ -168,7 +233,7 @@ def test_uvicorn_class_still_has_what_the_fast_path_reads() -> None:
     protocol = asyncio.run(build())
     for name in ("handshake_complete", "close_sent", "disconnected", "initial_response"):
         assert hasattr(protocol, name), name
-    assert isinstance(protocol.writable, asyncio.Event)
+    assert protocol.writable.is_set()
     assert protocol.conn.available_extensions[0].server_no_context_takeover is True
     assert protocol.conn.extensions == []
     assert hasattr(protocol.conn, "state")
@@ -290,9 +355,35 @@ async def test_deflate_client_gets_small_frames_plain_and_large_ones_compressed(
             await publisher.publish("wire-bits", small)
             await raw.until(5)
         assert [m["data"] for m in raw.messages[2:]] == [small, large, small]
-        # welcome and subscribed went the standard way (compressed by the socket itself);
-        # the publications were shared: plain when small, compressed once when large.
-        assert raw.rsv1 == [True, True, False, True, False]
+        # welcome went the standard way (queued before the writer ran: compressed by the
+        # socket itself); the small subscribed reply was framed by the hub, plain, as small
+        # publications are; the publications were shared: plain when small, compressed
+        # once when large.
+        assert raw.rsv1 == [True, False, False, True, False]
+    finally:
+        await raw.close()
+    _no_errors(server)
+
+
+@pytest.mark.anyio
+async def test_deflate_client_gets_small_replies_plain_and_large_ones_compressed(
+    server: Server,
+) -> None:
+    """Replies framed by the hub follow the publications' rule: a large one is still compressed."""
+    raw = await _RawClient.open(server.port)
+    try:
+        await raw.until(1)
+        long_channel = "reply-bits-" + "x" * 240
+        await raw.send({"type": "unsubscribe", "channel": long_channel, "id": 2})
+        await raw.until(2)
+        error = raw.messages[1]
+        assert (error["type"], error["code"], error["id"]) == ("error", 404, 2)
+        assert len(json.dumps(error)) >= COMPRESS_MIN
+        await raw.send({"type": "publish", "channel": "reply-bits", "data": {"n": 1}, "id": 3})
+        await raw.until(3)
+        assert (raw.messages[2]["type"], raw.messages[2]["id"]) == ("ack", 3)
+        # welcome (standard path), the long error (compressed by the socket), the ack (plain)
+        assert raw.rsv1 == [True, True, False]
     finally:
         await raw.close()
     _no_errors(server)

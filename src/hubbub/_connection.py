@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import anyio
 
+from ._frames import COMPRESS_MIN, PLAIN, build_frame
 from ._http import Receive, SendCallable
 from ._http import query_param as query_param
 from .auth import Identity
@@ -40,7 +41,15 @@ if TYPE_CHECKING:
     from .namespaces import Namespace, NamespaceRegistry
     from .protocol import Execute
 
-__all__ = ["PEER_GONE", "AsyncioSignal", "Connection", "SessionHost", "Signal", "new_signal"]
+__all__ = [
+    "PEER_GONE",
+    "AsyncioSignal",
+    "Connection",
+    "SessionHost",
+    "Signal",
+    "loop_clock",
+    "new_signal",
+]
 
 logger = logging.getLogger("hubbub.connection")
 
@@ -175,6 +184,18 @@ def new_signal() -> Signal:
     except RuntimeError:  # not on asyncio (trio)
         return Signal()
     return AsyncioSignal()
+
+
+def loop_clock() -> Callable[[], float]:
+    """``anyio.current_time`` without its backend lookup per call: the loop's own clock.
+
+    Read once per client frame (the protocol's deadlines); on asyncio
+    ``anyio.current_time()`` is ``loop.time()``, so the two agree.
+    """
+    try:
+        return asyncio.get_running_loop().time
+    except RuntimeError:  # not on asyncio (trio)
+        return anyio.current_time
 
 
 # What a send raises once the peer has gone (ASGI spec 2.4: OSError; anyio streams
@@ -417,12 +438,31 @@ class Connection:
         return True
 
     def send_message(self, message: ServerMessage) -> None:
-        """Encode and queue one server message (a reply, an event)."""
-        frame = self.codec.encode(message)
-        size = len(frame)
+        """Encode and queue one server message (a reply, an event).
+
+        Where the server offers ``hubbub.frames`` and the writer is idle with
+        nothing queued, the message is framed here and written at once, as
+        fan-out does (:meth:`enqueue_shared`): an ``ack`` costs one encode and
+        one write instead of the server's per-message framing. A payload that a
+        deflate connection would compress (``COMPRESS_MIN`` and up) takes the
+        ordinary path, as does everything when the server refuses the write.
+        """
+        codec = self.codec
         stats = self.host.stats
         kind: str = message.__struct_config__.tag  # type: ignore[assignment]
         stats.sent[kind] = stats.sent.get(kind, 0) + 1
+        write = self._write_frame
+        if write is not None and self._waiting and not self._queue and self._close is None:
+            payload = codec.encode_bytes(message)
+            size = len(payload)
+            stats.bytes_out += size
+            binary = codec.binary
+            if (size < COMPRESS_MIN or self._wire == PLAIN) and write(build_frame(payload, binary)):
+                return
+            self.enqueue(payload if binary else payload.decode(), size)
+            return
+        frame = codec.encode(message)
+        size = len(frame)
         stats.bytes_out += size
         self.enqueue(frame, size)
 

@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._connection import PEER_GONE, AsyncioSignal, Connection, Signal, new_signal
+from ._connection import PEER_GONE, AsyncioSignal, Connection, Signal, loop_clock, new_signal
 from ._errors import HubbubError, HubNotRunning, InvalidMessage, RateLimited
 from ._frames import EXTENSION, wire_kind
 from ._http import Receive, Scope, SendCallable, deny, query_param
 from ._session import serve_session
 from .messages import JSON, Codec, Disconnect, Error, codec_for_subprotocol
-from .protocol import INTERNAL_ERROR, Close, Event, Execute, Send
+from .protocol import INTERNAL_ERROR, Close, Execute, Send
 
 if TYPE_CHECKING:
     from ._connection import SessionHost
@@ -149,6 +149,8 @@ class WebSocketConnection(Connection):
 
     async def _reader(self, receive: Receive) -> None:
         protocol = self.protocol
+        execute = self.host.execute
+        clock = loop_clock()
         while True:
             message = await receive()
             kind = message["type"]
@@ -160,8 +162,11 @@ class WebSocketConnection(Connection):
                 if frame is not None:
                     self.host.stats.bytes_in += len(frame)
                 try:
-                    for event in protocol.receive(frame, anyio.current_time()):
-                        await self._perform(event)
+                    for event in protocol.receive(frame, clock()):
+                        if isinstance(event, Execute):
+                            await execute(self, event)
+                        else:
+                            self._perform(event)
                 except Exception:
                     logger.exception(
                         "internal error while handling a frame", extra=self.log_fields()
@@ -181,7 +186,7 @@ class WebSocketConnection(Connection):
                 self._peer_left()
                 return
 
-    async def _perform(self, event: Event) -> None:
+    def _perform(self, event: Send | Close) -> None:
         if isinstance(event, Send):
             message = event.message
             if type(message) is Error and message.code == RateLimited.code:
@@ -197,8 +202,6 @@ class WebSocketConnection(Connection):
                     },
                 )
             self.send_message(message)
-        elif isinstance(event, Execute):
-            await self.host.execute(self, event)
         else:
             self.close(event)
 
@@ -296,19 +299,27 @@ async def serve_websocket(
     await serve_session(host, _WebSocket(scope, receive, send), scope, receive, send)
 
 
+# The connect record's fields per codec, and the (empty) disconnect ones: shared by every
+# session, which only reads them, rather than two dicts per connection.
+_CONNECT_FIELDS: dict[str, dict[str, Any]] = {}
+_NO_FIELDS: dict[str, Any] = {}
+
+
 class _WebSocket:
     """The WebSocket's part of a session (a :class:`hubbub._session.Transport`)."""
 
+    __slots__ = ("codec", "connect_fields", "receive", "scope", "send", "subprotocol")
+
     logger = logger
+    disconnect_fields = _NO_FIELDS
 
     def __init__(self, scope: Scope, receive: Receive, send: SendCallable) -> None:
-        self.disconnect_fields: dict[str, Any] = {}
         self.scope = scope
         self.receive = receive
         self.send = send
         self.codec: Codec = JSON
         self.subprotocol: str | None = None
-        self.connect_fields: dict[str, Any] = {}
+        self.connect_fields: dict[str, Any] = _NO_FIELDS
 
     async def check(self, host: SessionHost) -> bool:
         message = await self.receive()
@@ -331,7 +342,10 @@ class _WebSocket:
                 "no supported subprotocol offered: use hubbub.v1.json or hubbub.v1.msgpack"
             )
         self.codec, self.subprotocol = codec, chosen
-        self.connect_fields = {"codec": codec.name, "transport": "websocket"}
+        fields = _CONNECT_FIELDS.get(codec.name)
+        if fields is None:
+            fields = _CONNECT_FIELDS[codec.name] = {"codec": codec.name, "transport": "websocket"}
+        self.connect_fields = fields
         return True
 
     def authorize(self, host: SessionHost, identity: Identity) -> None:

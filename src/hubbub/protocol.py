@@ -137,8 +137,10 @@ class ClientProtocol:
         self.limits = limits
         self.channels: dict[str, Namespace] = {}
         """Channels the client holds, with their namespace."""
-        self.server_side: set[str] = set()
-        """Channels held because the server subscribed the client (not counted by the limit)."""
+        self.server_side: set[str] | frozenset[str] = frozenset()
+        """Channels held because the server subscribed the client (not counted by the limit).
+
+        A set only once there is one: an empty set costs 216 bytes per idle client."""
         self.invalid_in_a_row = 0
         self.bucket = TokenBucket(limits.command_rate, limits.command_burst, now)
         self.buckets: dict[str, TokenBucket] = {
@@ -311,12 +313,17 @@ class ClientProtocol:
         """Record a subscription the hub has made."""
         self.channels[channel] = namespace
         if server_side:
-            self.server_side.add(channel)
+            held = self.server_side
+            if not isinstance(held, set):
+                held = self.server_side = set()
+            held.add(channel)
 
     def remove_channel(self, channel: str) -> None:
         """Forget a subscription the hub has removed."""
         self.channels.pop(channel, None)
-        self.server_side.discard(channel)
+        held = self.server_side
+        if isinstance(held, set):
+            held.discard(channel)
 
     # -- time ------------------------------------------------------------------------------
 

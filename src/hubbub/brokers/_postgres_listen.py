@@ -20,7 +20,7 @@ import msgspec
 from .._errors import BrokerUnavailable, InternalError
 from ._base import LossHandler, Publication, PublicationHandler
 from ._postgres_conn import COLUMNS, Connections, close, publication_of
-from ._postgres_sql import schema_sql
+from ._postgres_sql import notify_channel, schema_sql
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -72,6 +72,13 @@ class ListenLink(Connections):
     _channels: dict[str, tuple[str, int] | None]
     _suspects: dict[str, tuple[str, int]]
     _held: dict[str, list[Publication]]
+    _notify_shards_option: int | None
+    _shards: int
+    _listening: set[str]
+    _wanted: dict[str, anyio.Event]
+    _wake: anyio.CancelScope | None
+    notifications: int
+    """Notifications this node's LISTEN connection received (subscribed here or not)."""
 
     async def sweep(self) -> None:
         """Delete expired rows (the broker implements it)."""
@@ -110,8 +117,14 @@ class ListenLink(Connections):
                     if not self._schema_ready:
                         async with conn.transaction():
                             await conn.execute(schema_sql(self._schema))
+                            if self._notify_shards_option is not None:
+                                await conn.execute(
+                                    f"UPDATE {self._schema}.notify_shards SET shards = %s",
+                                    (self._notify_shards_option,),
+                                )
                         self._schema_ready = True
-                    await conn.execute(f"LISTEN {self._schema}")
+                    self._listening = set()
+                    await self._sync_listens(conn)
                 self._up = True
                 self._link_task.attempted()
                 if outage is not None:
@@ -152,16 +165,80 @@ class ListenLink(Connections):
         await self._check_streams(reconnected=True)  # notifications sent while down are gone
         next_poll = anyio.current_time() + self._poll
         while True:
-            async for notify in conn.notifies(timeout=self._health):
-                await self._on_notify(notify.payload)
+            # subscribe() cancels the wait (never a notification being handled: the
+            # handling is shielded, and the wait has consumed nothing when cancelled)
+            # to have this loop LISTEN to a new shard at once.
+            with anyio.CancelScope() as self._wake:
+                if self._wanted:
+                    self._wake.cancel()
+                async for notify in conn.notifies(timeout=self._health):
+                    self.notifications += 1
+                    with anyio.CancelScope(shield=True):
+                        await self._on_notify(notify.payload)
+            self._wake = None
             try:
                 with anyio.fail_after(self._timeout):
-                    await conn.execute("SELECT 1")
+                    changed = await self._sync_listens(conn)
             except TimeoutError:
                 raise LinkDown(f"no answer within {self._timeout} s") from None
+            if changed:
+                # Publications of the channels whose shard changed were notified where
+                # this node did not listen: catch up from the streams now.
+                await self._check_streams(reconnected=True)
             if anyio.current_time() >= next_poll:
                 await self._check_streams()
                 next_poll = anyio.current_time() + self._poll
+
+    def _notify_name(self, channel: str) -> str:
+        return notify_channel(self._schema, self._shards, channel)
+
+    async def _sync_listens(self, conn: AsyncConnection[Any]) -> bool:
+        """Read the schema's number of notification shards (the link's health check too),
+        LISTEN to the shards of the subscribed and wanted channels, UNLISTEN the others.
+        True when the number of shards changed."""
+        import psycopg
+
+        try:
+            cursor = await conn.execute(f"SELECT shards FROM {self._schema}.notify_shards")
+            row = await cursor.fetchone()
+            shards = int(row[0]) if row else 1
+        except psycopg.errors.UndefinedTable:
+            shards = 1  # a schema not upgraded yet (create_schema=False): one channel
+        changed = shards != self._shards
+        self._shards = shards
+        if shards <= 1:
+            needed = {self._schema}
+        else:
+            needed = {notify_channel(self._schema, shards, c) for c in self._channels}
+        for name in sorted(needed - self._listening):
+            await conn.execute(f'LISTEN "{name}"')
+            self._listening.add(name)
+        for name in sorted(self._listening - needed):
+            await conn.execute(f'UNLISTEN "{name}"')
+            self._listening.discard(name)
+        # Wake every waiting subscribe(): each checks its own shard name again (the
+        # count may have changed; a channel unsubscribed meanwhile is not listened to).
+        wanted, self._wanted = self._wanted, {}
+        for event in wanted.values():
+            event.set()
+        return changed
+
+    async def _listened(self, channel: str) -> None:
+        """Wait until the link LISTENs to the notification shard of ``channel`` (already
+        in ``_channels``: that is what the link listens for)."""
+        for _ in range(3):  # the number of shards may change meanwhile
+            if not self._up:
+                raise BrokerUnavailable("the PostgreSQL LISTEN connection is down")
+            name = self._notify_name(channel)
+            if name in self._listening:
+                return
+            event = self._wanted.setdefault(name, anyio.Event())
+            if self._wake is not None:
+                self._wake.cancel()
+            with anyio.move_on_after(self._timeout):
+                await event.wait()
+        if self._notify_name(channel) not in self._listening:
+            raise BrokerUnavailable("the PostgreSQL LISTEN link did not start listening in time")
 
     async def _on_notify(self, payload: str) -> None:
         try:

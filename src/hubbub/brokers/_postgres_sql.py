@@ -13,15 +13,25 @@ running the script again upgrades the functions and changes nothing else.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Final
 
-__all__ = ["NOTIFY_LIMIT", "check_schema_name", "schema_sql"]
+__all__ = [
+    "MAX_NOTIFY_SHARDS",
+    "NOTIFY_LIMIT",
+    "check_schema_name",
+    "notify_channel",
+    "schema_sql",
+]
 
 NOTIFY_LIMIT: Final = 7900
 """Largest ``pg_notify`` payload sent inline, in bytes (PostgreSQL refuses 8000 and
 more); a larger publication is parked in ``<schema>.relay`` and the notification
 carries its id."""
+
+MAX_NOTIFY_SHARDS: Final = 1024
+"""The most notification channels a schema's publications may be spread over."""
 
 _NAME: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
@@ -121,6 +131,25 @@ CREATE UNLOGGED TABLE IF NOT EXISTS {s}.presence (
     expires_at timestamptz NOT NULL,
     PRIMARY KEY (channel, client)
 );
+
+-- How many notification channels publications are spread over (one row). 1: all
+-- on the channel named like the schema, as before; N > 1: on "<schema>:<k>",
+-- k = the first 32 bits of md5(channel) modulo N, so a node LISTENs only to the
+-- shards of the channels it serves. Nodes re-read it every health check.
+CREATE TABLE IF NOT EXISTS {s}.notify_shards (
+    one    boolean PRIMARY KEY DEFAULT true CHECK (one),
+    shards integer NOT NULL DEFAULT 1 CHECK (shards BETWEEN 1 AND {max_shards})
+);
+INSERT INTO {s}.notify_shards (one) VALUES (true) ON CONFLICT DO NOTHING;
+
+-- The notification channel of a hubbub channel, given the number of shards.
+CREATE OR REPLACE FUNCTION {s}.notify_channel(p_channel text, p_shards integer) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN p_shards IS NULL OR p_shards <= 1 THEN '{s}'
+        ELSE '{s}:' || ((('x' || substr(md5(p_channel), 1, 8))::bit(32)::bigint)
+                        % p_shards)::text
+    END
+$$;
 
 CREATE OR REPLACE FUNCTION {s}._new_epoch() RETURNS text
 LANGUAGE sql VOLATILE AS $$
@@ -229,7 +258,8 @@ BEGIN
             RETURNING id INTO v_relay;
         v_payload := json_build_object('c', left(p_channel, 1000), 'r', v_relay)::text;
     END IF;
-    PERFORM pg_notify('{s}', v_payload);
+    PERFORM pg_notify(
+        {s}.notify_channel(p_channel, (SELECT n.shards FROM {s}.notify_shards n)), v_payload);
     RETURN QUERY SELECT false, v_epoch, v_offset, p_data, p_codec, p_ts, p_sender, p_exclude,
         p_kind;
 END
@@ -292,4 +322,16 @@ def check_schema_name(schema: str) -> str:
 
 def schema_sql(schema: str = "hubbub") -> str:
     """The SQL that creates (or upgrades) the broker's tables and functions in ``schema``."""
-    return _TEMPLATE.replace("{s}", check_schema_name(schema)).replace("{limit}", str(NOTIFY_LIMIT))
+    return (
+        _TEMPLATE.replace("{s}", check_schema_name(schema))
+        .replace("{limit}", str(NOTIFY_LIMIT))
+        .replace("{max_shards}", str(MAX_NOTIFY_SHARDS))
+    )
+
+
+def notify_channel(schema: str, shards: int, channel: str) -> str:
+    """The notification channel ``<schema>.notify_channel(channel, shards)`` picks (the
+    same hash in Python: the first 32 bits of the MD5 of the UTF-8 name, modulo shards)."""
+    if shards <= 1:
+        return schema
+    return f"{schema}:{int(hashlib.md5(channel.encode()).hexdigest()[:8], 16) % shards}"

@@ -16,7 +16,13 @@ from typing import Any, Final, TypeVar
 
 import anyio
 import msgspec
-from redis.exceptions import MaxConnectionsError, RedisError, ResponseError
+from redis.exceptions import (
+    ClusterError,
+    MaxConnectionsError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 
 from .._errors import BrokerUnavailable, InternalError, RateLimited, StreamGone
 from ..messages import ClientInfo, Position
@@ -48,6 +54,8 @@ logger = logging.getLogger("hubbub.redis")
 
 _T = TypeVar("_T")
 _BUSY_LOG_EVERY: Final = 10.0
+_TRY_AGAIN_DELAY: Final = 0.05
+_TTL: Final = "TTL exhausted."  # redis-py's RedisCluster, after 16 redirections or TRYAGAINs
 
 
 class RedisCommands:
@@ -227,16 +235,33 @@ class RedisCommands:
 
     async def _call(self, make: Callable[[], Awaitable[_T]]) -> _T:
         """Run one Redis call (``make()``) within ``timeout``, waiting for a free
-        connection first; Redis trouble becomes BrokerUnavailable."""
+        connection first (and for a migrating cluster slot to settle, retrying);
+        Redis trouble becomes BrokerUnavailable."""
         waiting = True
+        migrating = False
         try:
             with anyio.fail_after(self._timeout):
                 async with self._slots:
                     waiting = False
-                    return await make()
+                    while True:
+                        try:
+                            return await make()
+                        except (TryAgainError, ClusterError) as exc:
+                            # A cluster slot is migrating and the channel's keys are split
+                            # between two nodes for now (-TRYAGAIN): nothing ran. redis-py
+                            # gives up after 16 quick tries ("TTL exhausted"); wait for
+                            # the end of the migration, within ``timeout``.
+                            if not isinstance(exc, TryAgainError) and str(exc) != _TTL:
+                                raise
+                            migrating = True
+                            await anyio.sleep(_TRY_AGAIN_DELAY)
         except TimeoutError:
             if waiting:
                 raise self._busy() from None
+            if migrating:
+                raise BrokerUnavailable(
+                    f"the channel's Redis Cluster slot was still migrating after {self._timeout} s"
+                ) from None
             raise BrokerUnavailable(f"Redis did not answer within {self._timeout} s") from None
         except ResponseError as exc:
             logger.warning("Redis refused a command: %s", exc)

@@ -104,6 +104,20 @@ class MemoryBroker(Broker):
         history: HistoryOptions | None,
         idempotency: Idempotency | None = None,
     ) -> Publication:
+        return self.publish_now(publication, history, idempotency)
+
+    def publish_now(
+        self,
+        publication: Publication,
+        history: HistoryOptions | None,
+        idempotency: Idempotency | None = None,
+    ) -> Publication:
+        """:meth:`publish`, which never awaits, as a plain call.
+
+        The hub calls this instead of awaiting :meth:`publish` (when a subclass
+        does not override it): no coroutine, no timeout scope per publication,
+        since there is nothing to wait for.
+        """
         handler = self._handler
         if handler is None:
             raise RuntimeError("MemoryBroker is not started")

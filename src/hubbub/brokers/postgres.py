@@ -69,7 +69,7 @@ from ._base import (
 from ._link import LinkTask
 from ._postgres_conn import CLIENT_INFO, ENCODER, close
 from ._postgres_listen import ListenLink
-from ._postgres_sql import check_schema_name, schema_sql
+from ._postgres_sql import MAX_NOTIFY_SHARDS, check_schema_name, schema_sql
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -120,6 +120,12 @@ class PostgresBroker(ListenLink, Broker):
             :class:`hubbub.RateLimited` (429) and publishes nothing.
             :meth:`publish_in` and ``<schema>.publish`` (the application's own
             transactions) are not capped.
+        notify_shards: spread the schema's notifications over this many
+            channels (``<schema>:<k>``) so that each node hears only those of
+            the channels it serves; written into ``<schema>.notify_shards`` when
+            the broker creates or upgrades the schema (``None``: keep the
+            stored count, 1 for a new schema). Every node follows the stored
+            count within ``health_check_interval``; see docs/postgres.md.
     """
 
     capabilities = frozenset({Capability.HISTORY, Capability.PRESENCE, Capability.IDEMPOTENCY})
@@ -140,6 +146,7 @@ class PostgresBroker(ListenLink, Broker):
         max_reconnect_delay: float = 5.0,
         connect_options: Mapping[str, Any] | None = None,
         idempotency_keys: int = IDEMPOTENCY_KEYS,
+        notify_shards: int | None = None,
     ) -> None:
         try:
             import psycopg  # noqa: F401
@@ -188,14 +195,26 @@ class PostgresBroker(ListenLink, Broker):
         # Stream tops the last poll found ahead of this node: reported lost at the
         # next poll if their notifications still have not arrived by then.
         self._suspects: dict[str, tuple[str, int]] = {}
+        # Notification shards (see ``<schema>.notify_shards``): the count last read, the
+        # names the LISTEN connection listens to, and those subscribe() waits for.
+        if notify_shards is not None and not 1 <= notify_shards <= MAX_NOTIFY_SHARDS:
+            raise ValueError(f"notify_shards must be in 1-{MAX_NOTIFY_SHARDS}")
+        if notify_shards is not None and len(f"{schema}:{notify_shards - 1}") > 63:
+            raise ValueError("notify_shards: the schema name is too long for sharded channels")
+        self._notify_shards_option = notify_shards
+        self._shards = 1
+        self._listening: set[str] = set()
+        self._wanted: dict[str, anyio.Event] = {}
+        self._wake: anyio.CancelScope | None = None
+        self.notifications = 0
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> PostgresBroker:
         """A broker for ``postgresql://user:password@host:port/db`` (or ``postgres://``).
 
-        Query parameters ``schema``, ``timeout``, ``pool_size``, ``poll_interval``
-        and ``idempotency_keys`` set the options of the same name; the others go
-        to libpq.
+        Query parameters ``schema``, ``timeout``, ``pool_size``, ``poll_interval``,
+        ``idempotency_keys`` and ``notify_shards`` set the options of the same
+        name; the others go to libpq.
         """
         from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -207,6 +226,7 @@ class PostgresBroker(ListenLink, Broker):
             ("pool_size", int),
             ("poll_interval", float),
             ("idempotency_keys", int),
+            ("notify_shards", int),
         ):
             if name in query:
                 options.setdefault(name, convert(query.pop(name)))
@@ -411,6 +431,7 @@ class PostgresBroker(ListenLink, Broker):
         # notification of a publication from before it may still be in flight.
         self._channels.setdefault(channel, None)
         try:
+            await self._listened(channel)
             position = await self._run(lambda conn: self._top(conn, [channel]))
         except BaseException:
             if self._channels.get(channel, ()) is None:
