@@ -142,8 +142,8 @@ def test_oldest_uvicorn_needs_nothing_the_environment_lacks(oldest: Installed) -
 def test_flow_control_is_the_class_own_not_asyncio_default() -> None:
     """A class that only inherits asyncio's no-op ``pause_writing`` gets the standard path.
 
-    uvicorn 0.40 to 0.52.0 are such classes: with them, the fast path would fail
-    every fan-out on the missing ``disconnected`` flag.
+    uvicorn's class before 0.52.1 is one (0.40.0 and 0.52.0 checked): with it, the fast
+    path would fail every fan-out on the missing ``disconnected`` flag.
     """
 
     class Before(asyncio.Protocol):  # what uvicorn's class was until 0.52.0

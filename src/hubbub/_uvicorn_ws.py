@@ -47,8 +47,9 @@ def has_flow_control(protocol: type) -> bool:
     It came with the ``writable`` event and the ``disconnected`` flag the fast
     path reads. Every asyncio protocol inherits a no-op ``pause_writing`` from
     ``asyncio.BaseProtocol``, so only the class's own definition counts: an
-    inherited one (uvicorn 0.40 to 0.52.0) would pass a ``getattr`` check and
-    then fail every fan-out on the missing ``disconnected``.
+    inherited one (uvicorn before 0.52.1; 0.40.0 and 0.52.0 were checked) would
+    pass a ``getattr`` check and then fail every fan-out on the missing
+    ``disconnected``.
     """
     return "pause_writing" in vars(protocol)
 
