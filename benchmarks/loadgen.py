@@ -300,6 +300,8 @@ class SocketIOAdapter(Adapter):
 def adapter_for(name: str) -> Adapter:
     if name in ("hubbub", "hubbub-std", "hubbub-redis", "hubbub-postgres"):  # one protocol
         return HubbubAdapter()
+    if name in ("hubbub-hypercorn", "hubbub-granian"):  # the same hub on another server
+        return HubbubAdapter()
     if name == "hubbub-batch":
         return HubbubAdapter(batch=True)
     if name == "hubbub-msgpack":

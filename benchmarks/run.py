@@ -64,6 +64,113 @@ HUBBUB_POSTGRES = "hubbub-postgres"
 HUBBUB_STD = "hubbub-std"
 """hubbub without pre-framed fan-out: uvicorn's own websockets-sansio class (``python -m
 uvicorn``), so every delivery is a standard ``websocket.send``, as under any other server."""
+
+# -- hubbub under other ASGI servers (issue 15, item 5; benchmarks/servers.md) ------------
+# The same hub as hubbub-std (hubbub_app:app, an ASGI app, standard ``websocket.send``)
+# served by hypercorn or by granian instead of uvicorn. Run when named in --servers:
+#   --servers hubbub,hubbub-std,hubbub-hypercorn,hubbub-granian
+HUBBUB_HYPERCORN = "hubbub-hypercorn"
+HUBBUB_GRANIAN = "hubbub-granian"
+OTHER_ASGI_SERVERS = (HUBBUB_HYPERCORN, HUBBUB_GRANIAN)
+OTHER_SERVER_BACKLOG = 2048
+"""uvicorn's default listen backlog, given to the others too (hypercorn's is 100: the
+subscribers' concurrent handshakes would overflow it)."""
+GRANIAN_BACKPRESSURE = 1_000_000
+"""granian handles at most ``--backpressure`` requests at once per worker (default backlog ÷
+workers): raised so that it cannot be what limits a run. (Open WebSockets do not seem to
+count: 1,500 connected and subscribed with the default 1,024 in a check.)"""
+
+
+def other_server_argv(name: str, port: int) -> list[str]:
+    """The command serving hubbub_app:app on hypercorn or granian, each on uvloop, one
+    process serving (granian's one worker under its supervisor), logs at warning."""
+    py = sys.executable
+    if name == HUBBUB_HYPERCORN:
+        # wsproto for WebSockets (hypercorn's only implementation); no pings of its own.
+        argv = [py, "-m", "hypercorn", "hubbub_app:app", "--bind", f"127.0.0.1:{port}"]
+        argv += ["--worker-class", "uvloop", "--workers", "1", "--log-level", "warning"]
+        return [*argv, "--backlog", str(OTHER_SERVER_BACKLOG)]
+    if name == HUBBUB_GRANIAN:
+        # The ASGI interface (granian's Rust HTTP and WebSocket stack), one worker.
+        argv = [py, "-m", "granian", "--interface", "asgi", "hubbub_app:app"]
+        argv += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+        argv += ["--loop", "uvloop", "--log-level", "warning", "--no-access-log"]
+        argv += ["--backlog", str(OTHER_SERVER_BACKLOG)]
+        return [*argv, "--backpressure", str(GRANIAN_BACKPRESSURE)]
+    raise ValueError(name)
+
+
+def wait_http_ready(port: int, deadline: float) -> bool:
+    """``GET /health`` answers: the app is imported and its lifespan started (granian's
+    supervisor listens before its worker has loaded the app)."""
+    import urllib.request
+
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            url = f"http://127.0.0.1:{port}/health"
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return True
+        time.sleep(0.1)
+    return False
+
+
+def servers_section(summary: dict[str, Any]) -> list[str]:
+    """hubbub on uvicorn (with and without pre-framing), hypercorn and granian, same run."""
+    fan, rtt = summary.get("fanout", {}), summary.get("rtt", {})
+    names = (HUBBUB, HUBBUB_STD, *OTHER_ASGI_SERVERS)
+    if not any(s in rows for rows in (*fan.values(), *rtt.values()) for s in OTHER_ASGI_SERVERS):
+        return []
+    lines = [
+        "",
+        "## hubbub on each ASGI server (uvicorn, hypercorn, granian)",
+        "",
+        "The same hub: `hubbub` is `hubbub serve` (uvicorn + pre-framed fan-out), "
+        "`hubbub-std` is uvicorn's own websockets-sansio class (standard `websocket.send`), "
+        "`hubbub-hypercorn` and `hubbub-granian` serve the same ASGI app on those servers "
+        "(uvloop each). Server CPU per delivery (closed loop); ratios per run, then median.",
+        "",
+        "| N | server | µs CPU / delivery | ÷ hubbub | ÷ hubbub-std | deliveries/s "
+        "| fixed-rate p99 ms | KiB / connection | µs / connect+subscribe | lost | closes |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for n in sorted(fan, key=int):
+        for server in names:
+            row = fan[n].get(server)
+            if not row:
+                continue
+            ph = row.get(f"phase{PHASE_CLOSED}") or {}
+            fixed = row.get(f"phase{PHASE_FIXED}") or {}
+            lines.append(
+                f"| {int(n):,} | {server} | {_fmt(ph.get('us_per_delivery'), 2)} "
+                f"| {_ratio_cell(row, PHASE_CLOSED, HUBBUB)} "
+                f"| {_ratio_cell(row, PHASE_CLOSED, HUBBUB_STD)} "
+                f"| {_fmt(ph.get('deliveries_per_s'), 0)} | {_fmt(fixed.get('p99_ms'), 2)} "
+                f"| {_fmt(row['kib_per_conn'], 1)} | {_fmt(row['setup_us_per_conn'], 0)} "
+                f"| {ph.get('lost', 0) + fixed.get('lost', 0)} | {row['closes']} |"
+            )
+    for rows in rtt.values():
+        lines += [
+            "",
+            "| round trip (one client) | p50 ms | p99 ms | server µs CPU / round trip "
+            "| ÷ hubbub | ÷ hubbub-std | lost |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for server in names:
+            row = rows.get(server)
+            ph = row.get(f"phase{PHASE_RTT}") if row else None
+            if ph:
+                lines.append(
+                    f"| {server} | {_fmt(ph['p50_ms'], 3)} | {_fmt(ph['p99_ms'], 3)} "
+                    f"| {_fmt(ph['us_per_round_trip'], 0)} "
+                    f"| {_ratio_cell(row, PHASE_RTT, HUBBUB)} "
+                    f"| {_ratio_cell(row, PHASE_RTT, HUBBUB_STD)} | {ph['lost']} |"
+                )
+    return lines
+
+
+# -- end of the other ASGI servers' block --------------------------------------------------
+
 HUBBUB_VARIANTS = (
     "hubbub",
     "hubbub-batch",
@@ -71,10 +178,13 @@ HUBBUB_VARIANTS = (
     HUBBUB_STD,
     HUBBUB_REDIS,
     HUBBUB_POSTGRES,
+    *OTHER_ASGI_SERVERS,
 )
 PEERS = ("tutorial", "socketio", "broadcaster", "websockets")
 SERVERS = (*HUBBUB_VARIANTS, *PEERS)
-DEFAULT_SERVERS = tuple(s for s in SERVERS if s not in (HUBBUB_REDIS, HUBBUB_POSTGRES))
+DEFAULT_SERVERS = tuple(
+    s for s in SERVERS if s not in (HUBBUB_REDIS, HUBBUB_POSTGRES, *OTHER_ASGI_SERVERS)
+)
 """Without ``--redis`` no redis-server is needed: hubbub-redis runs only when asked for
 (and hubbub-postgres, which starts its own PostgreSQL cluster, only when named)."""
 SCENARIOS = ("fanout", "idle", "rtt", "frozen", "deflate", "rooms", "large")
@@ -197,6 +307,8 @@ class Server:
             argv = [py, "-m", "uvicorn", "hubbub_app:app", *common, "--ws-ping-interval", "0"]
             argv += ["--loop", "uvloop", "--http", "httptools"]
             argv += ["--log-level", "warning", "--no-access-log"]
+        elif name in OTHER_ASGI_SERVERS:
+            argv = other_server_argv(name, self.port)
         elif name.startswith("hubbub"):
             # The demo hub with the command rate limit lifted (see hubbub_app.py).
             argv = [py, "-m", "hubbub", "serve", "hubbub_app:hub", *common]
@@ -247,6 +359,8 @@ class Server:
                 contextlib.suppress(OSError),
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.5),
             ):
+                if self.name in OTHER_ASGI_SERVERS and not wait_http_ready(self.port, end):
+                    break
                 self.pids = [self.proc.pid, *descendants(self.proc.pid)]
                 return
             time.sleep(0.1)
@@ -910,6 +1024,8 @@ def machine_note(cfg: argparse.Namespace) -> dict[str, Any]:
         "python-engineio",
         "broadcaster",
         "matplotlib",
+        "hypercorn",
+        "granian",
     ):
         try:
             versions[pkg] = importlib.metadata.version(pkg)
@@ -1408,12 +1524,15 @@ def markdown(note: dict[str, Any], cfg: argparse.Namespace, summary: dict[str, A
                     HUBBUB_STD: "no pre-framing: standard `websocket.send`",
                     HUBBUB_REDIS: "Redis broker, server CPU only",
                     HUBBUB_POSTGRES: "PostgreSQL broker, server CPU only",
+                    HUBBUB_HYPERCORN: "hypercorn instead of uvicorn, standard sends",
+                    HUBBUB_GRANIAN: "granian instead of uvicorn, standard sends",
                 }[var]
                 lines.append(f"| {var} ({label}) | " + " | ".join(cells) + " |")
     lines += redis_section(summary, note)
     lines += scaling_section(summary, cfg)
     lines += deflate_section(summary)
     lines += rooms_section(summary, cfg)
+    lines += servers_section(summary)
     rtt = summary.get("rtt", {})
     if rtt:
         lines += [
@@ -1529,7 +1648,8 @@ def plot(summary: dict[str, Any], cfg: argparse.Namespace, note: dict[str, Any],
     ns = sorted(fan, key=int)
     present = [s for s in SERVERS if any(s in fan.get(n, {}) for n in ns)]
     deflate = summary.get("deflate", {})
-    for server in [s for s in SERVERS if any(s in deflate.get(n, {}) for n in deflate)]:
+    # Every server of the fan-out or of the deflate scenario (a run without deflate drew none).
+    for server in [s for s in SERVERS if s in present or any(s in deflate[n] for n in deflate)]:
         # The deflate scenario: the same axes, dotted, square markers.
         xs, ys = [], []
         for n in sorted(deflate, key=int):

@@ -38,9 +38,23 @@ from websockets.protocol import State
 
 from ._frames import EXTENSION, WINDOW_BITS
 
-__all__ = ["DEFLATE", "SUPPORTED", "FramesProtocol"]
+__all__ = ["DEFLATE", "SUPPORTED", "FramesProtocol", "has_flow_control"]
 
-SUPPORTED = callable(getattr(WebSocketsSansIOProtocol, "pause_writing", None))
+
+def has_flow_control(protocol: type) -> bool:
+    """Whether uvicorn's class defines its own ``pause_writing`` (uvicorn >= 0.52.1).
+
+    It came with the ``writable`` event and the ``disconnected`` flag the fast
+    path reads. Every asyncio protocol inherits a no-op ``pause_writing`` from
+    ``asyncio.BaseProtocol``, so only the class's own definition counts: an
+    inherited one (uvicorn before 0.52.1; 0.40.0 and 0.52.0 were checked) would
+    pass a ``getattr`` check and then fail every fan-out on the missing
+    ``disconnected``.
+    """
+    return "pause_writing" in vars(protocol)
+
+
+SUPPORTED = has_flow_control(WebSocketsSansIOProtocol)
 """Whether the installed uvicorn's class has write flow control (uvicorn >= 0.52.1).
 
 Before it, ``send`` never waited for the socket's buffer and the protocol had no
