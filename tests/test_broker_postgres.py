@@ -8,7 +8,7 @@ import logging
 import secrets
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -31,32 +31,20 @@ from .broker_contract import (
     publication,
     task_group_fixture,  # noqa: F401 (the task_group fixture)
 )
-from .pg_server import PgServer, pg_server
+from .broker_fixtures import (
+    asyncio_backend_fixture,  # noqa: F401 (anyio_backend: asyncio only)
+    pg_fixture,  # noqa: F401 (pg: one PostgreSQL for the module)
+    postgres_options,
+    running,
+)
+from .pg_server import PgServer
 
 psycopg = pytest.importorskip("psycopg")
 
 
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PgServer]:
-    """One PostgreSQL cluster for this module."""
-    with pg_server() as server:
-        yield server
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    """psycopg's async API runs on asyncio only."""
-    return "asyncio"
-
-
 def new_broker(url: str, **options: Any) -> PostgresBroker:
     """A PostgreSQL broker with short timeouts and intervals for fault tests."""
-    options.setdefault("timeout", 2.0)
-    options.setdefault("health_check_interval", 0.25)
-    options.setdefault("poll_interval", 0.5)
-    options.setdefault("reconnect_delay", 0.05)
-    options.setdefault("max_reconnect_delay", 0.5)
-    return PostgresBroker(url, **options)
+    return PostgresBroker(url, **postgres_options(**options))
 
 
 class TestPostgresBroker(BrokerContract):
@@ -85,14 +73,11 @@ async def pair(
 ) -> AsyncIterator[tuple[PostgresBroker, Recorder, str]]:
     """A started broker under a schema of this test alone, its recorder, and the schema."""
     schema = f"t_{secrets.token_hex(4)}"
-    broker = new_broker(pg.url, schema=schema)
-    recorder = Recorder()
-    await broker.start(recorder.handler, recorder.on_lost, task_group)
-    try:
+    async with running(new_broker(pg.url, schema=schema), task_group, stop_within=WAIT) as (
+        broker,
+        recorder,
+    ):
         yield broker, recorder, schema
-    finally:
-        with anyio.fail_after(WAIT):
-            await broker.stop()
 
 
 async def connect(pg: PgServer) -> Any:

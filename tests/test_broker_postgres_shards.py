@@ -7,7 +7,6 @@ subscribed keep every publication."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -27,33 +26,21 @@ from .broker_contract import (
     publication,
     task_group_fixture,  # noqa: F401 (the task_group fixture)
 )
-from .pg_server import PgServer, pg_server
+from .broker_fixtures import (
+    asyncio_backend_fixture,  # noqa: F401 (anyio_backend: asyncio only)
+    pg_fixture,  # noqa: F401 (pg: one PostgreSQL for the module)
+    postgres_options,
+)
+from .pg_server import PgServer
 
 psycopg = pytest.importorskip("psycopg")
 
 KEEP = HistoryOptions(size=1000, ttl=300.0)
 
 
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PgServer]:
-    """One PostgreSQL cluster for this module."""
-    with pg_server() as server:
-        yield server
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    """psycopg's async API runs on asyncio only."""
-    return "asyncio"
-
-
 def new_broker(url: str, **options: Any) -> PostgresBroker:
-    options.setdefault("timeout", 2.0)
-    options.setdefault("health_check_interval", 0.25)
-    options.setdefault("poll_interval", 0.5)
-    options.setdefault("reconnect_delay", 0.05)
-    options.setdefault("max_reconnect_delay", 0.5)
-    return PostgresBroker(url, **options)
+    """A PostgreSQL broker with short timeouts and intervals."""
+    return PostgresBroker(url, **postgres_options(**options))
 
 
 class TestShardedPostgresBroker(BrokerContract):

@@ -30,6 +30,11 @@ from .broker_contract import (
     publication,
     task_group_fixture,  # noqa: F401 (the task_group fixture)
 )
+from .broker_fixtures import (
+    asyncio_backend_fixture,  # noqa: F401 (anyio_backend: asyncio only)
+    redis_options,
+    running,
+)
 from .redis_server import RedisServer, redis_server
 
 
@@ -47,20 +52,9 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    """The Redis broker runs on asyncio only."""
-    return "asyncio"
-
-
 def new_broker(url: str, **options: object) -> RedisBroker:
     """A Redis broker under a fresh key prefix, with short timeouts for fault tests."""
-    options.setdefault("prefix", f"t{secrets.token_hex(3)}:")
-    options.setdefault("timeout", 1.0)
-    options.setdefault("health_check_interval", 0.25)
-    options.setdefault("reconnect_delay", 0.05)
-    options.setdefault("max_reconnect_delay", 0.5)
-    return RedisBroker.from_url(url, **options)
+    return RedisBroker.from_url(url, **redis_options(**options))
 
 
 class TestRedisBroker(BrokerContract):
@@ -88,14 +82,8 @@ async def started(
     own_redis: RedisServer, task_group: TaskGroup
 ) -> AsyncIterator[tuple[RedisBroker, Recorder]]:
     """A started broker on this test's own redis-server."""
-    broker = new_broker(own_redis.url)
-    recorder = Recorder()
-    await broker.start(recorder.handler, recorder.on_lost, task_group)
-    try:
-        yield broker, recorder
-    finally:
-        with anyio.fail_after(5):
-            await broker.stop()
+    async with running(new_broker(own_redis.url), task_group) as started:
+        yield started
 
 
 async def until(predicate: Callable[[], Awaitable[bool] | bool], within: float = 10.0) -> None:

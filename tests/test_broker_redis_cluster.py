@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -30,8 +30,18 @@ from .broker_contract import (
     publication,
     task_group_fixture,  # noqa: F401 (the task_group fixture)
 )
+from .broker_fixtures import (
+    asyncio_backend_fixture,  # noqa: F401 (anyio_backend: asyncio only)
+    redis_options,
+    running,
+)
 from .e2e_cluster import client, run_fault, unique
-from .lost_writes import same_name_same_publication
+from .lost_writes import (
+    lost_in_the_failover,
+    publish_after_the_failover,
+    publish_as_the_replica_falls_behind,
+    same_name_same_publication,
+)
 from .redis_cluster import RedisCluster, redis_cluster
 from .redis_server import RedisServer
 from .servers import run_server
@@ -44,20 +54,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
         yield running
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    """The Redis brokers run on asyncio only."""
-    return "asyncio"
-
-
 def new_broker(url: str, **options: object) -> RedisClusterBroker:
     """A cluster broker under a fresh key prefix, with short timeouts."""
-    options.setdefault("prefix", f"t{secrets.token_hex(3)}:")
-    options.setdefault("timeout", 1.0)
-    options.setdefault("health_check_interval", 0.25)
-    options.setdefault("reconnect_delay", 0.05)
-    options.setdefault("max_reconnect_delay", 0.5)
-    return RedisClusterBroker.from_url(url, **options)
+    return RedisClusterBroker.from_url(url, **redis_options(**options))
 
 
 class TestRedisClusterBroker(BrokerContract):
@@ -94,19 +93,11 @@ def channels_on_every_primary(
     return [name for names in found.values() for name in names]
 
 
-@contextlib.asynccontextmanager
-async def started(
+def started(
     url: str, task_group: TaskGroup, **options: object
-) -> AsyncIterator[tuple[RedisClusterBroker, Recorder]]:
+) -> contextlib.AbstractAsyncContextManager[tuple[RedisClusterBroker, Recorder]]:
     """A started cluster broker with a recorder, stopped (bounded) when the block ends."""
-    broker = new_broker(url, **options)
-    recorder = Recorder()
-    await broker.start(recorder.handler, recorder.on_lost, task_group)
-    try:
-        yield broker, recorder
-    finally:
-        with anyio.fail_after(5):
-            await broker.stop()
+    return running(new_broker(url, **options), task_group)
 
 
 @pytest.mark.anyio
@@ -330,51 +321,16 @@ async def test_acknowledged_publications_lost_in_a_failover_start_a_new_epoch(
         replica = replica_of(own, primary)
         async with started(own.url, task_group, prefix=prefix) as (broker, recorder):
             await broker.subscribe(channel)
-            acked = [
-                await broker.publish(publication(channel, f'"{n}"'.encode()), KEEP)
-                for n in range(5)
-            ]
-            # The replica has everything so far, then misses what follows.
-            assert primary.command("WAIT", 1, 5000, timeout=10) == 1
-            # Frozen, and cut off by the primary: what follows never reaches it (a frozen
-            # replica alone would still read it from its socket's buffer once thawed).
-            replica.freeze()
-            try:
-                assert primary.command("CLIENT", "KILL", "TYPE", "replica") == 1
-                acked += [
-                    await broker.publish(publication(channel, f'"{n}"'.encode()), KEEP)
-                    for n in range(5, 10)
-                ]
-                await recorder.wait_for(channel, 10)
-                await asyncio.to_thread(primary.kill)
-            finally:
-                replica.thaw()
+            acked = await publish_as_the_replica_falls_behind(
+                broker, recorder, channel, primary, replica
+            )
             with anyio.fail_after(30):
                 while await asyncio.to_thread(own.slot_owner, slot) is not replica:  # noqa: ASYNC110
                     await anyio.sleep(0.1)
             await asyncio.to_thread(own.wait_ok)
-            after = []
-            with anyio.fail_after(20):
-                n = 10
-                while len(after) < 5:
-                    try:
-                        after.append(
-                            await broker.publish(publication(channel, f'"{n}"'.encode()), KEEP)
-                        )
-                        n += 1
-                    except BrokerUnavailable:
-                        await anyio.sleep(0.1)
-            page = await broker.history(channel)
-            with anyio.fail_after(10):
-                while not any(p.data == after[-1].data for p in recorder.on(channel)):  # noqa: ASYNC110
-                    await anyio.sleep(0.05)
-        kept = {p.data for p in page.publications}
-        lost = [p for p in acked if p.data not in kept]
-        print(f"acknowledged and lost in the failover: {[(p.epoch, p.offset) for p in lost]}")
-        assert lost, "the failover lost nothing: the test did not reproduce the hazard"
-        same_name_same_publication(acked, after, recorder.on(channel), page.publications)
+            after, page = await publish_after_the_failover(broker, recorder, channel)
         # The stream goes on under a new epoch; what the replica had is still readable.
-        assert {p.epoch for p in after} == {page.position.epoch} != {acked[0].epoch}
+        lost = lost_in_the_failover(acked, after, recorder.on(channel), page)
         assert [p.data for p in page.publications[: 10 - len(lost)]] == [
             p.data for p in acked[: 10 - len(lost)]
         ]

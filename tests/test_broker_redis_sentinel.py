@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +13,6 @@ import anyio
 import pytest
 from anyio.abc import TaskGroup
 
-from hubbub import BrokerUnavailable
 from hubbub.brokers import broker_from_url
 from hubbub.brokers.redis import RedisBroker
 
@@ -27,8 +25,16 @@ from .broker_contract import (
     publication,
     task_group_fixture,  # noqa: F401 (the task_group fixture)
 )
+from .broker_fixtures import (
+    asyncio_backend_fixture,  # noqa: F401 (anyio_backend: asyncio only)
+    redis_options,
+)
 from .e2e_cluster import run_fault, unique
-from .lost_writes import same_name_same_publication
+from .lost_writes import (
+    lost_in_the_failover,
+    publish_after_the_failover,
+    publish_as_the_replica_falls_behind,
+)
 from .redis_sentinel import RedisSentinel, redis_sentinel
 from .servers import run_server
 
@@ -40,20 +46,9 @@ def sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinel
         yield running
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    """The Redis broker runs on asyncio only."""
-    return "asyncio"
-
-
 def new_broker(url: str, **options: object) -> RedisBroker:
     """A Sentinel broker under a fresh key prefix, with short timeouts."""
-    options.setdefault("prefix", f"t{secrets.token_hex(3)}:")
-    options.setdefault("timeout", 1.0)
-    options.setdefault("health_check_interval", 0.25)
-    options.setdefault("reconnect_delay", 0.05)
-    options.setdefault("max_reconnect_delay", 0.5)
-    return RedisBroker.from_url(url, **options)
+    return RedisBroker.from_url(url, **redis_options(**options))
 
 
 class TestRedisSentinelBroker(BrokerContract):
@@ -149,24 +144,9 @@ async def test_acknowledged_publications_lost_in_a_failover_start_a_new_epoch(
             await broker.start(recorder.handler, recorder.on_lost, task_group)
             stack.push_async_callback(broker.stop)
             await broker.subscribe(channel)
-            acked = [
-                await broker.publish(publication(channel, f'"{n}"'.encode()), KEEP)
-                for n in range(5)
-            ]
-            assert own.primary.command("WAIT", 1, 5000, timeout=10) == 1
-            # Frozen and cut off by the primary (short: the sentinels must still find it
-            # healthy enough to promote).
-            own.replica.freeze()
-            try:
-                assert own.primary.command("CLIENT", "KILL", "TYPE", "replica") == 1
-                acked += [
-                    await broker.publish(publication(channel, f'"{n}"'.encode()), KEEP)
-                    for n in range(5, 10)
-                ]
-                await recorder.wait_for(channel, 10)
-                await asyncio.to_thread(own.primary.kill)
-            finally:
-                own.replica.thaw()
+            acked = await publish_as_the_replica_falls_behind(
+                broker, recorder, channel, own.primary, own.replica
+            )
             took = await asyncio.to_thread(own.wait_primary, own.replica)
             print(f"the sentinels promoted the replica in {took:.2f} s")
             # The pub/sub link follows the new primary (what was published before it
@@ -174,28 +154,9 @@ async def test_acknowledged_publications_lost_in_a_failover_start_a_new_epoch(
             with anyio.fail_after(10):
                 while not await broker.ready():  # noqa: ASYNC110
                     await anyio.sleep(0.05)
-            after = []
-            with anyio.fail_after(20):
-                n = 10
-                while len(after) < 5:
-                    try:
-                        after.append(
-                            await broker.publish(publication(channel, f'"{n}"'.encode()), KEEP)
-                        )
-                        n += 1
-                    except BrokerUnavailable:
-                        await anyio.sleep(0.1)
-            page = await broker.history(channel)
-            with anyio.fail_after(10):
-                while not any(p.data == after[-1].data for p in recorder.on(channel)):  # noqa: ASYNC110
-                    await anyio.sleep(0.05)
+            after, page = await publish_after_the_failover(broker, recorder, channel)
             assert any(channel in (report or ()) for report in recorder.lost)
-        kept = {p.data for p in page.publications}
-        lost = [p for p in acked if p.data not in kept]
-        print(f"acknowledged and lost in the failover: {[(p.epoch, p.offset) for p in lost]}")
-        assert lost, "the failover lost nothing: the test did not reproduce the hazard"
-        same_name_same_publication(acked, after, recorder.on(channel), page.publications)
-        assert {p.epoch for p in after} == {page.position.epoch} != {acked[0].epoch}
+        lost_in_the_failover(acked, after, recorder.on(channel), page)
 
 
 @pytest.mark.anyio

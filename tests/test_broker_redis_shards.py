@@ -9,7 +9,7 @@ import contextlib
 import secrets
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -27,22 +27,20 @@ from .broker_contract import (
     BrokerContract,
     BrokerFactory,
     BrokerUnderTest,
-    Recorder,
     offsets,
     publication,
     task_group_fixture,  # noqa: F401 (the task_group fixture)
 )
+from .broker_fixtures import (
+    asyncio_backend_fixture,  # noqa: F401 (anyio_backend: asyncio only)
+    redis_options,
+)
+from .broker_fixtures import running as started
 from .e2e_cluster import client, unique
 from .redis_server import RedisServer, redis_server
 from .servers import run_server
 
 WHO = ClientInfo(client="c1", user="ann")
-OPTIONS: dict[str, float] = {
-    "timeout": 1.0,
-    "health_check_interval": 0.25,
-    "reconnect_delay": 0.05,
-    "max_reconnect_delay": 0.5,
-}
 
 
 @contextlib.contextmanager
@@ -63,16 +61,9 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RedisServe
         yield servers
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    """The Redis brokers run on asyncio only."""
-    return "asyncio"
-
-
 def new_broker(servers: list[RedisServer], **options: object) -> ShardedRedisBroker:
     """A sharded broker over ``servers`` under a fresh key prefix, with short timeouts."""
-    options = {"prefix": f"t{secrets.token_hex(3)}:", **OPTIONS, **options}
-    return ShardedRedisBroker.from_urls([s.url for s in servers], **options)
+    return ShardedRedisBroker.from_urls([s.url for s in servers], **redis_options(**options))
 
 
 class TestShardedRedisBroker(BrokerContract):
@@ -162,20 +153,6 @@ def channel_per_shard(broker: ShardedRedisBroker, stem: str = "room") -> dict[st
         found.setdefault(broker.shard_of(name), name)
         i += 1
     return found
-
-
-@contextlib.asynccontextmanager
-async def started(
-    broker: ShardedRedisBroker, task_group: TaskGroup
-) -> AsyncIterator[tuple[ShardedRedisBroker, Recorder]]:
-    """``broker`` started with a recorder, stopped (bounded) when the block ends."""
-    recorder = Recorder()
-    await broker.start(recorder.handler, recorder.on_lost, task_group)
-    try:
-        yield broker, recorder
-    finally:
-        with anyio.fail_after(5):
-            await broker.stop()
 
 
 @pytest.mark.anyio

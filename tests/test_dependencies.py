@@ -284,3 +284,27 @@ def test_serve_without_a_websocket_library_says_what_to_install(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert f"--ws {ws}" in lines[0] and needle in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("url", "broker"),
+    [
+        ("redis://127.0.0.1:6379/0", "the Redis broker"),
+        ("redis+sentinel://127.0.0.1:26379/svc", "the Redis broker"),
+        ("redis+cluster://127.0.0.1:7000", "the Redis Cluster broker"),
+        ("redis+shards://127.0.0.1:6379,127.0.0.1:6380", "the sharded Redis broker"),
+    ],
+)
+def test_a_redis_url_without_redis_says_what_to_install(url: str, broker: str) -> None:
+    """Without the redis package, every Redis broker URL is a ValueError naming the broker
+    and ``pip install 'hubbub[redis]'``, not an ImportError from inside hubbub."""
+    result = _without(
+        ("redis",),
+        f"from hubbub.brokers import broker_from_url\n"
+        f"try:\n    broker_from_url({url!r})\n"
+        f"except ValueError as exc:\n    print(exc)\n",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(
+        f"{broker} needs the redis package: pip install 'hubbub[redis]' ("
+    ), result.stdout

@@ -12,6 +12,7 @@ from hubbub import AuthenticationFailed, MethodNotAllowed, NotFound, RateLimited
 from hubbub._http import (
     APIKEY_CHALLENGE,
     BEARER_CHALLENGE,
+    cookie,
     deny,
     error_body,
     header,
@@ -146,3 +147,22 @@ def test_header_and_query_param() -> None:
     assert query_param(scope, "flag") == ""
     assert query_param(scope, "bad") is not None
     assert query_param(scope, "missing") is None
+
+
+def test_cookie_passes_over_a_header_it_cannot_parse_and_an_empty_value() -> None:
+    """``cookie`` takes the first Cookie header holding the cookie non-empty: a header the
+    parser refuses and an empty value are passed over; the header name's case does not
+    matter; a missing cookie is ``None``, never an exception."""
+    scope: dict[str, Any] = {
+        "headers": [
+            (b"cookie", b"hubbub_token=a; $bad"),  # CookieError: passed over
+            (b"Cookie", b"hubbub_token="),
+            (b"COOKIE", b"other=1; hubbub_token=tok"),
+            (b"cookie", b"hubbub_token=later"),
+        ]
+    }
+    assert cookie(scope, "hubbub_token") == "tok"
+    assert cookie(scope, "other") == "1"
+    assert cookie(scope, "missing") is None
+    assert cookie({}, "hubbub_token") is None
+    assert cookie({"headers": [(b"cookie", b"hubbub_token=a; $bad")]}, "hubbub_token") is None

@@ -12,7 +12,8 @@ built here by :func:`error_body`; the headers that go with it (``Retry-After``,
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from http.cookies import CookieError, SimpleCookie
 from typing import Any, Final
 from urllib.parse import parse_qsl
 
@@ -32,6 +33,7 @@ __all__ = [
     "Scope",
     "Send",
     "SendCallable",
+    "cookie",
     "deny",
     "error_body",
     "header",
@@ -83,6 +85,25 @@ def header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers") or ():
         if key.lower() == name:
             return str(value.decode("latin-1"))
+    return None
+
+
+def cookie(scope: Mapping[str, Any], name: str) -> str | None:
+    """The value of cookie ``name``, from the first ``Cookie`` header that holds it non-empty.
+
+    A header the cookie parser refuses is passed over, never raised: a browser
+    may send any bytes.
+    """
+    for key, value in scope.get("headers") or ():
+        if key.lower() == b"cookie":
+            jar: SimpleCookie = SimpleCookie()
+            try:
+                jar.load(value.decode("latin-1"))
+            except CookieError:
+                continue
+            morsel = jar.get(name)
+            if morsel is not None and morsel.value:
+                return str(morsel.value)
     return None
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from http.cookies import CookieError, SimpleCookie
 from typing import Any, Literal, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, urlsplit
 
@@ -27,6 +26,7 @@ import msgspec
 from msgspec import Raw
 
 from ._errors import AuthenticationFailed, HubbubError
+from ._http import cookie as cookie_value
 from .messages import MSGPACK
 
 __all__ = [
@@ -174,16 +174,9 @@ def find_credentials(
         if found:
             return found, "query"
     if cookie:
-        for name, value in headers:
-            if name.lower() == b"cookie":
-                jar: SimpleCookie = SimpleCookie()
-                try:
-                    jar.load(value.decode("latin-1"))
-                except CookieError:
-                    continue
-                morsel = jar.get(cookie)
-                if morsel is not None and morsel.value:
-                    return str(morsel.value), "cookie"
+        found = cookie_value(scope, cookie)
+        if found is not None:
+            return found, "cookie"
     return None
 
 

@@ -41,27 +41,19 @@ def broker_from_url(url: str) -> Broker:
         try:
             from .redis import RedisBroker
         except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ValueError(
-                f"the Redis broker needs the redis package: pip install 'hubbub[redis]' ({exc})"
-            ) from None
+            raise _needs_redis("Redis broker", exc) from None
         return RedisBroker.from_url(url)
     if scheme in ("redis+cluster", "rediss+cluster"):
         try:
             from .redis_cluster import RedisClusterBroker
         except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ValueError(
-                f"the Redis Cluster broker needs the redis package: pip install 'hubbub[redis]' "
-                f"({exc})"
-            ) from None
+            raise _needs_redis("Redis Cluster broker", exc) from None
         return RedisClusterBroker.from_url(url)
     if scheme in ("redis+shards", "rediss+shards"):
         try:
             from .redis_shards import ShardedRedisBroker
         except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ValueError(
-                f"the sharded Redis broker needs the redis package: pip install 'hubbub[redis]' "
-                f"({exc})"
-            ) from None
+            raise _needs_redis("sharded Redis broker", exc) from None
         return ShardedRedisBroker.from_url(url)
     if scheme in ("postgres", "postgresql"):
         try:
@@ -93,3 +85,8 @@ __all__ = [
     "UnsupportedCapability",
     "broker_from_url",
 ]
+
+
+def _needs_redis(broker: str, exc: ImportError) -> ValueError:
+    """The one message for a Redis URL without the ``redis`` package: what to install."""
+    return ValueError(f"the {broker} needs the redis package: pip install 'hubbub[redis]' ({exc})")

@@ -49,7 +49,6 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from http.cookies import CookieError, SimpleCookie
 from importlib import import_module
 from typing import TYPE_CHECKING, Any, Final
 
@@ -57,7 +56,7 @@ import anyio
 from asgiref.sync import sync_to_async
 
 from .._errors import NotFound, PermissionDenied
-from .._http import Receive, Scope, SendCallable, deny, route_path
+from .._http import Receive, Scope, SendCallable, cookie, deny, route_path
 from ..app import HubApp
 from ..auth import Identity, cookie_allowed, normalise_origin
 from ..chat import Notification
@@ -116,20 +115,6 @@ class DjangoIdentity(Identity):
     def has_perm(self, perm: str) -> bool:
         """Whether the user had ``perm`` when connecting (``User.has_perm`` for an active user)."""
         return self.is_superuser or perm in self.permissions
-
-
-def _session_key(scope: Mapping[str, Any], cookie: str) -> str | None:
-    for name, value in scope.get("headers") or ():
-        if name.lower() == b"cookie":
-            jar: SimpleCookie = SimpleCookie()
-            try:
-                jar.load(value.decode("latin-1"))
-            except CookieError:
-                continue
-            morsel = jar.get(cookie)
-            if morsel is not None and morsel.value:
-                return str(morsel.value)
-    return None
 
 
 def _load_identity(session_key: str) -> DjangoIdentity | None:
@@ -208,7 +193,7 @@ class SessionAuthenticator:
             PermissionDenied: the session cookie came with a request from a page
                 that may not use it (403).
         """
-        session_key = _session_key(scope, self.cookie)
+        session_key = cookie(scope, self.cookie)
         if session_key is None:
             return None
         if not cookie_allowed(scope, self.allowed_origins):
