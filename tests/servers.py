@@ -55,6 +55,16 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def wait_log(self, needle: str, timeout: float = 15.0) -> str:
+        """The log, once ``needle`` is in it; fails with the log after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            log = self.log()
+            if needle in log:
+                return log
+            time.sleep(0.1)
+        raise AssertionError(f"{needle!r} not logged:\n{self.log()}")
+
     def terminate(self, timeout: float = 20.0) -> int:
         """SIGTERM this server (by its PID), wait for it, SIGKILL if it overstays."""
         if self.process.poll() is None:

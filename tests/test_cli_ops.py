@@ -827,3 +827,13 @@ def test_a_certificate_the_client_does_not_trust_fails_at_once(tmp_path: Path) -
         with tail(["news", "--url", url], trusted) as watching:
             watching.wait_err("subscribed to news")
             assert watching.stop(signal.SIGINT) == 0
+
+
+def test_one_exit_status_table_for_every_refusal() -> None:
+    """HTTP statuses, handshake refusals and command errors map to the documented statuses."""
+    from hubbub._ops_io import exit_status
+
+    assert [exit_status(c) for c in (401, 403, 4401, 4403)] == [4, 4, 4, 4]
+    assert exit_status(404) == 5
+    assert [exit_status(c) for c in (429, 500, 503, 1012, 1013)] == [6, 6, 6, 6, 6]
+    assert (exit_status(422), exit_status(1006, otherwise=3)) == (7, 3)

@@ -14,7 +14,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import tomllib
 import urllib.error
 import urllib.request
@@ -484,16 +483,6 @@ def _api_status(server: Server, key: str) -> int:
         return int(exc.code)
 
 
-def _wait_log(server: Server, needle: str, timeout: float = 15.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        log = server.log()
-        if needle in log:
-            return log
-        time.sleep(0.1)
-    raise AssertionError(f"{needle!r} not logged:\n{server.log()}")
-
-
 def test_sighup_applies_a_good_file_and_keeps_the_config_on_a_bad_one(tmp_path: Path) -> None:
     """New API key works and the old one is refused; a broken file changes nothing, said once."""
     argv = _serve_config(tmp_path, SERVED.format(port=8000))
@@ -505,7 +494,7 @@ def test_sighup_applies_a_good_file_and_keeps_the_config_on_a_bad_one(tmp_path: 
         changed = changed.replace("history_size = 10", "history_size = 20")
         (tmp_path / "hubbub.toml").write_text(changed)
         os.kill(server.pid, signal.SIGHUP)
-        log = _wait_log(server, "needs a restart")
+        log = server.wait_log("needs a restart")
         assert "api keys replaced" in log
         assert "limits.max_channels: 16 -> 8" in log
         assert re.search(r"needs a restart: namespaces$", log, re.M), log
@@ -513,7 +502,7 @@ def test_sighup_applies_a_good_file_and_keeps_the_config_on_a_bad_one(tmp_path: 
         assert _api_status(server, KEY_1) == 401
         (tmp_path / "hubbub.toml").write_text("[limits]\nmax_channels = 0\n")
         os.kill(server.pid, signal.SIGHUP)
-        log = _wait_log(server, "config reload failed")
+        log = server.wait_log("config reload failed")
         line = next(x for x in log.splitlines() if "config reload failed" in x)
         assert "limits.max_channels" in line and "hubbub.toml:2" in line
         assert "Traceback" not in log

@@ -199,15 +199,6 @@ def _connect(server: Server, token: str | None, origin: str | None = None) -> Cl
     )
 
 
-def _wait_log(server: Server, needle: str, timeout: float = 15.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if needle in server.log():
-            return server.log()
-        time.sleep(0.1)
-    raise AssertionError(f"{needle!r} not logged:\n{server.log()}")
-
-
 def test_exec_reload_applies_a_rotated_api_key_and_says_so(tmp_path: Path) -> None:
     """The unit's ExecReload, run against ExecStart's server, swaps the API key; the log says so."""
     port = free_port()
@@ -221,7 +212,7 @@ def test_exec_reload_applies_a_rotated_api_key_and_says_so(tmp_path: Path) -> No
         argv = [str(server.pid) if a == "$MAINPID" else a for a in shlex.split(exec_reload)]
         assert str(server.pid) in argv, exec_reload
         subprocess.run(argv, check=True, timeout=10)
-        log = _wait_log(server, "config reload: api keys replaced (1 key(s))")
+        log = server.wait_log("config reload: api keys replaced (1 key(s))")
         assert "needs a restart" not in log, log
         assert _api_status(server, NEW_API_KEY) == 200
         assert _api_status(server, API_KEY) == 401
@@ -229,7 +220,7 @@ def test_exec_reload_applies_a_rotated_api_key_and_says_so(tmp_path: Path) -> No
         text = config.read_text()
         config.write_text(text.replace("history_size = 100", "history_size = 50", 1))
         subprocess.run(argv, check=True, timeout=10)
-        log = _wait_log(server, "config reload: changed but needs a restart: namespaces")
+        log = server.wait_log("config reload: changed but needs a restart: namespaces")
         assert _api_status(server, NEW_API_KEY) == 200
         assert "Traceback" not in log
         assert server.process.poll() is None

@@ -122,24 +122,27 @@ def check_host(host: str) -> None:
     raise BadArgument(f"hubbub serve: error: {flag} is not an address of this machine: {reason}")
 
 
-def positive_seconds(text: str) -> float:
+def _finite(text: str) -> float:
+    """``text`` as a finite number, or NaN (which every range check refuses)."""
     try:
-        seconds = float(text)
+        number = float(text)
     except ValueError:
-        seconds = math.nan
-    if not (math.isfinite(seconds) and seconds > 0):
+        return math.nan
+    return number if math.isfinite(number) else math.nan
+
+
+def positive_seconds(text: str) -> float:
+    value = _finite(text)
+    if not value > 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
-    return seconds
+    return value
 
 
 def seconds(text: str) -> float:
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = math.nan
-    if not (math.isfinite(seconds) and seconds >= 0):
+    value = _finite(text)
+    if not value >= 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 or more)")
-    return seconds
+    return value
 
 
 def positive_bytes(text: str) -> int:

@@ -27,6 +27,7 @@ __all__ = [
     "EXIT_USAGE",
     "OpsError",
     "decode_json",
+    "exit_status",
     "quiet_stdout",
     "say",
     "short",
@@ -40,6 +41,18 @@ EXIT_REFUSED_AUTH: Final = 4
 EXIT_NOT_FOUND: Final = 5
 EXIT_UNAVAILABLE: Final = 6
 EXIT_REFUSED: Final = 7
+
+
+def exit_status(code: int, otherwise: int = EXIT_REFUSED) -> int:
+    """The exit status of a refusal with HTTP status or close ``code``, the one table for
+    the HTTP API, the WebSocket handshake and a command's ``error`` reply alike."""
+    if code in (401, 403, 4401, 4403):
+        return EXIT_REFUSED_AUTH
+    if code == 404:
+        return EXIT_NOT_FOUND
+    if code in (429, 1012, 1013) or 500 <= code < 600:
+        return EXIT_UNAVAILABLE
+    return otherwise
 
 
 class OpsError(Exception):

@@ -19,12 +19,12 @@ import anyio
 
 from ._ops_io import (
     EXIT_NOT_FOUND,
-    EXIT_REFUSED,
     EXIT_REFUSED_AUTH,
     EXIT_UNAVAILABLE,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
     OpsError,
+    exit_status,
     quiet_stdout,
     say,
     write_json,
@@ -191,7 +191,7 @@ def _connect_failure(status: int | None, reason: str, url: str) -> OpsError:
         )
     if status == 404:
         return OpsError(EXIT_NOT_FOUND, f"404 from {url}: no WebSocket endpoint there ({reason})")
-    if status in (429, 503) or 500 <= status < 600 or status in (1012, 1013):
+    if exit_status(status, otherwise=EXIT_UNREACHABLE) == EXIT_UNAVAILABLE:
         return OpsError(EXIT_UNAVAILABLE, f"{status} from {url}: the hub is busy ({reason})")
     return OpsError(EXIT_UNREACHABLE, f"{status} from {url}: the connection ended ({reason})")
 
@@ -228,13 +228,7 @@ async def _follow(client: Client, channel: str, run: _Tail, scope: anyio.CancelS
             if not run.subscriptions:
                 run.fail(OpsError(EXIT_UNREACHABLE, "the server ended every subscription"), scope)
     except RequestFailed as exc:
-        status = {
-            401: EXIT_REFUSED_AUTH,
-            403: EXIT_REFUSED_AUTH,
-            404: EXIT_NOT_FOUND,
-            429: EXIT_UNAVAILABLE,
-            503: EXIT_UNAVAILABLE,
-        }.get(exc.code, EXIT_REFUSED)
+        status = exit_status(exc.code)
         run.fail(OpsError(status, f"subscribe {channel}: {exc.code}: {exc.reason}"), scope)
     except Disconnected as exc:
         run.fail(_connect_failure(exc.code, exc.reason, run.url), scope)
