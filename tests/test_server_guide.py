@@ -28,6 +28,7 @@ import signal
 import subprocess
 import sys
 import tomllib
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -181,7 +182,9 @@ def ws(proxy: Proxy, token: str, context: Any, origin: str = ORIGIN) -> ClientCo
     )
 
 
-_EARLY: dict[int, list[dict[str, Any]]] = {}
+_EARLY: weakref.WeakKeyDictionary[ClientConnection, list[dict[str, Any]]] = (
+    weakref.WeakKeyDictionary()
+)
 """Messages read while waiting for another (by client): no order is promised between
 a publisher's ``ack`` and its own copy of the ``message`` (protocol §5)."""
 
@@ -196,7 +199,7 @@ def _next(client: ClientConnection) -> dict[str, Any]:
 
 def receive(client: ClientConnection, kind: str) -> dict[str, Any]:
     """The next message of type ``kind`` (pings answered, other events skipped)."""
-    early = _EARLY.setdefault(id(client), [])
+    early = _EARLY.setdefault(client, [])
     for index, message in enumerate(early):
         if message["type"] == kind:
             return early.pop(index)
@@ -214,7 +217,7 @@ def request(client: ClientConnection, command: dict[str, Any]) -> dict[str, Any]
         message = _next(client)
         if message.get("id") == command["id"]:
             return message
-        _EARLY.setdefault(id(client), []).append(message)
+        _EARLY.setdefault(client, []).append(message)
     raise AssertionError(f"no reply to {command}")
 
 
