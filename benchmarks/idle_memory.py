@@ -13,6 +13,7 @@ Usage (from the repository root)::
 
     PYTHONPATH=src .venv/bin/python benchmarks/idle_memory.py --n 2000
     PYTHONPATH=src .venv/bin/python benchmarks/idle_memory.py --n 1000 --tracemalloc
+    PYTHONPATH=src .venv/bin/python benchmarks/idle_memory.py --n 500 --tracemalloc --depth 12
 
 Only the process this script started is signalled, by its own PID.
 """
@@ -32,13 +33,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def _serve(snapshots: str, trace: bool) -> int:
+def _serve(snapshots: str, trace: int) -> int:
     """The child: hubbub serve, with a SIGUSR1 handler writing a snapshot and the task count."""
     import gc
     import tracemalloc
 
     if trace:
-        tracemalloc.start(1)
+        tracemalloc.start(trace)
     taken = [0]
 
     def snapshot(*_: object) -> None:
@@ -76,7 +77,7 @@ async def measure(cfg: argparse.Namespace, snapshots: Path) -> None:
 
     port = free_port()
     argv = [sys.executable, __file__, "--child", str(snapshots)]
-    argv += ["--trace"] if cfg.tracemalloc else []
+    argv += ["--trace", str(cfg.depth)] if cfg.tracemalloc else []
     argv += ["--", "serve", "hubbub_app:hub", "--host", "127.0.0.1", "--port", str(port)]
     argv += ["--ws", "websockets-sansio", "--log-level", "warning"]
     proc = subprocess.Popen(argv, cwd=HERE)
@@ -129,15 +130,25 @@ async def measure(cfg: argparse.Namespace, snapshots: Path) -> None:
             where = frame.filename.split("site-packages/")[-1]
             where += f":{frame.lineno}" if key == "lineno" else ""
             print(f"{stat.size_diff / n:8.0f} B {stat.count_diff / n:6.2f} blocks  {where}")
+    if cfg.depth > 1:
+        print("-- by traceback (innermost frame last)")
+        for stat in new.compare_to(old, "traceback")[: cfg.top]:
+            print(f"{stat.size_diff / n:8.0f} B {stat.count_diff / n:6.2f} blocks")
+            for frame in stat.traceback:
+                print(f"           {frame.filename.split('site-packages/')[-1]}:{frame.lineno}")
 
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--child"]:
-        return _serve(argv[1], "--trace" in argv[: argv.index("--")])
+        head = argv[: argv.index("--")]
+        return _serve(argv[1], int(head[head.index("--trace") + 1]) if "--trace" in head else 0)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=1000, help="idle subscribed clients")
     parser.add_argument("--tracemalloc", action="store_true", help="Python allocations by site")
     parser.add_argument("--top", type=int, default=25, help="sites listed")
+    parser.add_argument(
+        "--depth", type=int, default=1, help="frames kept per allocation; > 1 lists tracebacks"
+    )
     cfg = parser.parse_args(argv)
     if cfg.n < 1:
         parser.error("--n must be at least 1")

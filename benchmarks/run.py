@@ -214,13 +214,17 @@ def _stat_fields(pid: int) -> list[str] | None:
     return text[text.rindex(")") + 2 :].split()
 
 
+CPU_FIELDS = (11, 12)
+"""Which of utime and stime count as CPU (``--cpu``): both unless asked otherwise."""
+
+
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of one process, in seconds (0 when it has gone)."""
+    """utime + stime of one process (or one of them, ``--cpu``), in seconds (0 when gone)."""
     fields = _stat_fields(pid)
     if fields is None:
         return 0.0
     # fields[0] is state (field 3); utime and stime are fields 14 and 15.
-    return (int(fields[11]) + int(fields[12])) / TICK
+    return sum(int(fields[i]) for i in CPU_FIELDS) / TICK
 
 
 def descendants(pid: int) -> list[int]:
@@ -1430,6 +1434,8 @@ def markdown(note: dict[str, Any], cfg: argparse.Namespace, summary: dict[str, A
         "Cells: median (min-max) over runs; ratios are per run (same N, same run), then median.",
         "",
     ]
+    if getattr(cfg, "cpu", "all") != "all":
+        lines[-1:-1] = [f"**CPU here is {cfg.cpu} time only** (`--cpu {cfg.cpu}`), not both."]
     fan = summary.get("fanout", {})
     ns = sorted(fan, key=int)
     if fan and HUBBUB in {s for n in ns for s in fan[n]}:
@@ -1804,11 +1810,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--stall-s", type=float, default=None, help="a phase with no delivery for this long stops"
     )
     parser.add_argument("--max-minutes", type=float, default=None, help="overall time bound")
+    parser.add_argument(
+        "--cpu",
+        choices=("all", "user", "system"),
+        default="all",
+        help="count user + system CPU (all), or only one: where a delivery's CPU goes",
+    )
     parser.add_argument("--out", default=str(HERE / "results"), help="where results go")
     parser.add_argument(
         "--report", default=None, help="re-render the Markdown and PNG of a results JSON"
     )
     cfg = parser.parse_args(argv)
+    global CPU_FIELDS
+    CPU_FIELDS = {"all": (11, 12), "user": (11,), "system": (12,)}[cfg.cpu]
     quick = cfg.quick
     cfg.n = [int(x) for x in (cfg.n or ("1000" if quick else "100,1000,5000")).split(",")]
     cfg.deflate_n = [int(x) for x in cfg.deflate_n.split(",")] if cfg.deflate_n else cfg.n

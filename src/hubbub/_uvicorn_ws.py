@@ -12,6 +12,14 @@ uvicorn's own implementation with two additions:
   ``writable`` event clear), or a standard ``send`` waiting for room. The caller
   then falls back to its queue and ``websocket.send``, so flow control and the
   slow-consumer policy are unchanged.
+- one write per socket per event-loop turn: frames accepted by ``write`` are
+  held until the loop's next turn (``_Coalescer``) and leave in one
+  ``transport.write``, so a socket that gets several publications (and the
+  ``ack`` of its own) while the app works through a burst costs one ``send()``
+  system call, not one per frame. On loopback most of a delivery's CPU is the
+  kernel's, per call. Anything else uvicorn or the app writes on the socket
+  (a standard ``send``, a close frame, the shutdown's 1012) first writes what
+  is held, so order on the wire is the order of the calls.
 - permessage-deflate negotiated with ``server_no_context_takeover`` (RFC 7692
   lets a server require it): every message is then compressed alone, so one
   compressed frame is right for every such connection, and no connection keeps
@@ -25,8 +33,10 @@ tests/test_preframed.py against the installed uvicorn. Imported only by
 from __future__ import annotations
 
 import asyncio
+import logging
+import weakref
 from collections import deque
-from typing import Any
+from typing import Any, Final
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.extensions.permessage_deflate import (
@@ -72,6 +82,54 @@ DEFLATE = ServerPerMessageDeflateFactory(
 """What ``hubbub serve`` negotiates: uvicorn's permessage-deflate, without server context."""
 
 _OPEN = State.OPEN
+
+logger = logging.getLogger("hubbub.connection")
+
+HOLD_BYTES: Final = 65536
+"""Bytes held for one socket before they are written at once rather than at the loop's next turn."""
+
+
+class _Coalescer:
+    """The sockets holding frames on one event loop, written out at its next turn.
+
+    One per loop (``_coalescer``), not per connection: ``call_soon`` once per
+    turn however many sockets hold frames.
+    """
+
+    __slots__ = ("__weakref__", "dirty", "loop", "scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.dirty: list[FramesProtocol] = []
+        self.scheduled = False
+
+    def add(self, protocol: FramesProtocol) -> None:
+        self.dirty.append(protocol)
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.scheduled = False
+        dirty, self.dirty = self.dirty, []
+        for protocol in dirty:
+            try:
+                protocol.flush_frames()
+            except Exception:  # one socket's failure must not keep the others' frames
+                logger.exception("writing held frames failed")
+                protocol.transport.close()
+
+
+_COALESCERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Coalescer] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _coalescer(loop: asyncio.AbstractEventLoop) -> _Coalescer:
+    found = _COALESCERS.get(loop)
+    if found is None:
+        found = _COALESCERS[loop] = _Coalescer(loop)
+    return found
 
 
 class _Inbox:
@@ -195,6 +253,10 @@ class FramesProtocol(WebSocketsSansIOProtocol):
         self.writable = flag  # type: ignore[assignment]
         # Standard sends waiting for write room: a frame written meanwhile would pass them.
         self.waiting_sends = 0
+        # Frames accepted by write_frame and not yet written: one bytes, or a list of them.
+        self.held: bytes | list[bytes] | None = None
+        self.held_bytes = 0
+        self.coalescer = _coalescer(self.loop)
         if self.conn.available_extensions:  # --ws-per-message-deflate (uvicorn's default)
             self.conn.available_extensions = [DEFLATE]
 
@@ -203,6 +265,10 @@ class FramesProtocol(WebSocketsSansIOProtocol):
         # uvicorn keeps the parsed request (its headers twice over) for nothing once
         # the scope is built: ~2 KiB per idle connection (docs/design.md, "Idle memory").
         del self.request
+        # So does websockets' parser: the generator that parsed the request goes on to
+        # parse frames with the request still in a local. The scope has its own copy of
+        # the headers, and nothing reads the request's again: ~2 KiB more.
+        event.headers.clear()
         # The app's task is created but has not run yet: the scope can still gain a key.
         if self.response.status_code != 101 or self.close_sent:
             return
@@ -214,7 +280,7 @@ class FramesProtocol(WebSocketsSansIOProtocol):
         self.scope["extensions"][EXTENSION] = {"write": self.write_frame, "deflate": deflate}
 
     def write_frame(self, frame: bytes) -> bool:
-        """Write one complete frame now, or refuse so the caller uses ``websocket.send``."""
+        """Take one complete frame for this turn's write, or refuse so the caller uses ``send``."""
         if (
             self.close_sent
             or self.waiting_sends
@@ -226,10 +292,63 @@ class FramesProtocol(WebSocketsSansIOProtocol):
             or self.transport.is_closing()
         ):
             return False
-        self.transport.write(frame)
+        held = self.held
+        if held is None:
+            self.held = frame
+            self.held_bytes = len(frame)
+            self.coalescer.add(self)
+            return True
+        if type(held) is bytes:
+            self.held = [held, frame]
+        else:
+            held.append(frame)  # type: ignore[union-attr]
+        self.held_bytes += len(frame)
+        if self.held_bytes >= HOLD_BYTES:
+            self.flush_frames()
         return True
 
+    def flush_frames(self) -> None:
+        """Write the frames held for this socket (in one call), unless it can no longer take them.
+
+        A socket closed meanwhile by uvicorn's own paths has already had them
+        written (those paths flush first); one that is gone drops them.
+        """
+        held = self.held
+        if held is None:
+            return
+        self.held = None
+        self.held_bytes = 0
+        if self.disconnected or self.transport.is_closing():
+            return
+        self.transport.write(held if type(held) is bytes else b"".join(held))  # type: ignore[arg-type]
+
+    # uvicorn's own writes of a close frame (or of anything after which no data may follow)
+    # write the held frames first: they were accepted before, so they go before.
+
+    def handle_close(self, event: Any) -> None:
+        self.flush_frames()
+        super().handle_close(event)
+
+    def shutdown(self) -> None:
+        self.flush_frames()
+        super().shutdown()
+
+    def keepalive_timeout(self) -> None:
+        self.flush_frames()
+        super().keepalive_timeout()
+
+    def handle_parser_exception(self) -> None:
+        self.flush_frames()
+        super().handle_parser_exception()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.held = None
+        self.held_bytes = 0
+        super().connection_lost(exc)
+
     async def send(self, message: Any) -> None:
+        if self.held is not None:
+            self.flush_frames()  # accepted before this message: written before it
         if not self.writable.is_set():
             self.waiting_sends += 1
             try:

@@ -13,6 +13,7 @@ supports it), ``websocket.accept``, and the ``welcome`` first.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Coroutine, Generator
 from typing import TYPE_CHECKING, Any
@@ -141,11 +142,41 @@ class WebSocketConnection(Connection):
         self._wake()
 
     async def run(self, receive: Receive, send: SendCallable) -> None:
-        """Serve the accepted connection until it ends; never raises for client behaviour."""
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._reader, receive)
+        """Serve the accepted connection until it ends; never raises for client behaviour.
+
+        The writer runs in the caller's task, the reader in a second one. On
+        asyncio that is a bare task rather than an anyio task group: the group
+        (its scope, its state per task, an ``asyncio.Event``) is ~3 KB per idle
+        connection (docs/design.md, "Idle memory"), and what it would do is done
+        here: a reader that fails ends the connection, and the reader is
+        cancelled and waited for before this returns.
+        """
+        if not isinstance(self._wakeup, AsyncioSignal):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._reader, receive)
+                await self._writer(send)
+                tg.cancel_scope.cancel()
+            return
+        reader = asyncio.get_running_loop().create_task(self._reader(receive))
+        reader.add_done_callback(self._reader_done)
+        try:
             await self._writer(send)
-            tg.cancel_scope.cancel()
+        finally:
+            if not reader.done():
+                reader.cancel()
+                with anyio.CancelScope(shield=True):
+                    await asyncio.wait((reader,))
+        if not reader.cancelled() and reader.exception() is not None:
+            raise reader.exception()  # type: ignore[misc]
+
+    def _reader_done(self, reader: asyncio.Task[None]) -> None:
+        """A reader that failed (a bug, not client behaviour) stops the writer as a group would."""
+        if reader.cancelled() or reader.exception() is None:
+            return
+        self._gone = True
+        if self._send_scope is not None:
+            self._send_scope.cancel()
+        self._wake()
 
     async def _reader(self, receive: Receive) -> None:
         protocol = self.protocol

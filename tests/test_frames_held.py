@@ -1,0 +1,216 @@
+"""Frames held for one event-loop turn and written in one call (``hubbub._uvicorn_ws``).
+
+Each test runs hubbub's uvicorn protocol class on a real TCP connection over
+127.0.0.1, with a real WebSocket handshake from the ``websockets`` sans-I/O
+client, and reads what reached the client's socket byte for byte: frames
+taken by ``write_frame`` in one turn must arrive together, never before the
+turn ends unless the hold bound is crossed, always before anything written
+after them (a standard send, the close reply, the shutdown's 1012), and
+never after the connection is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from uvicorn.config import Config
+from uvicorn.server import ServerState
+from websockets.client import ClientProtocol
+from websockets.frames import Close, Frame, Opcode
+from websockets.protocol import State
+from websockets.uri import parse_uri
+
+from hubbub._frames import build_frame
+from hubbub._uvicorn_ws import HOLD_BYTES, SUPPORTED, FramesProtocol
+
+pytestmark = pytest.mark.skipif(not SUPPORTED, reason="uvicorn < 0.52.1: no pre-framed path")
+
+
+class _Peer:
+    """The client's end: a non-blocking socket and a sans-I/O WebSocket client."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.protocol = ClientProtocol(parse_uri("ws://127.0.0.1/ws"))
+        self.frames: list[Frame] = []
+
+    def ready_bytes(self) -> bytes:
+        """What has reached the socket already, without waiting."""
+        chunks = []
+        while True:
+            try:
+                data = self.sock.recv(1 << 20)
+            except BlockingIOError:
+                return b"".join(chunks)
+            if not data:
+                return b"".join(chunks)
+            chunks.append(data)
+
+    async def read(self, count: int, within: float = 5.0) -> list[Frame]:
+        """Wait for ``count`` more frames (data or close)."""
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(within):
+            while len(self.frames) < count:
+                data = await loop.sock_recv(self.sock, 65536)
+                self.feed(data)
+                if not data:
+                    break
+        taken, self.frames = self.frames[:count], self.frames[count:]
+        return taken
+
+    def feed(self, data: bytes) -> None:
+        if data:
+            self.protocol.receive_data(data)
+        else:
+            self.protocol.receive_eof()
+        for event in self.protocol.events_received():
+            if isinstance(event, Frame):
+                self.frames.append(event)
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+
+async def _app(scope: Any, receive: Any, send: Any) -> None:
+    assert (await receive())["type"] == "websocket.connect"
+    await send({"type": "websocket.accept"})
+    while (await receive())["type"] != "websocket.disconnect":
+        pass
+
+
+@asynccontextmanager
+async def _accepted() -> AsyncIterator[tuple[FramesProtocol, _Peer]]:
+    """hubbub's protocol serving one real loopback connection, past the handshake."""
+    loop = asyncio.get_running_loop()
+    config = Config(_app, ws=FramesProtocol, lifespan="off", ws_ping_interval=None)
+    config.load()
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    accepted, _ = listener.accept()
+    listener.close()
+    client.setblocking(False)
+    protocol = FramesProtocol(config, ServerState(), {}, loop)
+    await loop.connect_accepted_socket(lambda: protocol, accepted)
+    peer = _Peer(client)
+    try:
+        peer.protocol.send_request(peer.protocol.connect())
+        peer.send(b"".join(peer.protocol.data_to_send()))
+        async with asyncio.timeout(5):
+            while peer.protocol.state is not State.OPEN:
+                assert peer.protocol.handshake_exc is None, peer.protocol.handshake_exc
+                peer.feed(await loop.sock_recv(client, 65536))
+        assert protocol.handshake_complete
+        yield protocol, peer
+    finally:
+        if not protocol.transport.is_closing():
+            protocol.transport.close()
+        client.close()
+        await asyncio.sleep(0)
+
+
+def _text(frame: Frame) -> str:
+    assert frame.opcode is Opcode.TEXT, frame
+    return bytes(frame.data).decode()
+
+
+@pytest.mark.anyio
+async def test_frames_taken_in_one_turn_leave_together_at_its_end() -> None:
+    async with _accepted() as (protocol, peer):
+        for i in range(3):
+            assert protocol.write_frame(build_frame(f"m{i}".encode(), binary=False))
+        assert peer.ready_bytes() == b"", "a held frame was written before the turn ended"
+        await asyncio.sleep(0)  # the loop's next turn writes them
+        await asyncio.sleep(0.05)
+        data = peer.ready_bytes()
+        assert data == b"".join(build_frame(f"m{i}".encode(), binary=False) for i in range(3))
+        assert protocol.held is None and protocol.held_bytes == 0
+
+
+@pytest.mark.anyio
+async def test_frames_past_the_hold_bound_are_written_at_once() -> None:
+    async with _accepted() as (protocol, peer):
+        frame = build_frame(b"x" * 4000, binary=False)
+        count = HOLD_BYTES // len(frame) + 1
+        for _ in range(count):
+            assert protocol.write_frame(frame)
+        # Written in this turn, without yielding: loopback delivers within the send() call.
+        data = peer.ready_bytes()
+        assert len(data) >= HOLD_BYTES, len(data)
+        peer.feed(data)
+        got = await peer.read(count)
+        assert [bytes(f.data) for f in got] == [b"x" * 4000] * count
+        assert protocol.held is None
+
+
+@pytest.mark.anyio
+async def test_a_standard_send_goes_out_after_the_held_frames() -> None:
+    async with _accepted() as (protocol, peer):
+        assert protocol.write_frame(build_frame(b"first", binary=False))
+        assert protocol.write_frame(build_frame(b"second", binary=False))
+        await protocol.send({"type": "websocket.send", "text": "third"})
+        assert [_text(f) for f in await peer.read(3)] == ["first", "second", "third"]
+
+
+@pytest.mark.anyio
+async def test_the_close_reply_goes_out_after_the_held_frames() -> None:
+    """The client's close arrives in the same turn as held frames: they go first, then the reply."""
+    async with _accepted() as (protocol, peer):
+        assert protocol.write_frame(build_frame(b"held", binary=False))
+        peer.protocol.send_close(1000, "bye")
+        # Handed to the protocol in this very turn, as a data_received callback queued
+        # before the turn's end would be.
+        protocol.data_received(b"".join(peer.protocol.data_to_send()))
+        first, second = await peer.read(2)
+        assert _text(first) == "held"
+        assert second.opcode is Opcode.CLOSE
+        assert Close.parse(bytes(second.data)).code == 1000
+        assert protocol.write_frame(build_frame(b"late", binary=False)) is False
+
+
+@pytest.mark.anyio
+async def test_shutdown_writes_the_held_frames_before_its_1012() -> None:
+    async with _accepted() as (protocol, peer):
+        assert protocol.write_frame(build_frame(b"before shutdown", binary=False))
+        protocol.shutdown()
+        first, second = await peer.read(2)
+        assert _text(first) == "before shutdown"
+        assert Close.parse(bytes(second.data)).code == 1012
+
+
+@pytest.mark.anyio
+async def test_frames_held_for_a_connection_that_is_gone_are_dropped_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with _accepted() as (protocol, peer):
+        assert protocol.write_frame(build_frame(b"never", binary=False))
+        protocol.transport.abort()
+        await asyncio.sleep(0.05)
+        assert protocol.held is None
+        assert protocol.write_frame(build_frame(b"after", binary=False)) is False
+        assert peer.ready_bytes() == b""
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+
+
+@pytest.mark.anyio
+async def test_a_paused_transport_refuses_frames_but_writes_those_already_held() -> None:
+    """Flow control is read when a frame is taken: held ones still leave, later ones are refused."""
+    async with _accepted() as (protocol, peer):
+        assert protocol.write_frame(build_frame(b"taken", binary=False))
+        protocol.pause_writing()
+        assert protocol.write_frame(build_frame(b"refused", binary=False)) is False
+        await asyncio.sleep(0.05)
+        assert [_text(f) for f in await peer.read(1)] == ["taken"]
+        protocol.resume_writing()
+        assert protocol.write_frame(build_frame(b"again", binary=False))
+        assert [_text(f) for f in await peer.read(1)] == ["again"]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """uvicorn's protocol classes are asyncio protocols."""
+    return "asyncio"
