@@ -2,11 +2,11 @@
 
 Each test runs hubbub's uvicorn protocol class on a real TCP connection over
 127.0.0.1, with a real WebSocket handshake from the ``websockets`` sans-I/O
-client, and reads what reached the client's socket byte for byte: frames
-taken by ``write_frame`` in one turn must arrive together, never before the
-turn ends unless the hold bound is crossed, always before anything written
-after them (a standard send, the close reply, the shutdown's 1012), and
-never after the connection is gone.
+client, and reads what reached the client's socket byte for byte: a socket's
+first frame in a turn is written at once; the frames after it in the same
+turn arrive together, never before the turn ends unless the hold bound is
+crossed, always before anything written after them (a standard send, the
+close reply, the shutdown's 1012), and never after the connection is gone.
 """
 
 from __future__ import annotations
@@ -118,29 +118,37 @@ def _text(frame: Frame) -> str:
     return bytes(frame.data).decode()
 
 
+def _frame(text: str) -> bytes:
+    return build_frame(text.encode(), binary=False)
+
+
 @pytest.mark.anyio
-async def test_frames_taken_in_one_turn_leave_together_at_its_end() -> None:
+async def test_the_first_frame_of_a_turn_leaves_at_once_the_rest_together_at_its_end() -> None:
     async with _accepted() as (protocol, peer):
         for i in range(3):
-            assert protocol.write_frame(build_frame(f"m{i}".encode(), binary=False))
-        assert peer.ready_bytes() == b"", "a held frame was written before the turn ended"
-        await asyncio.sleep(0)  # the loop's next turn writes them
+            assert protocol.write_frame(_frame(f"m{i}"))
+        # Loopback delivers within the send() call: what was written is there already.
+        assert peer.ready_bytes() == _frame("m0"), "the first frame was not written at once"
+        assert protocol.held == [_frame("m1"), _frame("m2")]
+        await asyncio.sleep(0)  # the loop's next turn writes the held ones, in one call
         await asyncio.sleep(0.05)
-        data = peer.ready_bytes()
-        assert data == b"".join(build_frame(f"m{i}".encode(), binary=False) for i in range(3))
+        assert peer.ready_bytes() == _frame("m1") + _frame("m2")
         assert protocol.held is None and protocol.held_bytes == 0
+        # A later turn starts again: its first frame is written at once.
+        assert protocol.write_frame(_frame("next turn"))
+        assert peer.ready_bytes() == _frame("next turn")
 
 
 @pytest.mark.anyio
 async def test_frames_past_the_hold_bound_are_written_at_once() -> None:
     async with _accepted() as (protocol, peer):
         frame = build_frame(b"x" * 4000, binary=False)
-        count = HOLD_BYTES // len(frame) + 1
+        count = HOLD_BYTES // len(frame) + 2  # the first is written at once, then the bound
         for _ in range(count):
             assert protocol.write_frame(frame)
         # Written in this turn, without yielding: loopback delivers within the send() call.
         data = peer.ready_bytes()
-        assert len(data) >= HOLD_BYTES, len(data)
+        assert len(data) >= HOLD_BYTES + len(frame), len(data)
         peer.feed(data)
         got = await peer.read(count)
         assert [bytes(f.data) for f in got] == [b"x" * 4000] * count
@@ -150,8 +158,9 @@ async def test_frames_past_the_hold_bound_are_written_at_once() -> None:
 @pytest.mark.anyio
 async def test_a_standard_send_goes_out_after_the_held_frames() -> None:
     async with _accepted() as (protocol, peer):
-        assert protocol.write_frame(build_frame(b"first", binary=False))
-        assert protocol.write_frame(build_frame(b"second", binary=False))
+        assert protocol.write_frame(_frame("first"))
+        assert protocol.write_frame(_frame("second"))
+        assert protocol.held is not None
         await protocol.send({"type": "websocket.send", "text": "third"})
         assert [_text(f) for f in await peer.read(3)] == ["first", "second", "third"]
 
@@ -160,13 +169,15 @@ async def test_a_standard_send_goes_out_after_the_held_frames() -> None:
 async def test_the_close_reply_goes_out_after_the_held_frames() -> None:
     """The client's close arrives in the same turn as held frames: they go first, then the reply."""
     async with _accepted() as (protocol, peer):
-        assert protocol.write_frame(build_frame(b"held", binary=False))
+        assert protocol.write_frame(_frame("written"))
+        assert protocol.write_frame(_frame("held"))
+        assert protocol.held is not None
         peer.protocol.send_close(1000, "bye")
         # Handed to the protocol in this very turn, as a data_received callback queued
         # before the turn's end would be.
         protocol.data_received(b"".join(peer.protocol.data_to_send()))
-        first, second = await peer.read(2)
-        assert _text(first) == "held"
+        written, first, second = await peer.read(3)
+        assert (_text(written), _text(first)) == ("written", "held")
         assert second.opcode is Opcode.CLOSE
         assert Close.parse(bytes(second.data)).code == 1000
         assert protocol.write_frame(build_frame(b"late", binary=False)) is False
@@ -175,10 +186,12 @@ async def test_the_close_reply_goes_out_after_the_held_frames() -> None:
 @pytest.mark.anyio
 async def test_shutdown_writes_the_held_frames_before_its_1012() -> None:
     async with _accepted() as (protocol, peer):
-        assert protocol.write_frame(build_frame(b"before shutdown", binary=False))
+        assert protocol.write_frame(_frame("written"))
+        assert protocol.write_frame(_frame("before shutdown"))
+        assert protocol.held is not None
         protocol.shutdown()
-        first, second = await peer.read(2)
-        assert _text(first) == "before shutdown"
+        written, first, second = await peer.read(3)
+        assert (_text(written), _text(first)) == ("written", "before shutdown")
         assert Close.parse(bytes(second.data)).code == 1012
 
 
@@ -187,12 +200,18 @@ async def test_frames_held_for_a_connection_that_is_gone_are_dropped_quietly(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     async with _accepted() as (protocol, peer):
-        assert protocol.write_frame(build_frame(b"never", binary=False))
+        assert protocol.write_frame(_frame("written"))
+        assert protocol.write_frame(_frame("never"))
+        assert protocol.held is not None
         protocol.transport.abort()
         await asyncio.sleep(0.05)
         assert protocol.held is None
-        assert protocol.write_frame(build_frame(b"after", binary=False)) is False
-        assert peer.ready_bytes() == b""
+        assert protocol.write_frame(_frame("after")) is False
+        try:
+            received = peer.ready_bytes()
+        except ConnectionResetError:
+            received = b""
+        assert b"never" not in received and b"after" not in received
     assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
 
 
@@ -200,13 +219,14 @@ async def test_frames_held_for_a_connection_that_is_gone_are_dropped_quietly(
 async def test_a_paused_transport_refuses_frames_but_writes_those_already_held() -> None:
     """Flow control is read when a frame is taken: held ones still leave, later ones are refused."""
     async with _accepted() as (protocol, peer):
-        assert protocol.write_frame(build_frame(b"taken", binary=False))
+        assert protocol.write_frame(_frame("written"))
+        assert protocol.write_frame(_frame("taken"))
         protocol.pause_writing()
-        assert protocol.write_frame(build_frame(b"refused", binary=False)) is False
+        assert protocol.write_frame(_frame("refused")) is False
         await asyncio.sleep(0.05)
-        assert [_text(f) for f in await peer.read(1)] == ["taken"]
+        assert [_text(f) for f in await peer.read(2)] == ["written", "taken"]
         protocol.resume_writing()
-        assert protocol.write_frame(build_frame(b"again", binary=False))
+        assert protocol.write_frame(_frame("again"))
         assert [_text(f) for f in await peer.read(1)] == ["again"]
 
 

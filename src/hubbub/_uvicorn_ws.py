@@ -12,14 +12,16 @@ uvicorn's own implementation with two additions:
   ``writable`` event clear), or a standard ``send`` waiting for room. The caller
   then falls back to its queue and ``websocket.send``, so flow control and the
   slow-consumer policy are unchanged.
-- one write per socket per event-loop turn: frames accepted by ``write`` are
-  held until the loop's next turn (``_Coalescer``) and leave in one
-  ``transport.write``, so a socket that gets several publications (and the
-  ``ack`` of its own) while the app works through a burst costs one ``send()``
-  system call, not one per frame. On loopback most of a delivery's CPU is the
-  kernel's, per call. Anything else uvicorn or the app writes on the socket
-  (a standard ``send``, a close frame, the shutdown's 1012) first writes what
-  is held, so order on the wire is the order of the calls.
+- at most two writes per socket per event-loop turn: a socket's first frame
+  in a turn is written at once; later ones in the same turn are held until the
+  turn ends (``_Coalescer``) and leave in one ``transport.write``, so a socket
+  that gets several publications (and the ``ack`` of its own) while the app
+  works through a burst costs two ``send()`` system calls, not one per frame.
+  On loopback most of a delivery's CPU is the kernel's, per call. Anything
+  else uvicorn or the app writes on the socket (a standard ``send``, a close
+  frame, the shutdown's 1012) first writes what is held, so order on the wire
+  is the order of the calls (docs/design.md, "At most two writes per socket
+  per loop turn").
 - permessage-deflate negotiated with ``server_no_context_takeover`` (RFC 7692
   lets a server require it): every message is then compressed alone, so one
   compressed frame is right for every such connection, and no connection keeps
@@ -90,18 +92,20 @@ HOLD_BYTES: Final = 65536
 
 
 class _Coalescer:
-    """The sockets holding frames on one event loop, written out at its next turn.
+    """The turn of one event loop, and the sockets holding frames until it ends.
 
     One per loop (``_coalescer``), not per connection: ``call_soon`` once per
     turn however many sockets hold frames.
     """
 
-    __slots__ = ("__weakref__", "dirty", "loop", "scheduled")
+    __slots__ = ("__weakref__", "dirty", "loop", "scheduled", "turn")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.dirty: list[FramesProtocol] = []
         self.scheduled = False
+        # Advanced by each flush: a socket that wrote in this turn has its number.
+        self.turn = 0
 
     def add(self, protocol: FramesProtocol) -> None:
         self.dirty.append(protocol)
@@ -109,8 +113,15 @@ class _Coalescer:
             self.scheduled = True
             self.loop.call_soon(self.flush)
 
+    def wrote(self) -> None:
+        """A socket wrote its first frame of this turn: the turn must end with a flush."""
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self.flush)
+
     def flush(self) -> None:
         self.scheduled = False
+        self.turn += 1
         dirty, self.dirty = self.dirty, []
         for protocol in dirty:
             try:
@@ -257,6 +268,7 @@ class FramesProtocol(WebSocketsSansIOProtocol):
         self.held: bytes | list[bytes] | None = None
         self.held_bytes = 0
         self.coalescer = _coalescer(self.loop)
+        self.turn = -1  # the coalescer's turn in which this socket last wrote a frame
         if self.conn.available_extensions:  # --ws-per-message-deflate (uvicorn's default)
             self.conn.available_extensions = [DEFLATE]
 
@@ -294,9 +306,18 @@ class FramesProtocol(WebSocketsSansIOProtocol):
             return False
         held = self.held
         if held is None:
+            coalescer = self.coalescer
+            if self.turn != coalescer.turn:
+                # The socket's first frame this turn: written now, so one publication per
+                # turn costs what it did (one pass, no added latency); only a second frame
+                # in the same turn is held, and the rest join it.
+                self.turn = coalescer.turn
+                coalescer.wrote()
+                self.transport.write(frame)
+                return True
             self.held = frame
             self.held_bytes = len(frame)
-            self.coalescer.add(self)
+            coalescer.add(self)
             return True
         if type(held) is bytes:
             self.held = [held, frame]
