@@ -137,6 +137,7 @@ FLAG_CASES = [
     (["--max-message-size", "1.5"], ["--max-message-size"]),
     (["--log-level", "nonsense"], ["--log-level", "'nonsense'", "debug"]),
     (["--ws", "nosuch"], ["--ws", "'nosuch'", "websockets-sansio"]),
+    (["--ws-compression", "gzip"], ["--ws-compression", "'gzip'", "per-connection"]),
 ]
 
 
@@ -158,6 +159,7 @@ VARIABLE_CASES = [
     ("LOG_LEVEL", "loud", ["HUBBUB_LOG_LEVEL", "'loud'"]),
     ("HOST", "999.1.1.1", ["HUBBUB_HOST", "'999.1.1.1'"]),
     ("ANONYMOUS", "ture", ["HUBBUB_ANONYMOUS", "'ture'"]),
+    ("WS_COMPRESSION", "deflate", ["HUBBUB_WS_COMPRESSION", "'deflate'", "per-connection"]),
 ]
 
 

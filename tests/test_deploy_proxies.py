@@ -114,7 +114,11 @@ def token(user: str, rooms: Sequence[str] = (ROOM,)) -> str:
 
 @asynccontextmanager
 async def ws_client(
-    s: Stack, source: str, user: str, headers: Sequence[tuple[str, str]] = ()
+    s: Stack,
+    source: str,
+    user: str,
+    headers: Sequence[tuple[str, str]] = (),
+    compression: str | None = None,
 ) -> AsyncIterator[Client]:
     """A WebSocket through the proxy from the loopback address ``source``; its welcome read."""
     async with connect(
@@ -123,7 +127,7 @@ async def ws_client(
         local_addr=(source, 0),
         additional_headers=[("Authorization", f"Bearer {token(user)}"), *headers],
         ping_interval=None,
-        compression=None,
+        compression=compression,
         proxy=None,
         open_timeout=WITHIN,
         close_timeout=2,
@@ -359,6 +363,29 @@ async def test_sigterm_drains_clients_through_the_proxy(kind: str, tmp_path: Pat
         except subprocess.TimeoutExpired:
             pytest.fail(f"hubbub still running 15 s after SIGTERM:\n{s.logs()}")
         assert code == -signal.SIGTERM, s.logs()
+
+
+@pytest.mark.parametrize("kind", PROXIES)
+async def test_the_compression_choice_reaches_clients_through_the_proxy(
+    kind: str, tmp_path: Path
+) -> None:
+    """The proxy passes permessage-deflate's offer and answer on: hubbub's choice holds.
+
+    ``HUBBUB_WS_COMPRESSION=per-connection``: a client offering deflate (as a
+    browser does) gets uvicorn's own answer, without ``server_no_context_takeover``.
+    """
+    with stack(kind, tmp_path, env={"HUBBUB_WS_COMPRESSION": "per-connection"}) as s:
+        async with (
+            ws_client(s, "127.0.0.5", "alice", compression="deflate") as alice,
+            ws_client(s, "127.0.0.6", "bob") as bob,
+        ):
+            answer = alice.ws.response.headers.get("Sec-WebSocket-Extensions")
+            assert answer is not None and answer.startswith("permessage-deflate"), s.logs()
+            assert "server_no_context_takeover" not in answer, answer
+            await alice.subscribe(ROOM)
+            texts = [f"line {i} of the same conversation" for i in range(20)]
+            await bob.publish_pipelined(ROOM, [{"text": t} for t in texts])
+            assert [m["data"]["text"] for m in await alice.messages(20)] == texts
 
 
 def test_recipes_name_the_same_upstream() -> None:

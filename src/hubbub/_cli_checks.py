@@ -24,6 +24,7 @@ from .hub import Hub
 
 __all__ = [
     "LOG_LEVELS",
+    "WS_COMPRESSIONS",
     "WS_IMPLEMENTATIONS",
     "BadArgument",
     "BadVariable",
@@ -40,6 +41,7 @@ __all__ = [
     "seconds",
     "summary",
     "switch",
+    "ws_compression",
     "ws_name",
 ]
 
@@ -53,6 +55,8 @@ WS_IMPLEMENTATIONS = {
     "wsproto": ("wsproto",),
     "none": (),
 }
+# server.ws_compression's values (docs/design.md, "Pre-framed fan-out"), the default first.
+WS_COMPRESSIONS = ("shared", "per-connection", "off")
 
 
 class BadArgument(SystemExit):
@@ -165,6 +169,12 @@ def ws_name(text: str) -> str:
     if text not in WS_IMPLEMENTATIONS:
         names = ", ".join(WS_IMPLEMENTATIONS)
         raise argparse.ArgumentTypeError(f"{text!r} is not one of uvicorn's: {names}")
+    return text
+
+
+def ws_compression(text: str) -> str:
+    if text not in WS_COMPRESSIONS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of: {', '.join(WS_COMPRESSIONS)}")
     return text
 
 

@@ -80,6 +80,7 @@ OPTIONS: Final = (
     Option("--ssl-certfile", "HUBBUB_SSL_CERTFILE", "server.ssl_certfile"),
     Option("--ssl-keyfile", "HUBBUB_SSL_KEYFILE", "server.ssl_keyfile"),
     Option("--ws", "HUBBUB_WS", "server.ws"),
+    Option("--ws-compression", "HUBBUB_WS_COMPRESSION", "server.ws_compression"),
     Option("--shutdown-timeout", "HUBBUB_SHUTDOWN_TIMEOUT", "server.shutdown_timeout", "float"),
     Option("--log-level", "HUBBUB_LOG_LEVEL", "server.log_level"),
     Option("--anonymous", "HUBBUB_ANONYMOUS", "hub.anonymous", "bool"),
@@ -190,6 +191,8 @@ def _explain(error: str, document: Any) -> tuple[str, str, str]:
     value = _value_at(document, path)
     got = f", got {_show(value)}" if value is not _MISSING else ""
     words = re.sub(r", got `?[A-Za-z]+`?$", "", message)
+    # msgspec's "Invalid enum value 'x'" for a Literal: the value is said once, by `got`.
+    words = re.sub(r"^Invalid enum value .*", "not an allowed value", words)
     words = words.replace("Expected `", "expected `").replace("`", "")
     words = re.sub(r"\bstr\b", "a string", words)
     words = re.sub(r"\bint\b", "an integer", words)
@@ -206,6 +209,7 @@ _HINTS: Final = {
     "server.port": "a TCP port, 1-65535",
     "server.log_level": "one of critical, error, warning, info, debug, trace",
     "server.ws": "one of auto, websockets-sansio, websockets, wsproto, none",
+    "server.ws_compression": "one of shared, per-connection, off",
     "namespaces.subscribe": 'anyone, authenticated, nobody or { claim = "name" }',
     "namespaces.publish": 'anyone, authenticated, nobody or { claim = "name" }',
     "namespaces.history_access": 'anyone, authenticated, nobody or { claim = "name" }',

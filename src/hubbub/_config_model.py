@@ -45,6 +45,7 @@ __all__ = [
     "PositiveInt",
     "Rule",
     "ServerConfig",
+    "WebSocketCompression",
     "WebSocketImplementation",
 ]
 
@@ -54,6 +55,7 @@ PositiveInt = Annotated[int, Meta(ge=1)]
 NonNegativeInt = Annotated[int, Meta(ge=0)]
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 WebSocketImplementation = Literal["auto", "websockets-sansio", "websockets", "wsproto", "none"]
+WebSocketCompression = Literal["shared", "per-connection", "off"]
 AccessLevel = Literal["anyone", "authenticated", "nobody"]
 CommandType = Literal["subscribe", "unsubscribe", "publish", "history", "presence", "refresh"]
 
@@ -74,6 +76,10 @@ class ServerConfig(_Section, frozen=True):
     """The certificate's unencrypted PEM private key."""
     ws: WebSocketImplementation = "auto"
     """uvicorn's WebSocket implementation (auto picks websockets-sansio)."""
+    ws_compression: WebSocketCompression = "shared"
+    """permessage-deflate: "shared" (one compressed frame per publication for every
+    client, no context between messages: least CPU), "per-connection" (each
+    connection its own compressor with context: fewest bytes, most CPU), "off"."""
     shutdown_timeout: NonNegativeFloat = 5.0
     """Seconds uvicorn waits for connections after the hubs drained."""
     log_level: LogLevel = "info"

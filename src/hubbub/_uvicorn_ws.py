@@ -25,7 +25,12 @@ uvicorn's own implementation with two additions:
 - permessage-deflate negotiated with ``server_no_context_takeover`` (RFC 7692
   lets a server require it): every message is then compressed alone, so one
   compressed frame is right for every such connection, and no connection keeps
-  a compressor between messages.
+  a compressor between messages. That is ``ws_compression = "shared"``, the
+  default; ``"per-connection"`` (:class:`PerConnectionProtocol`) keeps uvicorn's
+  own negotiation (context takeover) and leaves the connections that negotiated
+  it to the standard ``send``, so each compresses every message with its own
+  context (fewest bytes, most CPU); ``"off"`` is uvicorn's
+  ``ws_per_message_deflate=False`` (:data:`PROTOCOLS` maps the three).
 
 Everything else is uvicorn's; the attributes relied on are checked by
 tests/test_preframed.py against the installed uvicorn. Imported only by
@@ -38,7 +43,7 @@ import asyncio
 import logging
 import weakref
 from collections import deque
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.extensions.permessage_deflate import (
@@ -50,7 +55,14 @@ from websockets.protocol import State
 
 from ._frames import EXTENSION, WINDOW_BITS
 
-__all__ = ["DEFLATE", "SUPPORTED", "FramesProtocol", "has_flow_control"]
+__all__ = [
+    "DEFLATE",
+    "PROTOCOLS",
+    "SUPPORTED",
+    "FramesProtocol",
+    "PerConnectionProtocol",
+    "has_flow_control",
+]
 
 
 def has_flow_control(protocol: type) -> bool:
@@ -253,6 +265,15 @@ class _Flag:
 class FramesProtocol(WebSocketsSansIOProtocol):
     """uvicorn's websockets-sansio protocol offering the ``hubbub.frames`` extension."""
 
+    shared_deflate: ClassVar[bool] = True
+    """Negotiate deflate without server context and share compressed frames (``"shared"``).
+
+    ``False`` (:class:`PerConnectionProtocol`): uvicorn's own negotiation, and no
+    ``hubbub.frames`` for a connection that took it. A class attribute, set by
+    a subclass, because uvicorn builds the protocol itself from the class given
+    to ``uvicorn.Config(ws=...)``: two servers in one process each keep theirs.
+    """
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Lighter stand-ins for uvicorn's asyncio.Queue and asyncio.Event (same methods,
@@ -269,7 +290,8 @@ class FramesProtocol(WebSocketsSansIOProtocol):
         self.held_bytes = 0
         self.coalescer = _coalescer(self.loop)
         self.turn = -1  # the coalescer's turn in which this socket last wrote a frame
-        if self.conn.available_extensions:  # --ws-per-message-deflate (uvicorn's default)
+        # uvicorn offers deflate unless ws_per_message_deflate=False (ws_compression = "off").
+        if self.shared_deflate and self.conn.available_extensions:
             self.conn.available_extensions = [DEFLATE]
 
     def handle_connect(self, event: Request) -> None:
@@ -288,6 +310,8 @@ class FramesProtocol(WebSocketsSansIOProtocol):
         for extension in self.conn.extensions:
             if not isinstance(extension, PerMessageDeflate):
                 return  # an extension we cannot frame for: the standard path only
+            if not self.shared_deflate:
+                return  # its own compressor, with context, for every message: the standard path
             deflate = (extension.local_no_context_takeover, extension.local_max_window_bits)
         self.scope["extensions"][EXTENSION] = {"write": self.write_frame, "deflate": deflate}
 
@@ -380,3 +404,25 @@ class FramesProtocol(WebSocketsSansIOProtocol):
         if message["type"] == "websocket.accept" and self.handshake_complete:
             # The handshake response is written: uvicorn never reads it again.
             del self.response
+
+
+class PerConnectionProtocol(FramesProtocol):
+    """``ws_compression = "per-connection"``: deflate with each connection's own context.
+
+    uvicorn's own permessage-deflate offer (context takeover, its 4 KiB window
+    and memLevel 5). A connection that negotiated it gets no ``hubbub.frames``,
+    so every message it receives goes through its compressor, whose context makes
+    a stream of similar messages a fraction of the bytes of shared frames
+    (docs/design.md, "Pre-framed fan-out"); the others keep the pre-framed path.
+    """
+
+    shared_deflate = False
+
+
+PROTOCOLS: Final[dict[str, type[FramesProtocol]]] = {
+    "shared": FramesProtocol,
+    "per-connection": PerConnectionProtocol,
+    # uvicorn offers no deflate at all (ws_per_message_deflate=False): every connection plain.
+    "off": FramesProtocol,
+}
+"""The protocol class for each ``server.ws_compression``."""

@@ -43,6 +43,7 @@ import msgspec
 from . import config as configuration
 from ._cli_checks import (
     LOG_LEVELS,
+    WS_COMPRESSIONS,
     WS_IMPLEMENTATIONS,
     BadArgument,
     BadVariable,
@@ -56,6 +57,7 @@ from ._cli_checks import (
     positive_seconds,
     seconds,
     switch,
+    ws_compression,
     ws_name,
 )
 from ._cli_ops import OPS_COMMANDS, add_ops_commands, run_ops
@@ -138,19 +140,23 @@ def _check_websockets(ws: str) -> None:
         )
 
 
-def _ws_protocol(ws: str) -> str | type[asyncio.Protocol]:
+def _ws_protocol(ws: str, compression: str) -> str | type[asyncio.Protocol]:
     """uvicorn's websockets-sansio with hubbub's pre-framed fan-out, when that is what runs.
 
-    Any other ``--ws`` (or no ``websockets`` installed) keeps uvicorn's own class:
-    hubbub then sends through the standard ``websocket.send``.
+    ``compression`` (``server.ws_compression``) picks the class's deflate
+    behaviour; ``"off"`` itself is uvicorn's ``ws_per_message_deflate=False``,
+    which every implementation honours. Any other ``--ws`` (or no ``websockets``
+    installed, or uvicorn < 0.52.1) keeps uvicorn's own class: hubbub then sends
+    through the standard ``websocket.send``, and "shared" and "per-connection"
+    both mean uvicorn's own deflate with context takeover.
     """
     if ws not in ("auto", "websockets-sansio"):
         return ws
     try:
-        from ._uvicorn_ws import SUPPORTED, FramesProtocol
+        from ._uvicorn_ws import PROTOCOLS, SUPPORTED
     except ImportError:  # auto without websockets (uvicorn falls back to wsproto), uvicorn < 0.35
         return ws
-    return FramesProtocol if SUPPORTED else ws
+    return PROTOCOLS[compression] if SUPPORTED else ws
 
 
 def _draining_server(config: uvicorn.Config, reload: _Reload | None = None) -> uvicorn.Server:
@@ -309,6 +315,15 @@ def _parser() -> argparse.ArgumentParser:
         help="uvicorn's WebSocket implementation: "
         + ", ".join(WS_IMPLEMENTATIONS)
         + " (auto, the default, picks websockets-sansio)",
+    )
+    serve.add_argument(
+        "--ws-compression",
+        type=ws_compression,
+        default=env("WS_COMPRESSION", None, ws_compression),
+        metavar="{" + ",".join(WS_COMPRESSIONS) + "}",
+        help="permessage-deflate: shared (the default: one compressed frame per publication "
+        "for every client, least CPU), per-connection (each connection its own compressor "
+        "with context: fewest bytes, most CPU) or off",
     )
 
     auth = serve.add_argument_group(
@@ -569,7 +584,8 @@ def _serve(args: argparse.Namespace, argv: Sequence[str] | None = None) -> None:
         served.app,
         host=server_config.host,
         port=server_config.port,
-        ws=_ws_protocol(server_config.ws),
+        ws=_ws_protocol(server_config.ws, server_config.ws_compression),
+        ws_per_message_deflate=server_config.ws_compression != "off",
         # uvicorn refuses frames above its own limit with 1009; keep it above ours so
         # hubbub answers first (with a `disconnect` message) for moderately large frames.
         ws_max_size=max(max_message_size * 4, 1024 * 1024),

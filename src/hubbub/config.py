@@ -80,6 +80,7 @@ from ._config_model import PositiveFloat as PositiveFloat
 from ._config_model import PositiveInt as PositiveInt
 from ._config_model import Rule as Rule
 from ._config_model import ServerConfig as ServerConfig
+from ._config_model import WebSocketCompression as WebSocketCompression
 from ._config_model import WebSocketImplementation as WebSocketImplementation
 from ._config_reload import RELOADABLE as RELOADABLE
 from ._config_reload import Reloader as Reloader
