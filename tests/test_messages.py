@@ -671,6 +671,22 @@ def test_json_integers_beyond_64_bits_are_refused(number: bytes) -> None:
     assert invalid(JSON, frame).command_id == 4  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize(
+    "number",
+    [
+        b"1234567890123456789e400",
+        b"1234567890123456789.5e400",
+        b"[1733371234567890123, 18446744073709551616]",
+        b'{"ts": 1733371234567890123, "n": -9223372036854775809}',
+        b'{"deep": [[[[{"n": 123456789012345678901234567890}]]]]}',
+    ],
+)
+def test_a_fitting_number_does_not_hide_one_that_does_not(number: bytes) -> None:
+    """Every number of a JSON payload is checked, not only the first long one."""
+    with pytest.raises(InvalidMessage):
+        JSON.check_data(Raw(number), 11)
+
+
 @pytest.mark.parametrize("number", [b"1e400", b"-1e400", b"1E309", b"[0, 2e999]"])
 def test_json_numbers_out_of_float_range_are_refused(number: bytes) -> None:
     """A JSON payload holding a number no double can hold is InvalidMessage."""
