@@ -12,8 +12,6 @@ ignored on decode.
 
 from __future__ import annotations
 
-import re
-from itertools import accumulate
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
@@ -259,20 +257,37 @@ ServerMessage = (
 
 # --------------------------------------------------------------------------- codecs
 
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
-_BRACKET_DELTA = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'[]{}"')
+_ONE_BRACKET = bytes.maketrans(b"{}", b"[]")
 _DECODE_ERRORS = (msgspec.MsgspecError, ValueError, RecursionError)  # ValueError: bad UTF-8
 
 
 def json_too_deep(buf: bytes) -> bool:
+    """Whether a valid JSON document nests deeper than ``MAX_DEPTH``, in C-speed passes.
+
+    Strings are taken out first (their brackets do not nest): escaped
+    backslashes, then escaped quotes, are removed, so every quote left opens or
+    closes a string; everything but brackets and quotes is dropped, the two
+    kinds of brackets made one, and empty strings removed. What remains of
+    the strings (those holding brackets) is cut out between quote pairs. Then
+    each round removes the innermost pairs, ``[]``: a document that is not
+    empty after ``MAX_DEPTH`` rounds nests deeper. A regex over the whole
+    document did the same at 22 ns a byte (756 µs for a 34 KB payload, against
+    197 µs now; docs/design.md, "The per-publication path").
+    """
     # Cheap bound first: depth can never exceed the number of opening brackets.
     if buf.count(b"[") + buf.count(b"{") <= MAX_DEPTH:
         return False
-    brackets = _JSON_STRING.sub(b"", buf).translate(None, _NOT_BRACKETS)
-    if len(brackets) <= 2 * MAX_DEPTH:
-        return False
-    return max(accumulate(_BRACKET_DELTA[b] for b in brackets)) > MAX_DEPTH
+    if b"\\" in buf:
+        buf = buf.replace(b"\\\\", b"").replace(b'\\"', b"")
+    compact = buf.translate(_ONE_BRACKET, _NOT_STRUCTURE).replace(b'""', b"")
+    if b'"' in compact:
+        compact = b"".join(compact.split(b'"')[::2])
+    for _ in range(MAX_DEPTH):
+        if not compact:
+            return False
+        compact = compact.replace(b"[]", b"")
+    return bool(compact)
 
 
 def _object_too_deep(obj: object) -> bool:
