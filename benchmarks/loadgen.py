@@ -298,7 +298,7 @@ class SocketIOAdapter(Adapter):
 
 
 def adapter_for(name: str) -> Adapter:
-    if name in ("hubbub", "hubbub-std", "hubbub-redis", "hubbub-postgres"):  # one protocol
+    if name in ("hubbub", "hubbub-std", "hubbub-ctx", "hubbub-redis", "hubbub-postgres"):
         return HubbubAdapter()
     if name in ("hubbub-hypercorn", "hubbub-granian"):  # the same hub on another server
         return HubbubAdapter()

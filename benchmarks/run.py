@@ -64,6 +64,10 @@ HUBBUB_POSTGRES = "hubbub-postgres"
 HUBBUB_STD = "hubbub-std"
 """hubbub without pre-framed fan-out: uvicorn's own websockets-sansio class (``python -m
 uvicorn``), so every delivery is a standard ``websocket.send``, as under any other server."""
+HUBBUB_CTX = "hubbub-ctx"
+"""``hubbub serve --ws-compression per-connection``: deflate clients compressed each with
+its own context (no pre-framing for them); the same as ``hubbub`` for plain clients. Run
+only when named (it differs from ``hubbub`` only in the ``deflate`` scenario)."""
 
 # -- hubbub under other ASGI servers (issue 15, item 5; benchmarks/servers.md) ------------
 # The same hub as hubbub-std (hubbub_app:app, an ASGI app, standard ``websocket.send``)
@@ -176,6 +180,7 @@ HUBBUB_VARIANTS = (
     "hubbub-batch",
     "hubbub-msgpack",
     HUBBUB_STD,
+    HUBBUB_CTX,
     HUBBUB_REDIS,
     HUBBUB_POSTGRES,
     *OTHER_ASGI_SERVERS,
@@ -183,7 +188,7 @@ HUBBUB_VARIANTS = (
 PEERS = ("tutorial", "socketio", "broadcaster", "websockets")
 SERVERS = (*HUBBUB_VARIANTS, *PEERS)
 DEFAULT_SERVERS = tuple(
-    s for s in SERVERS if s not in (HUBBUB_REDIS, HUBBUB_POSTGRES, *OTHER_ASGI_SERVERS)
+    s for s in SERVERS if s not in (HUBBUB_REDIS, HUBBUB_POSTGRES, HUBBUB_CTX, *OTHER_ASGI_SERVERS)
 )
 """Without ``--redis`` no redis-server is needed: hubbub-redis runs only when asked for
 (and hubbub-postgres, which starts its own PostgreSQL cluster, only when named)."""
@@ -317,6 +322,8 @@ class Server:
             # The demo hub with the command rate limit lifted (see hubbub_app.py).
             argv = [py, "-m", "hubbub", "serve", "hubbub_app:hub", *common]
             argv += ["--log-level", "warning"]
+            if name == HUBBUB_CTX:
+                argv += ["--ws-compression", "per-connection"]
         elif name == "websockets":
             # Not ASGI: its own process on uvloop (see peers/websockets_broadcast.py).
             argv = [py, str(HERE / "peers" / "websockets_broadcast.py")]
@@ -1528,6 +1535,7 @@ def markdown(note: dict[str, Any], cfg: argparse.Namespace, summary: dict[str, A
                     "hubbub-msgpack": "MessagePack",
                     "hubbub-batch": "batching (`?batch=1`)",
                     HUBBUB_STD: "no pre-framing: standard `websocket.send`",
+                    HUBBUB_CTX: "`--ws-compression per-connection`",
                     HUBBUB_REDIS: "Redis broker, server CPU only",
                     HUBBUB_POSTGRES: "PostgreSQL broker, server CPU only",
                     HUBBUB_HYPERCORN: "hypercorn instead of uvicorn, standard sends",
