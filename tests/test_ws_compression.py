@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -29,10 +27,10 @@ from hubbub.config import OPTIONS, ServerConfig, WebSocketCompression, loads
 
 from .apps.wsclient import open_client
 from .servers import Server, run_server
+from .test_config import hubbub, refused
 from .test_preframed import _RawClient
 
 SERVE = ["-m", "hubbub", "serve", "--port", "{port}"]
-TIMEOUT = 60
 
 
 @pytest.fixture
@@ -179,29 +177,6 @@ def test_flag_beats_variable_beats_file_beats_default(
 # -- bad values --------------------------------------------------------------------------------
 
 
-def _hubbub(*argv: str, cwd: Path, env: dict[str, str] | None = None) -> Any:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("HUBBUB_")}
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "hubbub", *argv],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        cwd=cwd,
-        env=full_env,
-    )
-
-
-def _refused(result: Any, *needles: str) -> str:
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    assert result.returncode == 2, (result.returncode, result.stderr)
-    return lines[0]
-
-
 @pytest.mark.parametrize("command", ["serve", "check"])
 def test_a_bad_value_in_the_file_is_one_line_with_its_line(tmp_path: Path, command: str) -> None:
     """``ws_compression = "per_connection"``: file:line, the key, the value, the three names."""
@@ -209,8 +184,8 @@ def test_a_bad_value_in_the_file_is_one_line_with_its_line(tmp_path: Path, comma
         '[server]\nport = 8001\nws_compression = "per_connection"\n'
     )
     argv = ["serve", "--config"] if command == "serve" else ["config", "check"]
-    line = _refused(
-        _hubbub(*argv, "hubbub.toml", cwd=tmp_path),
+    line = refused(
+        hubbub(*argv, "hubbub.toml", cwd=tmp_path),
         "hubbub.toml:3: server.ws_compression: not an allowed value",
         '"per_connection"',
         "one of shared, per-connection, off",
@@ -221,8 +196,8 @@ def test_a_bad_value_in_the_file_is_one_line_with_its_line(tmp_path: Path, comma
 def test_a_misspelt_key_is_offered_the_right_one(tmp_path: Path) -> None:
     """``ws_compresion``: unknown key, with "did you mean 'ws_compression'?"."""
     (tmp_path / "hubbub.toml").write_text('[server]\nws_compresion = "off"\n')
-    _refused(
-        _hubbub("config", "check", "hubbub.toml", cwd=tmp_path),
+    refused(
+        hubbub("config", "check", "hubbub.toml", cwd=tmp_path),
         "hubbub.toml:2: server.ws_compresion: unknown key",
         "did you mean 'ws_compression'?",
     )
@@ -234,8 +209,8 @@ def test_a_bad_variable_under_check_names_the_variable(tmp_path: Path) -> None:
     ``hubbub serve``'s bad flag and variable are rows of tests/test_cli_errors.py.
     """
     (tmp_path / "hubbub.toml").write_text("[server]\nport = 8001\n")
-    _refused(
-        _hubbub(
+    refused(
+        hubbub(
             "config",
             "check",
             "hubbub.toml",

@@ -120,13 +120,12 @@ class _Coalescer:
         self.turn = 0
 
     def add(self, protocol: FramesProtocol) -> None:
+        """``protocol`` holds frames: write them when the turn ends."""
         self.dirty.append(protocol)
-        if not self.scheduled:
-            self.scheduled = True
-            self.loop.call_soon(self.flush)
+        self.end_turn()
 
-    def wrote(self) -> None:
-        """A socket wrote its first frame of this turn: the turn must end with a flush."""
+    def end_turn(self) -> None:
+        """Make sure the turn ends with a flush (which also advances :attr:`turn`)."""
         if not self.scheduled:
             self.scheduled = True
             self.loop.call_soon(self.flush)
@@ -285,8 +284,8 @@ class FramesProtocol(WebSocketsSansIOProtocol):
         self.writable = flag  # type: ignore[assignment]
         # Standard sends waiting for write room: a frame written meanwhile would pass them.
         self.waiting_sends = 0
-        # Frames accepted by write_frame and not yet written: one bytes, or a list of them.
-        self.held: bytes | list[bytes] | None = None
+        # Frames accepted by write_frame and not yet written (the second and later of a turn).
+        self.held: list[bytes] | None = None
         self.held_bytes = 0
         self.coalescer = _coalescer(self.loop)
         self.turn = -1  # the coalescer's turn in which this socket last wrote a frame
@@ -336,17 +335,15 @@ class FramesProtocol(WebSocketsSansIOProtocol):
                 # turn costs what it did (one pass, no added latency); only a second frame
                 # in the same turn is held, and the rest join it.
                 self.turn = coalescer.turn
-                coalescer.wrote()
+                if not coalescer.scheduled:  # checked here: no call per delivery once set
+                    coalescer.end_turn()
                 self.transport.write(frame)
                 return True
-            self.held = frame
+            self.held = [frame]
             self.held_bytes = len(frame)
             coalescer.add(self)
             return True
-        if type(held) is bytes:
-            self.held = [held, frame]
-        else:
-            held.append(frame)  # type: ignore[union-attr]
+        held.append(frame)
         self.held_bytes += len(frame)
         if self.held_bytes >= HOLD_BYTES:
             self.flush_frames()
@@ -365,7 +362,7 @@ class FramesProtocol(WebSocketsSansIOProtocol):
         self.held_bytes = 0
         if self.disconnected or self.transport.is_closing():
             return
-        self.transport.write(held if type(held) is bytes else b"".join(held))  # type: ignore[arg-type]
+        self.transport.write(held[0] if len(held) == 1 else b"".join(held))
 
     # uvicorn's own writes of a close frame (or of anything after which no data may follow)
     # write the held frames first: they were accepted before, so they go before.
