@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import re
 import struct
 from typing import Any
 
@@ -11,8 +12,10 @@ import msgspec
 import pytest
 from msgspec import Raw
 
+from hubbub import messages
 from hubbub._errors import InvalidMessage
 from hubbub.messages import (
+    CHANNEL_PATTERN,
     JSON,
     MSGPACK,
     PROTOCOL_VERSION,
@@ -742,3 +745,39 @@ def test_msgpack_float32_and_ints_are_accepted() -> None:
     data = b"\x93" + b"\xca" + struct.pack(">f", 1.5) + b"\xcf" + (2**64 - 1).to_bytes(8) + b"\xc0"
     MSGPACK.check_data(Raw(data))
     assert msgspec.json.decode(MSGPACK.convert(data, JSON)) == [1.5, 2**64 - 1, None]
+
+
+# -- channel names: checked once decoded, with a memory of valid ones ------------------------
+
+_CHANNEL_FULL = re.compile(CHANNEL_PATTERN)
+
+
+@pytest.mark.parametrize(
+    "channel",
+    ["ok", "a" * 255, "a" * 256, "", "with space", "line\n", "ns:x.y@z#w=v/u-t_s", "é", "a\x00"],
+)
+def test_a_channel_name_is_checked_the_first_time_and_every_time_after(channel: str) -> None:
+    """Decoding the same name twice (the second time from memory) gives the same answer,
+    the regex's, for every command that names a channel."""
+    valid = _CHANNEL_FULL.search(channel) is not None
+    for kind in ("subscribe", "unsubscribe", "publish", "history", "presence"):
+        frame = {"type": kind, "channel": channel, "id": 7}
+        if kind == "publish":
+            frame["data"] = 1
+        for _ in range(2):
+            if valid:
+                assert JSON.decode(msgspec.json.encode(frame)).channel == channel  # type: ignore[union-attr]
+            else:
+                with pytest.raises(InvalidMessage, match="invalid channel name") as refused:
+                    JSON.decode(msgspec.json.encode(frame))
+                assert refused.value.command_id == 7  # type: ignore[attr-defined]
+
+
+def test_the_memory_of_channel_names_is_bounded_and_holds_no_invalid_name() -> None:
+    """A client making up thousands of names costs the regex, never unbounded memory."""
+    for index in range(3 * messages._KNOWN_CHANNELS_MAX):
+        JSON.decode(f'{{"type":"unsubscribe","channel":"made-up-{index}"}}'.encode())
+        with pytest.raises(InvalidMessage):
+            JSON.decode(f'{{"type":"unsubscribe","channel":"bad name {index}"}}'.encode())
+    assert 0 < len(messages._KNOWN_CHANNELS) <= messages._KNOWN_CHANNELS_MAX
+    assert all(_CHANNEL_FULL.search(name) for name in messages._KNOWN_CHANNELS)

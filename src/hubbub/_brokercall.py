@@ -145,27 +145,43 @@ class BrokerCalls:
         history: HistoryOptions | None,
         idempotency: Idempotency | None = None,
     ) -> Publication:
+        published = self.publish_now(publication, history, idempotency)
+        if published is not None:
+            return published
+        broker = self.broker
+        return await self.call("publish", lambda: broker.publish(publication, history, idempotency))
+
+    def publish_now(
+        self,
+        publication: Publication,
+        history: HistoryOptions | None,
+        idempotency: Idempotency | None = None,
+    ) -> Publication | None:
+        """Publish without awaiting where the broker can (``None``: nothing done, await instead).
+
+        ``MemoryBroker.publish`` never awaits: it is called as a plain function,
+        with the same error mapping and timing but no coroutines and no
+        timeout scope (nothing can hang) — the per-publication cost of the
+        embedded default. A subclass's own ``publish``, or one replaced on the
+        instance (a wrapper that counts, say), is awaited by :meth:`publish`.
+        """
         broker = self.broker
         if (
-            type(broker).publish is _MEMORY_PUBLISH
-            and isinstance(broker, MemoryBroker)
-            and "publish" not in getattr(broker, "__dict__", ())
+            type(broker).publish is not _MEMORY_PUBLISH
+            or not isinstance(broker, MemoryBroker)
+            or "publish" in getattr(broker, "__dict__", ())
         ):
-            # MemoryBroker.publish never awaits: called as a plain function, with the
-            # same error mapping and timing but no coroutines and no timeout scope
-            # (nothing can hang) — the per-publication cost of the embedded default.
-            # A publish replaced on the instance (a wrapper that counts, say) is awaited.
-            started = time.perf_counter()
-            try:
-                return broker.publish_now(publication, history, idempotency)
-            except HubbubError:
-                raise
-            except Exception as exc:
-                logger.exception("broker call failed")
-                raise InternalError("broker error") from exc
-            finally:
-                self._observe("publish", started)
-        return await self.call("publish", lambda: broker.publish(publication, history, idempotency))
+            return None
+        started = time.perf_counter()
+        try:
+            return broker.publish_now(publication, history, idempotency)
+        except HubbubError:
+            raise
+        except Exception as exc:
+            logger.exception("broker call failed")
+            raise InternalError("broker error") from exc
+        finally:
+            self._observe("publish", started)
 
     async def subscribe(self, channel: str) -> None:
         broker = self.broker

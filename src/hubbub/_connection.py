@@ -47,8 +47,10 @@ __all__ = [
     "Connection",
     "SessionHost",
     "Signal",
+    "clock_now",
     "loop_clock",
     "new_signal",
+    "outside_task",
 ]
 
 logger = logging.getLogger("hubbub.connection")
@@ -120,6 +122,14 @@ class SessionHost(Protocol):
 
     async def execute(self, connection: Connection, event: Execute) -> None:
         """Run one validated client command; a refusal is answered ``error``."""
+        ...
+
+    def execute_now(self, connection: Connection, event: Execute) -> bool:
+        """Run the command without awaiting if it can (``False``: nothing done, await ``execute``).
+
+        Called outside any task (a server's ``data_received``): it must not
+        await, nor need the current task.
+        """
         ...
 
     def detach_all(self, connection: Connection) -> None:
@@ -196,6 +206,25 @@ def loop_clock() -> Callable[[], float]:
         return asyncio.get_running_loop().time
     except RuntimeError:  # not on asyncio (trio)
         return anyio.current_time
+
+
+def outside_task() -> bool:
+    """Whether this runs in an asyncio callback rather than a task (anyio needs a task).
+
+    ``False`` off asyncio (trio): every call runs in a task there.
+    """
+    try:
+        return asyncio.current_task() is None
+    except RuntimeError:  # no asyncio loop running
+        return False
+
+
+def clock_now() -> float:
+    """``anyio.current_time()``, also from an asyncio callback (outside any task)."""
+    try:
+        return asyncio.get_running_loop().time()
+    except RuntimeError:  # not on asyncio (trio)
+        return anyio.current_time()
 
 
 # What a send raises once the peer has gone (ASGI spec 2.4: OSError; anyio streams
@@ -482,9 +511,7 @@ class Connection:
             if scope is not None:
                 scope.cancel()
         elif scope is not None:
-            scope.deadline = min(
-                scope.deadline, anyio.current_time() + self.host.limits.close_timeout
-            )
+            scope.deadline = min(scope.deadline, clock_now() + self.host.limits.close_timeout)
         self._wake()
 
     def _wake(self) -> None:

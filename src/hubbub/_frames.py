@@ -103,16 +103,26 @@ class SharedFrame:
     a server without the extension costs nothing more.
     """
 
-    __slots__ = ("_compressed", "_plain", "binary", "message", "payload", "size")
+    __slots__ = ("_compressed", "_message", "_plain", "binary", "payload", "size")
 
     def __init__(self, payload: bytes, binary: bool) -> None:
         self.payload = payload
         self.binary = binary
         self.size = len(payload)
-        # What the standard path sends: ``bytes`` for a binary codec, ``str`` for a text one.
-        self.message: str | bytes = payload if binary else payload.decode()
+        self._message: str | bytes | None = payload if binary else None
         self._plain: bytes | None = None
         self._compressed: bytes | None = None
+
+    @property
+    def message(self) -> str | bytes:
+        """What the standard path sends: ``bytes`` for a binary codec, ``str`` for a text one.
+
+        Decoded on first use: where every subscriber takes frames, never.
+        """
+        message = self._message
+        if message is None:
+            message = self._message = self.payload.decode()
+        return message
 
     def frame(self, kind: int) -> bytes | None:
         """The frame for a connection of ``kind`` (:func:`wire_kind`); ``None``: send its own.

@@ -43,17 +43,25 @@ import asyncio
 import logging
 import weakref
 from collections import deque
+from collections.abc import Callable
 from typing import Any, ClassVar, Final
 
+from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.extensions.permessage_deflate import (
     PerMessageDeflate,
     ServerPerMessageDeflateFactory,
 )
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
-from websockets.protocol import State
+from websockets.protocol import Protocol, State
 
 from ._frames import EXTENSION, WINDOW_BITS
+
+try:  # what websockets' own parser uses: its C version where built, else its Python one
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover
+    from websockets.utils import apply_mask
 
 __all__ = [
     "DEFLATE",
@@ -96,11 +104,66 @@ DEFLATE = ServerPerMessageDeflateFactory(
 """What ``hubbub serve`` negotiates: uvicorn's permessage-deflate, without server context."""
 
 _OPEN = State.OPEN
+_AFTER_CLOSE: Final = frozenset({"websocket.send", "websocket.close"})
 
 logger = logging.getLogger("hubbub.connection")
 
 HOLD_BYTES: Final = 65536
 """Bytes held for one socket before they are written at once rather than at the loop's next turn."""
+
+# First byte of the frames the direct reader takes (FIN set, no RSV bit); any other
+# (a close, a fragment, a compressed or reserved frame) hands the connection to websockets.
+_TEXT: Final = 0x81
+_BINARY: Final = 0x82
+_PING: Final = 0x89
+_PONG: Final = 0x8A
+
+Receiver = Callable[[str | bytes], Any]
+"""The app's direct receiver: a frame in; ``None`` once handled, else the ASGI message to queue."""
+
+
+def at_frame_boundary(conn: Protocol) -> bool:
+    """Whether websockets' parser waits for the first byte of a frame with nothing buffered.
+
+    Only then may the connection's bytes bypass it and go back to it later:
+    ``Protocol.parse`` rests in ``StreamReader.at_eof`` between frames, and
+    anywhere else (inside ``Frame.parse``, or ``discard`` after a close) it
+    holds state that bytes parsed elsewhere would corrupt. A parser this check
+    does not recognise (another websockets) answers ``False``: websockets
+    keeps parsing, as it always did.
+    """
+    reader: Any = getattr(conn, "reader", None)
+    if reader is None or getattr(reader, "buffer", True) or conn.extensions:
+        return False
+    # A fragmented message under way: websockets 15+ "current_size", earlier "cur_size".
+    if getattr(conn, "current_size", getattr(conn, "cur_size", 0)) is not None:
+        return False
+    if conn.state is not _OPEN or frame_limit(conn) is False:
+        return False
+    generator: Any = getattr(conn, "parser", None)
+    while getattr(generator, "gi_yieldfrom", None) is not None:
+        generator = generator.gi_yieldfrom
+    code = getattr(generator, "gi_code", None)
+    return code is not None and code.co_name == "at_eof"
+
+
+def frame_limit(conn: Protocol) -> int | bool | None:
+    """The largest frame websockets takes (``None``: no limit; ``False``: cannot tell).
+
+    websockets 15+ has ``max_message_size`` and ``max_fragment_size``, earlier
+    versions ``max_size``; a frame over either is websockets' to refuse (1009).
+    """
+    found: Any = conn
+    if hasattr(found, "max_message_size"):
+        limits = [
+            value
+            for value in (found.max_message_size, getattr(found, "max_fragment_size", None))
+            if value is not None
+        ]
+        return min(limits) if limits else None
+    if hasattr(found, "max_size"):
+        return found.max_size if found.max_size is None else int(found.max_size)
+    return False
 
 
 class _Coalescer:
@@ -189,6 +252,10 @@ class _Inbox:
     def empty(self) -> bool:
         return not self._items
 
+    def idle(self) -> bool:
+        """Empty, with a reader parked in :meth:`get` (a woken reader has left the list)."""
+        return self._items is None and bool(self._waiters)
+
     def qsize(self) -> int:
         return len(self._items or ())
 
@@ -224,29 +291,29 @@ class _Flag:
     ``asyncio.Event`` does.
     """
 
-    __slots__ = ("_set", "_waiters")
+    __slots__ = ("_waiters", "on")
 
     def __init__(self) -> None:
-        self._set = False
+        self.on = False
         self._waiters: list[asyncio.Future[None]] | None = None
 
     def is_set(self) -> bool:
-        return self._set
+        return self.on
 
     def set(self) -> None:
-        if self._set:
+        if self.on:
             return
-        self._set = True
+        self.on = True
         waiters, self._waiters = self._waiters, None
         for waiter in waiters or ():
             if not waiter.done():
                 waiter.set_result(None)
 
     def clear(self) -> None:
-        self._set = False
+        self.on = False
 
     async def wait(self) -> bool:
-        if self._set:
+        if self.on:
             return True
         waiter = asyncio.get_running_loop().create_future()
         waiters = self._waiters
@@ -277,8 +344,8 @@ class FramesProtocol(WebSocketsSansIOProtocol):
         super().__init__(*args, **kwargs)
         # Lighter stand-ins for uvicorn's asyncio.Queue and asyncio.Event (same methods,
         # same semantics as uvicorn uses them): ~3.5 KiB less per connection.
-        self.queue = _Inbox()  # type: ignore[assignment]
-        flag = _Flag()
+        self.queue = self.inbox = _Inbox()  # type: ignore[assignment]
+        flag = self.flag = _Flag()  # ``flag.on``: one attribute read on the write path
         if self.writable.is_set():
             flag.set()
         self.writable = flag  # type: ignore[assignment]
@@ -289,6 +356,14 @@ class FramesProtocol(WebSocketsSansIOProtocol):
         self.held_bytes = 0
         self.coalescer = _coalescer(self.loop)
         self.turn = -1  # the coalescer's turn in which this socket last wrote a frame
+        # The direct reader (data_received): on from the accept while websockets' parser
+        # rests between frames, off for good at the first frame it leaves to websockets.
+        self.direct = False
+        self.partial: bytearray | None = None  # the start of a frame not yet complete
+        self.needed = 0  # bytes that frame needs in all, once its header is in
+        self.limit: int | bool | None = None  # websockets' frame size limit (frame_limit)
+        self.receiver: Receiver | None = None
+        self.app_closed = False  # the app sent websocket.close (see send)
         # uvicorn offers deflate unless ws_per_message_deflate=False (ws_compression = "off").
         if self.shared_deflate and self.conn.available_extensions:
             self.conn.available_extensions = [DEFLATE]
@@ -312,7 +387,153 @@ class FramesProtocol(WebSocketsSansIOProtocol):
             if not self.shared_deflate:
                 return  # its own compressor, with context, for every message: the standard path
             deflate = (extension.local_no_context_takeover, extension.local_max_window_bits)
-        self.scope["extensions"][EXTENSION] = {"write": self.write_frame, "deflate": deflate}
+        self.scope["extensions"][EXTENSION] = {
+            "write": self.write_frame,
+            "deflate": deflate,
+            "receive": self.set_receiver,
+        }
+
+    def set_receiver(self, receiver: Receiver | None) -> None:
+        """Hand the app each message as it is parsed, while its reader waits with nothing queued.
+
+        ``receiver`` gets the message's ``str`` or ``bytes`` in ``data_received``
+        (no task switch, no ``receive`` call) and returns ``None`` when it has
+        handled it, or an ASGI message for ``receive()`` to return (the app
+        wants its reader task to go on from there). While the app's ``receive``
+        has something queued, or is not being awaited, messages are queued as
+        uvicorn queues them, so the app sees them in order either way.
+        ``None`` stops it (the app's reader ends).
+        """
+        self.receiver = receiver
+
+    # -- the direct reader -------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if not self.direct:
+            super().data_received(data)
+            return
+        partial = self.partial
+        if partial is not None:
+            partial += data
+            if len(partial) < self.needed:
+                return
+            data = bytes(partial)
+            self.partial = None
+        if self.close_sent or self.conn.state is not _OPEN:
+            self.give_back(data, 0)  # closing: websockets reads the close reply
+            return
+        # What the app writes to this socket while it handles these frames (replies, its
+        # own copy of a publication) is held and leaves in one write when they are done:
+        # no turn callback, one system call for the publisher's message and ack.
+        if self.held is None:
+            self.held = []
+        self.read_frames(data)
+        if self.held:
+            self.flush_frames()
+        else:
+            self.held = None
+
+    def read_frames(self, data: bytes) -> None:
+        """Parse the complete frames of ``data`` (RFC 6455 §5.2) and deliver them.
+
+        Unfragmented masked text and binary frames up to websockets' size
+        limit, pings and pongs are read here; at the first other frame (a
+        close, a fragment, a reserved bit or opcode, an unmasked or oversized
+        frame, text that is not UTF-8) the rest of the bytes, from that frame's
+        first byte, go to websockets, which answers them as it always did (a
+        close reply, 1002, 1007, 1009), and reads every later byte too.
+        """
+        end = len(data)
+        position = 0
+        limit = self.limit
+        while position < end:
+            if end - position < 2:
+                self.keep(data, position, 2)
+                return
+            first = data[position]
+            second = data[position + 1]
+            # Refused before waiting for the rest of a header that an unmasked frame lacks.
+            if not second & 0x80 or first not in (_TEXT, _BINARY, _PING, _PONG):
+                self.give_back(data, position)
+                return
+            length = second & 0x7F
+            head = 6 if length < 126 else 8 if length == 126 else 14
+            if end - position < head:
+                self.keep(data, position, head)
+                return
+            if length == 126:
+                length = int.from_bytes(data[position + 2 : position + 4], "big")
+            elif length == 127:
+                length = int.from_bytes(data[position + 2 : position + 10], "big")
+            if (length > 125 and first >= _PING) or (limit is not None and length > limit):
+                self.give_back(data, position)
+                return
+            start = position + head
+            stop = start + length
+            if stop > end:
+                self.keep(data, position, stop - position)
+                return
+            payload = apply_mask(data[start:stop], data[start - 4 : start])
+            if first == _TEXT:
+                try:
+                    message: str | bytes = payload.decode()
+                except UnicodeDecodeError:
+                    self.give_back(data, position)
+                    return
+            elif first == _BINARY:
+                message = payload
+            else:
+                if self.conn.state is not _OPEN:
+                    self.give_back(data, position)
+                    return
+                position = stop
+                self.control(first, payload)
+                continue
+            position = stop
+            self.deliver(message)
+
+    def keep(self, data: bytes, position: int, needed: int) -> None:
+        """Hold the start of a frame until ``needed`` bytes of it are in."""
+        self.partial = bytearray(data[position:])
+        self.needed = needed
+
+    def give_back(self, data: bytes, position: int) -> None:
+        """Leave the connection to websockets from ``position`` on (a frame's first byte)."""
+        self.direct = False
+        self.partial = None
+        if position < len(data):
+            super().data_received(data[position:])
+
+    def control(self, first: int, payload: bytes) -> None:
+        if first == _PING:
+            self.conn.send_pong(payload)  # RFC 6455 §5.5.2, as websockets answers it
+            self.handle_ping()
+        else:
+            self.handle_pong(Frame(Opcode.PONG, payload))
+
+    def deliver(self, message: str | bytes) -> None:
+        """One message to the app: to its receiver while it waits, else queued as uvicorn does."""
+        if self.close_sent:
+            return  # the app is past websocket.close: uvicorn discards it too
+        receiver = self.receiver
+        if receiver is not None and self.inbox.idle():
+            try:
+                event = receiver(message)
+            except Exception:  # the receiver handles its errors: this is a bug, not the client
+                logger.exception("the app's direct receiver failed")
+                self.direct = False
+                self.transport.close()
+                return
+            if event is None:
+                return
+        elif isinstance(message, str):
+            event = {"type": "websocket.receive", "text": message}
+        else:
+            event = {"type": "websocket.receive", "bytes": message}
+        self.queue.put_nowait(event)
+        if not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
 
     def write_frame(self, frame: bytes) -> bool:
         """Take one complete frame for this turn's write, or refuse so the caller uses ``send``."""
@@ -322,7 +543,7 @@ class FramesProtocol(WebSocketsSansIOProtocol):
             or self.disconnected
             or not self.handshake_complete
             or self.initial_response is not None
-            or not self.writable.is_set()
+            or not self.flag.on
             or self.conn.state is not _OPEN
             or self.transport.is_closing()
         ):
@@ -360,7 +581,7 @@ class FramesProtocol(WebSocketsSansIOProtocol):
             return
         self.held = None
         self.held_bytes = 0
-        if self.disconnected or self.transport.is_closing():
+        if not held or self.disconnected or self.transport.is_closing():
             return
         self.transport.write(held[0] if len(held) == 1 else b"".join(held))
 
@@ -389,6 +610,14 @@ class FramesProtocol(WebSocketsSansIOProtocol):
         super().connection_lost(exc)
 
     async def send(self, message: Any) -> None:
+        kind = message["type"]
+        if self.close_sent and not self.app_closed and kind in _AFTER_CLOSE:
+            # uvicorn sent the close itself (the peer's close, a protocol error): for the app
+            # the peer is gone, an OSError as ASGI 2.4 asks, not uvicorn's RuntimeError for
+            # an app that sends after its own close.
+            raise ClientDisconnected()
+        if kind == "websocket.close":
+            self.app_closed = True
         if self.held is not None:
             self.flush_frames()  # accepted before this message: written before it
         if not self.writable.is_set():
@@ -401,6 +630,9 @@ class FramesProtocol(WebSocketsSansIOProtocol):
         if message["type"] == "websocket.accept" and self.handshake_complete:
             # The handshake response is written: uvicorn never reads it again.
             del self.response
+            self.direct = at_frame_boundary(self.conn)
+            if self.direct:
+                self.limit = frame_limit(self.conn)
 
 
 class PerConnectionProtocol(FramesProtocol):

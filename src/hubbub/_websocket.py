@@ -36,6 +36,10 @@ __all__ = ["WebSocketConnection", "serve_websocket"]
 
 logger = logging.getLogger("hubbub.connection")
 
+_RESUME_TYPE = "hubbub.resume"
+_RESUME: dict[str, Any] = {"type": _RESUME_TYPE}
+"""What the direct receiver hands ``receive()`` when the reader task must go on (``_deferred``)."""
+
 
 class _Resume:
     """Finishes, in the awaiting task, a send coroutine that was started elsewhere.
@@ -88,7 +92,16 @@ def _can_send_inline(send: SendCallable, signal: Signal) -> bool:
 class WebSocketConnection(Connection):
     """A client on a WebSocket: a reader of commands and a writer of frames."""
 
-    __slots__ = ("_asgi_send", "_batch", "_frames", "_pending", "_reader_waiting", "_room")
+    __slots__ = (
+        "_asgi_send",
+        "_batch",
+        "_clock",
+        "_deferred",
+        "_frames",
+        "_pending",
+        "_reader_waiting",
+        "_room",
+    )
 
     transport = "websocket"
 
@@ -109,6 +122,8 @@ class WebSocketConnection(Connection):
         self._pending: _Resume | None = None
         self._room = new_signal()
         self._reader_waiting = False
+        # Events the direct receiver left to the reader task (a command that awaits).
+        self._deferred: list[Send | Execute | Close] | None = None
 
     def _send_inline(self, frame: str | bytes) -> None:
         """Send while the writer is idle, without waking it: the fan-out fast path.
@@ -179,6 +194,22 @@ class WebSocketConnection(Connection):
         self._wake()
 
     async def _reader(self, receive: Receive) -> None:
+        frames = self._frames
+        direct = (
+            frames.get("receive")
+            if isinstance(frames, dict) and isinstance(self._wakeup, AsyncioSignal)
+            else None
+        )
+        if direct is not None:
+            self._clock = loop_clock()
+            direct(self._receive_now)
+        try:
+            await self._read(receive)
+        finally:
+            if direct is not None:
+                direct(None)
+
+    async def _read(self, receive: Receive) -> None:
         protocol = self.protocol
         execute = self.host.execute
         clock = loop_clock()
@@ -192,30 +223,68 @@ class WebSocketConnection(Connection):
                 frame = text if text is not None else message.get("bytes")
                 if frame is not None:
                     self.host.stats.bytes_in += len(frame)
-                try:
-                    for event in protocol.receive(frame, clock()):
-                        if isinstance(event, Execute):
-                            await execute(self, event)
-                        else:
-                            self._perform(event)
-                except Exception:
-                    logger.exception(
-                        "internal error while handling a frame", extra=self.log_fields()
-                    )
-                    self.close(Close(INTERNAL_ERROR, "internal error", flush=True))
-                # Back-pressure on the client's own commands: a pipelined burst must not
-                # fill its queue with replies faster than the writer sends them (receive()
-                # returns buffered frames without yielding). Wait for room instead.
-                if (
-                    len(self._queue) * 2 >= self._max_messages
-                    or self._queued_bytes * 2 >= self._max_bytes
-                ):
-                    self._reader_waiting = True
-                    await self._room.wait()
+                events: list[Send | Execute | Close] | None = None
+            elif kind == _RESUME_TYPE:  # what the direct receiver left (_receive_now)
+                events, self._deferred = self._deferred or [], None
+                if self._close is not None:
+                    continue  # as for a frame read while closing: not run
             elif kind == "websocket.disconnect":
                 self.close_code = message.get("code", 1005)
                 self._peer_left()
                 return
+            else:
+                continue
+            try:
+                for event in protocol.receive(frame, clock()) if events is None else events:
+                    if isinstance(event, Execute):
+                        await execute(self, event)
+                    else:
+                        self._perform(event)
+            except Exception:
+                logger.exception("internal error while handling a frame", extra=self.log_fields())
+                self.close(Close(INTERNAL_ERROR, "internal error", flush=True))
+            # Back-pressure on the client's own commands: a pipelined burst must not
+            # fill its queue with replies faster than the writer sends them (receive()
+            # returns buffered frames without yielding). Wait for room instead.
+            if self._crowded():
+                self._reader_waiting = True
+                await self._room.wait()
+
+    def _crowded(self) -> bool:
+        queue = self._queue
+        return len(queue) * 2 >= self._max_messages or self._queued_bytes * 2 >= self._max_bytes
+
+    def _receive_now(self, frame: str | bytes) -> dict[str, Any] | None:
+        """The server's direct receiver: one frame handled in its ``data_received``.
+
+        Called only while the reader waits in ``receive()`` with nothing
+        queued, so nothing is overtaken. A command the host can run without
+        awaiting (``execute_now``) costs no task switch; one that awaits is
+        left, with whatever follows it, to the reader (the ``_RESUME`` message
+        wakes it). A crowded send queue hands the frame itself to the reader,
+        which waits for room before it reads on (the back-pressure above).
+        """
+        if self._close is not None:
+            return None  # as the reader does: nothing more is read from a closing client
+        if len(self._queue) * 2 >= self._max_messages or self._queued_bytes * 2 >= self._max_bytes:
+            if isinstance(frame, str):
+                return {"type": "websocket.receive", "text": frame}
+            return {"type": "websocket.receive", "bytes": frame}
+        self.host.stats.bytes_in += len(frame)
+        try:
+            events = self.protocol.receive(frame, self._clock())
+            execute_now = self.host.execute_now
+            for index, event in enumerate(events):
+                if isinstance(event, Execute):
+                    if not execute_now(self, event):
+                        self._deferred = events[index:]
+                        return _RESUME
+                else:
+                    self._perform(event)
+        except Exception:
+            logger.exception("internal error while handling a frame", extra=self.log_fields())
+            self.close(Close(INTERNAL_ERROR, "internal error", flush=True))
+        return None
 
     def _perform(self, event: Send | Close) -> None:
         if isinstance(event, Send):

@@ -25,6 +25,7 @@ It starts and stops in three equal ways: ``async with hub:``,
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import weakref
@@ -41,7 +42,7 @@ from anyio.abc import TaskGroup
 from ._brokercall import BACKGROUND_BROKER_CALLS, BrokerCalls, check_capabilities
 from ._commands import MAX_HISTORY_LIMIT as MAX_HISTORY_LIMIT
 from ._commands import Commands, server_publication
-from ._connection import Connection, SessionHost
+from ._connection import Connection, SessionHost, outside_task
 from ._control import CONTROL_CHANNEL, Control
 from ._errors import HubbubError, InvalidMessage, PermissionDenied, RateLimited
 from ._fanout import Fanout, message
@@ -152,6 +153,7 @@ class Hub:
         self._state: State = "stopped"
         self._stack: AsyncExitStack | None = None
         self._tg: TaskGroup | None = None
+        self._hops: set[asyncio.Task[None]] = set()  # see _spawn
         self._all_gone: anyio.Event | None = None
         calls = BrokerCalls(
             broker if broker is not None else MemoryBroker(), broker_timeout, self.stats
@@ -568,14 +570,53 @@ class Hub:
         except HubbubError as exc:
             connection.send_message(Error(code=exc.code, reason=exc.reason, id=command.id))
 
+    def _execute_now(self, connection: Connection, event: Execute) -> bool:
+        """:meth:`_execute` for the commands that can run without awaiting (``False``: not run).
+
+        A connection's direct receiver calls it from the server's
+        ``data_received``: a ``publish`` to the embedded broker, the most
+        frequent command, then costs no task switch and no coroutine.
+        """
+        command = event.command
+        try:
+            if type(command) is Publish:
+                namespace = event.namespace
+                assert namespace is not None
+                return self._commands.client_publish_now(connection, command, namespace)
+            if type(command) is Unsubscribe:
+                self._registry.detach(connection, command.channel)
+                connection.send_message(Unsubscribed(channel=command.channel, id=command.id))
+                return True
+        except HubbubError as exc:
+            connection.send_message(Error(code=exc.code, reason=exc.reason, id=command.id))
+            return True
+        return False
+
     # -- background tasks --------------------------------------------------------------------
 
     def _spawn(self, task: Callable[[], Coroutine[Any, Any, None]]) -> bool:
-        """Start ``task`` in the hub's task group; ``False`` (nothing started) when stopped."""
-        if self._tg is None:
+        """Start ``task`` in the hub's task group; ``False`` (nothing started) when stopped.
+
+        anyio starts tasks from a task only. A connection's direct receiver
+        runs in the server's ``data_received`` callback (a fan-out that closes
+        a slow consumer, which leaves its channels, say): there the start is
+        handed to a bare asyncio task, which starts ``task`` at the loop's next
+        turn if the hub still runs.
+        """
+        tg = self._tg
+        if tg is None:
             return False
-        self._tg.start_soon(task)
+        if outside_task():
+            hop = asyncio.get_running_loop().create_task(self._spawn_later(task))
+            self._hops.add(hop)
+            hop.add_done_callback(self._hops.discard)
+            return True
+        tg.start_soon(task)
         return True
+
+    async def _spawn_later(self, task: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        if self._tg is not None:
+            self._tg.start_soon(task)
 
 
 class _HubHost:
@@ -585,12 +626,23 @@ class _HubHost:
     each method calls the part that owns the work directly (no extra hop).
     """
 
-    __slots__ = ("_all_gone", "_hub", "_ids", "_joins", "_registry", "execute", "node", "stats")
+    __slots__ = (
+        "_all_gone",
+        "_hub",
+        "_ids",
+        "_joins",
+        "_registry",
+        "execute",
+        "execute_now",
+        "node",
+        "stats",
+    )
 
     def __init__(self, hub: Hub) -> None:
         self._hub = hub
         # The hub's dispatch itself, not a method calling it: one coroutine less per command.
         self.execute: Callable[[Connection, Execute], Coroutine[Any, Any, None]] = hub._execute
+        self.execute_now: Callable[[Connection, Execute], bool] = hub._execute_now
         self._registry = hub._registry
         self._joins = hub._joins
         self._ids = count(1)

@@ -19,7 +19,7 @@ import msgspec
 
 from ._errors import InvalidData, InvalidMessage, UnknownNamespace
 from .limits import check_positive_int, check_positive_number
-from .messages import CHANNEL_PATTERN
+from .messages import BAD_CHANNEL, CHANNEL_PATTERN
 
 if TYPE_CHECKING:
     from .auth import Identity
@@ -343,7 +343,7 @@ def _allowed(access: AccessRule, identity: Identity, channel: str) -> bool:
 def validate_channel(channel: object) -> str:
     """Return ``channel`` if it is a valid channel name, else raise ``InvalidMessage``."""
     if not isinstance(channel, str) or not _CHANNEL_RE.match(channel):
-        raise InvalidMessage("invalid channel name: 1-255 characters from [A-Za-z0-9_-:.@#=/]")
+        raise InvalidMessage(BAD_CHANNEL)
     return channel
 
 

@@ -122,7 +122,8 @@ class MemoryBroker(Broker):
         if handler is None:
             raise RuntimeError("MemoryBroker is not started")
         now = self._clock()
-        self._sweep(now)
+        if now >= self._next_sweep:
+            self._sweep(now)
         channel = publication.channel
         if idempotency is not None:
             seen = self._idempotency.get((channel, idempotency.key))
