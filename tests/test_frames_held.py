@@ -84,10 +84,10 @@ async def _app(scope: Any, receive: Any, send: Any) -> None:
 
 
 @asynccontextmanager
-async def _accepted() -> AsyncIterator[tuple[FramesProtocol, _Peer]]:
+async def _accepted(app: Any = _app) -> AsyncIterator[tuple[FramesProtocol, _Peer]]:
     """hubbub's protocol serving one real loopback connection, past the handshake."""
     loop = asyncio.get_running_loop()
-    config = Config(_app, ws=FramesProtocol, lifespan="off", ws_ping_interval=None)
+    config = Config(app, ws=FramesProtocol, lifespan="off", ws_ping_interval=None)
     config.load()
     listener = socket.create_server(("127.0.0.1", 0))
     client = socket.create_connection(listener.getsockname())
@@ -234,3 +234,103 @@ async def test_a_paused_transport_refuses_frames_but_writes_those_already_held()
 def anyio_backend() -> str:
     """uvicorn's protocol classes are asyncio protocols."""
     return "asyncio"
+
+
+# -- the write gate: one flag kept equal to every condition it stands for ----------------------
+
+
+def _full_condition(protocol: FramesProtocol) -> bool:
+    """What write_frame checked on every frame before the gate: each flag read afresh."""
+    return (
+        not protocol.close_sent
+        and not protocol.waiting_sends
+        and not protocol.disconnected
+        and protocol.handshake_complete
+        and protocol.initial_response is None
+        and protocol.writable.is_set()
+        and protocol.conn.state is State.OPEN
+    )
+
+
+def _check_gate(protocol: FramesProtocol) -> None:
+    gate = protocol.gate
+    # What write_frame also checked: the transport not closing (the gate is shut first).
+    expected = _full_condition(protocol) and not protocol.transport.is_closing()
+    assert gate.open is expected, {name: getattr(gate, name) for name in gate.__slots__}
+    assert gate.gone is protocol.disconnected
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "ending", ["app close", "peer close", "protocol error", "shutdown", "abort", "peer eof"]
+)
+async def test_the_gate_follows_every_flag_through_a_connection_s_life(ending: str) -> None:
+    """After each event of a connection's life the gate is what the flags say, and a frame is
+    taken exactly when they allow it."""
+    async with _accepted() as (protocol, peer):
+        _check_gate(protocol)
+        assert protocol.gate.open and protocol.write_frame(_frame("open"))
+        protocol.pause_writing()
+        _check_gate(protocol)
+        assert protocol.write_frame(_frame("paused")) is False
+        sending = asyncio.ensure_future(protocol.send({"type": "websocket.send", "text": "waits"}))
+        await asyncio.sleep(0)
+        assert protocol.waiting_sends == 1
+        _check_gate(protocol)
+        protocol.resume_writing()
+        _check_gate(protocol)
+        assert protocol.write_frame(_frame("passes the waiting send")) is False
+        await sending
+        _check_gate(protocol)
+        assert protocol.write_frame(_frame("after it"))
+        if ending == "app close":
+            await protocol.send({"type": "websocket.close", "code": 1000})
+        elif ending == "peer close":
+            peer.protocol.send_close(1000, "bye")
+            protocol.data_received(b"".join(peer.protocol.data_to_send()))
+        elif ending == "protocol error":
+            protocol.data_received(b"\x83\x80\x00\x00\x00\x00")  # reserved opcode 3
+        elif ending == "shutdown":
+            protocol.shutdown()
+        elif ending == "peer eof":
+            peer.sock.shutdown(socket.SHUT_WR)
+            await asyncio.sleep(0.05)
+        else:
+            protocol.transport.abort()
+            await asyncio.sleep(0.05)
+        _check_gate(protocol)
+        assert not protocol.gate.open
+        assert protocol.write_frame(_frame("late")) is False
+        await asyncio.sleep(0.05)
+        _check_gate(protocol)
+
+
+@pytest.mark.anyio
+async def test_the_gate_shuts_when_the_app_returns_without_a_close() -> None:
+    """uvicorn closes the transport when the app returns; no frame is taken after that."""
+    done = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+        await done.wait()
+
+    async with _accepted(app) as (protocol, _peer):
+        assert protocol.write_frame(_frame("while it runs"))
+        done.set()
+        await asyncio.sleep(0.05)
+        assert protocol.transport.is_closing() or protocol.disconnected
+        _check_gate(protocol)
+        assert protocol.write_frame(_frame("after it returned")) is False
+
+
+def test_websockets_state_can_be_watched() -> None:
+    """The installed websockets changes its state through a property setter (what the gate
+    watches); otherwise hubbub would offer no pre-framed writes."""
+    from websockets.server import ServerProtocol
+
+    from hubbub._uvicorn_ws import _watched
+
+    watched = _watched(ServerProtocol)
+    assert watched is not None and issubclass(watched, ServerProtocol)
+    assert _watched(ServerProtocol) is watched  # made once per class

@@ -32,9 +32,17 @@ uvicorn's own implementation with two additions:
   context (fewest bytes, most CPU); ``"off"`` is uvicorn's
   ``ws_per_message_deflate=False`` (:data:`PROTOCOLS` maps the three).
 
+- a direct reader (``read_frames``): after the handshake, plain client frames
+  are parsed here and handed to the app's receiver in ``data_received``
+  (``hubbub.frames["receive"]``), any other frame to websockets for good.
+- a write gate (:class:`_Gate`): whether a frame may be written is kept in one
+  small object, recomputed when a flag it depends on changes, so a fan-out to
+  tens of thousands of sockets reads one attribute per frame, not eight spread
+  over uvicorn's objects.
+
 Everything else is uvicorn's; the attributes relied on are checked by
-tests/test_preframed.py against the installed uvicorn. Imported only by
-``hubbub serve``.
+tests/test_preframed.py and tests/test_frames_held.py against the installed
+uvicorn and websockets. Imported only by ``hubbub serve``.
 """
 
 from __future__ import annotations
@@ -177,14 +185,14 @@ class _Coalescer:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.dirty: list[FramesProtocol] = []
+        self.dirty: list[_Gate] = []
         self.scheduled = False
         # Advanced by each flush: a socket that wrote in this turn has its number.
         self.turn = 0
 
-    def add(self, protocol: FramesProtocol) -> None:
-        """``protocol`` holds frames: write them when the turn ends."""
-        self.dirty.append(protocol)
+    def add(self, gate: _Gate) -> None:
+        """``gate``'s socket holds frames: write them when the turn ends."""
+        self.dirty.append(gate)
         self.end_turn()
 
     def end_turn(self) -> None:
@@ -197,12 +205,149 @@ class _Coalescer:
         self.scheduled = False
         self.turn += 1
         dirty, self.dirty = self.dirty, []
-        for protocol in dirty:
+        for gate in dirty:
             try:
-                protocol.flush_frames()
+                gate.flush()
             except Exception:  # one socket's failure must not keep the others' frames
                 logger.exception("writing held frames failed")
-                protocol.transport.close()
+                gate.shut_down()
+                if gate.transport is not None:
+                    gate.transport.close()
+
+
+class _Gate:
+    """What the pre-framed write reads for every frame, in one small object.
+
+    A fan-out to tens of thousands of sockets is bound by memory, not by
+    instructions: checking uvicorn's flags on the protocol itself (its
+    instance dict of some sixty entries, websockets' connection object, the
+    flow-control event) cost 2.4 µs of user time per delivery at N = 19,500
+    against 0.35 at N = 1,000 (cache misses; benchmarks/README.md, "The
+    write gate"). So the protocol keeps the answer here instead: ``open`` is
+    recomputed whenever one of the flags it depends on is assigned
+    (:class:`_Tracked`, the flow-control flag, websockets' ``state`` setter),
+    and a frame touches only this object and the transport. Not even
+    ``transport.is_closing()``, which alone cost 2 µs per delivery at N =
+    19,500: every path that closes the transport closes the gate first
+    (``shut``: the peer's EOF, the app's end, hubbub's own closes) or has
+    already (a close frame sent or received changes websockets' state; a lost
+    connection sets ``disconnected``).
+    """
+
+    __slots__ = ("coalescer", "gone", "held", "held_bytes", "open", "shut", "transport", "turn")
+
+    def __init__(self) -> None:
+        self.open = False  # frames may be written now (FramesProtocol.recheck)
+        self.gone = False  # uvicorn's ``disconnected``: held frames are dropped
+        self.shut = False  # the transport is closing: nothing more is written
+        self.transport: asyncio.Transport | None = None
+        self.coalescer: _Coalescer | None = None
+        # Frames accepted and not yet written (the second and later of a turn).
+        self.held: list[bytes] | None = None
+        self.held_bytes = 0
+        self.turn = -1  # the coalescer's turn in which this socket last wrote a frame
+
+    def shut_down(self) -> None:
+        """The transport is closing: refuse frames and drop held ones from now on."""
+        self.shut = True
+        self.open = False
+
+    def write(self, frame: bytes) -> bool:
+        """Take one complete frame for this turn's write, or refuse so the caller uses ``send``."""
+        if not self.open:
+            return False
+        transport = self.transport
+        assert transport is not None  # open only once the handshake is done
+        held = self.held
+        if held is None:
+            coalescer = self.coalescer
+            assert coalescer is not None
+            if self.turn != coalescer.turn:
+                # The socket's first frame this turn: written now, so one publication per
+                # turn costs what it did (one pass, no added latency); only a second frame
+                # in the same turn is held, and the rest join it.
+                self.turn = coalescer.turn
+                if not coalescer.scheduled:  # checked here: no call per delivery once set
+                    coalescer.end_turn()
+                transport.write(frame)
+                return True
+            self.held = [frame]
+            self.held_bytes = len(frame)
+            coalescer.add(self)
+            return True
+        held.append(frame)
+        self.held_bytes += len(frame)
+        if self.held_bytes >= HOLD_BYTES:
+            self.flush()
+        return True
+
+    def flush(self) -> None:
+        """Write the frames held (in one call), unless the socket can no longer take them.
+
+        A socket closed meanwhile by uvicorn's own paths has already had them
+        written (those paths flush first); one that is gone drops them.
+        """
+        held = self.held
+        if held is None:
+            return
+        self.held = None
+        self.held_bytes = 0
+        transport = self.transport
+        if not held or self.gone or self.shut or transport is None:
+            return
+        transport.write(held[0] if len(held) == 1 else b"".join(held))
+
+
+class _Tracked:
+    """An attribute of uvicorn's protocol whose every assignment re-checks the gate.
+
+    A data descriptor on :class:`FramesProtocol` takes the assignments uvicorn
+    makes wherever it makes them (``self.close_sent = True`` in any of its
+    paths, in any version), so the gate cannot miss one.
+    """
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.key = "_tracked_" + name
+
+    def __get__(self, protocol: Any, owner: type | None = None) -> Any:
+        if protocol is None:
+            return self
+        return protocol.__dict__[self.key]
+
+    def __set__(self, protocol: Any, value: Any) -> None:
+        protocol.__dict__[self.key] = value
+        if protocol.__dict__.get("tracking"):
+            protocol.recheck()
+
+
+def _watched(cls: type[Protocol]) -> type[Protocol] | None:
+    """``cls`` with its ``state`` setter also re-checking the gate (``None``: cannot be done).
+
+    websockets changes its state only through the ``state`` property's setter;
+    a version without one cannot be watched, and then hubbub offers no
+    pre-framed writes on it.
+    """
+    found = _WATCHED.get(cls)
+    if found is not None or cls in _WATCHED:
+        return found
+    state = getattr(cls, "state", None)
+    if not isinstance(state, property) or state.fget is None or state.fset is None:
+        _WATCHED[cls] = None
+        return None
+    getter, setter = state.fget, state.fset
+
+    def set_state(conn: Any, value: Any) -> None:
+        setter(conn, value)
+        protocol = conn.__dict__.get("hubbub_protocol")
+        if protocol is not None:
+            protocol.recheck()
+
+    watched = type(cls.__name__, (cls,), {"state": property(getter, set_state)})
+    _WATCHED[cls] = watched
+    return watched
+
+
+_WATCHED: dict[type[Protocol], type[Protocol] | None] = {}
 
 
 _COALESCERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Coalescer] = (
@@ -291,11 +436,12 @@ class _Flag:
     ``asyncio.Event`` does.
     """
 
-    __slots__ = ("_waiters", "on")
+    __slots__ = ("_waiters", "changed", "on")
 
     def __init__(self) -> None:
         self.on = False
         self._waiters: list[asyncio.Future[None]] | None = None
+        self.changed: Callable[[], None] | None = None  # told of every set and clear
 
     def is_set(self) -> bool:
         return self.on
@@ -304,6 +450,8 @@ class _Flag:
         if self.on:
             return
         self.on = True
+        if self.changed is not None:
+            self.changed()
         waiters, self._waiters = self._waiters, None
         for waiter in waiters or ():
             if not waiter.done():
@@ -311,6 +459,8 @@ class _Flag:
 
     def clear(self) -> None:
         self.on = False
+        if self.changed is not None:
+            self.changed()
 
     async def wait(self) -> bool:
         if self.on:
@@ -340,22 +490,36 @@ class FramesProtocol(WebSocketsSansIOProtocol):
     to ``uvicorn.Config(ws=...)``: two servers in one process each keep theirs.
     """
 
+    # uvicorn's flags that the write gate depends on: each assignment re-checks it.
+    close_sent = _Tracked()
+    disconnected = _Tracked()
+    handshake_complete = _Tracked()
+    initial_response = _Tracked()
+    waiting_sends = _Tracked()
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.gate = gate = _Gate()
         super().__init__(*args, **kwargs)
         # Lighter stand-ins for uvicorn's asyncio.Queue and asyncio.Event (same methods,
         # same semantics as uvicorn uses them): ~3.5 KiB less per connection.
         self.queue = self.inbox = _Inbox()  # type: ignore[assignment]
-        flag = self.flag = _Flag()  # ``flag.on``: one attribute read on the write path
+        flag = self.flag = _Flag()
         if self.writable.is_set():
             flag.set()
         self.writable = flag  # type: ignore[assignment]
         # Standard sends waiting for write room: a frame written meanwhile would pass them.
         self.waiting_sends = 0
-        # Frames accepted by write_frame and not yet written (the second and later of a turn).
-        self.held: list[bytes] | None = None
-        self.held_bytes = 0
-        self.coalescer = _coalescer(self.loop)
-        self.turn = -1  # the coalescer's turn in which this socket last wrote a frame
+        gate.coalescer = _coalescer(self.loop)
+        # websockets' state changes re-check the gate too (_watched); a version whose
+        # state cannot be watched gets no pre-framed writes (handle_connect).
+        watched = _watched(type(self.conn))
+        self.watched = watched is not None
+        if watched is not None:
+            self.conn.__class__ = watched  # type: ignore[assignment]
+            self.conn.hubbub_protocol = self  # type: ignore[attr-defined]
+        flag.changed = self.recheck
+        self.tracking = True
+        self.recheck()
         # The direct reader (data_received): on from the accept while websockets' parser
         # rests between frames, off for good at the first frame it leaves to websockets.
         self.direct = False
@@ -368,6 +532,47 @@ class FramesProtocol(WebSocketsSansIOProtocol):
         if self.shared_deflate and self.conn.available_extensions:
             self.conn.available_extensions = [DEFLATE]
 
+    @property
+    def held(self) -> list[bytes] | None:
+        """Frames accepted and not yet written (the gate's)."""
+        return self.gate.held
+
+    @property
+    def held_bytes(self) -> int:
+        return self.gate.held_bytes
+
+    def recheck(self) -> None:
+        """Compute whether frames may be written now (:class:`_Gate`): every flag at once."""
+        gate = self.gate
+        gate.gone = self.disconnected
+        gate.open = (
+            not gate.shut
+            and not self.close_sent
+            and not self.waiting_sends
+            and not self.disconnected
+            and self.handshake_complete
+            and self.initial_response is None
+            and self.flag.on
+            and self.conn.state is _OPEN
+        )
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.gate.transport = self.transport
+
+    # The transport closes on these paths without a flag the gate watches: shut it first.
+
+    def eof_received(self) -> None:
+        super().eof_received()  # uvicorn's returns None: the transport closes when this returns
+        self.gate.shut_down()
+
+    async def run_asgi(self) -> None:
+        try:
+            await super().run_asgi()
+        finally:
+            if self.transport.is_closing():  # uvicorn closes it when the app returns
+                self.gate.shut_down()
+
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
         # uvicorn keeps the parsed request (its headers twice over) for nothing once
@@ -378,7 +583,7 @@ class FramesProtocol(WebSocketsSansIOProtocol):
         # the headers, and nothing reads the request's again: ~2 KiB more.
         event.headers.clear()
         # The app's task is created but has not run yet: the scope can still gain a key.
-        if self.response.status_code != 101 or self.close_sent:
+        if self.response.status_code != 101 or self.close_sent or not self.watched:
             return
         deflate: tuple[bool, int] | None = None
         for extension in self.conn.extensions:
@@ -388,7 +593,7 @@ class FramesProtocol(WebSocketsSansIOProtocol):
                 return  # its own compressor, with context, for every message: the standard path
             deflate = (extension.local_no_context_takeover, extension.local_max_window_bits)
         self.scope["extensions"][EXTENSION] = {
-            "write": self.write_frame,
+            "write": self.gate.write,
             "deflate": deflate,
             "receive": self.set_receiver,
         }
@@ -425,13 +630,14 @@ class FramesProtocol(WebSocketsSansIOProtocol):
         # What the app writes to this socket while it handles these frames (replies, its
         # own copy of a publication) is held and leaves in one write when they are done:
         # no turn callback, one system call for the publisher's message and ack.
-        if self.held is None:
-            self.held = []
+        gate = self.gate
+        if gate.held is None:
+            gate.held = []
         self.read_frames(data)
-        if self.held:
-            self.flush_frames()
+        if gate.held:
+            gate.flush()
         else:
-            self.held = None
+            gate.held = None
 
     def read_frames(self, data: bytes) -> None:
         """Parse the complete frames of ``data`` (RFC 6455 §5.2) and deliver them.
@@ -522,6 +728,7 @@ class FramesProtocol(WebSocketsSansIOProtocol):
             except Exception:  # the receiver handles its errors: this is a bug, not the client
                 logger.exception("the app's direct receiver failed")
                 self.direct = False
+                self.gate.shut_down()
                 self.transport.close()
                 return
             if event is None:
@@ -536,54 +743,12 @@ class FramesProtocol(WebSocketsSansIOProtocol):
             self.transport.pause_reading()
 
     def write_frame(self, frame: bytes) -> bool:
-        """Take one complete frame for this turn's write, or refuse so the caller uses ``send``."""
-        if (
-            self.close_sent
-            or self.waiting_sends
-            or self.disconnected
-            or not self.handshake_complete
-            or self.initial_response is not None
-            or not self.flag.on
-            or self.conn.state is not _OPEN
-            or self.transport.is_closing()
-        ):
-            return False
-        held = self.held
-        if held is None:
-            coalescer = self.coalescer
-            if self.turn != coalescer.turn:
-                # The socket's first frame this turn: written now, so one publication per
-                # turn costs what it did (one pass, no added latency); only a second frame
-                # in the same turn is held, and the rest join it.
-                self.turn = coalescer.turn
-                if not coalescer.scheduled:  # checked here: no call per delivery once set
-                    coalescer.end_turn()
-                self.transport.write(frame)
-                return True
-            self.held = [frame]
-            self.held_bytes = len(frame)
-            coalescer.add(self)
-            return True
-        held.append(frame)
-        self.held_bytes += len(frame)
-        if self.held_bytes >= HOLD_BYTES:
-            self.flush_frames()
-        return True
+        """Take one complete frame for this turn's write, or refuse (:meth:`_Gate.write`)."""
+        return self.gate.write(frame)
 
     def flush_frames(self) -> None:
-        """Write the frames held for this socket (in one call), unless it can no longer take them.
-
-        A socket closed meanwhile by uvicorn's own paths has already had them
-        written (those paths flush first); one that is gone drops them.
-        """
-        held = self.held
-        if held is None:
-            return
-        self.held = None
-        self.held_bytes = 0
-        if not held or self.disconnected or self.transport.is_closing():
-            return
-        self.transport.write(held[0] if len(held) == 1 else b"".join(held))
+        """Write the frames held for this socket (:meth:`_Gate.flush`)."""
+        self.gate.flush()
 
     # uvicorn's own writes of a close frame (or of anything after which no data may follow)
     # write the held frames first: they were accepted before, so they go before.
@@ -605,8 +770,9 @@ class FramesProtocol(WebSocketsSansIOProtocol):
         super().handle_parser_exception()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.held = None
-        self.held_bytes = 0
+        gate = self.gate
+        gate.held = None
+        gate.held_bytes = 0
         super().connection_lost(exc)
 
     async def send(self, message: Any) -> None:
@@ -618,8 +784,8 @@ class FramesProtocol(WebSocketsSansIOProtocol):
             raise ClientDisconnected()
         if kind == "websocket.close":
             self.app_closed = True
-        if self.held is not None:
-            self.flush_frames()  # accepted before this message: written before it
+        if self.gate.held is not None:
+            self.gate.flush()  # accepted before this message: written before it
         if not self.writable.is_set():
             self.waiting_sends += 1
             try:
