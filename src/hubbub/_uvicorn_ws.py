@@ -774,6 +774,9 @@ class FramesProtocol(WebSocketsSansIOProtocol):
         gate.held = None
         gate.held_bytes = 0
         super().connection_lost(exc)
+        # The gate is closed for good (``disconnected``): let refcounting free the pair
+        # instead of the cycle collector (the connection object pointed back here).
+        self.conn.__dict__.pop("hubbub_protocol", None)
 
     async def send(self, message: Any) -> None:
         kind = message["type"]
