@@ -157,7 +157,12 @@ async def test_thousands_of_cycles_return_to_the_baseline(
     await run_cycles(server, WARM_UP, CYCLES)
     after = await settled(server, redis, tasks=baseline["tasks"])
     assert after["tasks"] == baseline["tasks"], (baseline, after)
-    assert after["fds"] <= baseline["fds"] + 2, (baseline, after)
+    # Descriptors other than the Redis pool's (which keeps up to max_connections open for
+    # reuse, however many a burst needed) are back where they were.
+    assert after["fds"] - after["redis_pool"] <= baseline["fds"] - baseline["redis_pool"] + 2, (
+        baseline,
+        after,
+    )
     growth = after["rss_kib"] - baseline["rss_kib"]
     assert growth <= RSS_GROWTH_KIB, f"RSS grew {growth} KiB over {CYCLES} cycles"
     # The server counted every one of them (nothing refused, nothing lost count).

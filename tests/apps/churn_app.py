@@ -42,6 +42,14 @@ hub = Hub(
 _hub_app = HubApp(hub)
 
 
+def _pooled() -> int:
+    """Connected sockets in the broker's Redis pool: bounded (``max_connections``) and kept
+    open for reuse, so they are the pool's high-water mark, not a leak."""
+    pool = hub.broker._client.connection_pool  # type: ignore[attr-defined]
+    held = [*pool._available_connections, *pool._in_use_connections]
+    return sum(1 for connection in held if connection.is_connected)
+
+
 def _rss_kib() -> int:
     with open("/proc/self/status") as status:
         for line in status:
@@ -60,6 +68,7 @@ async def app(scope: Any, receive: Any, send: Any) -> None:
                 for task in asyncio.all_tasks()
             ),
             "fds": len(os.listdir("/proc/self/fd")),
+            "redis_pool": _pooled(),
             "rss_kib": _rss_kib(),
             "connections": hub.connection_count,
             "channels": hub.channels(),
