@@ -26,6 +26,7 @@ from websockets.uri import parse_uri
 from websockets.utils import apply_mask
 
 from .servers import Server, run_server
+from .test_preframed import _no_errors
 
 pytestmark = pytest.mark.anyio
 
@@ -41,12 +42,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     argv = ["-m", "hubbub", "serve", "--port", "{port}"]
     with run_server(argv, tmp_path_factory.mktemp("direct")) as running:
         yield running
-
-
-def _no_errors(server: Server) -> None:
-    log = server.log()
-    assert "Traceback" not in log, log[-3000:]
-    assert "ERROR" not in log, log[-3000:]
 
 
 def frame(

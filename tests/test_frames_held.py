@@ -26,7 +26,8 @@ from websockets.protocol import State
 from websockets.uri import parse_uri
 
 from hubbub._frames import build_frame
-from hubbub._uvicorn_ws import HOLD_BYTES, SUPPORTED, FramesProtocol
+from hubbub._uvicorn_ws import SUPPORTED, FramesProtocol
+from hubbub._ws_gate import HOLD_BYTES, watched
 
 pytestmark = pytest.mark.skipif(not SUPPORTED, reason="uvicorn < 0.52.1: no pre-framed path")
 
@@ -329,8 +330,6 @@ def test_websockets_state_can_be_watched() -> None:
     watches); otherwise hubbub would offer no pre-framed writes."""
     from websockets.server import ServerProtocol
 
-    from hubbub._uvicorn_ws import _watched
-
-    watched = _watched(ServerProtocol)
-    assert watched is not None and issubclass(watched, ServerProtocol)
-    assert _watched(ServerProtocol) is watched  # made once per class
+    subclass = watched(ServerProtocol)
+    assert subclass is not None and issubclass(subclass, ServerProtocol)
+    assert watched(ServerProtocol) is subclass  # made once per class

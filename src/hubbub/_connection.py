@@ -47,7 +47,6 @@ __all__ = [
     "Connection",
     "SessionHost",
     "Signal",
-    "clock_now",
     "loop_clock",
     "new_signal",
     "outside_task",
@@ -217,14 +216,6 @@ def outside_task() -> bool:
         return asyncio.current_task() is None
     except RuntimeError:  # no asyncio loop running
         return False
-
-
-def clock_now() -> float:
-    """``anyio.current_time()``, also from an asyncio callback (outside any task)."""
-    try:
-        return asyncio.get_running_loop().time()
-    except RuntimeError:  # not on asyncio (trio)
-        return anyio.current_time()
 
 
 # What a send raises once the peer has gone (ASGI spec 2.4: OSError; anyio streams
@@ -511,7 +502,9 @@ class Connection:
             if scope is not None:
                 scope.cancel()
         elif scope is not None:
-            scope.deadline = min(scope.deadline, clock_now() + self.host.limits.close_timeout)
+            # The loop's clock: close() may run in a server callback, outside any task,
+            # where anyio.current_time() cannot tell the backend.
+            scope.deadline = min(scope.deadline, loop_clock()() + self.host.limits.close_timeout)
         self._wake()
 
     def _wake(self) -> None:

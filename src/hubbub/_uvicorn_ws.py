@@ -14,7 +14,7 @@ uvicorn's own implementation with two additions:
   slow-consumer policy are unchanged.
 - at most two writes per socket per event-loop turn: a socket's first frame
   in a turn is written at once; later ones in the same turn are held until the
-  turn ends (``_Coalescer``) and leave in one ``transport.write``, so a socket
+  turn ends (``Coalescer``) and leave in one ``transport.write``, so a socket
   that gets several publications (and the ``ack`` of its own) while the app
   works through a burst costs two ``send()`` system calls, not one per frame.
   On loopback most of a delivery's CPU is the kernel's, per call. Anything
@@ -35,7 +35,7 @@ uvicorn's own implementation with two additions:
 - a direct reader (``read_frames``): after the handshake, plain client frames
   are parsed here and handed to the app's receiver in ``data_received``
   (``hubbub.frames["receive"]``), any other frame to websockets for good.
-- a write gate (:class:`_Gate`): whether a frame may be written is kept in one
+- a write gate (:class:`Gate`): whether a frame may be written is kept in one
   small object, recomputed when a flag it depends on changes, so a fan-out to
   tens of thousands of sockets reads one attribute per frame, not eight spread
   over uvicorn's objects.
@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any, ClassVar, Final
@@ -65,6 +64,7 @@ from websockets.http11 import Request
 from websockets.protocol import Protocol, State
 
 from ._frames import EXTENSION, WINDOW_BITS
+from ._ws_gate import Gate, Tracked, coalescer_for, watched
 
 try:  # what websockets' own parser uses: its C version where built, else its Python one
     from websockets.speedups import apply_mask
@@ -116,9 +116,6 @@ _AFTER_CLOSE: Final = frozenset({"websocket.send", "websocket.close"})
 
 logger = logging.getLogger("hubbub.connection")
 
-HOLD_BYTES: Final = 65536
-"""Bytes held for one socket before they are written at once rather than at the loop's next turn."""
-
 # First byte of the frames the direct reader takes (FIN set, no RSV bit); any other
 # (a close, a fragment, a compressed or reserved frame) hands the connection to websockets.
 _TEXT: Final = 0x81
@@ -146,7 +143,7 @@ def at_frame_boundary(conn: Protocol) -> bool:
     # A fragmented message under way: websockets 15+ "current_size", earlier "cur_size".
     if getattr(conn, "current_size", getattr(conn, "cur_size", 0)) is not None:
         return False
-    if conn.state is not _OPEN or frame_limit(conn) is False:
+    if conn.state is not _OPEN:
         return False
     generator: Any = getattr(conn, "parser", None)
     while getattr(generator, "gi_yieldfrom", None) is not None:
@@ -172,194 +169,6 @@ def frame_limit(conn: Protocol) -> int | bool | None:
     if hasattr(found, "max_size"):
         return found.max_size if found.max_size is None else int(found.max_size)
     return False
-
-
-class _Coalescer:
-    """The turn of one event loop, and the sockets holding frames until it ends.
-
-    One per loop (``_coalescer``), not per connection: ``call_soon`` once per
-    turn however many sockets hold frames.
-    """
-
-    __slots__ = ("__weakref__", "dirty", "loop", "scheduled", "turn")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.dirty: list[_Gate] = []
-        self.scheduled = False
-        # Advanced by each flush: a socket that wrote in this turn has its number.
-        self.turn = 0
-
-    def add(self, gate: _Gate) -> None:
-        """``gate``'s socket holds frames: write them when the turn ends."""
-        self.dirty.append(gate)
-        self.end_turn()
-
-    def end_turn(self) -> None:
-        """Make sure the turn ends with a flush (which also advances :attr:`turn`)."""
-        if not self.scheduled:
-            self.scheduled = True
-            self.loop.call_soon(self.flush)
-
-    def flush(self) -> None:
-        self.scheduled = False
-        self.turn += 1
-        dirty, self.dirty = self.dirty, []
-        for gate in dirty:
-            try:
-                gate.flush()
-            except Exception:  # one socket's failure must not keep the others' frames
-                logger.exception("writing held frames failed")
-                gate.shut_down()
-                if gate.transport is not None:
-                    gate.transport.close()
-
-
-class _Gate:
-    """What the pre-framed write reads for every frame, in one small object.
-
-    A fan-out to tens of thousands of sockets is bound by memory, not by
-    instructions: checking uvicorn's flags on the protocol itself (its
-    instance dict of some sixty entries, websockets' connection object, the
-    flow-control event) cost 2.4 µs of user time per delivery at N = 19,500
-    against 0.35 at N = 1,000 (cache misses; benchmarks/README.md, "The
-    write gate"). So the protocol keeps the answer here instead: ``open`` is
-    recomputed whenever one of the flags it depends on is assigned
-    (:class:`_Tracked`, the flow-control flag, websockets' ``state`` setter),
-    and a frame touches only this object and the transport. Not even
-    ``transport.is_closing()``, which alone cost 2 µs per delivery at N =
-    19,500: every path that closes the transport closes the gate first
-    (``shut``: the peer's EOF, the app's end, hubbub's own closes) or has
-    already (a close frame sent or received changes websockets' state; a lost
-    connection sets ``disconnected``).
-    """
-
-    __slots__ = ("coalescer", "gone", "held", "held_bytes", "open", "shut", "transport", "turn")
-
-    def __init__(self) -> None:
-        self.open = False  # frames may be written now (FramesProtocol.recheck)
-        self.gone = False  # uvicorn's ``disconnected``: held frames are dropped
-        self.shut = False  # the transport is closing: nothing more is written
-        self.transport: asyncio.Transport | None = None
-        self.coalescer: _Coalescer | None = None
-        # Frames accepted and not yet written (the second and later of a turn).
-        self.held: list[bytes] | None = None
-        self.held_bytes = 0
-        self.turn = -1  # the coalescer's turn in which this socket last wrote a frame
-
-    def shut_down(self) -> None:
-        """The transport is closing: refuse frames and drop held ones from now on."""
-        self.shut = True
-        self.open = False
-
-    def write(self, frame: bytes) -> bool:
-        """Take one complete frame for this turn's write, or refuse so the caller uses ``send``."""
-        if not self.open:
-            return False
-        transport = self.transport
-        assert transport is not None  # open only once the handshake is done
-        held = self.held
-        if held is None:
-            coalescer = self.coalescer
-            assert coalescer is not None
-            if self.turn != coalescer.turn:
-                # The socket's first frame this turn: written now, so one publication per
-                # turn costs what it did (one pass, no added latency); only a second frame
-                # in the same turn is held, and the rest join it.
-                self.turn = coalescer.turn
-                if not coalescer.scheduled:  # checked here: no call per delivery once set
-                    coalescer.end_turn()
-                transport.write(frame)
-                return True
-            self.held = [frame]
-            self.held_bytes = len(frame)
-            coalescer.add(self)
-            return True
-        held.append(frame)
-        self.held_bytes += len(frame)
-        if self.held_bytes >= HOLD_BYTES:
-            self.flush()
-        return True
-
-    def flush(self) -> None:
-        """Write the frames held (in one call), unless the socket can no longer take them.
-
-        A socket closed meanwhile by uvicorn's own paths has already had them
-        written (those paths flush first); one that is gone drops them.
-        """
-        held = self.held
-        if held is None:
-            return
-        self.held = None
-        self.held_bytes = 0
-        transport = self.transport
-        if not held or self.gone or self.shut or transport is None:
-            return
-        transport.write(held[0] if len(held) == 1 else b"".join(held))
-
-
-class _Tracked:
-    """An attribute of uvicorn's protocol whose every assignment re-checks the gate.
-
-    A data descriptor on :class:`FramesProtocol` takes the assignments uvicorn
-    makes wherever it makes them (``self.close_sent = True`` in any of its
-    paths, in any version), so the gate cannot miss one.
-    """
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.key = "_tracked_" + name
-
-    def __get__(self, protocol: Any, owner: type | None = None) -> Any:
-        if protocol is None:
-            return self
-        return protocol.__dict__[self.key]
-
-    def __set__(self, protocol: Any, value: Any) -> None:
-        protocol.__dict__[self.key] = value
-        if protocol.__dict__.get("tracking"):
-            protocol.recheck()
-
-
-def _watched(cls: type[Protocol]) -> type[Protocol] | None:
-    """``cls`` with its ``state`` setter also re-checking the gate (``None``: cannot be done).
-
-    websockets changes its state only through the ``state`` property's setter;
-    a version without one cannot be watched, and then hubbub offers no
-    pre-framed writes on it.
-    """
-    found = _WATCHED.get(cls)
-    if found is not None or cls in _WATCHED:
-        return found
-    state = getattr(cls, "state", None)
-    if not isinstance(state, property) or state.fget is None or state.fset is None:
-        _WATCHED[cls] = None
-        return None
-    getter, setter = state.fget, state.fset
-
-    def set_state(conn: Any, value: Any) -> None:
-        setter(conn, value)
-        protocol = conn.__dict__.get("hubbub_protocol")
-        if protocol is not None:
-            protocol.recheck()
-
-    watched = type(cls.__name__, (cls,), {"state": property(getter, set_state)})
-    _WATCHED[cls] = watched
-    return watched
-
-
-_WATCHED: dict[type[Protocol], type[Protocol] | None] = {}
-
-
-_COALESCERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Coalescer] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _coalescer(loop: asyncio.AbstractEventLoop) -> _Coalescer:
-    found = _COALESCERS.get(loop)
-    if found is None:
-        found = _COALESCERS[loop] = _Coalescer(loop)
-    return found
 
 
 class _Inbox:
@@ -491,14 +300,14 @@ class FramesProtocol(WebSocketsSansIOProtocol):
     """
 
     # uvicorn's flags that the write gate depends on: each assignment re-checks it.
-    close_sent = _Tracked()
-    disconnected = _Tracked()
-    handshake_complete = _Tracked()
-    initial_response = _Tracked()
-    waiting_sends = _Tracked()
+    close_sent = Tracked()
+    disconnected = Tracked()
+    handshake_complete = Tracked()
+    initial_response = Tracked()
+    waiting_sends = Tracked()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.gate = gate = _Gate()
+        self.gate = gate = Gate()
         super().__init__(*args, **kwargs)
         # Lighter stand-ins for uvicorn's asyncio.Queue and asyncio.Event (same methods,
         # same semantics as uvicorn uses them): ~3.5 KiB less per connection.
@@ -509,13 +318,13 @@ class FramesProtocol(WebSocketsSansIOProtocol):
         self.writable = flag  # type: ignore[assignment]
         # Standard sends waiting for write room: a frame written meanwhile would pass them.
         self.waiting_sends = 0
-        gate.coalescer = _coalescer(self.loop)
-        # websockets' state changes re-check the gate too (_watched); a version whose
+        gate.coalescer = coalescer_for(self.loop)
+        # websockets' state changes re-check the gate too (watched); a version whose
         # state cannot be watched gets no pre-framed writes (handle_connect).
-        watched = _watched(type(self.conn))
-        self.watched = watched is not None
-        if watched is not None:
-            self.conn.__class__ = watched  # type: ignore[assignment]
+        subclass = watched(type(self.conn))
+        self.watched = subclass is not None
+        if subclass is not None:
+            self.conn.__class__ = subclass  # type: ignore[assignment]
             self.conn.hubbub_protocol = self  # type: ignore[attr-defined]
         flag.changed = self.recheck
         self.tracking = True
@@ -542,7 +351,7 @@ class FramesProtocol(WebSocketsSansIOProtocol):
         return self.gate.held_bytes
 
     def recheck(self) -> None:
-        """Compute whether frames may be written now (:class:`_Gate`): every flag at once."""
+        """Compute whether frames may be written now (:class:`Gate`): every flag at once."""
         gate = self.gate
         gate.gone = self.disconnected
         gate.open = (
@@ -743,11 +552,11 @@ class FramesProtocol(WebSocketsSansIOProtocol):
             self.transport.pause_reading()
 
     def write_frame(self, frame: bytes) -> bool:
-        """Take one complete frame for this turn's write, or refuse (:meth:`_Gate.write`)."""
+        """Take one complete frame for this turn's write, or refuse (:meth:`Gate.write`)."""
         return self.gate.write(frame)
 
     def flush_frames(self) -> None:
-        """Write the frames held for this socket (:meth:`_Gate.flush`)."""
+        """Write the frames held for this socket (:meth:`Gate.flush`)."""
         self.gate.flush()
 
     # uvicorn's own writes of a close frame (or of anything after which no data may follow)
@@ -799,9 +608,8 @@ class FramesProtocol(WebSocketsSansIOProtocol):
         if message["type"] == "websocket.accept" and self.handshake_complete:
             # The handshake response is written: uvicorn never reads it again.
             del self.response
-            self.direct = at_frame_boundary(self.conn)
-            if self.direct:
-                self.limit = frame_limit(self.conn)
+            self.limit = frame_limit(self.conn)
+            self.direct = self.limit is not False and at_frame_boundary(self.conn)
 
 
 class PerConnectionProtocol(FramesProtocol):

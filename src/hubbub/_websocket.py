@@ -266,7 +266,7 @@ class WebSocketConnection(Connection):
         """
         if self._close is not None:
             return None  # as the reader does: nothing more is read from a closing client
-        if len(self._queue) * 2 >= self._max_messages or self._queued_bytes * 2 >= self._max_bytes:
+        if self._crowded():
             if isinstance(frame, str):
                 return {"type": "websocket.receive", "text": frame}
             return {"type": "websocket.receive", "bytes": frame}

@@ -25,13 +25,12 @@ It starts and stops in three equal ways: ``async with hub:``,
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import weakref
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
-from itertools import count
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -42,10 +41,11 @@ from anyio.abc import TaskGroup
 from ._brokercall import BACKGROUND_BROKER_CALLS, BrokerCalls, check_capabilities
 from ._commands import MAX_HISTORY_LIMIT as MAX_HISTORY_LIMIT
 from ._commands import Commands, server_publication
-from ._connection import Connection, SessionHost, outside_task
+from ._connection import Connection, SessionHost, Signal, new_signal, outside_task
 from ._control import CONTROL_CHANNEL, Control
 from ._errors import HubbubError, InvalidMessage, PermissionDenied, RateLimited
 from ._fanout import Fanout, message
+from ._host import HubHost
 from ._join import REPLY_BACKLOG as REPLY_BACKLOG
 from ._join import REPLY_FRAME_BYTES as REPLY_FRAME_BYTES
 from ._join import Joins, at_channel_limit
@@ -54,7 +54,7 @@ from ._registry import Registry
 from ._stats import BROKER_BUCKETS, HubStats, LatencyHistogram
 from ._sync import LoopGate, SyncHub
 from ._tracing import Tracing
-from .auth import Authenticator, Identity
+from .auth import Authenticator
 from .brokers import Broker, HistoryPage, MemoryBroker
 from .chat import Notification
 from .limits import Admission, Limits
@@ -153,7 +153,9 @@ class Hub:
         self._state: State = "stopped"
         self._stack: AsyncExitStack | None = None
         self._tg: TaskGroup | None = None
-        self._hops: set[asyncio.Task[None]] = set()  # see _spawn
+        # Tasks _spawn was asked for outside any task, for _start_deferred to start.
+        self._deferred: deque[Callable[[], Coroutine[Any, Any, None]]] = deque()
+        self._deferred_wake: Signal = Signal()
         self._all_gone: anyio.Event | None = None
         calls = BrokerCalls(
             broker if broker is not None else MemoryBroker(), broker_timeout, self.stats
@@ -183,7 +185,7 @@ class Hub:
         self._nodes = Control(
             self.node, self._registry, self._joins, calls, self.namespaces, self._spawn
         )
-        self.session_host: SessionHost = _HubHost(self)
+        self.session_host: SessionHost = HubHost(self)
         """What the hub's connections may ask of it (``serve_websocket``, ``serve_sse``)."""
         self._gate = LoopGate()
         self.sync = SyncHub(self, self._gate)
@@ -269,6 +271,8 @@ class Hub:
             await self._tg.start(self._gate.serve)
             await self.broker.start(self._fanout.dispatch, self._fanout.lost, self._tg)
             self._tg.start_soon(self._registry.heartbeats, self.limits)
+            self._deferred_wake = new_signal()
+            self._tg.start_soon(self._start_deferred)
             self._tg.start_soon(self._presence.renew_forever, self._registry.connections)
             try:
                 await self._calls.subscribe(CONTROL_CHANNEL)
@@ -322,6 +326,7 @@ class Hub:
             _RUNNING_HUBS.discard(self)
             self._stack = None
             self._tg = None
+            self._deferred.clear()  # not started: the hub stopped first
             self._registry.channels.clear()
             self._state = "stopped"
             logger.info("hub stopped", extra={"node": self.node})
@@ -599,107 +604,27 @@ class Hub:
 
         anyio starts tasks from a task only. A connection's direct receiver
         runs in the server's ``data_received`` callback (a fan-out that closes
-        a slow consumer, which leaves its channels, say): there the start is
-        handed to a bare asyncio task, which starts ``task`` at the loop's next
-        turn if the hub still runs.
+        a slow consumer, which leaves its channels, say): there ``task`` is
+        queued for :meth:`_start_deferred`, a task of the hub's own group, which
+        starts it at the loop's next turn.
         """
         tg = self._tg
         if tg is None:
             return False
         if outside_task():
-            hop = asyncio.get_running_loop().create_task(self._spawn_later(task))
-            self._hops.add(hop)
-            hop.add_done_callback(self._hops.discard)
+            self._deferred.append(task)
+            self._deferred_wake.set()
             return True
         tg.start_soon(task)
         return True
 
-    async def _spawn_later(self, task: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        if self._tg is not None:
-            self._tg.start_soon(task)
-
-
-class _HubHost:
-    """The hub's :class:`~hubbub._connection.SessionHost`: what its connections may ask of it.
-
-    A separate object keeps the hub's own namespace for its public API, and
-    each method calls the part that owns the work directly (no extra hop).
-    """
-
-    __slots__ = (
-        "_all_gone",
-        "_hub",
-        "_ids",
-        "_joins",
-        "_registry",
-        "execute",
-        "execute_now",
-        "node",
-        "stats",
-    )
-
-    def __init__(self, hub: Hub) -> None:
-        self._hub = hub
-        # The hub's dispatch itself, not a method calling it: one coroutine less per command.
-        self.execute: Callable[[Connection, Execute], Coroutine[Any, Any, None]] = hub._execute
-        self.execute_now: Callable[[Connection, Execute], bool] = hub._execute_now
-        self._registry = hub._registry
-        self._joins = hub._joins
-        self._ids = count(1)
-        self.stats = hub.stats
-        self.node = hub.node
-
-    @property
-    def limits(self) -> Limits:
-        return self._hub.limits
-
-    @property
-    def namespaces(self) -> NamespaceRegistry:
-        return self._hub.namespaces
-
-    @property
-    def admission(self) -> Admission:
-        return self._hub.admission
-
-    @property
-    def state(self) -> str:
-        return self._hub.state
-
-    @property
-    def running(self) -> bool:
-        return self._hub.running
-
-    async def authenticate(self, scope: Any) -> Identity:
-        hub = self._hub
-        return await hub._commands.authenticate(scope, anonymous=hub.anonymous)
-
-    def user_connections(self, user: str) -> int:
-        return len(self._registry.users.get(user, ()))
-
-    def client_id(self) -> str:
-        return f"{self.node}.{next(self._ids)}"
-
-    def open(self, connection: Connection) -> None:
-        self._registry.add(connection)
-        self.stats.connections_total += 1
-
-    async def welcome(self, connection: Connection) -> None:
-        await self._joins.welcome(connection, self.node)
-
-    async def join(
-        self, connection: Connection, channel: str, namespace: Namespace, recover: Position | None
-    ) -> None:
-        await self._joins.subscribe(connection, channel, namespace, recover=recover)
-
-    def detach_all(self, connection: Connection) -> None:
-        self._registry.detach_all(connection)
-
-    def forget(self, connection: Connection) -> None:
-        registry = self._registry
-        registry.remove(connection)
-        all_gone = self._hub._all_gone
-        if not registry.connections and all_gone is not None:
-            all_gone.set()
+    async def _start_deferred(self) -> None:
+        """Start, from within the hub's task group, what :meth:`_spawn` queued outside a task."""
+        deferred = self._deferred
+        while True:
+            while deferred and self._tg is not None:
+                self._tg.start_soon(deferred.popleft())
+            await self._deferred_wake.wait()
 
 
 def running_hubs() -> list[Hub]:

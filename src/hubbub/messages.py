@@ -432,7 +432,7 @@ class Codec:
         if too_deep:
             raise _invalid(f"message nested deeper than {MAX_DEPTH} levels", command.id)
         channel = getattr(command, "channel", None)
-        if channel is not None and channel not in _KNOWN_CHANNELS and not valid_channel(channel):
+        if channel is not None and not valid_channel(channel):
             raise _invalid(BAD_CHANNEL, command.id)
         if isinstance(command, Publish):
             self.check_data(command.data, command.id)

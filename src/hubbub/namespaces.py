@@ -19,7 +19,7 @@ import msgspec
 
 from ._errors import InvalidData, InvalidMessage, UnknownNamespace
 from .limits import check_positive_int, check_positive_number
-from .messages import BAD_CHANNEL, CHANNEL_PATTERN
+from .messages import BAD_CHANNEL, valid_channel
 
 if TYPE_CHECKING:
     from .auth import Identity
@@ -86,7 +86,6 @@ SlowConsumerPolicy = Literal["disconnect", "drop_oldest"]
 recovers (``disconnect``), or drop the oldest queued message of a lossy
 channel (``drop_oldest``)."""
 
-_CHANNEL_RE: Final = re.compile(CHANNEL_PATTERN)
 _NAMESPACE_RE: Final = re.compile(r"^[A-Za-z0-9_\-.@=/]{1,64}$")
 PERSONAL_PREFIX: Final = "#"
 
@@ -342,7 +341,7 @@ def _allowed(access: AccessRule, identity: Identity, channel: str) -> bool:
 
 def validate_channel(channel: object) -> str:
     """Return ``channel`` if it is a valid channel name, else raise ``InvalidMessage``."""
-    if not isinstance(channel, str) or not _CHANNEL_RE.match(channel):
+    if not isinstance(channel, str) or not valid_channel(channel):
         raise InvalidMessage(BAD_CHANNEL)
     return channel
 
