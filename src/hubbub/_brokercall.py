@@ -74,12 +74,22 @@ keeps a pool of any reasonable size free for client commands.
 class BrokerCalls:
     """The hub's broker, called with a timeout, mapped errors and a latency metric."""
 
-    __slots__ = ("_background", "broker", "stats", "timeout")
+    __slots__ = ("_background", "broker", "delivered", "stats", "timeout")
 
-    def __init__(self, broker: Broker, timeout: float, stats: HubStats) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        timeout: float,
+        stats: HubStats,
+        delivered: Callable[[], None] | None = None,
+    ) -> None:
         self.broker = broker
         self.timeout = timeout
         self.stats = stats
+        # Delivers what fan-out batched (``Fanout.flush``) when an awaited publish
+        # returns: a publication the broker handed back during the call has then
+        # reached this node's subscribers (the memory broker's, say).
+        self.delivered = delivered
         self._background: anyio.CapacityLimiter | None = None
 
     def reset(self) -> None:
@@ -146,10 +156,15 @@ class BrokerCalls:
         idempotency: Idempotency | None = None,
     ) -> Publication:
         published = self.publish_now(publication, history, idempotency)
-        if published is not None:
-            return published
-        broker = self.broker
-        return await self.call("publish", lambda: broker.publish(publication, history, idempotency))
+        if published is None:
+            broker = self.broker
+            published = await self.call(
+                "publish", lambda: broker.publish(publication, history, idempotency)
+            )
+        delivered = self.delivered
+        if delivered is not None:
+            delivered()
+        return published
 
     def publish_now(
         self,

@@ -34,7 +34,7 @@ from .messages import ClientInfo, Codec, ServerMessage
 from .protocol import TRY_AGAIN_LATER, ClientProtocol, Close
 
 if TYPE_CHECKING:
-    from ._frames import SharedFrame
+    from ._frames import SharedFrame, SharedRun
     from ._stats import HubStats
     from .limits import Admission, Limits
     from .messages import Position
@@ -128,6 +128,14 @@ class SessionHost(Protocol):
 
         Called outside any task (a server's ``data_received``): it must not
         await, nor need the current task.
+        """
+        ...
+
+    def end_of_read(self) -> None:
+        """The server has handed over every message of one read: deliver what they published.
+
+        Fan-out batches publications until then (or the loop's next turn), so
+        that a burst read at once costs each subscriber one visit and one write.
         """
         ...
 
@@ -381,6 +389,21 @@ class Connection:
             if frame is not None and write(frame):
                 return
         self.enqueue(shared.message, shared.size, droppable)
+
+    def enqueue_run(self, run: SharedRun, droppable: bool = False) -> None:
+        """Deliver several publications of one channel, in one write if the socket can take it.
+
+        As :meth:`enqueue_shared`, for what fan-out batched (a :class:`SharedRun`):
+        one write of frames joined once for every subscriber, or else each one
+        on its own, in order, by the same path as a single publication.
+        """
+        write = self._write_frame
+        if write is not None and self._waiting and not self._queue and self._close is None:
+            frame = run.frame(self._wire)
+            if frame is not None and write(frame):
+                return
+        for shared in run.frames:
+            self.enqueue_shared(shared, droppable)
 
     def enqueue_reply(self, frames: list[tuple[str | bytes, int]]) -> None:
         """Queue the frames of one reply (a join, a history page) whatever the queue holds.

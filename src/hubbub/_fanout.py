@@ -21,7 +21,9 @@ sent), so a publication the broker hands over late does not reach it twice.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable, Collection
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final
@@ -30,7 +32,7 @@ from msgspec import Raw
 
 from ._brokercall import BrokerCalls, Spawn
 from ._errors import HubbubError
-from ._frames import SharedFrame
+from ._frames import SharedFrame, SharedRun
 from ._recovery import Joined
 from ._registry import Channel
 from ._stats import HubStats
@@ -54,7 +56,18 @@ CODECS: Final = CODECS_BY_NAME
 class Fanout:
     """Takes publications from the broker and hands them to local subscribers, in order."""
 
-    __slots__ = ("_calls", "_control", "_node", "_spawn", "channels", "stats", "tracing")
+    __slots__ = (
+        "_batch",
+        "_calls",
+        "_control",
+        "_flushing",
+        "_node",
+        "_scheduled",
+        "_spawn",
+        "channels",
+        "stats",
+        "tracing",
+    )
 
     def __init__(
         self,
@@ -73,6 +86,11 @@ class Fanout:
         self._spawn = spawn
         self._control = control
         self._node = node
+        # Publications dispatched and not yet delivered (_defer), oldest first: the
+        # channel, its consecutive publications, and whether more may join them.
+        self._batch: deque[tuple[Channel, list[Publication], bool]] = deque()
+        self._flushing = False
+        self._scheduled = False
 
     def dispatch(self, publication: Publication) -> None:
         """Take one publication from the broker: check its offset, then fan it out.
@@ -80,6 +98,8 @@ class Fanout:
         Publications of a stream must arrive in offset order without holes. A
         duplicate is dropped; a hole (the broker's link lost some) is repaired
         from history before anything newer is delivered (``_repair``).
+
+        Fan-out itself waits for the end of the batch (:meth:`_defer`).
         """
         entry = self.channels.get(publication.channel)
         if entry is None:
@@ -97,25 +117,102 @@ class Fanout:
                 self._start_repair(publication.channel, entry, [publication])
                 return
             entry.last_offset, entry.last_epoch = offset, publication.epoch
-        tracing = self.tracing
-        if tracing is None:
-            self.fan_out(entry, publication)
+        if self.tracing is None:
+            self._defer(entry, publication)
             return
+        self.flush()
+        self._traced(entry, publication)
+
+    def _traced(self, entry: Channel, publication: Publication) -> None:
+        tracing = self.tracing
+        assert tracing is not None
         attributes: dict[str, Any] = {"hubbub.kind": publication.kind}
-        if offset is not None:
-            attributes["hubbub.offset"] = offset
+        if publication.offset is not None:
+            attributes["hubbub.offset"] = publication.offset
         with tracing.fan_out(publication.channel, entry.namespace.name, attributes) as span:
             before = self.stats.deliveries
             self.fan_out(entry, publication)
             span.set_attribute("hubbub.subscribers", self.stats.deliveries - before)
 
-    def fan_out(self, entry: Channel, publication: Publication) -> None:
-        """Hand one publication to every local subscriber of its channel."""
+    def _defer(self, entry: Channel, publication: Publication) -> None:
+        """Batch ``publication`` for :meth:`flush`: the end of a read, or of the loop's turn.
+
+        Consecutive publications of one channel become one :class:`SharedRun`:
+        each subscriber is visited once and written to once for all of them,
+        rather than once per publication (at 20,000 subscribers each visit is
+        cache misses, and each write a system call). A publication that some
+        subscribers must not get (``exclude``, a joiner's floor) starts its own
+        run and is delivered at once, after what was batched before it. Order
+        holds: runs are delivered in dispatch order, and every change to a
+        channel's subscribers (:meth:`hubbub._registry.Registry.attach`,
+        ``detach``) flushes first, so a run reaches exactly the subscribers the
+        channel had when it was dispatched.
+        """
         if entry.recovering and publication.kind == "message":
             for buffered in entry.recovering.values():
                 buffered.append(publication)
         if not entry.subscribers:
             return
+        batch = self._batch
+        if publication.exclude is not None or entry.floors:
+            batch.append((entry, [publication], False))
+            self.flush()
+            return
+        if batch:
+            last = batch[-1]
+            if last[0] is entry and last[2]:
+                last[1].append(publication)
+                return
+        batch.append((entry, [publication], True))
+        if not self._scheduled:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # not on asyncio (trio): no turn to wait for
+                self.flush()
+                return
+            self._scheduled = True
+            loop.call_soon(self._end_turn)
+
+    def _end_turn(self) -> None:
+        self._scheduled = False
+        self.flush()
+
+    def flush(self) -> None:
+        """Deliver what :meth:`_defer` batched, in order.
+
+        Called at the end of a client's read (the server's direct reader), at
+        the end of the loop's turn, before a channel's subscribers change, and
+        before any publication delivered at once. Not re-entered: a delivery
+        that closes a slow consumer (which leaves its channels, so flushes)
+        leaves what is batched to this loop, which delivers it next, in order.
+        """
+        batch = self._batch
+        if self._flushing or not batch:
+            return
+        self._flushing = True
+        try:
+            while batch:
+                entry, publications, _ = batch.popleft()
+                try:
+                    if len(publications) == 1:
+                        self._deliver(entry, publications[0])
+                    else:
+                        self._deliver_run(entry, publications)
+                except Exception:  # a bug; the rest of the batch must still go out
+                    logger.exception("fan-out failed", extra={"event": "fanout_failed"})
+        finally:
+            self._flushing = False
+
+    def fan_out(self, entry: Channel, publication: Publication) -> None:
+        """Hand one publication to every local subscriber of its channel, now."""
+        self.flush()
+        if entry.recovering and publication.kind == "message":
+            for buffered in entry.recovering.values():
+                buffered.append(publication)
+        if entry.subscribers:
+            self._deliver(entry, publication)
+
+    def _deliver(self, entry: Channel, publication: Publication) -> None:
         source = CODECS[publication.codec]
         droppable = entry.namespace.droppable
         exclude = publication.exclude
@@ -150,6 +247,36 @@ class Fanout:
                 for c in targets
                 if c.id != exclude and not (skip and c in skip)
             )
+
+    def _deliver_run(self, entry: Channel, publications: list[Publication]) -> None:
+        """Several publications that every subscriber gets (no ``exclude``, no floor)."""
+        droppable = entry.namespace.droppable
+        runs: dict[Codec, SharedRun] = {}
+        targets = tuple(entry.subscribers)
+        for connection in targets:
+            codec = connection.codec
+            run = runs.get(codec)
+            if run is None:
+                run = runs[codec] = SharedRun(
+                    [
+                        SharedFrame(
+                            encode_bytes(publication, CODECS[publication.codec], codec),
+                            codec.binary,
+                        )
+                        for publication in publications
+                    ]
+                )
+            connection.enqueue_run(run, droppable)
+        delivered = len(targets)
+        stats = self.stats
+        stats.deliveries += delivered * len(publications)
+        sent = stats.sent
+        for publication in publications:
+            sent[publication.kind] = sent.get(publication.kind, 0) + delivered
+        if len(runs) == 1:
+            stats.bytes_out += next(iter(runs.values())).size * delivered
+        else:
+            stats.bytes_out += sum(runs[c.codec].size for c in targets)
 
     def deliver_to(
         self, connection: Connection, publications: list[Publication], namespace: Namespace

@@ -32,6 +32,7 @@ __all__ = [
     "SHARED_DEFLATE",
     "WINDOW_BITS",
     "SharedFrame",
+    "SharedRun",
     "build_frame",
     "deflate",
     "wire_kind",
@@ -43,6 +44,10 @@ EXTENSION: Final = "hubbub.frames"
 ``write`` writes one complete frame now, or refuses (``False``) when the
 server cannot take it at once; ``deflate`` is ``None`` without
 permessage-deflate, else ``(server_no_context_takeover, server_max_window_bits)``.
+``write`` also takes several complete frames joined (a :class:`SharedRun`).
+Under ``hubbub serve`` a ``"receive"`` entry, ``(receiver, after) -> None``,
+hands the app each client message as it is read, then calls ``after()`` once
+the messages of one read are all handed over (``_uvicorn_ws.FramesProtocol``).
 """
 
 WINDOW_BITS: Final = 12
@@ -143,3 +148,44 @@ class SharedFrame:
         if plain is None:
             plain = self._plain = build_frame(self.payload, self.binary)
         return plain
+
+
+class SharedRun:
+    """Consecutive publications of one channel in one codec, written to a subscriber at once.
+
+    What fan-out batched until the end of a read or of the loop's turn
+    (:class:`hubbub._fanout.Fanout`; docs/design.md, "One pass per batch"): a
+    subscriber whose socket takes frames gets all of them in one write, the
+    bytes joined once for every such subscriber.
+    """
+
+    __slots__ = ("_joined", "_plain", "frames", "size")
+
+    def __init__(self, frames: list[SharedFrame]) -> None:
+        self.frames = frames
+        self.size = sum(shared.size for shared in frames)
+        self._plain: bytes | None = None
+        self._joined: dict[int, bytes | None] | None = None
+
+    def frame(self, kind: int) -> bytes | None:
+        """All the frames for a connection of ``kind``, joined; ``None``: one by one instead."""
+        if kind == PLAIN:
+            plain = self._plain
+            if plain is None:
+                frames = [shared.frame(PLAIN) or b"" for shared in self.frames]
+                plain = self._plain = b"".join(frames)
+            return plain
+        joined = self._joined
+        if joined is None:
+            joined = self._joined = {}
+        elif kind in joined:
+            return joined[kind]
+        parts = []
+        for shared in self.frames:
+            part = shared.frame(kind)
+            if part is None:  # one of them is compressed with the connection's own context
+                joined[kind] = None
+                return None
+            parts.append(part)
+        found = joined[kind] = b"".join(parts)
+        return found

@@ -36,6 +36,7 @@ class HubHost:
         "_ids",
         "_joins",
         "_registry",
+        "end_of_read",
         "execute",
         "execute_now",
         "node",
@@ -47,6 +48,7 @@ class HubHost:
         # The hub's dispatch itself, not a method calling it: one coroutine less per command.
         self.execute: Callable[[Connection, Execute], Coroutine[Any, Any, None]] = hub._execute
         self.execute_now: Callable[[Connection, Execute], bool] = hub._execute_now
+        self.end_of_read: Callable[[], None] = hub._fanout.flush
         self._registry = hub._registry
         self._joins = hub._joins
         self._ids = count(1)

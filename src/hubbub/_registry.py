@@ -79,10 +79,15 @@ class Channel:
 class Registry:
     """Connections, users and channel entries of one hub, and its node subscriptions."""
 
-    __slots__ = ("_calls", "_depart", "_spawn", "channels", "connections", "users")
+    __slots__ = ("_calls", "_depart", "_settle", "_spawn", "channels", "connections", "users")
 
-    def __init__(self, calls: BrokerCalls, spawn: Spawn, depart: Depart) -> None:
+    def __init__(
+        self, calls: BrokerCalls, spawn: Spawn, depart: Depart, settle: Callable[[], None]
+    ) -> None:
         self._calls = calls
+        # Delivers what fan-out batched (``Fanout.flush``) before subscribers change, so
+        # a batched publication reaches exactly those its channel had when dispatched.
+        self._settle = settle
         self._spawn = spawn
         self._depart = depart
         self.channels: dict[str, Channel] = {}
@@ -164,6 +169,7 @@ class Registry:
         *,
         server_side: bool = False,
     ) -> None:
+        self._settle()
         entry.subscribers[connection] = None
         connection.protocol.add_channel(channel, namespace, server_side=server_side)
 
@@ -172,6 +178,7 @@ class Registry:
             self.detach(connection, channel)
 
     def detach(self, connection: Connection, channel: str) -> None:
+        self._settle()
         namespace = connection.protocol.channels.get(channel)
         connection.protocol.remove_channel(channel)
         if namespace is not None and namespace.presence:

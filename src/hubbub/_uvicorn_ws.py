@@ -336,6 +336,7 @@ class FramesProtocol(WebSocketsSansIOProtocol):
         self.needed = 0  # bytes that frame needs in all, once its header is in
         self.limit: int | bool | None = None  # websockets' frame size limit (frame_limit)
         self.receiver: Receiver | None = None
+        self.after_read: Callable[[], None] | None = None
         self.app_closed = False  # the app sent websocket.close (see send)
         # uvicorn offers deflate unless ws_per_message_deflate=False (ws_compression = "off").
         if self.shared_deflate and self.conn.available_extensions:
@@ -407,7 +408,9 @@ class FramesProtocol(WebSocketsSansIOProtocol):
             "receive": self.set_receiver,
         }
 
-    def set_receiver(self, receiver: Receiver | None) -> None:
+    def set_receiver(
+        self, receiver: Receiver | None, after: Callable[[], None] | None = None
+    ) -> None:
         """Hand the app each message as it is parsed, while its reader waits with nothing queued.
 
         ``receiver`` gets the message's ``str`` or ``bytes`` in ``data_received``
@@ -416,9 +419,12 @@ class FramesProtocol(WebSocketsSansIOProtocol):
         wants its reader task to go on from there). While the app's ``receive``
         has something queued, or is not being awaited, messages are queued as
         uvicorn queues them, so the app sees them in order either way.
-        ``None`` stops it (the app's reader ends).
+        ``None`` stops it (the app's reader ends). ``after`` is called once the
+        messages of one read have all been handed over, before what the app
+        wrote meanwhile leaves: the hub delivers there what they published.
         """
         self.receiver = receiver
+        self.after_read = after if receiver is not None else None
 
     # -- the direct reader -------------------------------------------------------------------
 
@@ -443,6 +449,9 @@ class FramesProtocol(WebSocketsSansIOProtocol):
         if gate.held is None:
             gate.held = []
         self.read_frames(data)
+        after = self.after_read
+        if after is not None:
+            after()
         if gate.held:
             gate.flush()
         else:

@@ -202,7 +202,7 @@ class WebSocketConnection(Connection):
         )
         if direct is not None:
             self._clock = loop_clock()
-            direct(self._receive_now)
+            direct(self._receive_now, self.host.end_of_read)
         try:
             await self._read(receive)
         finally:

@@ -158,11 +158,16 @@ class Hub:
         self._deferred_wake: Signal = Signal()
         self._all_gone: anyio.Event | None = None
         calls = BrokerCalls(
-            broker if broker is not None else MemoryBroker(), broker_timeout, self.stats
+            broker if broker is not None else MemoryBroker(),
+            broker_timeout,
+            self.stats,
+            lambda: self._fanout.flush(),
         )
         self._calls = calls
         self._presence = Presence(calls, self.namespaces, self._spawn)
-        self._registry = Registry(calls, self._spawn, self._presence.depart_soon)
+        self._registry = Registry(
+            calls, self._spawn, self._presence.depart_soon, lambda: self._fanout.flush()
+        )
         self._fanout = Fanout(
             self._registry.channels,
             self.stats,
