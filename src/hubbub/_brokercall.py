@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal, Protocol, TypeVar
 
 import anyio
 
@@ -71,25 +71,30 @@ keeps a pool of any reasonable size free for client commands.
 """
 
 
+class Batching(Protocol):
+    """Fan-out's batch as broker calls see it (:class:`hubbub._fanout.Fanout`)."""
+
+    flush_follows: bool
+    """Set while a publish's caller will flush: no need to wait for the loop's next turn."""
+
+    def flush(self) -> None:
+        """Deliver what is batched."""
+        ...
+
+
 class BrokerCalls:
     """The hub's broker, called with a timeout, mapped errors and a latency metric."""
 
-    __slots__ = ("_background", "broker", "delivered", "stats", "timeout")
+    __slots__ = ("_background", "batching", "broker", "stats", "timeout")
 
-    def __init__(
-        self,
-        broker: Broker,
-        timeout: float,
-        stats: HubStats,
-        delivered: Callable[[], None] | None = None,
-    ) -> None:
+    def __init__(self, broker: Broker, timeout: float, stats: HubStats) -> None:
         self.broker = broker
         self.timeout = timeout
         self.stats = stats
-        # Delivers what fan-out batched (``Fanout.flush``) when an awaited publish
-        # returns: a publication the broker handed back during the call has then
-        # reached this node's subscribers (the memory broker's, say).
-        self.delivered = delivered
+        # The hub's fan-out batch (``Fanout``), set by the hub: an awaited publish
+        # delivers what it batched before returning, so a publication the broker
+        # handed back during the call has reached this node's subscribers.
+        self.batching: Batching | None = None
         self._background: anyio.CapacityLimiter | None = None
 
     def reset(self) -> None:
@@ -155,15 +160,17 @@ class BrokerCalls:
         history: HistoryOptions | None,
         idempotency: Idempotency | None = None,
     ) -> Publication:
-        published = self.publish_now(publication, history, idempotency)
-        if published is None:
-            broker = self.broker
-            published = await self.call(
-                "publish", lambda: broker.publish(publication, history, idempotency)
-            )
-        delivered = self.delivered
-        if delivered is not None:
-            delivered()
+        try:
+            published = self.publish_now(publication, history, idempotency)
+            if published is None:
+                broker = self.broker
+                published = await self.call(
+                    "publish", lambda: broker.publish(publication, history, idempotency)
+                )
+        finally:
+            batching = self.batching
+            if batching is not None:
+                batching.flush()
         return published
 
     def publish_now(
@@ -187,6 +194,12 @@ class BrokerCalls:
             or "publish" in getattr(broker, "__dict__", ())
         ):
             return None
+        batching = self.batching
+        if batching is not None:
+            # The memory broker hands the publication back within this call; whoever
+            # called flushes when done (the direct reader's end of read, or
+            # :meth:`publish`), so fan-out need not wait for the loop's next turn.
+            batching.flush_follows = True
         started = time.perf_counter()
         try:
             return broker.publish_now(publication, history, idempotency)

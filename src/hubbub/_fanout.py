@@ -65,6 +65,7 @@ class Fanout:
         "_scheduled",
         "_spawn",
         "channels",
+        "flush_follows",
         "stats",
         "tracing",
     )
@@ -90,7 +91,11 @@ class Fanout:
         # channel, its consecutive publications, and whether more may join them.
         self._batch: deque[tuple[Channel, list[Publication], bool]] = deque()
         self._flushing = False
-        self._scheduled = False
+        # Set by a memory-broker publish whose caller flushes when it is done
+        # (BrokerCalls.publish_now): nothing to schedule meanwhile.
+        self.flush_follows = False
+        # The loop whose next turn will flush (``_end_turn`` is scheduled there).
+        self._scheduled: asyncio.AbstractEventLoop | None = None
 
     def dispatch(self, publication: Publication) -> None:
         """Take one publication from the broker: check its offset, then fan it out.
@@ -164,17 +169,21 @@ class Fanout:
                 last[1].append(publication)
                 return
         batch.append((entry, [publication], True))
-        if not self._scheduled:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # not on asyncio (trio): no turn to wait for
-                self.flush()
-                return
-            self._scheduled = True
+        if self.flush_follows:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not on asyncio (trio): no turn to wait for
+            self.flush()
+            return
+        # The loop, not a flag: a hub run again on a new loop must not wait for a
+        # callback the old one never ran.
+        if self._scheduled is not loop:
+            self._scheduled = loop
             loop.call_soon(self._end_turn)
 
     def _end_turn(self) -> None:
-        self._scheduled = False
+        self._scheduled = None
         self.flush()
 
     def flush(self) -> None:
@@ -186,6 +195,7 @@ class Fanout:
         that closes a slow consumer (which leaves its channels, so flushes)
         leaves what is batched to this loop, which delivers it next, in order.
         """
+        self.flush_follows = False
         batch = self._batch
         if self._flushing or not batch:
             return

@@ -158,10 +158,7 @@ class Hub:
         self._deferred_wake: Signal = Signal()
         self._all_gone: anyio.Event | None = None
         calls = BrokerCalls(
-            broker if broker is not None else MemoryBroker(),
-            broker_timeout,
-            self.stats,
-            lambda: self._fanout.flush(),
+            broker if broker is not None else MemoryBroker(), broker_timeout, self.stats
         )
         self._calls = calls
         self._presence = Presence(calls, self.namespaces, self._spawn)
@@ -177,6 +174,7 @@ class Hub:
             self._tracing,
             self.node,
         )
+        calls.batching = self._fanout
         self._commands = Commands(calls, self.stats, self._tracing, authenticator)
         self._joins = Joins(
             self._registry,
