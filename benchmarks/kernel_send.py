@@ -80,7 +80,7 @@ def measure(n: int, mode: str, deadline: float) -> dict[str, Any]:
     """Sender CPU per ``send()`` at ``n`` sockets with the receiver in ``mode``."""
     _raise_nofile(n)
     ctx = mp.get_context("spawn")
-    ports = ctx.Queue()
+    ports = ctx.Queue(2)  # the receiver's port, then "ready"
     stop = ctx.Event()
     reader = ctx.Process(target=_receiver, args=(ports, n, mode, stop), daemon=True)
     reader.start()

@@ -202,6 +202,7 @@ async def test_a_frozen_subscriber_closed_mid_run_costs_the_others_nothing(
     sleeper = await RawClient.open(server.port)
     reader = await RawClient.open(server.port)
     publisher = await RawClient.open(server.port)
+    reading: asyncio.Task[None] | None = None
     try:
         await _subscribe(sleeper, "freeze")
         await _subscribe(reader, "freeze")
@@ -235,8 +236,10 @@ async def test_a_frozen_subscriber_closed_mid_run_costs_the_others_nothing(
             assert not reading.done(), reading
             await asyncio.sleep(0.05)
         assert _messages(reader) == list(range(sent))
-        reading.cancel()
     finally:
+        if reading is not None:
+            reading.cancel()
+            await asyncio.gather(reading, return_exceptions=True)
         await sleeper.close()
         await reader.close()
         await publisher.close()

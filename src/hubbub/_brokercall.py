@@ -93,7 +93,8 @@ class BrokerCalls:
         self.stats = stats
         # The hub's fan-out batch (``Fanout``), set by the hub: an awaited publish
         # delivers what it batched before returning, so a publication the broker
-        # handed back during the call has reached this node's subscribers.
+        # handed back during the call has reached this node's subscribers; the
+        # registry flushes it before a channel's subscribers change.
         self.batching: Batching | None = None
         self._background: anyio.CapacityLimiter | None = None
 

@@ -153,9 +153,7 @@ class Fanout:
         ``detach``) flushes first, so a run reaches exactly the subscribers the
         channel had when it was dispatched.
         """
-        if entry.recovering and publication.kind == "message":
-            for buffered in entry.recovering.values():
-                buffered.append(publication)
+        _buffer_for_joiners(entry, publication)
         if not entry.subscribers:
             return
         batch = self._batch
@@ -216,9 +214,7 @@ class Fanout:
     def fan_out(self, entry: Channel, publication: Publication) -> None:
         """Hand one publication to every local subscriber of its channel, now."""
         self.flush()
-        if entry.recovering and publication.kind == "message":
-            for buffered in entry.recovering.values():
-                buffered.append(publication)
+        _buffer_for_joiners(entry, publication)
         if entry.subscribers:
             self._deliver(entry, publication)
 
@@ -383,6 +379,13 @@ class Fanout:
         if held:
             newest = max(held, key=lambda p: p.offset or 0)
             entry.last_offset, entry.last_epoch = newest.offset or 0, newest.epoch
+
+
+def _buffer_for_joiners(entry: Channel, publication: Publication) -> None:
+    """Keep a message for the connections still joining the channel (merged by ``_join``)."""
+    if entry.recovering and publication.kind == "message":
+        for buffered in entry.recovering.values():
+            buffered.append(publication)
 
 
 def set_floor(entry: Channel, connection: Connection, joined: Joined) -> None:

@@ -79,15 +79,10 @@ class Channel:
 class Registry:
     """Connections, users and channel entries of one hub, and its node subscriptions."""
 
-    __slots__ = ("_calls", "_depart", "_settle", "_spawn", "channels", "connections", "users")
+    __slots__ = ("_calls", "_depart", "_spawn", "channels", "connections", "users")
 
-    def __init__(
-        self, calls: BrokerCalls, spawn: Spawn, depart: Depart, settle: Callable[[], None]
-    ) -> None:
+    def __init__(self, calls: BrokerCalls, spawn: Spawn, depart: Depart) -> None:
         self._calls = calls
-        # Delivers what fan-out batched (``Fanout.flush``) before subscribers change, so
-        # a batched publication reaches exactly those its channel had when dispatched.
-        self._settle = settle
         self._spawn = spawn
         self._depart = depart
         self.channels: dict[str, Channel] = {}
@@ -159,6 +154,16 @@ class Registry:
                 self.release_if_unused(channel, entry)
             if self.channels.get(channel) is entry:
                 return entry
+
+    def _settle(self) -> None:
+        """Deliver what fan-out batched (``calls.batching``) before subscribers change.
+
+        So a batched publication reaches exactly the subscribers its channel had
+        when it was dispatched (docs/design.md, "One pass per batch").
+        """
+        batching = self._calls.batching
+        if batching is not None:
+            batching.flush()
 
     def attach(
         self,

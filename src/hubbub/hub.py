@@ -162,9 +162,7 @@ class Hub:
         )
         self._calls = calls
         self._presence = Presence(calls, self.namespaces, self._spawn)
-        self._registry = Registry(
-            calls, self._spawn, self._presence.depart_soon, lambda: self._fanout.flush()
-        )
+        self._registry = Registry(calls, self._spawn, self._presence.depart_soon)
         self._fanout = Fanout(
             self._registry.channels,
             self.stats,
