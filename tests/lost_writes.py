@@ -53,7 +53,7 @@ async def publish_as_the_replica_falls_behind(
     primary is then SIGKILLed, and the replica thawed for its promotion."""
     acked = [await broker.publish(publication(channel, f'"{n}"'.encode()), KEEP) for n in range(5)]
     # The replica has everything so far, then misses what follows.
-    assert primary.command("WAIT", 1, 5000, timeout=10) == 1
+    primary.replicated_to(replica)
     # Frozen, and cut off by the primary: what follows never reaches it (a frozen replica
     # alone would still read it from its socket's buffer once thawed). Kept short: a
     # Sentinel must still find the replica healthy enough to promote.

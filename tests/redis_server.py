@@ -131,6 +131,35 @@ class RedisServer:
             with reader:
                 return _parse(reader)
 
+    def replicated_to(self, replica: RedisServer, timeout: float = 10.0) -> None:
+        """Block until ``replica`` has processed every write this primary took so far.
+
+        Not ``WAIT``: it waits for the writes of the connection that sends it, and
+        :meth:`command` opens a fresh one that wrote nothing, so ``WAIT 1`` answers 1 at once
+        even with the replica frozen (a CI run promoted a replica that had none of the stream).
+        """
+        info = self.command("INFO", "replication")
+        text = info.decode() if isinstance(info, bytes) else str(info)
+        target = next(
+            int(line.split(":", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("master_repl_offset:")
+        )
+        deadline = time.monotonic() + timeout
+        at: object = "silent"
+        while True:
+            try:
+                role = replica.command("ROLE", timeout=0.5)
+            except OSError:  # frozen or busy: not there yet
+                at = "silent"
+            else:
+                at = int(role[4])
+                if role[3] == b"connected" and int(role[4]) >= target:
+                    return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the replica is at {at}, the primary at {target}")
+            time.sleep(0.02)
+
     def ping(self) -> bool:
         """Whether the server answers ``PING`` right now."""
         try:

@@ -466,7 +466,7 @@ async def test_a_promoted_replica_starts_a_new_epoch(tmp_path: Path, task_group:
         await on_primary.start(Recorder().handler, Recorder().on_lost, task_group)
         try:
             first = [await on_primary.publish(publication("feed"), KEEP) for _ in range(3)]
-            assert primary.command("WAIT", 1, 5000, timeout=10) == 1
+            primary.replicated_to(replica)
         finally:
             await on_primary.stop()
         assert replica.command("REPLICAOF", "NO", "ONE") == "OK"
