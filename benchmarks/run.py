@@ -192,10 +192,12 @@ DEFAULT_SERVERS = tuple(
 )
 """Without ``--redis`` no redis-server is needed: hubbub-redis runs only when asked for
 (and hubbub-postgres, which starts its own PostgreSQL cluster, only when named)."""
-SCENARIOS = ("fanout", "idle", "rtt", "frozen", "deflate", "rooms", "large")
+SCENARIOS = ("fanout", "idle", "rtt", "frozen", "deflate", "rooms", "rooms-deflate", "large")
+ROOMS_SCENARIOS = ("rooms", "rooms-deflate")
 DEFAULT_SCENARIOS = ("fanout", "idle", "rtt", "frozen")
 """The new workloads (issue 15) run when named: ``deflate`` (fan-out to browser-like clients
-offering permessage-deflate), ``rooms`` (many small chat rooms), ``large`` (the fan-out at
+offering permessage-deflate), ``rooms`` (many small chat rooms), ``rooms-deflate`` (the same
+rooms, every member offering permessage-deflate as a browser does), ``large`` (the fan-out at
 ``--large-n``, 20,000 by default, recorded as a ``fanout`` row)."""
 FD_MARGIN = 200
 """Descriptors a server needs beyond one per client (listener, epoll, pipes, logs, imports)."""
@@ -835,8 +837,9 @@ async def measure(
     frozen: Any = None
     fan_out = scenario in ("fanout", "deflate")
     with_phases = fan_out or scenario.startswith("frozen")
-    deflate = scenario == "deflate"  # every client offers permessage-deflate, like a browser
-    rooms = scenario == "rooms"
+    # Every client offers permessage-deflate, like a browser.
+    deflate = scenario in ("deflate", "rooms-deflate")
+    rooms = scenario in ROOMS_SCENARIOS
     try:
         server.wait_ready()
         result["uvloop"] = uses_uvloop(server.proc.pid)
@@ -1202,7 +1205,7 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
                 totals[other] = _spread([_ratio(a, b, "us_per_delivery_total") for a, b in pairs])
                 per_pub[other] = _spread([_ratio(a, b, "us_per_publication") for a, b in pairs])
             row.setdefault("ratio", {})[str(phase)] = ratios
-            if scenario == "rooms":
+            if scenario in ROOMS_SCENARIOS:
                 row.setdefault("publication_ratio", {})[str(phase)] = per_pub
             row.setdefault("total_ratio", {})[str(phase)] = totals
             row.setdefault("p99_ratio", {})[str(phase)] = p99s
@@ -1392,21 +1395,32 @@ def deflate_section(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
-def rooms_section(summary: dict[str, Any], cfg: argparse.Namespace) -> list[str]:
+def rooms_section(
+    summary: dict[str, Any], cfg: argparse.Namespace, scenario: str = "rooms"
+) -> list[str]:
     """Many small rooms (chat): CPU per publication and per delivery, p99 to the others."""
-    rows = summary.get("rooms", {})
+    rows = summary.get(scenario, {})
     if not rows:
         return []
+    deflate = scenario == "rooms-deflate"
     lines = [
         "",
-        "## Many small rooms (chat)",
+        "## Many small rooms (chat)"
+        + (", browser-like: permessage-deflate offered (rooms-deflate)" if deflate else ""),
         "",
         f"Rooms of {cfg.room_size} members, each member subscribed to its own room and "
         f"publishing to it {cfg.room_rate:g} time(s) a second for {cfg.room_seconds:g} s "
         "(evenly spread offsets); every publication reaches every member of the room, the "
         "sender included (hubbub's echo; the peers relay to the whole room). Server CPU per "
         "publication and per delivery over the phase; latency: send → delivery to the "
-        "*other* members (own echoes excluded). Ratios: same run, then median.",
+        "*other* members (own echoes excluded). Ratios: same run, then median."
+        + (
+            " Every member offers `permessage-deflate; client_max_window_bits` (Chromium's "
+            "offer) and compresses what it sends with the parameters the server accepted, "
+            "as a browser does."
+            if deflate
+            else ""
+        ),
         "",
         "| rooms x members | server | publications/s | µs CPU / publication | ratio to tutorial "
         "| ratio to websockets | hubbub ÷ this | µs CPU / delivery | p50 / p99 ms "
@@ -1564,6 +1578,7 @@ def markdown(note: dict[str, Any], cfg: argparse.Namespace, summary: dict[str, A
     lines += scaling_section(summary, cfg)
     lines += deflate_section(summary)
     lines += rooms_section(summary, cfg)
+    lines += rooms_section(summary, cfg, "rooms-deflate")
     lines += servers_section(summary)
     rtt = summary.get("rtt", {})
     if rtt:
@@ -1907,6 +1922,7 @@ def client_counts(cfg: argparse.Namespace) -> list[int]:
         "frozen": [cfg.frozen_n + 1],
         "deflate": cfg.deflate_n,
         "rooms": [cfg.rooms * cfg.room_size],
+        "rooms-deflate": [cfg.rooms * cfg.room_size],
         "large": [cfg.large_n],
     }
     return [n for scenario in cfg.scenarios for n in sizes.get(scenario, [])] or [1]
@@ -1953,6 +1969,7 @@ def make_plan(cfg: argparse.Namespace) -> list[tuple[int, str, int, str]]:
                 "frozen": [cfg.frozen_n],
                 "deflate": cfg.deflate_n,
                 "rooms": [cfg.rooms * cfg.room_size],
+                "rooms-deflate": [cfg.rooms * cfg.room_size],
                 "large": [cfg.large_n],
             }
             for i, n in enumerate(sizes[scenario]):
@@ -2012,7 +2029,7 @@ def run_plan(
                 f"deliv/s={p2['deliveries_per_s'] or 0:.0f} lost={p2['lost']}"
                 + (" STALLED" if p2.get("stalled") else "")
             )
-        if scenario == "rooms" and PHASE_ROOMS in ph:
+        if scenario in ROOMS_SCENARIOS and PHASE_ROOMS in ph:
             pr = ph[PHASE_ROOMS]
             line += (
                 f" pubs={pr['sent']} µs/pub={pr['us_per_publication'] or 0:.1f} "
