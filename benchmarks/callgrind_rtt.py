@@ -16,6 +16,8 @@ Usage (from the repository root; ``valgrind`` on the PATH)::
 
     PYTHONPATH=src .venv/bin/python benchmarks/callgrind_rtt.py --server hubbub --count 300
     .venv/bin/python benchmarks/callgrind_rtt.py --server tutorial --count 300 --members 5
+    # browser-like members (permessage-deflate offered and used)
+    PYTHONPATH=src .venv/bin/python benchmarks/callgrind_rtt.py --members 5 --deflate
 
 Only the server process is counted; the clients run natively in this process.
 Only processes this script started are signalled, by their own PID.
@@ -96,12 +98,15 @@ class Member:
             await asyncio.wait_for(self.changed.wait(), 30)
 
 
-async def connect(base: str, name: str, room: str) -> Member:
+async def connect(base: str, name: str, room: str, deflate: bool = False) -> Member:
     import websockets
 
     hubbub = name.startswith("hubbub")
     url = f"{base}/ws" if hubbub else f"{base}/ws/{room}"
-    ws = await websockets.connect(url, compression=None, ping_interval=None, open_timeout=60)
+    # deflate: Chromium's offer, `permessage-deflate; client_max_window_bits`, and what the
+    # client sends compressed with what the server accepted, as a browser does.
+    compression = "deflate" if deflate else None
+    ws = await websockets.connect(url, compression=compression, ping_interval=None, open_timeout=60)
     if hubbub:
         welcome = await asyncio.wait_for(ws.recv(), 60)
         assert '"welcome"' in welcome, welcome
@@ -165,7 +170,9 @@ async def measure(cfg: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
                 raise RuntimeError("server did not listen within 300 s")
             await asyncio.sleep(0.5)
         room = "room-1"
-        members.extend([await connect(base, cfg.server, room) for _ in range(cfg.members)])
+        members.extend(
+            [await connect(base, cfg.server, room, cfg.deflate) for _ in range(cfg.members)]
+        )
         await round_trips(members, 0, cfg.warmup, room)
         callgrind_control(proc.pid, "-i", "on")
         started = time.monotonic()
@@ -189,6 +196,7 @@ async def measure(cfg: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     return {
         "server": cfg.server,
         "members": cfg.members,
+        "deflate": cfg.deflate,
         "count": cfg.count,
         "ir": ir,
         "ir_per_publication": ir / cfg.count,
@@ -203,6 +211,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--count", type=int, default=300, help="measured round trips")
     parser.add_argument("--warmup", type=int, default=30, help="round trips before measuring")
     parser.add_argument("--members", type=int, default=1, help="clients in the room")
+    parser.add_argument(
+        "--deflate", action="store_true", help="clients offer and use permessage-deflate"
+    )
     parser.add_argument("--out", type=Path, default=None, help="keep the callgrind files here")
     cfg = parser.parse_args(argv)
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:

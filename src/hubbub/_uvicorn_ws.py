@@ -35,6 +35,10 @@ uvicorn's own implementation with two additions:
 - a direct reader (``read_frames``): after the handshake, plain client frames
   are parsed here and handed to the app's receiver in ``data_received``
   (``hubbub.frames["receive"]``), any other frame to websockets for good.
+  What websockets parses (compressed frames from browsers, fragments, and
+  everything after a frame given to it) reaches the same receiver from
+  uvicorn's ``send_receive_event_to_app``, once websockets has decompressed,
+  assembled and checked it: no queue, no task switch there either.
 - a write gate (:class:`Gate`): whether a frame may be written is kept in one
   small object, recomputed when a flag it depends on changes, so a fan-out to
   tens of thousands of sockets reads one attribute per frame, not eight spread
@@ -430,7 +434,16 @@ class FramesProtocol(WebSocketsSansIOProtocol):
 
     def data_received(self, data: bytes) -> None:
         if not self.direct:
+            if self.receiver is None:
+                super().data_received(data)
+                return
+            # websockets parses; the messages it completes reach the receiver
+            # (send_receive_event_to_app) and what the app writes meanwhile is held, as below.
+            gate = self.gate
+            if gate.held is None:
+                gate.held = []
             super().data_received(data)
+            self.end_read(gate)
             return
         partial = self.partial
         if partial is not None:
@@ -449,6 +462,10 @@ class FramesProtocol(WebSocketsSansIOProtocol):
         if gate.held is None:
             gate.held = []
         self.read_frames(data)
+        self.end_read(gate)
+
+    def end_read(self, gate: Gate) -> None:
+        """The read's messages are all handed over: the app's ``after``, then the held writes."""
         after = self.after_read
         if after is not None:
             after()
@@ -456,6 +473,31 @@ class FramesProtocol(WebSocketsSansIOProtocol):
             gate.flush()
         else:
             gate.held = None
+
+    def send_receive_event_to_app(self) -> None:
+        """A message websockets completed: to the receiver, as :meth:`deliver` hands one on.
+
+        websockets has decompressed it, assembled its fragments, checked its size
+        and its UTF-8. Only while the app's reader waits with nothing queued;
+        otherwise, and after the app's close, uvicorn's own method queues it (or
+        drops it) as before.
+        """
+        if self.receiver is None or self.close_sent or not self.inbox.idle():
+            super().send_receive_event_to_app()
+            return
+        frames = self.frames
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        message: str | bytes
+        if self.curr_msg_data_type == "text":
+            try:
+                message = data.decode()
+            except UnicodeDecodeError:  # websockets refuses it first; uvicorn's 1007 otherwise
+                super().send_receive_event_to_app()
+                return
+        else:
+            message = data
+        self.frames = []
+        self.deliver(message)
 
     def read_frames(self, data: bytes) -> None:
         """Parse the complete frames of ``data`` (RFC 6455 §5.2) and deliver them.
