@@ -40,7 +40,7 @@ from hubbub._frames import EXTENSION, build_frame
 from hubbub._uvicorn_ws import SUPPORTED, FramesProtocol
 
 from .servers import Server, run_server
-from .test_direct_reader import frame
+from .test_direct_reader import RawClient, frame, text
 from .test_preframed import _no_errors
 
 pytestmark = [
@@ -390,4 +390,56 @@ async def test_a_browser_like_burst_is_acked_and_delivered_in_order(server: Serv
         assert acks == [i + 1 for i in range(count)]
         assert seen == own == list(range(count))
     await asyncio.sleep(0.2)  # the connections' ends are logged after the close
+    _no_errors(server)
+
+
+async def test_a_slow_consumer_closed_by_a_browsers_publish_leaves_no_error(
+    server: Server,
+) -> None:
+    """A subscriber that never reads is closed 1013 by publications that a deflate client
+    sends: they run from the read callback too, and leaving the slow consumer's channels
+    (broker work, a task) must not fail there. The publisher goes on being served."""
+    sleeper = await RawClient.open(server.port)
+    url = f"ws://127.0.0.1:{server.port}/ws"
+    try:
+        await sleeper.write(text({"type": "subscribe", "channel": "slow", "id": 1}))
+        await sleeper.replies(1)
+        async with connect(
+            url,
+            compression="deflate",
+            subprotocols=["hubbub.v1.json"],  # type: ignore[list-item]
+            max_size=None,
+        ) as browser:
+            assert json.loads(await browser.recv())["type"] == "welcome"
+            assert browser.protocol.extensions, "deflate was not negotiated"
+            payload = "z" * 60_000
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 30
+            sent, batch = 0, 90  # the demo hub allows a burst of 100 commands, then 50 a second
+            acked = 0
+            while "closing a slow consumer" not in server.log():
+                for i in range(batch):
+                    message = {
+                        "type": "publish",
+                        "channel": "slow",
+                        "data": payload,
+                        "id": 10 + sent + i,
+                    }
+                    browser.protocol.send_text(json.dumps(message).encode())
+                browser.transport.write(b"".join(browser.protocol.data_to_send()))
+                sent += batch
+                async with asyncio.timeout(20):
+                    while acked < sent:
+                        reply = json.loads(await browser.recv())
+                        assert reply["type"] == "ack", reply
+                        acked += 1
+                assert loop.time() < deadline, "the sleeper was never closed"
+                batch = 10
+                await asyncio.sleep(0.25)
+            await browser.send(json.dumps({"type": "subscribe", "channel": "after", "id": 99}))
+            async with asyncio.timeout(10):
+                while json.loads(await browser.recv()).get("id") != 99:
+                    pass
+    finally:
+        await sleeper.close()
     _no_errors(server)
