@@ -19,6 +19,19 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """``hubbub serve`` (the demo hub: uvicorn with hubbub's protocol class), one per module.
+
+    For the modules that share one demo hub among their tests; a module that serves
+    another app, or wants a fresh server per test, defines its own ``server``.
+    """
+    with run_server(
+        ["-m", "hubbub", "serve", "--port", "{port}"], tmp_path_factory.mktemp("demo")
+    ) as s:
+        yield s
+
+
 @pytest.fixture
 def demo_server(tmp_path: Path) -> Iterator[Server]:
     """``hubbub serve`` (the demo hub) in a real uvicorn process on a free port."""

@@ -15,7 +15,6 @@ import asyncio
 import json
 import os
 import struct
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,7 +24,7 @@ from websockets.http11 import Response
 from websockets.uri import parse_uri
 from websockets.utils import apply_mask
 
-from .servers import Server, run_server
+from .servers import Server
 from .test_preframed import _no_errors
 
 pytestmark = pytest.mark.anyio
@@ -34,14 +33,6 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """``hubbub serve`` (the demo hub): uvicorn with hubbub's protocol class."""
-    argv = ["-m", "hubbub", "serve", "--port", "{port}"]
-    with run_server(argv, tmp_path_factory.mktemp("direct")) as running:
-        yield running
 
 
 def frame(

@@ -12,7 +12,6 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,14 +28,6 @@ pytestmark = pytest.mark.anyio
 def anyio_backend() -> str:
     """The websockets client is asyncio-only."""
     return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """``hubbub serve`` (the demo hub) shared by this module."""
-    argv = ["-m", "hubbub", "serve", "--port", "{port}"]
-    with run_server(argv, tmp_path_factory.mktemp("demo")) as running:
-        yield running
 
 
 async def _refusal(url: str, **options: object) -> tuple[int, dict[str, object]]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -22,7 +21,7 @@ from websockets.asyncio.client import connect
 
 from hubbub._frames import OWN_DEFLATE, PLAIN, SHARED_DEFLATE, SharedFrame, SharedRun
 
-from .servers import Server, run_server
+from .servers import Server
 from .test_direct_reader import RawClient, text
 from .test_preframed import _no_errors
 
@@ -32,14 +31,6 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """``hubbub serve`` (the demo hub): uvicorn with hubbub's protocol class."""
-    argv = ["-m", "hubbub", "serve", "--port", "{port}"]
-    with run_server(argv, tmp_path_factory.mktemp("batch")) as running:
-        yield running
 
 
 def _publish(channel: str, n: int, **extra: Any) -> bytes:

@@ -85,20 +85,37 @@ async def _app(scope: Any, receive: Any, send: Any) -> None:
 
 
 @asynccontextmanager
-async def _accepted(app: Any = _app) -> AsyncIterator[tuple[FramesProtocol, _Peer]]:
-    """hubbub's protocol serving one real loopback connection, past the handshake."""
+async def served(app: Any, **config: Any) -> AsyncIterator[tuple[FramesProtocol, socket.socket]]:
+    """hubbub's protocol class serving one real loopback connection, before the handshake.
+
+    Yields the protocol and the client's non-blocking socket; ``config`` goes to
+    uvicorn's ``Config``. Both ends are closed on the way out.
+    """
     loop = asyncio.get_running_loop()
-    config = Config(app, ws=FramesProtocol, lifespan="off", ws_ping_interval=None)
-    config.load()
+    settings = Config(app, ws=FramesProtocol, lifespan="off", ws_ping_interval=None, **config)
+    settings.load()
     listener = socket.create_server(("127.0.0.1", 0))
     client = socket.create_connection(listener.getsockname())
     accepted, _ = listener.accept()
     listener.close()
     client.setblocking(False)
-    protocol = FramesProtocol(config, ServerState(), {}, loop)
+    protocol = FramesProtocol(settings, ServerState(), {}, loop)
     await loop.connect_accepted_socket(lambda: protocol, accepted)
-    peer = _Peer(client)
     try:
+        yield protocol, client
+    finally:
+        if not protocol.transport.is_closing():
+            protocol.transport.close()
+        client.close()
+        await asyncio.sleep(0)
+
+
+@asynccontextmanager
+async def _accepted(app: Any = _app) -> AsyncIterator[tuple[FramesProtocol, _Peer]]:
+    """hubbub's protocol serving one real loopback connection, past the handshake."""
+    loop = asyncio.get_running_loop()
+    async with served(app) as (protocol, client):
+        peer = _Peer(client)
         peer.protocol.send_request(peer.protocol.connect())
         peer.send(b"".join(peer.protocol.data_to_send()))
         async with asyncio.timeout(5):
@@ -107,11 +124,6 @@ async def _accepted(app: Any = _app) -> AsyncIterator[tuple[FramesProtocol, _Pee
                 peer.feed(await loop.sock_recv(client, 65536))
         assert protocol.handshake_complete
         yield protocol, peer
-    finally:
-        if not protocol.transport.is_closing():
-            protocol.transport.close()
-        client.close()
-        await asyncio.sleep(0)
 
 
 def _text(frame: Frame) -> str:

@@ -19,13 +19,11 @@ import asyncio
 import json
 import socket
 import zlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
-from uvicorn.config import Config
-from uvicorn.server import ServerState
 from websockets.asyncio.client import connect
 from websockets.client import ClientProtocol
 from websockets.extensions.permessage_deflate import (
@@ -39,8 +37,9 @@ from websockets.uri import parse_uri
 from hubbub._frames import EXTENSION, build_frame
 from hubbub._uvicorn_ws import SUPPORTED, FramesProtocol
 
-from .servers import Server, run_server
+from .servers import Server
 from .test_direct_reader import RawClient, frame, text
+from .test_frames_held import served
 from .test_preframed import _no_errors
 
 pytestmark = [
@@ -163,19 +162,8 @@ async def _accepted(
     app: _App, max_size: int = 16 * 1024 * 1024
 ) -> AsyncIterator[tuple[FramesProtocol, _Peer]]:
     """hubbub's protocol serving one real loopback connection, deflate negotiated."""
-    loop = asyncio.get_running_loop()
-    config = Config(app, ws=FramesProtocol, lifespan="off", ws_ping_interval=None)
-    config.ws_max_size = max_size
-    config.load()
-    listener = socket.create_server(("127.0.0.1", 0))
-    client = socket.create_connection(listener.getsockname())
-    accepted, _ = listener.accept()
-    listener.close()
-    client.setblocking(False)
-    protocol = FramesProtocol(config, ServerState(), {}, loop)
-    await loop.connect_accepted_socket(lambda: protocol, accepted)
-    peer = _Peer(client)
-    try:
+    async with served(app, ws_max_size=max_size) as (protocol, client):
+        peer = _Peer(client)
         peer.protocol.send_request(peer.protocol.connect())
         peer.flush()
         await peer.read_until(lambda: peer.protocol.state is State.OPEN)
@@ -184,11 +172,6 @@ async def _accepted(
         await _until(protocol.inbox.idle)  # and waits in receive()
         assert not protocol.direct, "a deflate connection is websockets' to parse"
         yield protocol, peer
-    finally:
-        if not protocol.transport.is_closing():
-            protocol.transport.close()
-        client.close()
-        await asyncio.sleep(0)
 
 
 async def _until(done: Any, within: float = 5.0) -> None:
@@ -338,14 +321,6 @@ def test_the_garbage_is_garbage_to_zlib() -> None:
 
 
 # -- through a real `hubbub serve` --------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """``hubbub serve`` (the demo hub): uvicorn with hubbub's protocol class."""
-    argv = ["-m", "hubbub", "serve", "--port", "{port}"]
-    with run_server(argv, tmp_path_factory.mktemp("parsed")) as running:
-        yield running
 
 
 async def test_a_browser_like_burst_is_acked_and_delivered_in_order(server: Server) -> None:

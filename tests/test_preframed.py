@@ -14,7 +14,6 @@ import asyncio
 import json
 import os
 import zlib
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -44,7 +43,7 @@ from hubbub._frames import (
 from hubbub._uvicorn_ws import SUPPORTED, FramesProtocol, _Flag, _Inbox
 
 from .apps.wsclient import Client, open_client, open_clients
-from .servers import Server, run_server
+from .servers import Server
 
 
 def _parse(data: bytes, extensions: list[Any] | None = None) -> Frame:
@@ -252,14 +251,6 @@ def test_uvicorn_class_still_has_what_the_fast_path_reads() -> None:
 def anyio_backend() -> str:
     """The websockets client is asyncio-only."""
     return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """``hubbub serve`` (the demo hub): uvicorn with hubbub's protocol class."""
-    argv = ["-m", "hubbub", "serve", "--port", "{port}"]
-    with run_server(argv, tmp_path_factory.mktemp("preframed")) as running:
-        yield running
 
 
 def _no_errors(server: Server) -> None:
